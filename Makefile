@@ -1,0 +1,52 @@
+# The commands every README section, CI and benchmark uses. `make help` lists them.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch first, pinned to the CPU wheel: an open range with nothing installed pulls a CUDA build.
+TORCH_PIN := torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: help setup test bench protos lint typecheck run clean
+
+help: ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+setup: $(STAMP) ## create .venv with torch (CPU) and driftlm[all,dev], editable
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_PIN)
+	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
+	touch $(STAMP)
+
+test: setup ## run the test suite
+	$(BIN)/python -m pytest
+
+bench: setup ## run benchmarks/, write benchmarks/results/*.json, print the tables
+	$(BIN)/python -m benchmarks
+
+protos: setup ## regenerate the Python stubs from protos/
+	$(BIN)/python protos/generate.py
+
+# mypy cannot follow setuptools' editable import hook, so it reads a tree of links that
+# mirrors the installed `driftlm` package (pyproject.toml's package-dir mapping).
+typecheck: setup ## mypy --strict over the driftlm package
+	rm -rf build/typecheck && mkdir -p build/typecheck/driftlm
+	ln -s $(CURDIR)/cli/*.py $(CURDIR)/cli/py.typed build/typecheck/driftlm/
+	ln -s $(CURDIR)/services build/typecheck/driftlm/services
+	ln -s $(CURDIR)/kernels build/typecheck/driftlm/kernels
+	ln -s $(CURDIR)/protos/driftlm/v1 build/typecheck/driftlm/v1
+	$(BIN)/mypy -p driftlm
+
+lint: setup typecheck ## ruff, mypy, buf lint and buf format
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/buf lint protos
+	$(BIN)/buf format --diff --exit-code protos
+
+run: setup ## the main job on the embedded default
+	$(BIN)/driftlm run
+
+clean: ## remove the virtual environment and build outputs
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,5 @@
+"""`python -m driftlm` is the `driftlm` command."""
+
+from driftlm.commands import main
+
+main()

@@ -1,0 +1,155 @@
+"""The `driftlm` command: `driftlm serve <service>` runs one service; `driftlm run` the main job.
+
+Every flag falls back to an environment variable (`--port` -> `DRIFTLM_PORT`, ...), so a
+container sets its configuration through env alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from driftlm import __version__
+from driftlm.services.runtime.config import MIB, SERVICE_DEFAULTS, ServeConfig, default_store
+from driftlm.services.runtime.logs import configure_logging
+
+_LOG = logging.getLogger("driftlm.serve")
+
+
+def _env(name: str, default: str | None) -> str | None:
+    return os.environ.get(f"DRIFTLM_{name}", default)
+
+
+def _add_serve(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = subcommands.add_parser("serve", help="run one service until SIGTERM or SIGINT")
+    serve.add_argument("service", choices=sorted(SERVICE_DEFAULTS), help="which service")
+    serve.add_argument(
+        "--host", default=_env("HOST", "127.0.0.1"), help="interface to bind (env DRIFTLM_HOST; 0.0.0.0 in containers)"
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=_env("PORT", None),
+        help="gRPC port, 0 for a free one (env DRIFTLM_PORT; default: the service's own)",
+    )
+    serve.add_argument(
+        "--store", type=Path, default=default_store(), help="data directory (env DRIFTLM_STORE; default ~/.driftlm)"
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=_env("METRICS_PORT", None),
+        help="Prometheus port, 0 for a free one (env DRIFTLM_METRICS_PORT; default: the service's own)",
+    )
+    serve.add_argument(
+        "--no-metrics",
+        action="store_true",
+        default=_env("NO_METRICS", "") == "1",
+        help="serve no /metrics endpoint (env DRIFTLM_NO_METRICS=1)",
+    )
+    serve.add_argument(
+        "--max-message-mb",
+        type=int,
+        default=int(_env("MAX_MESSAGE_MB", "64") or 64),
+        help="largest gRPC message each way, MiB (env DRIFTLM_MAX_MESSAGE_MB)",
+    )
+    serve.add_argument(
+        "--max-stream-mb",
+        type=int,
+        default=int(_env("MAX_STREAM_MB", "2048") or 2048),
+        help="largest total of tensors in one request stream, MiB (env DRIFTLM_MAX_STREAM_MB)",
+    )
+    serve.add_argument(
+        "--grace-s",
+        type=float,
+        default=float(_env("GRACE_S", "30") or 30),
+        help="seconds in-flight calls get after SIGTERM (env DRIFTLM_GRACE_S)",
+    )
+    serve.add_argument(
+        "--workers", type=int, default=int(_env("WORKERS", "8") or 8), help="concurrent calls (env DRIFTLM_WORKERS)"
+    )
+    serve.add_argument(
+        "--log-level",
+        default=_env("LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+        help="(env DRIFTLM_LOG_LEVEL)",
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level)
+    defaults = SERVICE_DEFAULTS[args.service]
+    config = ServeConfig(
+        host=args.host,
+        port=defaults.grpc_port if args.port is None else int(args.port),
+        store=args.store.expanduser(),
+        metrics_port=None
+        if args.no_metrics
+        else (defaults.metrics_port if args.metrics_port is None else int(args.metrics_port)),
+        max_message_bytes=args.max_message_mb * MIB,
+        max_stream_bytes=args.max_stream_mb * MIB,
+        grace_s=args.grace_s,
+        workers=args.workers,
+        log_level=args.log_level,
+    )
+    try:
+        module = importlib.import_module(f"driftlm.services.{args.service}.server")
+    except ImportError as error:
+        print(
+            f"driftlm serve {args.service}: {error}; install its extra: pip install 'driftlm[{args.service}]'",
+            file=sys.stderr,
+        )
+        return 2
+    config.store.mkdir(parents=True, exist_ok=True)
+    from driftlm.services.runtime.bootstrap import serve_until_signalled
+    from driftlm.services.runtime.metrics import start_metrics_server
+
+    try:
+        server, port = module.create_server(config.address, config)
+        metrics_port = None if config.metrics_port is None else start_metrics_server(config.host, config.metrics_port)
+    except (RuntimeError, OSError) as error:
+        print(f"driftlm serve {args.service}: {error}", file=sys.stderr)
+        return 1
+    _LOG.info(
+        "serving",
+        extra={
+            "service": args.service,
+            "host": config.host,
+            "port": port,
+            "metrics_port": metrics_port,
+            "store": str(config.store),
+        },
+    )
+    serve_until_signalled(server, config.grace_s)
+    return 0
+
+
+def _add_run(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = subcommands.add_parser("run", help="the main job (for now: the sampling walkthrough on local services)")
+    run.add_argument(
+        "--endpoints", default=None, help="use running services instead of starting them: sampling=HOST:PORT"
+    )
+    run.add_argument("--store", type=Path, default=default_store(), help="data and service logs (env DRIFTLM_STORE)")
+    run.add_argument("--seed", type=int, default=0, help="seed of the generated data and the draws")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from driftlm.walkthrough import run_walkthrough
+
+    return run_walkthrough(endpoints=args.endpoints, store=args.store.expanduser(), seed=args.seed)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `driftlm` console script."""
+    parser = argparse.ArgumentParser(prog="driftlm", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"driftlm {__version__}")
+    subcommands = parser.add_subparsers(dest="command", required=True)
+    _add_serve(subcommands)
+    _add_run(subcommands)
+    args = parser.parse_args(argv)
+    sys.exit(_serve(args) if args.command == "serve" else _run(args))

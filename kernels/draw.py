@@ -1,0 +1,212 @@
+"""Weighted random draws of indices, with and without replacement, seeded and reproducible.
+
+Both take the weights as they are (no need to normalise them to probabilities), check them in the
+same pass that uses them, and give the same indices for the same seed on any thread count.
+
+- Without replacement: Efraimidis & Spirakis (2006). Item i gets the key E_i / w_i with E_i a
+  standard exponential; the k smallest keys, in increasing order, are distributed exactly as k
+  successive weighted draws that each remove the drawn item (NumPy's
+  `Generator.choice(replace=False, p=w / w.sum())`). O(n) keys + O(n) selection + O(k log k) order.
+- With replacement: k sorted uniforms from the spacings of k + 1 exponentials, merged in one walk
+  with the running sum of the weights, then shuffled. O(n + k), like the alias method, but with
+  no table to build, since a draw is used once.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .counter_rng import (
+    PURPOSE_EXPONENTIAL_KEYS,
+    PURPOSE_SHUFFLE,
+    PURPOSE_SORTED_UNIFORMS,
+    stream_for,
+    uniform_at,
+)
+
+
+class InvalidWeightsError(ValueError):
+    """The weights cannot be drawn from: wrong shape or dtype, empty, negative, NaN, inf, all zero."""
+
+
+class SampleSizeError(ValueError):
+    """k is not a number of items that can be drawn from these weights."""
+
+
+# The weights are cut into this many chunks whatever the thread count, so that the floating-point
+# sums (and so the draws) do not depend on the machine.
+_CHUNKS = 64
+
+
+@numba.njit(parallel=True, cache=True)
+def _exponential_keys(weights: np.ndarray, stream: np.uint64, keys: np.ndarray) -> tuple[int, int]:
+    """keys[i] = E_i / w_i (inf where w_i == 0); returns (positive count, invalid count)."""
+    positive = 0
+    invalid = 0
+    for i in numba.prange(weights.shape[0]):
+        w = np.float64(weights[i])
+        if w > 0.0 and w < np.inf:
+            keys[i] = -np.log(uniform_at(stream, i)) / w
+            positive += 1
+        else:
+            keys[i] = np.inf
+            if w != 0.0:  # negative, NaN or inf
+                invalid += 1
+    return positive, invalid
+
+
+@numba.njit(parallel=True, cache=True)
+def _chunk_sums(weights: np.ndarray, bounds: np.ndarray, sums: np.ndarray) -> tuple[int, int]:
+    """Per-chunk sums of the weights; returns (positive count, invalid count)."""
+    positive = 0
+    invalid = 0
+    for c in numba.prange(bounds.shape[0] - 1):
+        total = 0.0
+        for i in range(bounds[c], bounds[c + 1]):
+            w = np.float64(weights[i])
+            if w > 0.0 and w < np.inf:
+                total += w
+                positive += 1
+            elif w != 0.0:
+                invalid += 1
+        sums[c] = total
+    return positive, invalid
+
+
+@numba.njit(cache=True)
+def _sorted_uniforms(k: int, scale: float, stream: np.uint64) -> np.ndarray:
+    """k sorted uniforms on [0, scale): normalised partial sums of k + 1 exponentials."""
+    spacings = np.empty(k + 1)
+    total = 0.0
+    for j in range(k + 1):
+        total -= np.log(uniform_at(stream, j))
+        spacings[j] = total
+    return spacings[:k] * (scale / total)
+
+
+@numba.njit(parallel=True, cache=True)
+def _merge_walk(
+    weights: np.ndarray,
+    bounds: np.ndarray,
+    starts: np.ndarray,
+    targets: np.ndarray,
+    first_target: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """out[j] = the item whose cumulative-weight interval holds targets[j] (targets sorted)."""
+    for c in numba.prange(bounds.shape[0] - 1):
+        running = starts[c]
+        j = first_target[c]
+        end = first_target[c + 1]
+        last_positive = -1
+        for i in range(bounds[c], bounds[c + 1]):
+            w = np.float64(weights[i])
+            if w <= 0.0:
+                continue
+            running += w
+            last_positive = i
+            while j < end and targets[j] < running:
+                out[j] = i
+                j += 1
+        # Rounding can leave a target a hair past this chunk's last running sum.
+        while j < end:
+            out[j] = last_positive
+            j += 1
+
+
+@numba.njit(cache=True)
+def _shuffle(values: np.ndarray, stream: np.uint64) -> None:
+    """Fisher-Yates shuffle in place."""
+    for i in range(values.shape[0] - 1, 0, -1):
+        j = int(uniform_at(stream, i) * (i + 1))
+        values[i], values[j] = values[j], values[i]
+
+
+def _check_weights(weights: np.ndarray, k: int) -> np.ndarray:
+    if weights.ndim != 1:
+        raise InvalidWeightsError(f"weights must be one-dimensional, got shape {weights.shape}")
+    if weights.dtype not in (np.float32, np.float64):
+        raise InvalidWeightsError(f"weights must be float32 or float64, got {weights.dtype}")
+    if weights.shape[0] == 0:
+        raise InvalidWeightsError("weights are empty: there is nothing to draw from")
+    if k < 1:
+        raise SampleSizeError(f"k must be at least 1, got {k}")
+    return np.ascontiguousarray(weights)
+
+
+def _invalid_weights_error(invalid: int) -> InvalidWeightsError:
+    return InvalidWeightsError(f"{invalid} weights are negative, NaN or infinite; weights must be finite and >= 0")
+
+
+def draw_without_replacement(weights: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Draw k distinct indices, each draw in proportion to the weights of the items left.
+
+    Args:
+        weights: (n,) float32 or float64, finite, >= 0; need not sum to 1. Items of weight 0 are
+            never drawn.
+        k: how many to draw, 1 <= k <= number of positive weights.
+        seed: any integer in [0, 2**64).
+
+    Returns:
+        (k,) int64 indices in draw order (the first is the first draw).
+
+    Raises:
+        InvalidWeightsError: bad shape or dtype; empty, negative, NaN, inf or all-zero weights.
+        SampleSizeError: k < 1 or k > number of positive weights.
+
+    Example:
+        >>> draw_without_replacement(np.array([0.0, 1.0, 3.0]), 2, seed=7).tolist()
+        [1, 2]
+    """
+    weights = _check_weights(weights, k)
+    keys = np.empty(weights.shape[0])
+    positive, invalid = _exponential_keys(weights, stream_for(seed, PURPOSE_EXPONENTIAL_KEYS), keys)
+    if invalid:
+        raise _invalid_weights_error(invalid)
+    if positive == 0:
+        raise InvalidWeightsError("all weights are zero: there is nothing to draw")
+    if k > positive:
+        raise SampleSizeError(
+            f"k={k} exceeds the {positive} items of positive weight; without replacement k can be at most {positive}"
+        )
+    chosen = np.argpartition(keys, k - 1)[:k] if k < keys.shape[0] else np.arange(k)
+    return chosen[np.argsort(keys[chosen])].astype(np.int64, copy=False)
+
+
+def draw_with_replacement(weights: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Draw k independent indices, each in proportion to the weights.
+
+    Args:
+        weights: (n,) float32 or float64, finite, >= 0, not all zero; need not sum to 1. Items of
+            weight 0 are never drawn.
+        k: how many to draw, >= 1 (may exceed n).
+        seed: any integer in [0, 2**64).
+
+    Returns:
+        (k,) int64 indices in draw order.
+
+    Raises:
+        InvalidWeightsError: bad shape or dtype; empty, negative, NaN, inf or all-zero weights.
+        SampleSizeError: k < 1.
+
+    Example:
+        >>> draw_with_replacement(np.array([0.0, 1.0]), 3, seed=7).tolist()
+        [1, 1, 1]
+    """
+    weights = _check_weights(weights, k)
+    bounds = np.linspace(0, weights.shape[0], min(_CHUNKS, weights.shape[0]) + 1).astype(np.int64)
+    sums = np.empty(bounds.shape[0] - 1)
+    positive, invalid = _chunk_sums(weights, bounds, sums)
+    if invalid:
+        raise _invalid_weights_error(invalid)
+    if positive == 0:
+        raise InvalidWeightsError("all weights are zero: there is nothing to draw")
+    starts = np.concatenate(([0.0], np.cumsum(sums)))
+    targets = _sorted_uniforms(k, starts[-1], stream_for(seed, PURPOSE_SORTED_UNIFORMS))
+    first_target = np.searchsorted(targets, starts, side="left")
+    first_target[-1] = k
+    out = np.empty(k, dtype=np.int64)
+    _merge_walk(weights, bounds, starts[:-1], targets, first_target, out)
+    _shuffle(out, stream_for(seed, PURPOSE_SHUFFLE))
+    return out

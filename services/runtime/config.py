@@ -1,0 +1,62 @@
+"""How a service process is configured: flags, with `DRIFTLM_*` environment variables as fallback."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class ServiceDefaults:
+    """Where a service listens unless told otherwise (DESIGN.md, Defaults)."""
+
+    grpc_port: int
+    metrics_port: int
+
+
+# Services by the name `driftlm serve NAME` takes.
+SERVICE_DEFAULTS: dict[str, ServiceDefaults] = {
+    "vocab": ServiceDefaults(grpc_port=50051, metrics_port=9151),
+    "sampling": ServiceDefaults(grpc_port=50052, metrics_port=9152),
+    "trainer": ServiceDefaults(grpc_port=50053, metrics_port=9153),
+    "inference": ServiceDefaults(grpc_port=50054, metrics_port=9154),
+    "compare": ServiceDefaults(grpc_port=50055, metrics_port=9155),
+}
+
+
+def default_store() -> Path:
+    """`DRIFTLM_STORE`, else `~/.driftlm`."""
+    return Path(os.environ.get("DRIFTLM_STORE", Path.home() / ".driftlm")).expanduser()
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything a service process needs to start; built by the CLI, passed to create_server."""
+
+    # Interface to bind: 127.0.0.1 for local use, 0.0.0.0 in a container.
+    host: str = "127.0.0.1"
+    # gRPC port; 0 picks a free one (logged at start).
+    port: int = 0
+    # Root of the service's persistent data.
+    store: Path = Path.home() / ".driftlm"
+    # Prometheus /metrics port; 0 picks a free one, None disables the endpoint.
+    metrics_port: int | None = None
+    # Largest single gRPC message, each way.
+    max_message_bytes: int = 64 * MIB
+    # Largest total of tensor bytes in one client stream.
+    max_stream_bytes: int = 2048 * MIB
+    # Seconds in-flight calls get to finish after SIGTERM or SIGINT.
+    grace_s: float = 30.0
+    # Threads serving calls concurrently.
+    workers: int = 8
+    # debug, info, warning or error.
+    log_level: str = "info"
+
+    @property
+    def address(self) -> str:
+        """host:port as gRPC binds it (IPv6 hosts in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"

@@ -1,0 +1,97 @@
+"""Domain errors and their gRPC status codes: the one place where failures become statuses.
+
+Domain code raises these (never grpc errors); the RPC interceptor turns them into a status with
+a `google.rpc.ErrorInfo` (a stable `reason` clients can branch on) and, for bad arguments, a
+`google.rpc.BadRequest` naming the field.
+
+    DriftlmError
+    ├── InvalidArgumentError      INVALID_ARGUMENT    the request is wrong; fix it and retry
+    ├── NotFoundError             NOT_FOUND           a named thing does not exist
+    ├── FailedPreconditionError   FAILED_PRECONDITION the system is not in the state the call needs
+    ├── AbortedError              ABORTED             a concurrent change won; re-read and retry
+    └── ResourceExhaustedError    RESOURCE_EXHAUSTED  too big or out of memory; ask for less
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+# The ErrorInfo domain of every driftlm error.
+ERROR_DOMAIN = "driftlm.v1"
+
+
+class DriftlmError(Exception):
+    """Base of the errors a driftlm service reports to its callers."""
+
+    code = grpc.StatusCode.INTERNAL
+    default_reason = "INTERNAL"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+
+    def details(self) -> list[any_pb2.Any]:
+        """The google.rpc detail messages attached to the status."""
+        info = any_pb2.Any()
+        info.Pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN))
+        return [info]
+
+    def to_status(self) -> status_pb2.Status:
+        """This error as a google.rpc.Status, ready for grpc_status.rpc_status.to_status."""
+        status = status_pb2.Status(code=getattr(code_pb2, self.code.name), message=self.message)
+        status.details.extend(self.details())
+        return status
+
+
+class InvalidArgumentError(DriftlmError):
+    """A request field is wrong; `field` names it (dotted path) and the message says what is allowed."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    default_reason = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, description: str, *, reason: str | None = None) -> None:
+        super().__init__(f"{field}: {description}", reason=reason)
+        self.field = field
+        self.description = description
+
+    def details(self) -> list[any_pb2.Any]:
+        bad_request = any_pb2.Any()
+        bad_request.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=self.field, description=self.description)
+                ]
+            )
+        )
+        return [*super().details(), bad_request]
+
+
+class NotFoundError(DriftlmError):
+    """A named resource (version, checkpoint, run, model) does not exist."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    default_reason = "NOT_FOUND"
+
+
+class FailedPreconditionError(DriftlmError):
+    """The call is valid but the system is not in a state that allows it (e.g. nothing loaded)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    default_reason = "FAILED_PRECONDITION"
+
+
+class AbortedError(DriftlmError):
+    """A concurrent change won (two commits on one parent); re-read and retry."""
+
+    code = grpc.StatusCode.ABORTED
+    default_reason = "ABORTED"
+
+
+class ResourceExhaustedError(DriftlmError):
+    """The request is larger than the service allows, or memory ran out."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    default_reason = "RESOURCE_EXHAUSTED"

@@ -1,0 +1,1 @@
+"""The sampling service: the paper's effective-sampling weights and weighted draws over gRPC."""

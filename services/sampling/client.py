@@ -1,0 +1,138 @@
+"""A Python client of SamplingService that takes and returns NumPy arrays and chunks big inputs.
+
+Example:
+    >>> client = SamplingClient("127.0.0.1:50052")  # doctest: +SKIP
+    >>> client.draw(np.array([0.1, 0.0, 0.9]), k=2, seed=1)  # doctest: +SKIP
+    array([2, 0])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+from driftlm.services.runtime.tensors import DEFAULT_CHUNK_BYTES, chunk_requests, tensor_to_array
+from driftlm.v1 import sampling_pb2, sampling_pb2_grpc
+
+# Strategy names as selection.Strategy spells them; the client needs no Numba, so it maps names.
+STRATEGY_ENUMS = {
+    "uniform": sampling_pb2.SELECTION_STRATEGY_UNIFORM,
+    "token-embedding-shift": sampling_pb2.SELECTION_STRATEGY_TOKEN_EMBEDDING_SHIFT,
+    "sentence-embedding-shift": sampling_pb2.SELECTION_STRATEGY_SENTENCE_EMBEDDING_SHIFT,
+    "token-mlm-loss": sampling_pb2.SELECTION_STRATEGY_TOKEN_MLM_LOSS,
+}
+
+
+@dataclass(frozen=True)
+class SelectedSentences:
+    """SelectSentences' answer as arrays."""
+
+    indices: np.ndarray
+    weights: np.ndarray
+    eligible_count: int
+    target_token_ids: np.ndarray
+
+
+class SamplingClient:
+    """Calls a sampling service; errors surface as grpc.RpcError with the server's status."""
+
+    def __init__(
+        self, target: str | grpc.Channel, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, timeout_s: float | None = 600.0
+    ) -> None:
+        self._channel = grpc.insecure_channel(target) if isinstance(target, str) else target
+        self._stub = sampling_pb2_grpc.SamplingServiceStub(self._channel)
+        self._chunk_bytes = chunk_bytes
+        self._timeout_s = timeout_s
+
+    def close(self) -> None:
+        """Close the channel (when the client created it)."""
+        self._channel.close()
+
+    def __enter__(self) -> SamplingClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def cosine_distance(
+        self, old_rows: np.ndarray, new_rows: np.ndarray, *, top_k: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(N,) distances between matching rows and the top_k most shifted row indices."""
+        requests = chunk_requests(
+            sampling_pb2.ComputeCosineDistanceRequest,
+            {"top_k": top_k},
+            {"old_rows": old_rows, "new_rows": new_rows},
+            self._chunk_bytes,
+        )
+        response = self._stub.ComputeCosineDistance(requests, timeout=self._timeout_s)
+        return tensor_to_array(response.distances, "distances"), tensor_to_array(response.top_indices, "top_indices")
+
+    def sampling_weights(self, scores: np.ndarray, lengths: np.ndarray, *, alpha: float = 0.5) -> np.ndarray:
+        """(N,) `alpha * score + (1 - alpha) * length / max(length)`."""
+        requests = chunk_requests(
+            sampling_pb2.ComputeSamplingWeightsRequest,
+            {"alpha": alpha},
+            {"scores": scores, "lengths": lengths},
+            self._chunk_bytes,
+        )
+        return tensor_to_array(self._stub.ComputeSamplingWeights(requests, timeout=self._timeout_s).weights, "weights")
+
+    def draw(self, weights: np.ndarray, *, k: int, replace: bool = False, seed: int = 0) -> np.ndarray:
+        """(k,) indices drawn in proportion to the weights."""
+        requests = chunk_requests(
+            sampling_pb2.DrawSampleRequest,
+            {"k": k, "replace": replace, "seed": seed},
+            {"weights": weights},
+            self._chunk_bytes,
+        )
+        return tensor_to_array(self._stub.DrawSample(requests, timeout=self._timeout_s).indices, "indices")
+
+    def select_sentences(
+        self,
+        strategy: str,
+        *,
+        k: int,
+        candidate_lengths: np.ndarray,
+        alpha: float = 0.5,
+        seed: int = 0,
+        candidate_token_ids: np.ndarray | None = None,
+        token_shift: np.ndarray | None = None,
+        top_x: int = 0,
+        target_token_ids: np.ndarray | None = None,
+        old_cls: np.ndarray | None = None,
+        new_cls: np.ndarray | None = None,
+        losses: np.ndarray | None = None,
+    ) -> SelectedSentences:
+        """Up to k candidate indices chosen by `strategy`, a key of STRATEGY_ENUMS.
+
+        Raises:
+            ValueError: an unknown strategy name.
+        """
+        if strategy not in STRATEGY_ENUMS:
+            raise ValueError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGY_ENUMS)}")
+        scalars: dict[str, Any] = {
+            "strategy": STRATEGY_ENUMS[strategy],
+            "k": k,
+            "alpha": alpha,
+            "seed": seed,
+            "top_x": top_x,
+            "target_token_ids": [] if target_token_ids is None else [int(t) for t in target_token_ids],
+        }
+        tensors = {
+            "candidate_lengths": candidate_lengths,
+            "candidate_token_ids": candidate_token_ids,
+            "token_shift": token_shift,
+            "old_cls": old_cls,
+            "new_cls": new_cls,
+            "losses": losses,
+        }
+        requests = chunk_requests(sampling_pb2.SelectSentencesRequest, scalars, tensors, self._chunk_bytes)
+        response = self._stub.SelectSentences(requests, timeout=self._timeout_s)
+        return SelectedSentences(
+            indices=tensor_to_array(response.indices, "indices"),
+            weights=tensor_to_array(response.weights, "weights"),
+            eligible_count=response.eligible_count,
+            target_token_ids=tensor_to_array(response.target_token_ids, "target_token_ids"),
+        )

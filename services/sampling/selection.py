@@ -1,0 +1,143 @@
+"""Choosing the next iteration's training sentences, by the strategies of Amba Hombaiah et al. (2021).
+
+Each strategy turns the candidate pool into one non-negative weight per sentence; the sentences
+are then drawn by weighted sampling without replacement. A sentence of weight 0 is not eligible.
+
+| strategy                 | score of a sentence                                  | weight                         |
+|--------------------------|------------------------------------------------------|--------------------------------|
+| uniform                  | -                                                    | 1                              |
+| token embedding shift    | largest shift among its target (most shifted) tokens | alpha*score + (1-alpha)*length |
+| sentence embedding shift | cosine distance of its [CLS] before and after        | alpha*score + (1-alpha)*length |
+| token MLM loss           | its MLM loss / the pool's largest loss               | alpha*score + (1-alpha)*length |
+
+length is the token count divided by the pool's longest; sentences without a target token have
+weight 0 under token embedding shift.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+from driftlm import kernels
+from driftlm.services.runtime.errors import InvalidArgumentError
+
+from . import inputs
+from .measures import measure_shift
+
+
+class Strategy(enum.Enum):
+    """How candidates are scored."""
+
+    UNIFORM = "uniform"
+    TOKEN_EMBEDDING_SHIFT = "token-embedding-shift"
+    SENTENCE_EMBEDDING_SHIFT = "sentence-embedding-shift"
+    TOKEN_MLM_LOSS = "token-mlm-loss"
+
+
+@dataclass(frozen=True)
+class CandidatePool:
+    """The candidate sentences and whatever the chosen strategy scores them by."""
+
+    # (N,) tokens per candidate: the pool size and the length term.
+    lengths: np.ndarray
+    # Token shift: the candidates' token ids, concatenated.
+    token_ids: np.ndarray | None = None
+    # Token shift: (V,) shift of each vocabulary token.
+    token_shift: np.ndarray | None = None
+    # Token shift: explicit target tokens (replace the top_x most shifted).
+    target_token_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    # Sentence shift: (N, H) [CLS] embeddings before and after.
+    old_cls: np.ndarray | None = None
+    new_cls: np.ndarray | None = None
+    # MLM loss: (N,) loss per candidate.
+    losses: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What select_sentences chose."""
+
+    # (min(k, eligible_count),) int64 candidate indices in draw order.
+    indices: np.ndarray
+    # (N,) float64 weight of every candidate.
+    weights: np.ndarray
+    # Candidates with a positive weight.
+    eligible_count: int
+    # Token shift: the target token ids, most shifted first; empty for the other strategies.
+    target_token_ids: np.ndarray
+
+
+def select_sentences(
+    strategy: Strategy, pool: CandidatePool, *, k: int, alpha: float, seed: int, top_x: int = 0
+) -> Selection:
+    """Draw up to k candidates without replacement, weighted by `strategy`.
+
+    Raises:
+        InvalidArgumentError: the inputs the strategy needs are missing or malformed, or k,
+            alpha or top_x are out of range.
+    """
+    inputs.sample_size(k)
+    inputs.alpha_value(alpha)
+    lengths = inputs.count_vector(inputs.require(pool.lengths, "candidate_lengths"), "candidate_lengths", integer=True)
+    targets = np.empty(0, dtype=np.int64)
+    if strategy is Strategy.UNIFORM:
+        weights = np.ones(lengths.shape[0])
+    elif strategy is Strategy.TOKEN_EMBEDDING_SHIFT:
+        scores, targets = _token_shift_scores(pool, lengths, top_x)
+        weights = np.where(scores >= 0, kernels.sampling_weights(np.maximum(scores, 0.0), lengths, alpha), 0.0)
+    elif strategy is Strategy.SENTENCE_EMBEDDING_SHIFT:
+        needed_by = "the sentence embedding shift strategy"
+        old_cls = inputs.require(pool.old_cls, "old_cls", needed_by=needed_by)
+        new_cls = inputs.require(pool.new_cls, "new_cls", needed_by=needed_by)
+        inputs.same_rows("old_cls", old_cls, "candidate_lengths", lengths)
+        distances, _ = measure_shift(old_cls, new_cls, top_k=0, fields=("old_cls", "new_cls"))
+        weights = kernels.sampling_weights(distances, lengths, alpha)
+    else:
+        losses = inputs.float_vector(
+            inputs.require(pool.losses, "losses", needed_by="the token MLM loss strategy"), "losses"
+        )
+        inputs.same_rows("losses", losses, "candidate_lengths", lengths)
+        largest = float(losses.max())
+        weights = kernels.sampling_weights(
+            losses / largest if largest > 0 else np.zeros_like(losses, dtype=np.float64), lengths, alpha
+        )
+    eligible = int(np.count_nonzero(weights > 0))
+    indices = (
+        kernels.draw_without_replacement(weights, min(k, eligible), seed) if eligible else np.empty(0, dtype=np.int64)
+    )
+    return Selection(indices=indices, weights=weights, eligible_count=eligible, target_token_ids=targets)
+
+
+def _token_shift_scores(pool: CandidatePool, lengths: np.ndarray, top_x: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-candidate largest target shift (-1 without a target) and the target ids."""
+    needed_by = "the token embedding shift strategy"
+    token_ids = inputs.require(pool.token_ids, "candidate_token_ids", needed_by=needed_by)
+    if token_ids.ndim != 1 or token_ids.dtype not in inputs.INT_DTYPES:
+        raise InvalidArgumentError(
+            "candidate_token_ids",
+            f"must be a flat int32 or int64 vector, got {token_ids.dtype} {list(token_ids.shape)}",
+        )
+    targets = np.asarray(pool.target_token_ids, dtype=np.int64)
+    if pool.token_shift is None and targets.size == 0:
+        raise InvalidArgumentError("token_shift", f"or target_token_ids is required by {needed_by}")
+    if pool.token_shift is not None:
+        shift = inputs.float_vector(pool.token_shift, "token_shift")
+        vocab_size = shift.shape[0]
+        if targets.size == 0:
+            if not 1 <= top_x <= vocab_size:
+                raise InvalidArgumentError("top_x", f"must be in [1, {vocab_size}] (the vocabulary size), got {top_x}")
+            targets = kernels.top_k_largest(shift, top_x)
+    else:
+        vocab_size = int(max(targets.max(), token_ids.max(initial=-1))) + 1
+        shift = np.ones(vocab_size)
+    if targets.min() < 0 or targets.max() >= vocab_size:
+        raise InvalidArgumentError("target_token_ids", f"must lie in [0, {vocab_size}), the vocabulary size")
+    token_score = np.full(vocab_size, -1.0)
+    token_score[targets] = shift[targets]
+    try:
+        scores = kernels.max_target_score(token_ids, lengths, token_score)
+    except ValueError as error:
+        raise InvalidArgumentError("candidate_token_ids", str(error)) from error
+    return scores, targets

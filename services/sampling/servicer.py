@@ -1,0 +1,90 @@
+"""SamplingService over gRPC: read the request stream, call the domain, build the response."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+from driftlm.services.runtime.errors import InvalidArgumentError
+from driftlm.services.runtime.tensors import array_to_tensor, collect_stream
+from driftlm.v1 import sampling_pb2, sampling_pb2_grpc
+
+from .inputs import require
+from .measures import draw_indices, measure_shift, weigh
+from .selection import CandidatePool, Strategy, select_sentences
+
+# Used when a request leaves alpha unset.
+DEFAULT_ALPHA = 0.5
+
+_STRATEGIES = {
+    sampling_pb2.SELECTION_STRATEGY_UNIFORM: Strategy.UNIFORM,
+    sampling_pb2.SELECTION_STRATEGY_TOKEN_EMBEDDING_SHIFT: Strategy.TOKEN_EMBEDDING_SHIFT,
+    sampling_pb2.SELECTION_STRATEGY_SENTENCE_EMBEDDING_SHIFT: Strategy.SENTENCE_EMBEDDING_SHIFT,
+    sampling_pb2.SELECTION_STRATEGY_TOKEN_MLM_LOSS: Strategy.TOKEN_MLM_LOSS,
+}
+
+
+class SamplingServicer(sampling_pb2_grpc.SamplingServiceServicer):
+    """Stateless: every call carries all it needs."""
+
+    def __init__(self, max_stream_bytes: int) -> None:
+        self._max_stream_bytes = max_stream_bytes
+
+    def ComputeCosineDistance(
+        self, request_iterator: Iterator[sampling_pb2.ComputeCosineDistanceRequest], context: grpc.ServicerContext
+    ) -> sampling_pb2.ComputeCosineDistanceResponse:
+        first, arrays = collect_stream(request_iterator, ("old_rows", "new_rows"), self._max_stream_bytes)
+        distances, top = measure_shift(
+            require(arrays["old_rows"], "old_rows"), require(arrays["new_rows"], "new_rows"), first.top_k
+        )
+        return sampling_pb2.ComputeCosineDistanceResponse(
+            distances=array_to_tensor(distances), top_indices=array_to_tensor(top)
+        )
+
+    def ComputeSamplingWeights(
+        self, request_iterator: Iterator[sampling_pb2.ComputeSamplingWeightsRequest], context: grpc.ServicerContext
+    ) -> sampling_pb2.ComputeSamplingWeightsResponse:
+        first, arrays = collect_stream(request_iterator, ("scores", "lengths"), self._max_stream_bytes)
+        alpha = first.alpha if first.HasField("alpha") else DEFAULT_ALPHA
+        weights = weigh(require(arrays["scores"], "scores"), require(arrays["lengths"], "lengths"), alpha)
+        return sampling_pb2.ComputeSamplingWeightsResponse(weights=array_to_tensor(weights))
+
+    def DrawSample(
+        self, request_iterator: Iterator[sampling_pb2.DrawSampleRequest], context: grpc.ServicerContext
+    ) -> sampling_pb2.DrawSampleResponse:
+        first, arrays = collect_stream(request_iterator, ("weights",), self._max_stream_bytes)
+        indices = draw_indices(require(arrays["weights"], "weights"), first.k, replace=first.replace, seed=first.seed)
+        return sampling_pb2.DrawSampleResponse(indices=array_to_tensor(indices))
+
+    def SelectSentences(
+        self, request_iterator: Iterator[sampling_pb2.SelectSentencesRequest], context: grpc.ServicerContext
+    ) -> sampling_pb2.SelectSentencesResponse:
+        tensor_fields = ("candidate_lengths", "candidate_token_ids", "token_shift", "old_cls", "new_cls", "losses")
+        first, arrays = collect_stream(request_iterator, tensor_fields, self._max_stream_bytes)
+        if first.strategy not in _STRATEGIES:
+            allowed = ", ".join(sampling_pb2.SelectionStrategy.Name(value) for value in _STRATEGIES)
+            raise InvalidArgumentError("strategy", f"must be one of {allowed}, got {first.strategy}")
+        pool = CandidatePool(
+            lengths=require(arrays["candidate_lengths"], "candidate_lengths"),
+            token_ids=arrays["candidate_token_ids"],
+            token_shift=arrays["token_shift"],
+            target_token_ids=np.asarray(first.target_token_ids, dtype=np.int64),
+            old_cls=arrays["old_cls"],
+            new_cls=arrays["new_cls"],
+            losses=arrays["losses"],
+        )
+        selection = select_sentences(
+            _STRATEGIES[first.strategy],
+            pool,
+            k=first.k,
+            alpha=first.alpha if first.HasField("alpha") else DEFAULT_ALPHA,
+            seed=first.seed,
+            top_x=first.top_x,
+        )
+        return sampling_pb2.SelectSentencesResponse(
+            indices=array_to_tensor(selection.indices),
+            weights=array_to_tensor(selection.weights),
+            eligible_count=selection.eligible_count,
+            target_token_ids=array_to_tensor(selection.target_token_ids),
+        )

@@ -1,0 +1,32 @@
+"""Shared fixtures: real servers on 127.0.0.1 and real clients."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from driftlm.services.sampling.client import SamplingClient
+from driftlm.services.sampling.server import create_server
+from driftlm.v1 import sampling_pb2_grpc
+
+
+@pytest.fixture(scope="session")
+def sampling_target() -> Iterator[str]:
+    """A sampling server on a free loopback port, for the whole session."""
+    server, port = create_server("127.0.0.1:0")
+    yield f"127.0.0.1:{port}"
+    server.stop(grace=None)
+
+
+@pytest.fixture
+def sampling_client(sampling_target: str) -> Iterator[SamplingClient]:
+    with SamplingClient(sampling_target) as client:
+        yield client
+
+
+@pytest.fixture
+def sampling_stub(sampling_target: str) -> Iterator[sampling_pb2_grpc.SamplingServiceStub]:
+    """The raw generated stub, to send requests no client helper would build."""
+    with grpc.insecure_channel(sampling_target) as channel:
+        yield sampling_pb2_grpc.SamplingServiceStub(channel)

@@ -1,0 +1,150 @@
+"""The weighted draws: exact distributions (checked statistically), reproducibility, bad input."""
+
+import numba
+import numpy as np
+import pytest
+from driftlm.kernels import InvalidWeightsError, SampleSizeError, draw_with_replacement, draw_without_replacement
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from scipy import stats
+
+DRAWS = [draw_with_replacement, draw_without_replacement]
+weight_vectors = arrays(
+    np.float64, st.integers(1, 60), elements=st.one_of(st.just(0.0), st.floats(1e-6, 1e6, allow_nan=False))
+).filter(lambda w: (w > 0).any())
+
+
+@settings(deadline=None, max_examples=80)
+@given(weights=weight_vectors, k=st.integers(1, 40), seed=st.integers(0, 2**64 - 1))
+def test_zero_weights_are_never_drawn_and_seeds_reproduce(weights: np.ndarray, k: int, seed: int) -> None:
+    positive = int((weights > 0).sum())
+    for draw, size in ((draw_with_replacement, k), (draw_without_replacement, min(k, positive))):
+        drawn = draw(weights, size, seed)
+        assert drawn.dtype == np.int64 and drawn.shape == (size,)
+        assert (weights[drawn] > 0).all()
+        np.testing.assert_array_equal(drawn, draw(weights, size, seed))
+
+
+@settings(deadline=None, max_examples=50)
+@given(weights=weight_vectors, seed=st.integers(0, 2**64 - 1))
+def test_without_replacement_is_distinct_and_can_take_every_positive_item(weights: np.ndarray, seed: int) -> None:
+    positive = int((weights > 0).sum())
+    drawn = draw_without_replacement(weights, positive, seed)
+    assert sorted(drawn.tolist()) == np.flatnonzero(weights > 0).tolist()
+
+
+@pytest.mark.parametrize("draw", DRAWS)
+def test_float32_and_float64_weights_give_the_same_draw(draw) -> None:  # type: ignore[no-untyped-def]
+    weights = np.random.default_rng(1).random(1000)
+    np.testing.assert_array_equal(draw(weights, 50, 3), draw(weights.astype(np.float32).astype(np.float64), 50, 3))
+    assert draw(weights.astype(np.float32), 50, 3).shape == (50,)
+
+
+@pytest.mark.parametrize("draw", DRAWS)
+def test_same_draw_on_any_thread_count(draw) -> None:  # type: ignore[no-untyped-def]
+    weights = np.random.default_rng(2).random(200_000)
+    threads = numba.get_num_threads()
+    expected = draw(weights, 5000, 11)
+    try:
+        numba.set_num_threads(1)
+        single = draw(weights, 5000, 11)
+    finally:
+        numba.set_num_threads(threads)
+    np.testing.assert_array_equal(single, expected)
+
+
+@pytest.mark.parametrize("draw", DRAWS)
+def test_different_seeds_give_different_draws(draw) -> None:  # type: ignore[no-untyped-def]
+    weights = np.ones(10_000)
+    assert not np.array_equal(draw(weights, 100, 1), draw(weights, 100, 2))
+
+
+def test_with_replacement_frequencies_fit_the_weights() -> None:
+    """Chi-square goodness of fit of 200,000 independent draws from 25 items."""
+    weights = np.arange(25, dtype=np.float64) ** 1.5
+    draws = 200_000
+    counts = np.bincount(draw_with_replacement(weights, draws, seed=5), minlength=weights.size)
+    assert counts[0] == 0
+    expected = draws * weights[1:] / weights.sum()
+    assert stats.chisquare(counts[1:], expected).pvalue > 1e-3
+
+
+def test_with_replacement_order_is_exchangeable() -> None:
+    """The draws come out shuffled: the first half of a draw fits the weights on its own."""
+    weights = np.array([1.0, 2.0, 3.0, 4.0])
+    drawn = draw_with_replacement(weights, 40_000, seed=9)
+    first_half = np.bincount(drawn[:20_000], minlength=4)
+    assert stats.chisquare(first_half, 20_000 * weights / weights.sum()).pvalue > 1e-3
+
+
+def test_without_replacement_inclusion_matches_numpy_choice() -> None:
+    """Per-item inclusion frequencies of k=4 of 10 match NumPy's successive draws."""
+    weights = np.array([0.5, 1, 1, 2, 3, 5, 8, 0.25, 4, 6], dtype=np.float64)
+    trials, k = 20_000, 4
+    ours = np.zeros(weights.size)
+    theirs = np.zeros(weights.size)
+    rng = np.random.default_rng(0)
+    for trial in range(trials):
+        ours[draw_without_replacement(weights, k, seed=trial)] += 1
+        theirs[rng.choice(weights.size, k, replace=False, p=weights / weights.sum())] += 1
+    ours, theirs = ours / trials, theirs / trials
+    # Difference of two independent frequencies: standard error sqrt(2 p (1 - p) / trials).
+    standard_error = np.sqrt(2 * theirs * (1 - theirs) / trials)
+    assert np.all(np.abs(ours - theirs) < 5 * standard_error + 1e-9), (ours, theirs)
+
+
+def test_without_replacement_first_draw_follows_the_weights() -> None:
+    """Draw order is successive-draw order: the first index is distributed as the weights."""
+    weights = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
+    firsts = np.array([draw_without_replacement(weights, 3, seed=s)[0] for s in range(30_000)])
+    counts = np.bincount(firsts, minlength=5)
+    assert stats.chisquare(counts, 30_000 * weights / weights.sum()).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("draw", DRAWS)
+@pytest.mark.parametrize(
+    ("weights", "k", "error", "message"),
+    [
+        # (weights, k, exception, exact message)
+        (
+            np.array([1.0, -0.5]),
+            1,
+            InvalidWeightsError,
+            "1 weights are negative, NaN or infinite; weights must be finite and >= 0",
+        ),
+        (
+            np.array([1.0, np.nan, np.inf]),
+            1,
+            InvalidWeightsError,
+            "2 weights are negative, NaN or infinite; weights must be finite and >= 0",
+        ),
+        (np.zeros(3), 1, InvalidWeightsError, "all weights are zero: there is nothing to draw"),
+        (np.zeros(0), 1, InvalidWeightsError, "weights are empty: there is nothing to draw from"),
+        (np.ones((2, 2)), 1, InvalidWeightsError, "weights must be one-dimensional, got shape (2, 2)"),
+        (np.ones(3, dtype=np.int64), 1, InvalidWeightsError, "weights must be float32 or float64, got int64"),
+        (np.ones(3), 0, SampleSizeError, "k must be at least 1, got 0"),
+        (np.ones(3), -2, SampleSizeError, "k must be at least 1, got -2"),
+    ],
+)
+def test_bad_input(draw, weights: np.ndarray, k: int, error: type, message: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(error) as raised:
+        draw(weights, k, seed=0)
+    assert str(raised.value) == message
+
+
+def test_without_replacement_cannot_take_more_than_the_positive_weights() -> None:
+    with pytest.raises(SampleSizeError) as raised:
+        draw_without_replacement(np.array([1.0, 0.0, 2.0]), 3, seed=0)
+    assert str(raised.value) == "k=3 exceeds the 2 items of positive weight; without replacement k can be at most 2"
+
+
+def test_with_replacement_may_take_more_than_there_are_items() -> None:
+    drawn = draw_with_replacement(np.array([1.0, 0.0, 2.0]), 10, seed=0)
+    assert set(drawn.tolist()) <= {0, 2}
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64])
+def test_seed_out_of_range(seed: int) -> None:
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*64\)"):
+        draw_without_replacement(np.ones(3), 1, seed=seed)
