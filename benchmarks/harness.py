@@ -82,6 +82,12 @@ def write_results(suite: str, cases: list[Case]) -> Path:
     for column in ("case", "driftlm", "baseline", "baseline time", "ratio"):
         table.add_column(column, justify="left" if column in ("case", "baseline") else "right")
     for case in cases:
-        table.add_row(case.name, f"{case.value:.2f} {case.unit}", case.baseline, f"{case.baseline_value:.2f} {case.unit}", f"{case.ratio:.2f}x")
+        table.add_row(
+            case.name,
+            f"{case.value:.2f} {case.unit}",
+            case.baseline,
+            f"{case.baseline_value:.2f} {case.unit}",
+            f"{case.ratio:.2f}x",
+        )
     Console(width=160).print(table)
     return path

@@ -92,7 +92,9 @@ def _grpc_case(device: dict[str, object]) -> Case:
     finally:
         server.stop(grace=None)
     local = median_ms(lambda: kernels.draw_without_replacement(weights, SAMPLE, 5))
-    return compare(f"gRPC DrawSample {POPULATION:,} weights, k={SAMPLE:,}", remote, "in-process kernel call", local, device)
+    return compare(
+        f"gRPC DrawSample {POPULATION:,} weights, k={SAMPLE:,}", remote, "in-process kernel call", local, device
+    )
 
 
 def run() -> list[Case]:

@@ -15,8 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from driftlm import __version__
+from driftlm.services.runtime.bootstrap import stop_gracefully, stop_requested_on_signals
 from driftlm.services.runtime.config import MIB, SERVICE_DEFAULTS, ServeConfig, default_store
 from driftlm.services.runtime.logs import configure_logging
+from driftlm.services.runtime.metrics import start_metrics_server
 
 _LOG = logging.getLogger("driftlm.serve")
 
@@ -106,26 +108,27 @@ def _serve(args: argparse.Namespace) -> int:
         )
         return 2
     config.store.mkdir(parents=True, exist_ok=True)
-    from driftlm.services.runtime.bootstrap import serve_until_signalled
-    from driftlm.services.runtime.metrics import start_metrics_server
-
-    try:
-        server, port = module.create_server(config.address, config)
-        metrics_port = None if config.metrics_port is None else start_metrics_server(config.host, config.metrics_port)
-    except (RuntimeError, OSError) as error:
-        print(f"driftlm serve {args.service}: {error}", file=sys.stderr)
-        return 1
-    _LOG.info(
-        "serving",
-        extra={
-            "service": args.service,
-            "host": config.host,
-            "port": port,
-            "metrics_port": metrics_port,
-            "store": str(config.store),
-        },
-    )
-    serve_until_signalled(server, config.grace_s)
+    with stop_requested_on_signals() as stop_requested:
+        try:
+            server, port = module.create_server(config.address, config)
+            metrics_port = (
+                None if config.metrics_port is None else start_metrics_server(config.host, config.metrics_port)
+            )
+        except (RuntimeError, OSError) as error:
+            print(f"driftlm serve {args.service}: {error}", file=sys.stderr)
+            return 1
+        _LOG.info(
+            "serving",
+            extra={
+                "service": args.service,
+                "host": config.host,
+                "port": port,
+                "metrics_port": metrics_port,
+                "store": str(config.store),
+            },
+        )
+        stop_requested.wait()
+        stop_gracefully(server, config.grace_s)
     return 0
 
 

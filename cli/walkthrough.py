@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from driftlm.local_services import LocalServices
-from driftlm.services.sampling.client import SamplingClient
 from rich.console import Console
 from rich.table import Table
+
+from driftlm.local_services import LocalServices
+from driftlm.services.sampling.client import SamplingClient
 
 VOCAB_SIZE = 30_522
 HIDDEN = 384

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+
 from driftlm.services.sampling.client import SamplingClient
 from driftlm.services.sampling.server import create_server
 from driftlm.v1 import sampling_pb2_grpc

@@ -8,10 +8,11 @@ finish, exit 0.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from types import FrameType
@@ -70,19 +71,28 @@ def build_server(bindings: Sequence[ServiceBinding], address: str, config: Serve
     return server, port
 
 
-def serve_until_signalled(server: grpc.Server, grace_s: float) -> None:
-    """Block until SIGTERM or SIGINT, then stop gracefully: in-flight calls get grace_s."""
-    stopping = threading.Event()
+@contextlib.contextmanager
+def stop_requested_on_signals() -> Iterator[threading.Event]:
+    """An event set by SIGTERM or SIGINT while the block runs.
+
+    Enter it before the server starts, so that a signal arriving during start-up is not lost
+    (Python's default SIGINT handler would kill the process mid-start instead).
+    """
+    stop_requested = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
-        _LOG.info("stopping", extra={"signal": signal.Signals(signum).name, "grace_s": grace_s})
-        stopping.set()
+        _LOG.info("stopping", extra={"signal": signal.Signals(signum).name})
+        stop_requested.set()
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        stopping.wait()
-        server.stop(grace_s).wait()
-        _LOG.info("stopped")
+        yield stop_requested
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def stop_gracefully(server: grpc.Server, grace_s: float) -> None:
+    """Refuse new calls at once, give in-flight ones grace_s to finish, then return."""
+    server.stop(grace_s).wait()
+    _LOG.info("stopped", extra={"grace_s": grace_s})

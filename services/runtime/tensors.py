@@ -12,8 +12,9 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
-from driftlm.v1 import common_pb2
 from google.protobuf.message import Message
+
+from driftlm.v1 import common_pb2
 
 from .errors import InvalidArgumentError, ResourceExhaustedError
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+
 from driftlm.services.runtime.tensors import DEFAULT_CHUNK_BYTES, chunk_requests, tensor_to_array
 from driftlm.v1 import sampling_pb2, sampling_pb2_grpc
 

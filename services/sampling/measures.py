@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from driftlm import kernels
 from driftlm.services.runtime.errors import InvalidArgumentError
 

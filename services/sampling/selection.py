@@ -20,6 +20,7 @@ import enum
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from driftlm import kernels
 from driftlm.services.runtime.errors import InvalidArgumentError
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grpc
+
 from driftlm.services.runtime.bootstrap import ServiceBinding, build_server
 from driftlm.services.runtime.config import ServeConfig
 from driftlm.v1 import sampling_pb2, sampling_pb2_grpc

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import grpc
 import numpy as np
+
 from driftlm.services.runtime.errors import InvalidArgumentError
 from driftlm.services.runtime.tensors import array_to_tensor, collect_stream
 from driftlm.v1 import sampling_pb2, sampling_pb2_grpc

@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
-from driftlm.kernels import cosine_distance_rows, count_nonfinite
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+
+from driftlm.kernels import cosine_distance_rows, count_nonfinite
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 

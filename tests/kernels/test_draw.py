@@ -3,11 +3,12 @@
 import numba
 import numpy as np
 import pytest
-from driftlm.kernels import InvalidWeightsError, SampleSizeError, draw_with_replacement, draw_without_replacement
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import stats
+
+from driftlm.kernels import InvalidWeightsError, SampleSizeError, draw_with_replacement, draw_without_replacement
 
 DRAWS = [draw_with_replacement, draw_without_replacement]
 weight_vectors = arrays(

@@ -5,10 +5,11 @@ import importlib
 
 import numpy as np
 import pytest
-from driftlm.kernels import max_target_score, normalised_lengths, sampling_weights, top_k_largest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+
+from driftlm.kernels import max_target_score, normalised_lengths, sampling_weights, top_k_largest
 
 
 @settings(deadline=None, max_examples=100)

@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+
 from driftlm.local_services import LocalService, start_service
 from driftlm.services.runtime.tensors import array_to_tensor
 from driftlm.services.sampling.client import SamplingClient
@@ -125,17 +126,16 @@ def test_environment_variables_configure_serve(tmp_path: Path) -> None:
         "DRIFTLM_STORE": str(tmp_path / "store"),
         "PYTHONUNBUFFERED": "1",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "driftlm", "serve", "sampling"], stderr=subprocess.PIPE, text=True, env=env
-    )
-    try:
-        assert process.stderr is not None
-        line = next(line for line in process.stderr if '"msg": "serving"' in line)
-        assert line and '"metrics_port": null' in line and str(tmp_path / "store") in line
-        assert (tmp_path / "store").is_dir()
-    finally:
-        process.send_signal(signal.SIGINT)
-        assert process.wait(30) == 0
+    command = [sys.executable, "-m", "driftlm", "serve", "sampling"]
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env) as process:
+        try:
+            assert process.stderr is not None
+            line = next(line for line in process.stderr if '"msg": "serving"' in line)
+            assert '"metrics_port": null' in line and str(tmp_path / "store") in line
+            assert (tmp_path / "store").is_dir()
+        finally:
+            process.send_signal(signal.SIGINT)
+            assert process.wait(30) == 0
 
 
 def test_the_sampling_client_needs_no_numba() -> None:

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from driftlm.services.runtime.errors import InvalidArgumentError, ResourceExhaustedError
 from driftlm.services.runtime.tensors import array_to_tensor, chunk_requests, collect_stream, tensor_to_array
 from driftlm.v1 import common_pb2, sampling_pb2

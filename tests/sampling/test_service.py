@@ -8,16 +8,17 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+
 from driftlm import kernels
 from driftlm.services.runtime.config import ServeConfig
 from driftlm.services.runtime.tensors import array_to_tensor
 from driftlm.services.sampling.client import SamplingClient
 from driftlm.services.sampling.server import create_server
 from driftlm.v1 import common_pb2, sampling_pb2, sampling_pb2_grpc
-from google.rpc import error_details_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from grpc_status import rpc_status
 
 T = array_to_tensor
 Stub = sampling_pb2_grpc.SamplingServiceStub
