@@ -7,6 +7,7 @@ a `google.rpc.ErrorInfo` (a stable `reason` clients can branch on) and, for bad 
     DriftlmError
     ├── InvalidArgumentError      INVALID_ARGUMENT    the request is wrong; fix it and retry
     ├── NotFoundError             NOT_FOUND           a named thing does not exist
+    ├── AlreadyExistsError        ALREADY_EXISTS      what the call would create is there already
     ├── FailedPreconditionError   FAILED_PRECONDITION the system is not in the state the call needs
     ├── AbortedError              ABORTED             a concurrent change won; re-read and retry
     └── ResourceExhaustedError    RESOURCE_EXHAUSTED  too big or out of memory; ask for less
@@ -74,6 +75,13 @@ class NotFoundError(DriftlmError):
 
     code = grpc.StatusCode.NOT_FOUND
     default_reason = "NOT_FOUND"
+
+
+class AlreadyExistsError(DriftlmError):
+    """What the call would create (an export directory, say) exists already."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+    default_reason = "ALREADY_EXISTS"
 
 
 class FailedPreconditionError(DriftlmError):

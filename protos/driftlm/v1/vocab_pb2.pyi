@@ -8,6 +8,7 @@ from driftlm.v1 import common_pb2 as _common_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +20,42 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _CorpusFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CorpusFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CorpusFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CORPUS_FORMAT_UNSPECIFIED: _CorpusFormat.ValueType  # 0
+    """Decided by the file name: .jsonl/.ndjson, .csv, .parquet, anything else is plain text; a
+    trailing .gz is decompressed first.
+    """
+    CORPUS_FORMAT_JSONL: _CorpusFormat.ValueType  # 1
+    """One JSON object per line; the text is in text_field."""
+    CORPUS_FORMAT_CSV: _CorpusFormat.ValueType  # 2
+    """Comma-separated with a header row; the text is in the column text_field."""
+    CORPUS_FORMAT_PARQUET: _CorpusFormat.ValueType  # 3
+    """Apache Parquet; the text is in the column text_field."""
+    CORPUS_FORMAT_TEXT: _CorpusFormat.ValueType  # 4
+    """One text per line."""
+
+class CorpusFormat(_CorpusFormat, metaclass=_CorpusFormatEnumTypeWrapper):
+    """The layout of a corpus file."""
+
+CORPUS_FORMAT_UNSPECIFIED: CorpusFormat.ValueType  # 0
+"""Decided by the file name: .jsonl/.ndjson, .csv, .parquet, anything else is plain text; a
+trailing .gz is decompressed first.
+"""
+CORPUS_FORMAT_JSONL: CorpusFormat.ValueType  # 1
+"""One JSON object per line; the text is in text_field."""
+CORPUS_FORMAT_CSV: CorpusFormat.ValueType  # 2
+"""Comma-separated with a header row; the text is in the column text_field."""
+CORPUS_FORMAT_PARQUET: CorpusFormat.ValueType  # 3
+"""Apache Parquet; the text is in the column text_field."""
+CORPUS_FORMAT_TEXT: CorpusFormat.ValueType  # 4
+"""One text per line."""
+Global___CorpusFormat: _TypeAlias = CorpusFormat  # noqa: Y015
+
 @_typing.final
 class CorpusSource(_message.Message):
     """Where the texts of a corpus come from."""
@@ -28,15 +65,20 @@ class CorpusSource(_message.Message):
     TEXTS_FIELD_NUMBER: _builtins.int
     URI_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
     text_field: _builtins.str
     """For JSONL, CSV and Parquet: the field that holds the text. Empty means `text`."""
+    format: Global___CorpusFormat.ValueType
+    """The file's layout; unspecified means decided by its name."""
     @_builtins.property
     def texts(self) -> Global___TextBatch:
         """Texts sent in the request itself."""
 
     @_builtins.property
     def uri(self) -> _common_pb2.ArtifactRef:
-        """A JSONL, CSV, Parquet or plain-text file (optionally gzip-compressed)."""
+        """A corpus file: a path on the service's machine (absolute, or relative to its store) or a
+        file:// URI.
+        """
 
     def __init__(
         self,
@@ -44,10 +86,11 @@ class CorpusSource(_message.Message):
         texts: Global___TextBatch | None = ...,
         uri: _common_pb2.ArtifactRef | None = ...,
         text_field: _builtins.str = ...,
+        format: Global___CorpusFormat.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "texts", b"texts", "uri", b"uri"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "text_field", b"text_field", "texts", b"texts", "uri", b"uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "source", b"source", "text_field", b"text_field", "texts", b"texts", "uri", b"uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["texts", "uri"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
@@ -89,17 +132,24 @@ class CreateVocabularyRequest(_message.Message):
     TRAINING_CORPUS_FIELD_NUMBER: _builtins.int
     VOCAB_SIZE_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    CASED_FIELD_NUMBER: _builtins.int
     vocab_size: _builtins.int
-    """When training: the vocabulary size, at least the number of special tokens plus the alphabet."""
+    """Training only: the vocabulary size, at least 100. 0 means 30,522."""
     display_name: _builtins.str
-    """A human label for the version (`minilm-base`); not unique."""
+    """A human label for the version (`minilm-base`); not unique, may be empty."""
+    cased: _builtins.bool
+    """Training only: keep letter case. By default texts are lowercased, as in bert-base-uncased."""
     @_builtins.property
     def tokenizer_dir(self) -> _common_pb2.ArtifactRef:
-        """A Hugging Face tokenizer directory (tokenizer.json, or vocab.txt)."""
+        """A Hugging Face tokenizer directory with tokenizer.json (a WordPiece model), or with
+        vocab.txt (and optionally tokenizer_config.json for do_lower_case).
+        """
 
     @_builtins.property
     def training_corpus(self) -> Global___CorpusSource:
-        """A corpus to train a WordPiece tokenizer on."""
+        """A corpus to train a BERT-style WordPiece tokenizer on (specials [PAD] [UNK] [CLS] [SEP]
+        [MASK], `##` continuation prefix).
+        """
 
     def __init__(
         self,
@@ -108,10 +158,11 @@ class CreateVocabularyRequest(_message.Message):
         training_corpus: Global___CorpusSource | None = ...,
         vocab_size: _builtins.int = ...,
         display_name: _builtins.str = ...,
+        cased: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["origin", b"origin", "tokenizer_dir", b"tokenizer_dir", "training_corpus", b"training_corpus"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "origin", b"origin", "tokenizer_dir", b"tokenizer_dir", "training_corpus", b"training_corpus", "vocab_size", b"vocab_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cased", b"cased", "display_name", b"display_name", "origin", b"origin", "tokenizer_dir", b"tokenizer_dir", "training_corpus", b"training_corpus", "vocab_size", b"vocab_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_origin: _TypeAlias = _typing.Literal["tokenizer_dir", "training_corpus"]  # noqa: Y015
     _WhichOneofArgType_origin: _TypeAlias = _typing.Literal["origin", b"origin"]  # noqa: Y015
@@ -128,7 +179,7 @@ class CreateVocabularyResponse(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def version(self) -> Global___VocabVersion:
-        """The new version."""
+        """The new (or already registered) version."""
 
     def __init__(
         self,
@@ -156,23 +207,31 @@ class VocabVersion(_message.Message):
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     CHANGE_FIELD_NUMBER: _builtins.int
     TOKENIZER_FIELD_NUMBER: _builtins.int
+    SLICE_LABELS_FIELD_NUMBER: _builtins.int
+    TOKENIZER_JSON_FIELD_NUMBER: _builtins.int
     version_id: _builtins.str
-    """Content-hashed id (`v-` + 16 hex digits); the same tokenizer always gets the same id."""
+    """Content-hashed id (`v-` + 16 hex digits) of the tokenizer and the parent's id."""
     parent_id: _builtins.str
     """The version this one was derived from; empty for a base version."""
     size: _builtins.int
-    """Number of pieces, specials included."""
+    """Number of pieces, specials included; the same along a chain."""
     create_time: _builtins.str
-    """When it was committed, RFC 3339."""
+    """When it was committed, RFC 3339 UTC."""
     display_name: _builtins.str
     """The label given at creation."""
+    tokenizer_json: _builtins.str
+    """The tokenizer.json itself, when GetVersionRequest.include_tokenizer_json was set."""
     @_builtins.property
     def change(self) -> Global___VocabChange:
         """The change from the parent; empty for a base version."""
 
     @_builtins.property
     def tokenizer(self) -> _common_pb2.ArtifactRef:
-        """The tokenizer.json of this version in the store."""
+        """The tokenizer.json of this version in the service's store."""
+
+    @_builtins.property
+    def slice_labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Labels of the slices whose observations produced this version, in order."""
 
     def __init__(
         self,
@@ -184,10 +243,12 @@ class VocabVersion(_message.Message):
         display_name: _builtins.str = ...,
         change: Global___VocabChange | None = ...,
         tokenizer: _common_pb2.ArtifactRef | None = ...,
+        slice_labels: _abc.Iterable[_builtins.str] | None = ...,
+        tokenizer_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "tokenizer", b"tokenizer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "create_time", b"create_time", "display_name", b"display_name", "parent_id", b"parent_id", "size", b"size", "tokenizer", b"tokenizer", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "create_time", b"create_time", "display_name", b"display_name", "parent_id", b"parent_id", "size", b"size", "slice_labels", b"slice_labels", "tokenizer", b"tokenizer", "tokenizer_json", b"tokenizer_json", "version_id", b"version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -206,13 +267,14 @@ class PieceCount(_message.Message):
     piece: _builtins.str
     """The piece as stored in the vocabulary (`##ing` for a continuation)."""
     id: _builtins.int
-    """Its id in the version the message describes."""
+    """Its id: for an added piece the id it takes, for a removed one the id it had."""
     count: _builtins.int
-    """Occurrences on the observed slice."""
+    """Occurrences on the observed slices (for a candidate: how often it would be used)."""
     @_builtins.property
     def parent_decomposition(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """For an added piece: its decomposition into pieces of the parent vocabulary (their ids in the
-        parent), used to initialise its embedding.
+        """For an added piece: its decomposition into pieces of the parent vocabulary, as the parent's
+        ids (greedy longest match, as WordPiece tokenizes). The trainer initialises the piece's
+        embedding as the mean of theirs.
         """
 
     def __init__(
@@ -241,11 +303,11 @@ class VocabChange(_message.Message):
     REMOVED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def added(self) -> _containers.RepeatedCompositeFieldContainer[Global___PieceCount]:
-        """Pieces added, with the ids they take (the ids of removed pieces)."""
+        """Pieces added, most frequent first, with the ids they take (the ids of removed pieces)."""
 
     @_builtins.property
     def removed(self) -> _containers.RepeatedCompositeFieldContainer[Global___PieceCount]:
-        """Pieces removed, with the ids they had."""
+        """Pieces removed, least used first, with the ids they had."""
 
     def __init__(
         self,
@@ -270,13 +332,19 @@ class ObserveSliceRequest(_message.Message):
     VERSION_ID_FIELD_NUMBER: _builtins.int
     CORPUS_FIELD_NUMBER: _builtins.int
     SLICE_LABEL_FIELD_NUMBER: _builtins.int
+    MAX_CANDIDATES_FIELD_NUMBER: _builtins.int
+    MIN_CANDIDATE_COUNT_FIELD_NUMBER: _builtins.int
     version_id: _builtins.str
     """First message only: the version to count with."""
     slice_label: _builtins.str
-    """First message only: a label for the slice (`2019`)."""
+    """First message only: a label for the slice (`2019`, `2024-Q3`); may be empty."""
+    max_candidates: _builtins.int
+    """First message only: the most candidate pieces to keep; 0 means 10,000."""
+    min_candidate_count: _builtins.int
+    """First message only: a candidate needs at least this many occurrences; 0 means 2."""
     @_builtins.property
     def corpus(self) -> Global___CorpusSource:
-        """The slice's texts, or a corpus file."""
+        """The slice's texts (any message), or a corpus file (first message only)."""
 
     def __init__(
         self,
@@ -284,10 +352,12 @@ class ObserveSliceRequest(_message.Message):
         version_id: _builtins.str = ...,
         corpus: Global___CorpusSource | None = ...,
         slice_label: _builtins.str = ...,
+        max_candidates: _builtins.int = ...,
+        min_candidate_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["corpus", b"corpus"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["corpus", b"corpus", "slice_label", b"slice_label", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["corpus", b"corpus", "max_candidates", b"max_candidates", "min_candidate_count", b"min_candidate_count", "slice_label", b"slice_label", "version_id", b"version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -295,23 +365,37 @@ Global___ObserveSliceRequest: _TypeAlias = ObserveSliceRequest  # noqa: Y015
 
 @_typing.final
 class ObserveSliceResponse(_message.Message):
-    """Usage counts of a slice."""
+    """What a slice uses."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     OBSERVATION_ID_FIELD_NUMBER: _builtins.int
     TEXT_COUNT_FIELD_NUMBER: _builtins.int
     PIECE_COUNT_FIELD_NUMBER: _builtins.int
-    TOP_NEW_FIELD_NUMBER: _builtins.int
+    WORD_COUNT_FIELD_NUMBER: _builtins.int
+    UNKNOWN_RATE_FIELD_NUMBER: _builtins.int
+    PIECES_PER_WORD_FIELD_NUMBER: _builtins.int
+    TOP_CANDIDATES_FIELD_NUMBER: _builtins.int
+    CANDIDATE_COUNT_FIELD_NUMBER: _builtins.int
     observation_id: _builtins.str
-    """Id of the stored observation, for ProposeUpdate."""
+    """Id of the stored observation, for ProposeUpdate and MeasureDrift; the same slice observed
+    with the same version and options gets the same id.
+    """
     text_count: _builtins.int
-    """Texts read."""
+    """Texts read (empty texts included)."""
     piece_count: _builtins.int
-    """Pieces produced."""
+    """Pieces the texts tokenize to (no specials)."""
+    word_count: _builtins.int
+    """Words (pre-tokenizer units) in the texts."""
+    unknown_rate: _builtins.float
+    """Fraction of pieces that are the unknown token."""
+    pieces_per_word: _builtins.float
+    """piece_count / word_count."""
+    candidate_count: _builtins.int
+    """How many candidates were kept."""
     @_builtins.property
-    def top_new(self) -> _containers.RepeatedCompositeFieldContainer[Global___PieceCount]:
-        """Most frequent candidate pieces that the version lacks."""
+    def top_candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___PieceCount]:
+        """The most frequent candidate pieces the version lacks (at most 50)."""
 
     def __init__(
         self,
@@ -319,11 +403,15 @@ class ObserveSliceResponse(_message.Message):
         observation_id: _builtins.str = ...,
         text_count: _builtins.int = ...,
         piece_count: _builtins.int = ...,
-        top_new: _abc.Iterable[Global___PieceCount] | None = ...,
+        word_count: _builtins.int = ...,
+        unknown_rate: _builtins.float = ...,
+        pieces_per_word: _builtins.float = ...,
+        top_candidates: _abc.Iterable[Global___PieceCount] | None = ...,
+        candidate_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["observation_id", b"observation_id", "piece_count", b"piece_count", "text_count", b"text_count", "top_new", b"top_new"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate_count", b"candidate_count", "observation_id", b"observation_id", "piece_count", b"piece_count", "pieces_per_word", b"pieces_per_word", "text_count", b"text_count", "top_candidates", b"top_candidates", "unknown_rate", b"unknown_rate", "word_count", b"word_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -336,34 +424,38 @@ class ProposeUpdateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSION_ID_FIELD_NUMBER: _builtins.int
-    OBSERVATION_ID_FIELD_NUMBER: _builtins.int
+    OBSERVATION_IDS_FIELD_NUMBER: _builtins.int
     K_FIELD_NUMBER: _builtins.int
     MIN_COUNT_FIELD_NUMBER: _builtins.int
     PROTECTED_PIECES_FIELD_NUMBER: _builtins.int
     version_id: _builtins.str
     """The version to update."""
-    observation_id: _builtins.str
-    """The observation to base it on."""
     k: _builtins.int
-    """How many pieces to swap, >= 0."""
+    """How many pieces to swap: >= 0 and at most the number of removable pieces."""
     min_count: _builtins.int
-    """A candidate needs at least this many occurrences to enter."""
+    """A candidate needs at least this many occurrences to enter; 0 means 2."""
+    @_builtins.property
+    def observation_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Observations of that version whose counts are added up (for example the last few slices)."""
+
     @_builtins.property
     def protected_pieces(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Pieces never removed, besides specials and single characters."""
+        """Pieces never removed, besides the special tokens and the single characters (with their `##`
+        forms) that keep every string tokenizable.
+        """
 
     def __init__(
         self,
         *,
         version_id: _builtins.str = ...,
-        observation_id: _builtins.str = ...,
+        observation_ids: _abc.Iterable[_builtins.str] | None = ...,
         k: _builtins.int = ...,
         min_count: _builtins.int = ...,
         protected_pieces: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["k", b"k", "min_count", b"min_count", "observation_id", b"observation_id", "protected_pieces", b"protected_pieces", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["k", b"k", "min_count", b"min_count", "observation_ids", b"observation_ids", "protected_pieces", b"protected_pieces", "version_id", b"version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -381,7 +473,7 @@ class ProposeUpdateResponse(_message.Message):
     """Id of the stored proposal, for CommitUpdate."""
     @_builtins.property
     def change(self) -> Global___VocabChange:
-        """The change it would make."""
+        """The change it would make; fewer than k pieces when fewer candidates reached min_count."""
 
     def __init__(
         self,
@@ -432,7 +524,7 @@ class CommitUpdateResponse(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def version(self) -> Global___VocabVersion:
-        """The new version."""
+        """The new version (or the existing one when the same proposal was committed before)."""
 
     def __init__(
         self,
@@ -454,16 +546,20 @@ class GetVersionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSION_ID_FIELD_NUMBER: _builtins.int
+    INCLUDE_TOKENIZER_JSON_FIELD_NUMBER: _builtins.int
     version_id: _builtins.str
     """The version id."""
+    include_tokenizer_json: _builtins.bool
+    """Also return the tokenizer.json (about 0.7 MB for 30k pieces)."""
     def __init__(
         self,
         *,
         version_id: _builtins.str = ...,
+        include_tokenizer_json: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_tokenizer_json", b"include_tokenizer_json", "version_id", b"version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -502,7 +598,7 @@ class ListVersionsRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
-    """At most this many; 0 means 100."""
+    """At most this many; 0 means 100, at most 1,000."""
     page_token: _builtins.str
     """From a previous response's next_page_token; empty for the first page."""
     def __init__(
@@ -548,6 +644,66 @@ class ListVersionsResponse(_message.Message):
 Global___ListVersionsResponse: _TypeAlias = ListVersionsResponse  # noqa: Y015
 
 @_typing.final
+class DiffVersionsRequest(_message.Message):
+    """Diffs two versions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_VERSION_ID_FIELD_NUMBER: _builtins.int
+    TO_VERSION_ID_FIELD_NUMBER: _builtins.int
+    from_version_id: _builtins.str
+    """The earlier version."""
+    to_version_id: _builtins.str
+    """The later version."""
+    def __init__(
+        self,
+        *,
+        from_version_id: _builtins.str = ...,
+        to_version_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_version_id", b"from_version_id", "to_version_id", b"to_version_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiffVersionsRequest: _TypeAlias = DiffVersionsRequest  # noqa: Y015
+
+@_typing.final
+class DiffVersionsResponse(_message.Message):
+    """The difference between two versions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDED_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    MOVED_COUNT_FIELD_NUMBER: _builtins.int
+    moved_count: _builtins.int
+    """Pieces in both whose id differs."""
+    @_builtins.property
+    def added(self) -> _containers.RepeatedCompositeFieldContainer[Global___PieceCount]:
+        """Pieces in `to` and not in `from`, with their ids in `to`, by id."""
+
+    @_builtins.property
+    def removed(self) -> _containers.RepeatedCompositeFieldContainer[Global___PieceCount]:
+        """Pieces in `from` and not in `to`, with their ids in `from`, by id."""
+
+    def __init__(
+        self,
+        *,
+        added: _abc.Iterable[Global___PieceCount] | None = ...,
+        removed: _abc.Iterable[Global___PieceCount] | None = ...,
+        moved_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added", b"added", "moved_count", b"moved_count", "removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiffVersionsResponse: _TypeAlias = DiffVersionsResponse  # noqa: Y015
+
+@_typing.final
 class MeasureDriftRequest(_message.Message):
     """Measures drift between two observations."""
 
@@ -556,22 +712,26 @@ class MeasureDriftRequest(_message.Message):
     BEFORE_OBSERVATION_ID_FIELD_NUMBER: _builtins.int
     AFTER_OBSERVATION_ID_FIELD_NUMBER: _builtins.int
     TOP_N_FIELD_NUMBER: _builtins.int
+    LIST_SIZE_FIELD_NUMBER: _builtins.int
     before_observation_id: _builtins.str
-    """The earlier observation."""
+    """The earlier (or reference) observation."""
     after_observation_id: _builtins.str
-    """The later observation."""
+    """The later (or compared) observation."""
     top_n: _builtins.int
-    """Overlap of the top_n most frequent pieces; 0 means 10,000."""
+    """Overlap of the top_n most frequent pieces; 0 means 1,000."""
+    list_size: _builtins.int
+    """How many rising and fading pieces to list; 0 means 20."""
     def __init__(
         self,
         *,
         before_observation_id: _builtins.str = ...,
         after_observation_id: _builtins.str = ...,
         top_n: _builtins.int = ...,
+        list_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_observation_id", b"after_observation_id", "before_observation_id", b"before_observation_id", "top_n", b"top_n"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_observation_id", b"after_observation_id", "before_observation_id", b"before_observation_id", "list_size", b"list_size", "top_n", b"top_n"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -591,22 +751,22 @@ class MeasureDriftResponse(_message.Message):
     RISING_FIELD_NUMBER: _builtins.int
     FADING_FIELD_NUMBER: _builtins.int
     top_n_overlap: _builtins.float
-    """|top_n(before) & top_n(after)| / top_n, in [0, 1]."""
+    """|top_n(before) & top_n(after)| / top_n by piece string, in [0, 1]."""
     before_unknown_rate: _builtins.float
-    """Fraction of pieces that are [UNK] in each slice."""
+    """Fraction of pieces that are the unknown token in the earlier observation."""
     after_unknown_rate: _builtins.float
-    """Fraction of pieces that are [UNK] in the later slice."""
+    """Fraction of pieces that are the unknown token in the later observation."""
     before_pieces_per_word: _builtins.float
-    """Mean pieces per whitespace word in the earlier slice."""
+    """Pieces per word in the earlier observation."""
     after_pieces_per_word: _builtins.float
-    """Mean pieces per whitespace word in the later slice."""
+    """Pieces per word in the later observation."""
     @_builtins.property
     def rising(self) -> _containers.RepeatedCompositeFieldContainer[Global___PieceCount]:
-        """Most frequent pieces of the later slice that were rare before."""
+        """Pieces whose share of use grew most, with their counts in the later observation."""
 
     @_builtins.property
     def fading(self) -> _containers.RepeatedCompositeFieldContainer[Global___PieceCount]:
-        """Most frequent pieces of the earlier slice that faded."""
+        """Pieces whose share of use shrank most, with their counts in the earlier observation."""
 
     def __init__(
         self,
@@ -637,15 +797,18 @@ class TokenizeTextsRequest(_message.Message):
     TEXTS_FIELD_NUMBER: _builtins.int
     PAD_FIELD_NUMBER: _builtins.int
     MAX_LENGTH_FIELD_NUMBER: _builtins.int
+    OMIT_SPECIAL_TOKENS_FIELD_NUMBER: _builtins.int
     version_id: _builtins.str
     """The version."""
     pad: _builtins.bool
-    """Pad to the longest text of the batch."""
+    """Pad every text to the longest of the batch (with [PAD], mask 0)."""
     max_length: _builtins.int
     """Truncate to this many pieces, specials included; 0 means no limit."""
+    omit_special_tokens: _builtins.bool
+    """Leave out [CLS] and [SEP]; by default they are added, as the model expects."""
     @_builtins.property
     def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The texts."""
+        """The texts (at most 100,000 per call)."""
 
     def __init__(
         self,
@@ -654,10 +817,11 @@ class TokenizeTextsRequest(_message.Message):
         texts: _abc.Iterable[_builtins.str] | None = ...,
         pad: _builtins.bool = ...,
         max_length: _builtins.int = ...,
+        omit_special_tokens: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_length", b"max_length", "pad", b"pad", "texts", b"texts", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_length", b"max_length", "omit_special_tokens", b"omit_special_tokens", "pad", b"pad", "texts", b"texts", "version_id", b"version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -675,19 +839,23 @@ class TokenizeTextsResponse(_message.Message):
     OFFSETS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def input_ids(self) -> _common_pb2.Tensor:
-        """(B, T) int32 ids when padded; else the ids concatenated and `lengths` tells each text's share."""
+        """int32 ids: (B, T) when padded; else every text's ids concatenated, `lengths` says how many
+        belong to each text.
+        """
 
     @_builtins.property
     def attention_mask(self) -> _common_pb2.Tensor:
-        """Same layout as input_ids, uint8 1 for real pieces and 0 for padding."""
+        """uint8, the layout of input_ids: 1 for real pieces, 0 for padding."""
 
     @_builtins.property
     def lengths(self) -> _common_pb2.Tensor:
-        """(B,) int32 pieces per text."""
+        """(B,) int32 pieces per text, specials included, padding not."""
 
     @_builtins.property
     def offsets(self) -> _common_pb2.Tensor:
-        """Same layout as input_ids plus a last axis of 2: int32 character offsets [start, end)."""
+        """int32 character offsets [start, end) into each text: the layout of input_ids plus a last
+        axis of 2. Specials and padding have (0, 0).
+        """
 
     def __init__(
         self,
@@ -717,7 +885,7 @@ class ExportVersionRequest(_message.Message):
     """The version."""
     @_builtins.property
     def destination(self) -> _common_pb2.ArtifactRef:
-        """The directory to write; it must not exist."""
+        """The directory to write (absolute, or relative to the store); it must not exist yet."""
 
     def __init__(
         self,
@@ -742,7 +910,9 @@ class ExportVersionResponse(_message.Message):
     DIRECTORY_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def directory(self) -> _common_pb2.ArtifactRef:
-        """The written directory, loadable by transformers.AutoTokenizer.from_pretrained."""
+        """The written directory: tokenizer.json, tokenizer_config.json, special_tokens_map.json and
+        vocab.txt.
+        """
 
     def __init__(
         self,

@@ -27,9 +27,11 @@ if _version_not_supported:
 
 class VocabServiceStub:
     """Manages versioned WordPiece vocabularies: measures how a stream's wordpieces drift and updates a
-    vocabulary in place (add the most frequent new pieces, drop the least used, same size).
+    vocabulary in place (add the most frequent new pieces, drop the least used, same size), after
+    Amba Hombaiah et al., KDD 2021.
 
-    Draft: the contract is written; the service arrives with the vocab issue.
+    Versions are immutable and form chains: a version has at most one child, so two updates
+    proposed from the same version cannot both be committed (the second gets ABORTED).
     """
 
     def __init__(self, channel):
@@ -68,6 +70,11 @@ class VocabServiceStub:
                 request_serializer=driftlm_dot_v1_dot_vocab__pb2.ListVersionsRequest.SerializeToString,
                 response_deserializer=driftlm_dot_v1_dot_vocab__pb2.ListVersionsResponse.FromString,
                 _registered_method=True)
+        self.DiffVersions = channel.unary_unary(
+                '/driftlm.v1.VocabService/DiffVersions',
+                request_serializer=driftlm_dot_v1_dot_vocab__pb2.DiffVersionsRequest.SerializeToString,
+                response_deserializer=driftlm_dot_v1_dot_vocab__pb2.DiffVersionsResponse.FromString,
+                _registered_method=True)
         self.MeasureDrift = channel.unary_unary(
                 '/driftlm.v1.VocabService/MeasureDrift',
                 request_serializer=driftlm_dot_v1_dot_vocab__pb2.MeasureDriftRequest.SerializeToString,
@@ -87,42 +94,46 @@ class VocabServiceStub:
 
 class VocabServiceServicer:
     """Manages versioned WordPiece vocabularies: measures how a stream's wordpieces drift and updates a
-    vocabulary in place (add the most frequent new pieces, drop the least used, same size).
+    vocabulary in place (add the most frequent new pieces, drop the least used, same size), after
+    Amba Hombaiah et al., KDD 2021.
 
-    Draft: the contract is written; the service arrives with the vocab issue.
+    Versions are immutable and form chains: a version has at most one child, so two updates
+    proposed from the same version cannot both be committed (the second gets ABORTED).
     """
 
     def CreateVocabulary(self, request, context):
         """Registers a base vocabulary, from a tokenizer directory or trained on a corpus, as a version
-        with no parent.
+        with no parent. Registering the same tokenizer again returns the existing version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ObserveSlice(self, request_iterator, context):
-        """Counts how often each piece of a version is used on a slice, and finds candidate new pieces.
+        """Counts how often each piece of a version is used on a slice of text, and finds the candidate
+        new pieces the slice would want. Client-streaming: texts may come in many messages.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ProposeUpdate(self, request, context):
-        """Proposes an update of a version from an observation: K pieces in, K pieces out.
+        """Proposes an update of a version from one or more of its observations: up to K pieces in,
+        as many out, so the size stays the same.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CommitUpdate(self, request, context):
-        """Commits a proposal as a new immutable version.
+        """Commits a proposal as a new immutable version, child of the proposal's version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetVersion(self, request, context):
-        """Returns one version's metadata.
+        """Returns one version.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,8 +146,16 @@ class VocabServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DiffVersions(self, request, context):
+        """The pieces one version has and another lacks, both ways.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def MeasureDrift(self, request, context):
-        """Compares two slices or versions: top-N overlap, unknown rate, pieces per word.
+        """Compares two observations: two slices under one version (how the text drifted) or one slice
+        under two versions (what an update changed).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -150,7 +169,7 @@ class VocabServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportVersion(self, request, context):
-        """Writes a version as a Hugging Face tokenizer directory.
+        """Writes a version as a Hugging Face tokenizer directory (AutoTokenizer.from_pretrained loads it).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -189,6 +208,11 @@ def add_VocabServiceServicer_to_server(servicer, server):
                     request_deserializer=driftlm_dot_v1_dot_vocab__pb2.ListVersionsRequest.FromString,
                     response_serializer=driftlm_dot_v1_dot_vocab__pb2.ListVersionsResponse.SerializeToString,
             ),
+            'DiffVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiffVersions,
+                    request_deserializer=driftlm_dot_v1_dot_vocab__pb2.DiffVersionsRequest.FromString,
+                    response_serializer=driftlm_dot_v1_dot_vocab__pb2.DiffVersionsResponse.SerializeToString,
+            ),
             'MeasureDrift': grpc.unary_unary_rpc_method_handler(
                     servicer.MeasureDrift,
                     request_deserializer=driftlm_dot_v1_dot_vocab__pb2.MeasureDriftRequest.FromString,
@@ -214,9 +238,11 @@ def add_VocabServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class VocabService:
     """Manages versioned WordPiece vocabularies: measures how a stream's wordpieces drift and updates a
-    vocabulary in place (add the most frequent new pieces, drop the least used, same size).
+    vocabulary in place (add the most frequent new pieces, drop the least used, same size), after
+    Amba Hombaiah et al., KDD 2021.
 
-    Draft: the contract is written; the service arrives with the vocab issue.
+    Versions are immutable and form chains: a version has at most one child, so two updates
+    proposed from the same version cannot both be committed (the second gets ABORTED).
     """
 
     @staticmethod
@@ -371,6 +397,33 @@ class VocabService:
             '/driftlm.v1.VocabService/ListVersions',
             driftlm_dot_v1_dot_vocab__pb2.ListVersionsRequest.SerializeToString,
             driftlm_dot_v1_dot_vocab__pb2.ListVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiffVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/driftlm.v1.VocabService/DiffVersions',
+            driftlm_dot_v1_dot_vocab__pb2.DiffVersionsRequest.SerializeToString,
+            driftlm_dot_v1_dot_vocab__pb2.DiffVersionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -28,9 +28,11 @@ GRPC_VERSION: str
 
 class VocabServiceStub:
     """Manages versioned WordPiece vocabularies: measures how a stream's wordpieces drift and updates a
-    vocabulary in place (add the most frequent new pieces, drop the least used, same size).
+    vocabulary in place (add the most frequent new pieces, drop the least used, same size), after
+    Amba Hombaiah et al., KDD 2021.
 
-    Draft: the contract is written; the service arrives with the vocab issue.
+    Versions are immutable and form chains: a version has at most one child, so two updates
+    proposed from the same version cannot both be committed (the second gets ABORTED).
     """
 
     @_typing.overload
@@ -39,60 +41,80 @@ class VocabServiceStub:
     def __new__(cls, channel: _aio.Channel) -> VocabServiceAsyncStub: ...
     CreateVocabulary: _grpc.UnaryUnaryMultiCallable[_vocab_pb2.CreateVocabularyRequest, _vocab_pb2.CreateVocabularyResponse]
     """Registers a base vocabulary, from a tokenizer directory or trained on a corpus, as a version
-    with no parent.
+    with no parent. Registering the same tokenizer again returns the existing version.
     """
     ObserveSlice: _grpc.StreamUnaryMultiCallable[_vocab_pb2.ObserveSliceRequest, _vocab_pb2.ObserveSliceResponse]
-    """Counts how often each piece of a version is used on a slice, and finds candidate new pieces."""
+    """Counts how often each piece of a version is used on a slice of text, and finds the candidate
+    new pieces the slice would want. Client-streaming: texts may come in many messages.
+    """
     ProposeUpdate: _grpc.UnaryUnaryMultiCallable[_vocab_pb2.ProposeUpdateRequest, _vocab_pb2.ProposeUpdateResponse]
-    """Proposes an update of a version from an observation: K pieces in, K pieces out."""
+    """Proposes an update of a version from one or more of its observations: up to K pieces in,
+    as many out, so the size stays the same.
+    """
     CommitUpdate: _grpc.UnaryUnaryMultiCallable[_vocab_pb2.CommitUpdateRequest, _vocab_pb2.CommitUpdateResponse]
-    """Commits a proposal as a new immutable version."""
+    """Commits a proposal as a new immutable version, child of the proposal's version."""
     GetVersion: _grpc.UnaryUnaryMultiCallable[_vocab_pb2.GetVersionRequest, _vocab_pb2.GetVersionResponse]
-    """Returns one version's metadata."""
+    """Returns one version."""
     ListVersions: _grpc.UnaryUnaryMultiCallable[_vocab_pb2.ListVersionsRequest, _vocab_pb2.ListVersionsResponse]
     """Lists versions, newest first."""
+    DiffVersions: _grpc.UnaryUnaryMultiCallable[_vocab_pb2.DiffVersionsRequest, _vocab_pb2.DiffVersionsResponse]
+    """The pieces one version has and another lacks, both ways."""
     MeasureDrift: _grpc.UnaryUnaryMultiCallable[_vocab_pb2.MeasureDriftRequest, _vocab_pb2.MeasureDriftResponse]
-    """Compares two slices or versions: top-N overlap, unknown rate, pieces per word."""
+    """Compares two observations: two slices under one version (how the text drifted) or one slice
+    under two versions (what an update changed).
+    """
     TokenizeTexts: _grpc.UnaryUnaryMultiCallable[_vocab_pb2.TokenizeTextsRequest, _vocab_pb2.TokenizeTextsResponse]
     """Tokenizes a batch of texts with a version."""
     ExportVersion: _grpc.UnaryUnaryMultiCallable[_vocab_pb2.ExportVersionRequest, _vocab_pb2.ExportVersionResponse]
-    """Writes a version as a Hugging Face tokenizer directory."""
+    """Writes a version as a Hugging Face tokenizer directory (AutoTokenizer.from_pretrained loads it)."""
 
 @_typing.type_check_only
 class VocabServiceAsyncStub(VocabServiceStub):
     """Manages versioned WordPiece vocabularies: measures how a stream's wordpieces drift and updates a
-    vocabulary in place (add the most frequent new pieces, drop the least used, same size).
+    vocabulary in place (add the most frequent new pieces, drop the least used, same size), after
+    Amba Hombaiah et al., KDD 2021.
 
-    Draft: the contract is written; the service arrives with the vocab issue.
+    Versions are immutable and form chains: a version has at most one child, so two updates
+    proposed from the same version cannot both be committed (the second gets ABORTED).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateVocabulary: _aio.UnaryUnaryMultiCallable[_vocab_pb2.CreateVocabularyRequest, _vocab_pb2.CreateVocabularyResponse]  # type: ignore[assignment]
     """Registers a base vocabulary, from a tokenizer directory or trained on a corpus, as a version
-    with no parent.
+    with no parent. Registering the same tokenizer again returns the existing version.
     """
     ObserveSlice: _aio.StreamUnaryMultiCallable[_vocab_pb2.ObserveSliceRequest, _vocab_pb2.ObserveSliceResponse]  # type: ignore[assignment]
-    """Counts how often each piece of a version is used on a slice, and finds candidate new pieces."""
+    """Counts how often each piece of a version is used on a slice of text, and finds the candidate
+    new pieces the slice would want. Client-streaming: texts may come in many messages.
+    """
     ProposeUpdate: _aio.UnaryUnaryMultiCallable[_vocab_pb2.ProposeUpdateRequest, _vocab_pb2.ProposeUpdateResponse]  # type: ignore[assignment]
-    """Proposes an update of a version from an observation: K pieces in, K pieces out."""
+    """Proposes an update of a version from one or more of its observations: up to K pieces in,
+    as many out, so the size stays the same.
+    """
     CommitUpdate: _aio.UnaryUnaryMultiCallable[_vocab_pb2.CommitUpdateRequest, _vocab_pb2.CommitUpdateResponse]  # type: ignore[assignment]
-    """Commits a proposal as a new immutable version."""
+    """Commits a proposal as a new immutable version, child of the proposal's version."""
     GetVersion: _aio.UnaryUnaryMultiCallable[_vocab_pb2.GetVersionRequest, _vocab_pb2.GetVersionResponse]  # type: ignore[assignment]
-    """Returns one version's metadata."""
+    """Returns one version."""
     ListVersions: _aio.UnaryUnaryMultiCallable[_vocab_pb2.ListVersionsRequest, _vocab_pb2.ListVersionsResponse]  # type: ignore[assignment]
     """Lists versions, newest first."""
+    DiffVersions: _aio.UnaryUnaryMultiCallable[_vocab_pb2.DiffVersionsRequest, _vocab_pb2.DiffVersionsResponse]  # type: ignore[assignment]
+    """The pieces one version has and another lacks, both ways."""
     MeasureDrift: _aio.UnaryUnaryMultiCallable[_vocab_pb2.MeasureDriftRequest, _vocab_pb2.MeasureDriftResponse]  # type: ignore[assignment]
-    """Compares two slices or versions: top-N overlap, unknown rate, pieces per word."""
+    """Compares two observations: two slices under one version (how the text drifted) or one slice
+    under two versions (what an update changed).
+    """
     TokenizeTexts: _aio.UnaryUnaryMultiCallable[_vocab_pb2.TokenizeTextsRequest, _vocab_pb2.TokenizeTextsResponse]  # type: ignore[assignment]
     """Tokenizes a batch of texts with a version."""
     ExportVersion: _aio.UnaryUnaryMultiCallable[_vocab_pb2.ExportVersionRequest, _vocab_pb2.ExportVersionResponse]  # type: ignore[assignment]
-    """Writes a version as a Hugging Face tokenizer directory."""
+    """Writes a version as a Hugging Face tokenizer directory (AutoTokenizer.from_pretrained loads it)."""
 
 class VocabServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages versioned WordPiece vocabularies: measures how a stream's wordpieces drift and updates a
-    vocabulary in place (add the most frequent new pieces, drop the least used, same size).
+    vocabulary in place (add the most frequent new pieces, drop the least used, same size), after
+    Amba Hombaiah et al., KDD 2021.
 
-    Draft: the contract is written; the service arrives with the vocab issue.
+    Versions are immutable and form chains: a version has at most one child, so two updates
+    proposed from the same version cannot both be committed (the second gets ABORTED).
     """
 
     @_abc_1.abstractmethod
@@ -102,7 +124,7 @@ class VocabServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_vocab_pb2.CreateVocabularyResponse, _abc.Awaitable[_vocab_pb2.CreateVocabularyResponse]]:
         """Registers a base vocabulary, from a tokenizer directory or trained on a corpus, as a version
-        with no parent.
+        with no parent. Registering the same tokenizer again returns the existing version.
         """
 
     @_abc_1.abstractmethod
@@ -111,7 +133,9 @@ class VocabServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_vocab_pb2.ObserveSliceRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_vocab_pb2.ObserveSliceResponse, _abc.Awaitable[_vocab_pb2.ObserveSliceResponse]]:
-        """Counts how often each piece of a version is used on a slice, and finds candidate new pieces."""
+        """Counts how often each piece of a version is used on a slice of text, and finds the candidate
+        new pieces the slice would want. Client-streaming: texts may come in many messages.
+        """
 
     @_abc_1.abstractmethod
     def ProposeUpdate(
@@ -119,7 +143,9 @@ class VocabServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _vocab_pb2.ProposeUpdateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_vocab_pb2.ProposeUpdateResponse, _abc.Awaitable[_vocab_pb2.ProposeUpdateResponse]]:
-        """Proposes an update of a version from an observation: K pieces in, K pieces out."""
+        """Proposes an update of a version from one or more of its observations: up to K pieces in,
+        as many out, so the size stays the same.
+        """
 
     @_abc_1.abstractmethod
     def CommitUpdate(
@@ -127,7 +153,7 @@ class VocabServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _vocab_pb2.CommitUpdateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_vocab_pb2.CommitUpdateResponse, _abc.Awaitable[_vocab_pb2.CommitUpdateResponse]]:
-        """Commits a proposal as a new immutable version."""
+        """Commits a proposal as a new immutable version, child of the proposal's version."""
 
     @_abc_1.abstractmethod
     def GetVersion(
@@ -135,7 +161,7 @@ class VocabServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _vocab_pb2.GetVersionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_vocab_pb2.GetVersionResponse, _abc.Awaitable[_vocab_pb2.GetVersionResponse]]:
-        """Returns one version's metadata."""
+        """Returns one version."""
 
     @_abc_1.abstractmethod
     def ListVersions(
@@ -146,12 +172,22 @@ class VocabServiceServicer(metaclass=_abc_1.ABCMeta):
         """Lists versions, newest first."""
 
     @_abc_1.abstractmethod
+    def DiffVersions(
+        self,
+        request: _vocab_pb2.DiffVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_vocab_pb2.DiffVersionsResponse, _abc.Awaitable[_vocab_pb2.DiffVersionsResponse]]:
+        """The pieces one version has and another lacks, both ways."""
+
+    @_abc_1.abstractmethod
     def MeasureDrift(
         self,
         request: _vocab_pb2.MeasureDriftRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_vocab_pb2.MeasureDriftResponse, _abc.Awaitable[_vocab_pb2.MeasureDriftResponse]]:
-        """Compares two slices or versions: top-N overlap, unknown rate, pieces per word."""
+        """Compares two observations: two slices under one version (how the text drifted) or one slice
+        under two versions (what an update changed).
+        """
 
     @_abc_1.abstractmethod
     def TokenizeTexts(
@@ -167,6 +203,6 @@ class VocabServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _vocab_pb2.ExportVersionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_vocab_pb2.ExportVersionResponse, _abc.Awaitable[_vocab_pb2.ExportVersionResponse]]:
-        """Writes a version as a Hugging Face tokenizer directory."""
+        """Writes a version as a Hugging Face tokenizer directory (AutoTokenizer.from_pretrained loads it)."""
 
 def add_VocabServiceServicer_to_server(servicer: VocabServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,109 @@
+"""A service's persistent files: where references point, and writes that never leave half a file.
+
+Every write goes to a temporary name beside its target, is fsynced, then renamed over the target
+(and the directory fsynced), so a reader or a restart after kill -9 sees the old content or the
+new, never a mix. Temporaries start with `.tmp-`; readers skip them and a restart removes them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from .errors import InvalidArgumentError, NotFoundError
+
+TEMPORARY_PREFIX = ".tmp-"
+
+
+def resolve_path(uri: str, store: Path, field: str, *, must_exist: bool = True) -> Path:
+    """The local path an ArtifactRef URI names: `file:///abs`, `/abs`, or relative to `store`.
+
+    Raises:
+        InvalidArgumentError: an empty URI or a scheme this service cannot read.
+        NotFoundError: must_exist and nothing is there.
+    """
+    if not uri:
+        raise InvalidArgumentError(field, "is empty; give a path or a file:// URI")
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        path = Path(unquote(parsed.path))
+    elif parsed.scheme and len(parsed.scheme) > 1:  # one letter is a Windows drive, not a scheme
+        raise InvalidArgumentError(field, f"scheme {parsed.scheme!r} is not supported; use a path or a file:// URI")
+    else:
+        path = Path(uri).expanduser()
+    path = path if path.is_absolute() else store / path
+    if must_exist and not path.exists():
+        raise NotFoundError(f"{field}: nothing at {path}")
+    return path
+
+
+def fsync_directory(path: Path) -> None:
+    """Make a rename or a new entry in `path` durable."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def write_bytes_atomically(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` all at once, durably."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        Path(temporary).replace(path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+
+
+def write_json_atomically(path: Path, value: Any) -> None:
+    """Replace `path` with `value` as UTF-8 JSON, all at once, durably."""
+    write_bytes_atomically(path, json.dumps(value, ensure_ascii=False, indent=1).encode("utf-8"))
+
+
+def read_json(path: Path) -> Any:
+    """The JSON value in `path`."""
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def new_temporary_directory(parent: Path) -> Path:
+    """An empty directory to fill before publish_directory makes it visible."""
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=TEMPORARY_PREFIX, dir=parent))
+
+
+def publish_directory(temporary: Path, final: Path) -> None:
+    """Rename a filled temporary directory to `final` in one step, durably.
+
+    Every file in it is fsynced first. Raises FileExistsError when `final` exists.
+    """
+    for file in temporary.iterdir():
+        with file.open("rb") as handle:
+            os.fsync(handle.fileno())
+    fsync_directory(temporary)
+    if final.exists():
+        raise FileExistsError(final)
+    temporary.rename(final)
+    fsync_directory(final.parent)
+
+
+def remove_temporaries(directory: Path) -> int:
+    """Delete what interrupted writes left in `directory`; returns how many."""
+    leftovers = [entry for entry in directory.glob(f"{TEMPORARY_PREFIX}*")] if directory.exists() else []
+    for entry in leftovers:
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    return len(leftovers)

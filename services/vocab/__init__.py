@@ -1,0 +1,1 @@
+"""The vocab service: versioned WordPiece vocabularies, drift measurement and dynamic updates."""

@@ -1,0 +1,44 @@
+"""A version as a Hugging Face tokenizer directory that `AutoTokenizer.from_pretrained` loads offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from driftlm.services.runtime import store
+
+from .wordpiece import WordPieceVocabulary
+
+# BERT's special-token roles, as transformers names them.
+_ROLES = {
+    "unk_token": "[UNK]",
+    "sep_token": "[SEP]",
+    "pad_token": "[PAD]",
+    "cls_token": "[CLS]",
+    "mask_token": "[MASK]",
+}
+
+
+def export_directory(vocabulary: WordPieceVocabulary, destination: Path, *, model_max_length: int = 512) -> Path:
+    """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json and vocab.txt.
+
+    The directory appears whole or not at all. Raises FileExistsError when it exists.
+    """
+    if destination.exists():
+        raise FileExistsError(destination)
+    normalizer = vocabulary.document.get("normalizer") or {}
+    specials = {role: token for role, token in _ROLES.items() if token in vocabulary.piece_ids}
+    config = {
+        "tokenizer_class": "BertTokenizer",
+        "do_lower_case": bool(normalizer.get("lowercase", False)),
+        "model_max_length": model_max_length,
+        "clean_up_tokenization_spaces": True,
+        **specials,
+    }
+    temporary = store.new_temporary_directory(destination.parent)
+    (temporary / "tokenizer.json").write_text(vocabulary.tokenizer_json, encoding="utf-8")
+    (temporary / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    (temporary / "special_tokens_map.json").write_text(json.dumps(specials, indent=2), encoding="utf-8")
+    (temporary / "vocab.txt").write_text("".join(piece + "\n" for piece in vocabulary.pieces), encoding="utf-8")
+    store.publish_directory(temporary, destination)
+    return destination

@@ -1,0 +1,238 @@
+"""Observing a slice: how often each piece of a version is used, and which new pieces it wants.
+
+One pass of `encode_batch` (Rust, all cores) gives the usage counts. Candidate new pieces come
+from the words the version cannot hold whole: every word split into two or more pieces (or into
+[UNK]) is counted whole, and a WordPiece model with the version's normaliser, pre-tokeniser and
+continuation prefix is trained on exactly those words, weighted by their counts. A candidate's
+count is how often the slice would use it: a whole word's frequency, or the weighted use of a
+trained piece when those words are tokenized with the slice's model. So a frequent name or
+hashtag enters whole, and a frequent new stem or suffix (`##gpt`) enters as a piece.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer, models, trainers
+
+from .wordpiece import WordPieceVocabulary
+
+# Texts tokenized per encode_batch call: large enough to keep every core busy, small enough to
+# bound memory on slices of any size.
+BATCH_TEXTS = 8192
+# Powers of a 64-bit odd constant, to hash a word's piece ids (wrapping arithmetic).
+_HASH_BASE = np.uint64(0x9E3779B97F4A7C15)
+_MAX_HASHED_PIECES = 128
+_HASH_POWERS = np.cumprod(np.concatenate(([1], np.full(_MAX_HASHED_PIECES - 1, _HASH_BASE))).astype(np.uint64))
+# The slice model is trained this much larger than the candidates wanted, so that whole words
+# are reached by its merges.
+_SLICE_MODEL_HEADROOM = 2
+
+
+@dataclass
+class Observation:
+    """What one slice uses under one version."""
+
+    observation_id: str
+    version_id: str
+    slice_label: str
+    text_count: int
+    piece_count: int
+    word_count: int
+    unknown_count: int
+    # (V,) int64 occurrences of each id.
+    counts: np.ndarray
+    # (piece, count), most frequent first; pieces the version lacks.
+    candidates: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def unknown_rate(self) -> float:
+        """Fraction of pieces that are [UNK]."""
+        return self.unknown_count / self.piece_count if self.piece_count else 0.0
+
+    @property
+    def pieces_per_word(self) -> float:
+        """Mean pieces per word."""
+        return self.piece_count / self.word_count if self.word_count else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able record (counts stored sparsely)."""
+        used = np.flatnonzero(self.counts)
+        return {
+            "observation_id": self.observation_id,
+            "version_id": self.version_id,
+            "slice_label": self.slice_label,
+            "text_count": self.text_count,
+            "piece_count": self.piece_count,
+            "word_count": self.word_count,
+            "unknown_count": self.unknown_count,
+            "vocab_size": int(self.counts.shape[0]),
+            "counts": {"ids": used.tolist(), "values": self.counts[used].tolist()},
+            "candidates": [[piece, count] for piece, count in self.candidates],
+        }
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> Observation:
+        """The inverse of to_json."""
+        counts = np.zeros(int(record["vocab_size"]), dtype=np.int64)
+        counts[np.asarray(record["counts"]["ids"], dtype=np.int64)] = record["counts"]["values"]
+        return cls(
+            observation_id=record["observation_id"],
+            version_id=record["version_id"],
+            slice_label=record["slice_label"],
+            text_count=int(record["text_count"]),
+            piece_count=int(record["piece_count"]),
+            word_count=int(record["word_count"]),
+            unknown_count=int(record["unknown_count"]),
+            counts=counts,
+            candidates=[(str(piece), int(count)) for piece, count in record["candidates"]],
+        )
+
+
+def _batches(texts: Iterable[str], size: int) -> Iterator[list[str]]:
+    iterator = iter(texts)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+class _SliceCounter:
+    """Accumulates counts batch by batch."""
+
+    def __init__(self, vocabulary: WordPieceVocabulary, tokenizer: Tokenizer) -> None:
+        self.vocabulary = vocabulary
+        self.tokenizer = tokenizer
+        self.counts = np.zeros(vocabulary.size, dtype=np.int64)
+        self.continuation = np.asarray(vocabulary.continuation_mask, dtype=bool)
+        self.fragmented_words: Counter[str] = Counter()
+        self.text_count = 0
+        self.digest = hashlib.sha256()
+
+    def add(self, texts: list[str]) -> None:
+        for text in texts:
+            self.digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+        self.text_count += len(texts)
+        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        ids = np.fromiter((i for e in encodings for i in e.ids), dtype=np.int64, count=int(lengths.sum()))
+        self.counts += np.bincount(ids, minlength=self.counts.shape[0])
+        self._count_fragmented_words(ids, lengths)
+        self._count_unknown_words(ids, lengths, texts, encodings)
+
+    def _count_fragmented_words(self, ids: np.ndarray, lengths: np.ndarray) -> None:
+        """Count words split into 2+ pieces: runs of a word-start piece and continuation pieces."""
+        if ids.size == 0:
+            return
+        starts_mask = ~self.continuation[ids]
+        text_starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))[lengths > 0]
+        starts_mask[text_starts] = True  # a text never continues the previous one
+        starts = np.flatnonzero(starts_mask)
+        run_lengths = np.diff(np.append(starts, ids.size))
+        multi = (run_lengths >= 2) & (run_lengths <= _MAX_HASHED_PIECES)
+        if not multi.any():
+            return
+        run_starts, run_lengths = starts[multi], run_lengths[multi]
+        # Positions of every token of every multi-piece run, and its position within the run.
+        token_positions = np.repeat(run_starts, run_lengths) + (
+            np.arange(run_lengths.sum()) - np.repeat(np.cumsum(run_lengths) - run_lengths, run_lengths)
+        )
+        within = token_positions - np.repeat(run_starts, run_lengths)
+        terms = (ids[token_positions].astype(np.uint64) + np.uint64(1)) * _HASH_POWERS[within]
+        hashes = np.add.reduceat(terms, np.concatenate(([0], np.cumsum(run_lengths)[:-1])))
+        _, first, occurrences = np.unique(hashes, return_index=True, return_counts=True)
+        pieces, prefix = self.vocabulary.pieces, self.vocabulary.prefix
+        for run, occurrence in zip(first.tolist(), occurrences.tolist(), strict=True):
+            start = int(run_starts[run])
+            run_ids = ids[start : start + int(run_lengths[run])].tolist()
+            word = pieces[run_ids[0]] + "".join(pieces[i][len(prefix) :] for i in run_ids[1:])
+            self.fragmented_words[word] += occurrence
+
+    def _count_unknown_words(
+        self, ids: np.ndarray, lengths: np.ndarray, texts: list[str], encodings: list[Any]
+    ) -> None:
+        """Words that became [UNK] (characters the version lacks) are counted whole, normalised."""
+        unknown_positions = np.flatnonzero(ids == self.vocabulary.unknown_id)
+        if unknown_positions.size == 0:
+            return
+        text_of = np.searchsorted(np.cumsum(lengths), unknown_positions, side="right")
+        first_token = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+        normalizer = self.tokenizer.normalizer
+        for position, text_index in zip(unknown_positions.tolist(), text_of.tolist(), strict=True):
+            start, end = encodings[text_index].offsets[position - int(first_token[text_index])]
+            word = texts[text_index][start:end]
+            self.fragmented_words[normalizer.normalize_str(word) if normalizer else word] += 1
+
+
+def _slice_model_candidates(
+    vocabulary: WordPieceVocabulary, tokenizer: Tokenizer, words: Counter[str], max_candidates: int
+) -> Counter[str]:
+    """Train WordPiece on the fragmented words (weighted); weighted use of each piece it adds."""
+    slice_model = Tokenizer(
+        models.WordPiece(unk_token=vocabulary.unknown_token, continuing_subword_prefix=vocabulary.prefix)
+    )
+    slice_model.normalizer = tokenizer.normalizer
+    slice_model.pre_tokenizer = tokenizer.pre_tokenizer
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=max_candidates * _SLICE_MODEL_HEADROOM,
+        min_frequency=2,
+        special_tokens=[vocabulary.unknown_token],
+        continuing_subword_prefix=vocabulary.prefix,
+        show_progress=False,
+    )
+    # A word repeated `count` times in one text gives the trainer its frequency.
+    slice_model.train_from_iterator((" ".join([word] * count) for word, count in words.items()), trainer)
+    distinct = list(words)
+    usage: Counter[str] = Counter()
+    for word, encoding in zip(distinct, slice_model.encode_batch(distinct, add_special_tokens=False), strict=True):
+        for piece in encoding.tokens:
+            usage[piece] += words[word]
+    known = vocabulary.piece_ids
+    return Counter({piece: count for piece, count in usage.items() if piece not in known})
+
+
+def observe_slice(
+    vocabulary: WordPieceVocabulary,
+    tokenizer: Tokenizer,
+    texts: Iterable[str],
+    *,
+    version_id: str,
+    slice_label: str,
+    max_candidates: int,
+    min_candidate_count: int,
+) -> Observation:
+    """Count a slice's use of a version and find its candidate new pieces.
+
+    `tokenizer` is the version's, without truncation or padding. The observation id is a hash of
+    the version, the options and the texts, so the same slice observed twice has the same id.
+    """
+    counter = _SliceCounter(vocabulary, tokenizer)
+    for batch in _batches(texts, BATCH_TEXTS):
+        counter.add(batch)
+    words = counter.fragmented_words
+    candidates = _slice_model_candidates(vocabulary, tokenizer, words, max_candidates) if words else Counter()
+    for word, count in words.items():  # a frequent word may enter whole
+        if word not in vocabulary.piece_ids:
+            candidates[word] = max(candidates[word], count)
+    ranked = sorted(
+        ((piece, count) for piece, count in candidates.items() if count >= min_candidate_count and piece.strip()),
+        key=lambda item: (-item[1], item[0]),
+    )[:max_candidates]
+    counts = counter.counts
+    word_starts = ~counter.continuation
+    counter.digest.update(f"{version_id}\0{slice_label}\0{max_candidates}\0{min_candidate_count}".encode())
+    return Observation(
+        observation_id=f"obs-{counter.digest.hexdigest()[:16]}",
+        version_id=version_id,
+        slice_label=slice_label,
+        text_count=counter.text_count,
+        piece_count=int(counts.sum()),
+        word_count=int(counts[word_starts].sum()),
+        unknown_count=int(counts[vocabulary.unknown_id]),
+        counts=counts,
+        candidates=ranked,
+    )

@@ -1,0 +1,24 @@
+"""The vocab service's server: `driftlm serve vocab`."""
+
+from __future__ import annotations
+
+import grpc
+
+from driftlm.services.runtime.bootstrap import ServiceBinding, build_server
+from driftlm.services.runtime.config import ServeConfig
+from driftlm.v1 import vocab_pb2, vocab_pb2_grpc
+
+from .repository import VocabRepository
+from .servicer import VocabServicer
+
+SERVICE_NAME = vocab_pb2.DESCRIPTOR.services_by_name["VocabService"].full_name
+
+
+def create_server(address: str = "127.0.0.1:0", config: ServeConfig | None = None) -> tuple[grpc.Server, int]:
+    """A started vocab server on `address` over `config.store`; returns it and its port."""
+    config = config or ServeConfig()
+    servicer = VocabServicer(VocabRepository(config.store), config.store)
+    binding = ServiceBinding(
+        SERVICE_NAME, lambda server: vocab_pb2_grpc.add_VocabServiceServicer_to_server(servicer, server)
+    )
+    return build_server([binding], address, config)

@@ -1,0 +1,306 @@
+"""VocabService over gRPC: translate messages, call the domain, translate back."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+
+from driftlm.services.runtime.corpus import CorpusError, CorpusFormat, read_texts
+from driftlm.services.runtime.errors import (
+    AlreadyExistsError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+from driftlm.services.runtime.store import resolve_path
+from driftlm.services.runtime.tensors import array_to_tensor
+from driftlm.v1 import common_pb2, vocab_pb2, vocab_pb2_grpc
+
+from .drift import measure_drift
+from .export import export_directory
+from .observation import observe_slice
+from .repository import VersionRecord, VocabRepository
+from .tokenization import tokenize_batch
+from .update import UpdateSizeError, propose_change
+from .wordpiece import DEFAULT_VOCAB_SIZE, VocabularyError, load_tokenizer_directory, train_tokenizer
+
+DEFAULT_MAX_CANDIDATES = 10_000
+DEFAULT_MIN_COUNT = 2
+MAX_TOKENIZE_TEXTS = 100_000
+_FORMATS = {
+    vocab_pb2.CORPUS_FORMAT_JSONL: CorpusFormat.JSONL,
+    vocab_pb2.CORPUS_FORMAT_CSV: CorpusFormat.CSV,
+    vocab_pb2.CORPUS_FORMAT_PARQUET: CorpusFormat.PARQUET,
+    vocab_pb2.CORPUS_FORMAT_TEXT: CorpusFormat.TEXT,
+}
+
+
+def _piece_count(piece: dict[str, object] | tuple[str, int], index: int = -1) -> vocab_pb2.PieceCount:
+    if isinstance(piece, tuple):
+        return vocab_pb2.PieceCount(piece=piece[0], count=piece[1], id=index)
+    return vocab_pb2.PieceCount(
+        piece=str(piece["piece"]),
+        id=int(piece["id"]),  # type: ignore[call-overload]
+        count=int(piece["count"]),  # type: ignore[call-overload]
+        parent_decomposition=list(piece.get("parent_decomposition", ())),  # type: ignore[call-overload]
+    )
+
+
+class VocabServicer(vocab_pb2_grpc.VocabServiceServicer):
+    """Every RPC of VocabService, over one VocabRepository."""
+
+    def __init__(self, repository: VocabRepository, store_root: Path) -> None:
+        self._repository = repository
+        self._store = store_root
+
+    def _version_message(
+        self, record: VersionRecord, *, include_tokenizer_json: bool = False
+    ) -> vocab_pb2.VocabVersion:
+        directory = self._repository.version_directory(record.version_id)
+        return vocab_pb2.VocabVersion(
+            version_id=record.version_id,
+            parent_id=record.parent_id,
+            size=record.size,
+            create_time=record.create_time,
+            display_name=record.display_name,
+            change=vocab_pb2.VocabChange(
+                added=[_piece_count(p) for p in record.added], removed=[_piece_count(p) for p in record.removed]
+            ),
+            tokenizer=common_pb2.ArtifactRef(uri=(directory / "tokenizer.json").as_uri()),
+            slice_labels=record.slice_labels,
+            tokenizer_json=self._repository.tokenizer_json(record.version_id) if include_tokenizer_json else "",
+        )
+
+    def _corpus_texts(self, corpus: vocab_pb2.CorpusSource, field: str) -> Iterator[str]:
+        if corpus.WhichOneof("source") == "uri":
+            path = resolve_path(corpus.uri.uri, self._store, f"{field}.uri.uri")
+            return read_texts(path, text_field=corpus.text_field or "text", corpus_format=_FORMATS.get(corpus.format))
+        return iter(corpus.texts.texts)
+
+    def CreateVocabulary(
+        self, request: vocab_pb2.CreateVocabularyRequest, context: grpc.ServicerContext
+    ) -> vocab_pb2.CreateVocabularyResponse:
+        origin = request.WhichOneof("origin")
+        if origin == "tokenizer_dir":
+            directory = resolve_path(request.tokenizer_dir.uri, self._store, "tokenizer_dir.uri")
+            try:
+                tokenizer_json = load_tokenizer_directory(directory)
+            except VocabularyError as error:
+                raise InvalidArgumentError("tokenizer_dir", str(error)) from error
+        elif origin == "training_corpus":
+            vocab_size = request.vocab_size or DEFAULT_VOCAB_SIZE
+            if vocab_size < 100:
+                raise InvalidArgumentError("vocab_size", f"must be at least 100, got {vocab_size}")
+            with _corpus_errors("training_corpus"):
+                texts = list(self._corpus_texts(request.training_corpus, "training_corpus"))
+            if not any(text.strip() for text in texts):
+                raise InvalidArgumentError("training_corpus", "has no text to train on")
+            tokenizer_json = train_tokenizer(texts, vocab_size=vocab_size, cased=request.cased)
+        else:
+            raise InvalidArgumentError("origin", "set tokenizer_dir (an existing tokenizer) or training_corpus")
+        record = self._repository.create_base(tokenizer_json, request.display_name)
+        return vocab_pb2.CreateVocabularyResponse(version=self._version_message(record))
+
+    def ObserveSlice(
+        self, request_iterator: Iterator[vocab_pb2.ObserveSliceRequest], context: grpc.ServicerContext
+    ) -> vocab_pb2.ObserveSliceResponse:
+        first = next(request_iterator, None)
+        if first is None:
+            raise InvalidArgumentError("request", "the request stream carried no messages")
+        vocabulary, tokenizer = self._repository.load(first.version_id)
+        max_candidates = first.max_candidates or DEFAULT_MAX_CANDIDATES
+        min_count = first.min_candidate_count or DEFAULT_MIN_COUNT
+        if not 1 <= max_candidates <= 1_000_000:
+            raise InvalidArgumentError("max_candidates", f"must be in [1, 1000000], got {max_candidates}")
+        if min_count < 1:
+            raise InvalidArgumentError("min_candidate_count", f"must be >= 1 (0 means 2), got {min_count}")
+        texts: Iterable[str] = itertools.chain(
+            self._corpus_texts(first.corpus, "corpus"),
+            (text for message in request_iterator for text in message.corpus.texts.texts),
+        )
+        with _corpus_errors("corpus"):
+            observation = observe_slice(
+                vocabulary,
+                tokenizer,
+                texts,
+                version_id=first.version_id,
+                slice_label=first.slice_label,
+                max_candidates=max_candidates,
+                min_candidate_count=min_count,
+            )
+        self._repository.save_observation(observation)
+        return vocab_pb2.ObserveSliceResponse(
+            observation_id=observation.observation_id,
+            text_count=observation.text_count,
+            piece_count=observation.piece_count,
+            word_count=observation.word_count,
+            unknown_rate=observation.unknown_rate,
+            pieces_per_word=observation.pieces_per_word,
+            top_candidates=[_piece_count(candidate) for candidate in observation.candidates[:50]],
+            candidate_count=len(observation.candidates),
+        )
+
+    def ProposeUpdate(
+        self, request: vocab_pb2.ProposeUpdateRequest, context: grpc.ServicerContext
+    ) -> vocab_pb2.ProposeUpdateResponse:
+        vocabulary, _ = self._repository.load(request.version_id)
+        if not request.observation_ids:
+            raise InvalidArgumentError("observation_ids", "name at least one observation of the version")
+        observations = [self._repository.load_observation(i) for i in request.observation_ids]
+        for observation in observations:
+            if observation.version_id != request.version_id:
+                raise FailedPreconditionError(
+                    f"observation {observation.observation_id} counted version {observation.version_id}, not "
+                    f"{request.version_id}; observe the slice with {request.version_id} first",
+                    reason="OBSERVATION_OF_ANOTHER_VERSION",
+                )
+        if request.min_count < 0:
+            raise InvalidArgumentError(
+                "min_count", f"must be >= 0 (0 means {DEFAULT_MIN_COUNT}), got {request.min_count}"
+            )
+        try:
+            change = propose_change(
+                vocabulary,
+                observations,
+                k=request.k,
+                min_count=request.min_count or DEFAULT_MIN_COUNT,
+                protected=list(request.protected_pieces),
+            )
+        except UpdateSizeError as error:
+            raise InvalidArgumentError("k", str(error)) from error
+        proposal = self._repository.save_proposal(
+            request.version_id, change, [observation.slice_label for observation in observations]
+        )
+        return vocab_pb2.ProposeUpdateResponse(
+            proposal_id=proposal.proposal_id,
+            change=vocab_pb2.VocabChange(
+                added=[_piece_count(vars(p)) for p in change.added],
+                removed=[_piece_count(vars(p)) for p in change.removed],
+            ),
+        )
+
+    def CommitUpdate(
+        self, request: vocab_pb2.CommitUpdateRequest, context: grpc.ServicerContext
+    ) -> vocab_pb2.CommitUpdateResponse:
+        record = self._repository.commit(self._repository.load_proposal(request.proposal_id), request.display_name)
+        return vocab_pb2.CommitUpdateResponse(version=self._version_message(record))
+
+    def GetVersion(
+        self, request: vocab_pb2.GetVersionRequest, context: grpc.ServicerContext
+    ) -> vocab_pb2.GetVersionResponse:
+        record = self._repository.get(request.version_id)
+        return vocab_pb2.GetVersionResponse(
+            version=self._version_message(record, include_tokenizer_json=request.include_tokenizer_json)
+        )
+
+    def ListVersions(
+        self, request: vocab_pb2.ListVersionsRequest, context: grpc.ServicerContext
+    ) -> vocab_pb2.ListVersionsResponse:
+        page_size = request.page_size or 100
+        if not 1 <= page_size <= 1000:
+            raise InvalidArgumentError("page_size", f"must be in [1, 1000] (0 means 100), got {page_size}")
+        if request.page_token and not request.page_token.isdigit():
+            raise InvalidArgumentError("page_token", "is not a token this service returned")
+        start = int(request.page_token or 0)
+        records = self._repository.list_versions()
+        page = records[start : start + page_size]
+        next_token = str(start + page_size) if start + page_size < len(records) else ""
+        return vocab_pb2.ListVersionsResponse(
+            versions=[self._version_message(record) for record in page], next_page_token=next_token
+        )
+
+    def DiffVersions(
+        self, request: vocab_pb2.DiffVersionsRequest, context: grpc.ServicerContext
+    ) -> vocab_pb2.DiffVersionsResponse:
+        before, _ = self._repository.load(request.from_version_id)
+        after, _ = self._repository.load(request.to_version_id)
+        added = sorted((after.piece_ids[p], p) for p in after.piece_ids.keys() - before.piece_ids.keys())
+        removed = sorted((before.piece_ids[p], p) for p in before.piece_ids.keys() - after.piece_ids.keys())
+        moved = sum(1 for p, i in before.piece_ids.items() if p in after.piece_ids and after.piece_ids[p] != i)
+        return vocab_pb2.DiffVersionsResponse(
+            added=[vocab_pb2.PieceCount(piece=p, id=i) for i, p in added],
+            removed=[vocab_pb2.PieceCount(piece=p, id=i) for i, p in removed],
+            moved_count=moved,
+        )
+
+    def MeasureDrift(
+        self, request: vocab_pb2.MeasureDriftRequest, context: grpc.ServicerContext
+    ) -> vocab_pb2.MeasureDriftResponse:
+        before = self._repository.load_observation(request.before_observation_id)
+        after = self._repository.load_observation(request.after_observation_id)
+        if request.top_n < 0 or request.list_size < 0:
+            raise InvalidArgumentError("top_n" if request.top_n < 0 else "list_size", "must be >= 0")
+        report = measure_drift(
+            before,
+            self._repository.load(before.version_id)[0].pieces,
+            after,
+            self._repository.load(after.version_id)[0].pieces,
+            top_n=request.top_n or 1000,
+            list_size=request.list_size or 20,
+        )
+        return vocab_pb2.MeasureDriftResponse(
+            top_n_overlap=report.top_n_overlap,
+            before_unknown_rate=report.before_unknown_rate,
+            after_unknown_rate=report.after_unknown_rate,
+            before_pieces_per_word=report.before_pieces_per_word,
+            after_pieces_per_word=report.after_pieces_per_word,
+            rising=[_piece_count(item) for item in report.rising],
+            fading=[_piece_count(item) for item in report.fading],
+        )
+
+    def TokenizeTexts(
+        self, request: vocab_pb2.TokenizeTextsRequest, context: grpc.ServicerContext
+    ) -> vocab_pb2.TokenizeTextsResponse:
+        if len(request.texts) > MAX_TOKENIZE_TEXTS:
+            raise InvalidArgumentError(
+                "texts", f"has {len(request.texts)} texts; send at most {MAX_TOKENIZE_TEXTS} per call"
+            )
+        if request.max_length < 0:
+            raise InvalidArgumentError("max_length", f"must be >= 0 (0 means no limit), got {request.max_length}")
+        vocabulary, tokenizer = self._repository.load(request.version_id)
+        if request.max_length:
+            specials = 0 if request.omit_special_tokens else tokenizer.num_special_tokens_to_add(is_pair=False)
+            if request.max_length <= specials:
+                raise InvalidArgumentError(
+                    "max_length", f"must leave room for text after the {specials} special tokens"
+                )
+            tokenizer = self._repository.load_truncating(request.version_id, request.max_length)
+        batch = tokenize_batch(
+            tokenizer,
+            list(request.texts),
+            pad=request.pad,
+            add_special_tokens=not request.omit_special_tokens,
+            pad_id=vocabulary.piece_ids.get("[PAD]", 0),
+        )
+        return vocab_pb2.TokenizeTextsResponse(
+            input_ids=array_to_tensor(batch.input_ids),
+            attention_mask=array_to_tensor(batch.attention_mask),
+            lengths=array_to_tensor(batch.lengths),
+            offsets=array_to_tensor(batch.offsets),
+        )
+
+    def ExportVersion(
+        self, request: vocab_pb2.ExportVersionRequest, context: grpc.ServicerContext
+    ) -> vocab_pb2.ExportVersionResponse:
+        vocabulary, _ = self._repository.load(request.version_id)
+        destination = resolve_path(request.destination.uri, self._store, "destination.uri", must_exist=False)
+        try:
+            written = export_directory(vocabulary, destination)
+        except FileExistsError as error:
+            raise AlreadyExistsError(f"destination.uri: {destination} exists; export to a new directory") from error
+        return vocab_pb2.ExportVersionResponse(directory=common_pb2.ArtifactRef(uri=written.as_uri()))
+
+
+@contextmanager
+def _corpus_errors(field: str) -> Iterator[None]:
+    """Map a corpus that cannot be read to INVALID_ARGUMENT (malformed) or NOT_FOUND (missing)."""
+    try:
+        yield
+    except CorpusError as error:
+        raise InvalidArgumentError(field, str(error)) from error
+    except FileNotFoundError as error:
+        raise NotFoundError(f"{field}: no file at {error}") from error

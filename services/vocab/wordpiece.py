@@ -1,0 +1,177 @@
+"""WordPiece vocabularies as `tokenizers` JSON: load, train, inspect and edit them in place.
+
+A version's vocabulary is the `model.vocab` table of its tokenizer.json. An update edits that
+table (a removed piece's id is given to an added piece), rather than using `add_tokens`: added
+tokens are matched by a separate pass outside the model, which slows to a crawl at thousands of
+tokens and never takes part in WordPiece's longest-match splitting.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from tokenizers import BertWordPieceTokenizer, Tokenizer
+
+# The special tokens of a BERT-style vocabulary trained here, in id order.
+BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+DEFAULT_VOCAB_SIZE = 30_522
+
+
+class VocabularyError(ValueError):
+    """A tokenizer that driftlm cannot manage (not WordPiece, unreadable, inconsistent)."""
+
+
+def canonical_tokenizer_json(tokenizer: Tokenizer) -> str:
+    """The library's own serialisation, without truncation or padding: those are per request."""
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    document = json.loads(tokenizer.to_str())
+    model = document.get("model") or {}
+    if model.get("type") != "WordPiece":
+        raise VocabularyError(
+            f"driftlm manages WordPiece vocabularies; this tokenizer's model is {model.get('type')!r}"
+        )
+    return tokenizer.to_str()
+
+
+def load_tokenizer_directory(directory: Path) -> str:
+    """Canonical tokenizer JSON from a Hugging Face directory: tokenizer.json, else vocab.txt.
+
+    With only vocab.txt, the tokenizer is BERT's (BertNormalizer, BertPreTokenizer, [CLS] $A [SEP]),
+    lowercasing unless tokenizer_config.json says `do_lower_case: false`.
+
+    Raises:
+        VocabularyError: neither file is there, or the tokenizer is not WordPiece.
+    """
+    tokenizer_file = directory / "tokenizer.json"
+    if tokenizer_file.is_file():
+        try:
+            return canonical_tokenizer_json(Tokenizer.from_file(str(tokenizer_file)))
+        except Exception as error:  # the Rust parser raises plain Exception for any bad JSON
+            if isinstance(error, VocabularyError):
+                raise
+            raise VocabularyError(f"{tokenizer_file} is not a tokenizers JSON file ({error})") from error
+    vocab_file = directory / "vocab.txt"
+    if not vocab_file.is_file():
+        raise VocabularyError(f"{directory} has neither tokenizer.json nor vocab.txt")
+    config_file = directory / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    bert = BertWordPieceTokenizer(str(vocab_file), lowercase=bool(config.get("do_lower_case", True)))
+    return canonical_tokenizer_json(bert._tokenizer)
+
+
+def train_tokenizer(texts: Iterable[str], *, vocab_size: int, cased: bool) -> str:
+    """Train a BERT-style WordPiece tokenizer on `texts`; canonical tokenizer JSON."""
+    bert = BertWordPieceTokenizer(lowercase=not cased)
+    bert.train_from_iterator(
+        iter(texts), vocab_size=vocab_size, min_frequency=2, special_tokens=list(BERT_SPECIALS), show_progress=False
+    )
+    return canonical_tokenizer_json(bert._tokenizer)
+
+
+@dataclass(frozen=True)
+class WordPieceVocabulary:
+    """A parsed tokenizer.json: the piece table and what must never leave it."""
+
+    tokenizer_json: str
+
+    @cached_property
+    def document(self) -> dict[str, Any]:
+        """The parsed JSON (do not mutate)."""
+        return dict(json.loads(self.tokenizer_json))
+
+    @cached_property
+    def piece_ids(self) -> dict[str, int]:
+        """piece -> id, every piece of the model."""
+        return {str(piece): int(index) for piece, index in self.document["model"]["vocab"].items()}
+
+    @cached_property
+    def pieces(self) -> list[str]:
+        """id -> piece."""
+        table = [""] * self.size
+        for piece, index in self.piece_ids.items():
+            table[index] = piece
+        return table
+
+    @property
+    def size(self) -> int:
+        """Number of pieces."""
+        return len(self.piece_ids)
+
+    @property
+    def prefix(self) -> str:
+        """The continuation prefix, `##` in BERT."""
+        return str(self.document["model"].get("continuing_subword_prefix") or "##")
+
+    @property
+    def unknown_token(self) -> str:
+        """The piece for words that cannot be split, `[UNK]` in BERT."""
+        return str(self.document["model"]["unk_token"])
+
+    @property
+    def unknown_id(self) -> int:
+        """Id of the unknown token."""
+        return self.piece_ids[self.unknown_token]
+
+    @cached_property
+    def reserved_ids(self) -> frozenset[int]:
+        """Ids of the added tokens (specials among them): never removed or reassigned."""
+        return frozenset(int(token["id"]) for token in self.document.get("added_tokens", []))
+
+    def is_single_character(self, piece: str) -> bool:
+        """A character alone or with the continuation prefix: together they tokenize any text."""
+        return len(piece) == 1 or (piece.startswith(self.prefix) and len(piece) == len(self.prefix) + 1)
+
+    @cached_property
+    def continuation_mask(self) -> list[bool]:
+        """Per id: does the piece continue a word (start with the prefix)?"""
+        return [piece.startswith(self.prefix) and len(piece) > len(self.prefix) for piece in self.pieces]
+
+    def decompose(self, piece: str) -> list[int]:
+        """The ids this vocabulary splits `piece` into, by WordPiece's greedy longest match.
+
+        A continuation piece (`##xyz`) is split as the rest of a word. [UNK] alone when a
+        character has no piece, as WordPiece does.
+        """
+        continuing = piece.startswith(self.prefix) and len(piece) > len(self.prefix)
+        text = piece[len(self.prefix) :] if continuing else piece
+        ids: list[int] = []
+        start = 0
+        while start < len(text):
+            for end in range(len(text), start, -1):
+                candidate = (self.prefix if start > 0 or continuing else "") + text[start:end]
+                if candidate in self.piece_ids:
+                    ids.append(self.piece_ids[candidate])
+                    start = end
+                    break
+            else:
+                return [self.unknown_id]
+        return ids
+
+    def with_swaps(self, swaps: Sequence[tuple[str, str, int]]) -> str:
+        """Tokenizer JSON where each (removed piece, added piece, id) gives the id to the added.
+
+        Raises:
+            VocabularyError: a removed piece is absent or reserved, an added one already present,
+                or an id does not match its removed piece.
+        """
+        document = json.loads(self.tokenizer_json)
+        vocab: dict[str, int] = document["model"]["vocab"]
+        for removed, added, index in swaps:
+            if vocab.get(removed) != index or index in self.reserved_ids:
+                raise VocabularyError(
+                    f"cannot remove {removed!r} (id {index}): it is not a removable piece with that id"
+                )
+            if added in vocab:
+                raise VocabularyError(f"cannot add {added!r}: the vocabulary has it already")
+            del vocab[removed]
+            vocab[added] = index
+        try:
+            return canonical_tokenizer_json(Tokenizer.from_str(json.dumps(document, ensure_ascii=False)))
+        except Exception as error:  # the Rust parser raises plain Exception
+            raise VocabularyError(f"the updated tokenizer does not load ({error})") from error

@@ -1,0 +1,106 @@
+"""The shared corpus reader on real files: every format, Unicode, long and empty lines, and errors."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from driftlm.services.runtime.corpus import CorpusError, CorpusFormat, format_of, read_texts
+
+TEXTS = ["plain ascii", "Ünïcödé — 中文 — 🦜 — עברית", "", "x" * 1_000_000, "line\nbreak inside"]
+
+
+@pytest.mark.parametrize("gzipped", [False, True])
+@pytest.mark.parametrize("kind", ["jsonl", "csv", "parquet"])
+def test_round_trip(tmp_path: Path, kind: str, gzipped: bool) -> None:
+    path = tmp_path / f"corpus.{kind}"
+    if kind == "jsonl":
+        path.write_text(
+            "\n".join(json.dumps({"id": i, "body": t}, ensure_ascii=False) for i, t in enumerate(TEXTS)) + "\n\n",
+            encoding="utf-8",
+        )
+    elif kind == "csv":
+        import csv
+
+        with path.open("w", encoding="utf-8", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(["id", "body"])
+            writer.writerows(enumerate(TEXTS))
+    else:
+        pq.write_table(pa.table({"body": TEXTS}), path)
+    if gzipped and kind != "parquet":
+        zipped = path.with_name(path.name + ".gz")
+        zipped.write_bytes(gzip.compress(path.read_bytes()))
+        path = zipped
+    assert list(read_texts(path, text_field="body")) == TEXTS
+
+
+def test_plain_text_skips_blank_lines_and_a_bom(tmp_path: Path) -> None:
+    path = tmp_path / "corpus.txt"
+    path.write_bytes("\ufefffirst\r\n\n   \nsecond 🦜\n".encode())
+    assert list(read_texts(path)) == ["first", "second 🦜"]
+
+
+@pytest.mark.parametrize(
+    ("name", "suffix_format"),
+    [
+        ("a.jsonl", CorpusFormat.JSONL),
+        ("a.ndjson.gz", CorpusFormat.JSONL),
+        ("a.CSV", CorpusFormat.CSV),
+        ("a.parquet", CorpusFormat.PARQUET),
+        ("a.log", CorpusFormat.TEXT),
+        ("a", CorpusFormat.TEXT),
+    ],
+)
+def test_format_of(name: str, suffix_format: CorpusFormat) -> None:
+    assert format_of(Path(name)) == suffix_format
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        # (file name, bytes, exact message after the path)
+        (
+            "bad.jsonl",
+            b'{"text": "ok"}\n{"text": "ok"}\n{"text": broken}\n',
+            "line 3: not valid JSON (Expecting value)",
+        ),
+        ("missing.jsonl", b'{"text": "ok"}\n{"body": "no text"}\n', "line 2: field 'text' is missing"),
+        ("number.jsonl", b'{"text": 17}\n', "line 1: field 'text' is a int, not a string"),
+        ("array.jsonl", b'["text"]\n', "line 1: expected a JSON object, got list"),
+        ("latin1.jsonl", b'{"text": "ok"}\n{"text": "caf\xe9"}\n', "line 2: not valid UTF-8 (byte 14 of the line)"),
+        ("nocolumn.csv", b"id,body\n1,hello\n", "line 1: no column 'text' in the header ['id', 'body']"),
+        ("fake.parquet", b"this is not parquet at all\n", "not a Parquet file"),
+        (
+            "cut.jsonl.gz",
+            gzip.compress(b'{"text": "ok"}\n' * 100)[:40],
+            "after text 100: broken gzip data (Compressed file ended",
+        ),
+        ("fake.jsonl.gz", b"plain text", "after text 0: broken gzip data (Not a gzipped file"),
+    ],
+)
+def test_malformed_files_name_the_file_and_line(tmp_path: Path, name: str, content: bytes, message: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(CorpusError) as raised:
+        list(read_texts(path))
+    assert str(raised.value).startswith(f"{path} {message}") or str(raised.value).startswith(f"{path}: {message}")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        list(read_texts(tmp_path / "nope.jsonl"))
+
+
+def test_parquet_missing_column_and_null(tmp_path: Path) -> None:
+    path = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"text": ["a", None]}), path)
+    with pytest.raises(CorpusError, match=r"row 2: field 'text' is missing"):
+        list(read_texts(path))
+    with pytest.raises(CorpusError, match=r"no column 'body'; columns are \['text'\]"):
+        list(read_texts(path, text_field="body"))
