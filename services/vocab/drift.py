@@ -49,11 +49,14 @@ def measure_drift(
 ) -> DriftReport:
     """Compare two observations by piece string (their versions may differ).
 
-    top_n_overlap is |top_n(before) & top_n(after)| / top_n. Rising and fading rank pieces by
+    top_n_overlap is |top_n(before) & top_n(after)| / top_n, or over the larger of the two sets
+    when the slices use fewer than top_n pieces (so identical slices overlap 1). Rising and fading rank pieces by
     the change of their share of all pieces, with add-one smoothing so unseen pieces compare.
     """
     before_counts, after_counts = _by_piece(before, before_pieces), _by_piece(after, after_pieces)
-    overlap = len(_top(before_counts, top_n) & _top(after_counts, top_n)) / top_n if top_n else 0.0
+    top_before, top_after = _top(before_counts, top_n), _top(after_counts, top_n)
+    compared = max(len(top_before), len(top_after))
+    overlap = len(top_before & top_after) / compared if compared else 1.0
     pieces = sorted(before_counts.keys() | after_counts.keys())
     before_share = np.array([before_counts.get(p, 0) + 1 for p in pieces]) / (before.piece_count + len(pieces))
     after_share = np.array([after_counts.get(p, 0) + 1 for p in pieces]) / (after.piece_count + len(pieces))

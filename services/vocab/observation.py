@@ -15,7 +15,6 @@ import hashlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -23,15 +22,16 @@ from tokenizers import Tokenizer, models, trainers
 
 from .wordpiece import WordPieceVocabulary
 
-# Texts tokenized per encode_batch call: large enough to keep every core busy, small enough to
-# bound memory on slices of any size.
-BATCH_TEXTS = 8192
+# Texts tokenized per encode_batch call: many, to keep every core busy and to find repeated texts;
+# at most BATCH_CHARACTERS of them (about 150 MB of encodings), to bound memory on slices of any
+# size and texts of any length.
+BATCH_TEXTS = 65_536
+BATCH_CHARACTERS = 8_000_000
 # Powers of a 64-bit odd constant, to hash a word's piece ids (wrapping arithmetic).
 _HASH_BASE = np.uint64(0x9E3779B97F4A7C15)
 _MAX_HASHED_PIECES = 128
 _HASH_POWERS = np.cumprod(np.concatenate(([1], np.full(_MAX_HASHED_PIECES - 1, _HASH_BASE))).astype(np.uint64))
-# The slice model is trained this much larger than the candidates wanted, so that whole words
-# are reached by its merges.
+# The slice model learns from this many times max_candidates of the most frequent fragmented words.
 _SLICE_MODEL_HEADROOM = 2
 
 
@@ -95,9 +95,16 @@ class Observation:
         )
 
 
-def _batches(texts: Iterable[str], size: int) -> Iterator[list[str]]:
-    iterator = iter(texts)
-    while batch := list(islice(iterator, size)):
+def _batches(texts: Iterable[str]) -> Iterator[list[str]]:
+    batch: list[str] = []
+    characters = 0
+    for text in texts:
+        batch.append(text)
+        characters += len(text)
+        if len(batch) == BATCH_TEXTS or characters >= BATCH_CHARACTERS:
+            yield batch
+            batch, characters = [], 0
+    if batch:
         yield batch
 
 
@@ -110,21 +117,28 @@ class _SliceCounter:
         self.counts = np.zeros(vocabulary.size, dtype=np.int64)
         self.continuation = np.asarray(vocabulary.continuation_mask, dtype=bool)
         self.fragmented_words: Counter[str] = Counter()
+        # Hash of a run of piece ids -> its word, so a word is spelled out once per slice.
+        self._words_by_hash: dict[int, str] = {}
         self.text_count = 0
         self.digest = hashlib.sha256()
 
     def add(self, texts: list[str]) -> None:
+        """Count one batch. Repeated texts (retweets, boilerplate) are encoded once and weighted."""
         for text in texts:
             self.digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
         self.text_count += len(texts)
-        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
+        repeats = Counter(texts)
+        distinct = list(repeats)
+        multiplicity = np.fromiter(repeats.values(), dtype=np.int64, count=len(distinct))
+        encodings = self.tokenizer.encode_batch(distinct, add_special_tokens=False)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         ids = np.fromiter((i for e in encodings for i in e.ids), dtype=np.int64, count=int(lengths.sum()))
-        self.counts += np.bincount(ids, minlength=self.counts.shape[0])
-        self._count_fragmented_words(ids, lengths)
-        self._count_unknown_words(ids, lengths, texts, encodings)
+        token_weights = np.repeat(multiplicity, lengths)
+        self.counts += np.bincount(ids, weights=token_weights, minlength=self.counts.shape[0]).astype(np.int64)
+        self._count_fragmented_words(ids, lengths, token_weights)
+        self._count_unknown_words(ids, lengths, multiplicity, distinct, encodings)
 
-    def _count_fragmented_words(self, ids: np.ndarray, lengths: np.ndarray) -> None:
+    def _count_fragmented_words(self, ids: np.ndarray, lengths: np.ndarray, token_weights: np.ndarray) -> None:
         """Count words split into 2+ pieces: runs of a word-start piece and continuation pieces."""
         if ids.size == 0:
             return
@@ -138,22 +152,25 @@ class _SliceCounter:
             return
         run_starts, run_lengths = starts[multi], run_lengths[multi]
         # Positions of every token of every multi-piece run, and its position within the run.
-        token_positions = np.repeat(run_starts, run_lengths) + (
-            np.arange(run_lengths.sum()) - np.repeat(np.cumsum(run_lengths) - run_lengths, run_lengths)
-        )
-        within = token_positions - np.repeat(run_starts, run_lengths)
+        run_offsets = np.cumsum(run_lengths) - run_lengths
+        within = np.arange(run_lengths.sum()) - np.repeat(run_offsets, run_lengths)
+        token_positions = np.repeat(run_starts, run_lengths) + within
         terms = (ids[token_positions].astype(np.uint64) + np.uint64(1)) * _HASH_POWERS[within]
-        hashes = np.add.reduceat(terms, np.concatenate(([0], np.cumsum(run_lengths)[:-1])))
-        _, first, occurrences = np.unique(hashes, return_index=True, return_counts=True)
+        hashes = np.add.reduceat(terms, run_offsets)
+        unique_hashes, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+        occurrences = np.bincount(inverse, weights=token_weights[run_starts]).astype(np.int64)
         pieces, prefix = self.vocabulary.pieces, self.vocabulary.prefix
-        for run, occurrence in zip(first.tolist(), occurrences.tolist(), strict=True):
-            start = int(run_starts[run])
-            run_ids = ids[start : start + int(run_lengths[run])].tolist()
-            word = pieces[run_ids[0]] + "".join(pieces[i][len(prefix) :] for i in run_ids[1:])
+        for key, run, occurrence in zip(unique_hashes.tolist(), first.tolist(), occurrences.tolist(), strict=True):
+            word = self._words_by_hash.get(key)
+            if word is None:
+                start = int(run_starts[run])
+                run_ids = ids[start : start + int(run_lengths[run])].tolist()
+                word = pieces[run_ids[0]] + "".join(pieces[i][len(prefix) :] for i in run_ids[1:])
+                self._words_by_hash[key] = word
             self.fragmented_words[word] += occurrence
 
     def _count_unknown_words(
-        self, ids: np.ndarray, lengths: np.ndarray, texts: list[str], encodings: list[Any]
+        self, ids: np.ndarray, lengths: np.ndarray, multiplicity: np.ndarray, texts: list[str], encodings: list[Any]
     ) -> None:
         """Words that became [UNK] (characters the version lacks) are counted whole, normalised."""
         unknown_positions = np.flatnonzero(ids == self.vocabulary.unknown_id)
@@ -165,34 +182,48 @@ class _SliceCounter:
         for position, text_index in zip(unknown_positions.tolist(), text_of.tolist(), strict=True):
             start, end = encodings[text_index].offsets[position - int(first_token[text_index])]
             word = texts[text_index][start:end]
-            self.fragmented_words[normalizer.normalize_str(word) if normalizer else word] += 1
+            self.fragmented_words[normalizer.normalize_str(word) if normalizer else word] += int(
+                multiplicity[text_index]
+            )
 
 
 def _slice_model_candidates(
     vocabulary: WordPieceVocabulary, tokenizer: Tokenizer, words: Counter[str], max_candidates: int
 ) -> Counter[str]:
-    """Train WordPiece on the fragmented words (weighted); weighted use of each piece it adds."""
+    """Train WordPiece on the most frequent fragmented words (weighted); the use of each new piece.
+
+    The slice model sees the 2 * max_candidates most frequent fragmented words: rarer words
+    cannot make a candidate frequent, and the long tail is what makes training slow.
+    """
+    frequent = dict(words.most_common(_SLICE_MODEL_HEADROOM * max_candidates))
     slice_model = Tokenizer(
         models.WordPiece(unk_token=vocabulary.unknown_token, continuing_subword_prefix=vocabulary.prefix)
     )
     slice_model.normalizer = tokenizer.normalizer
     slice_model.pre_tokenizer = tokenizer.pre_tokenizer
     trainer = trainers.WordPieceTrainer(
-        vocab_size=max_candidates * _SLICE_MODEL_HEADROOM,
+        vocab_size=max_candidates,
         min_frequency=2,
         special_tokens=[vocabulary.unknown_token],
         continuing_subword_prefix=vocabulary.prefix,
         show_progress=False,
     )
     # A word repeated `count` times in one text gives the trainer its frequency.
-    slice_model.train_from_iterator((" ".join([word] * count) for word, count in words.items()), trainer)
-    distinct = list(words)
-    usage: Counter[str] = Counter()
-    for word, encoding in zip(distinct, slice_model.encode_batch(distinct, add_special_tokens=False), strict=True):
-        for piece in encoding.tokens:
-            usage[piece] += words[word]
+    slice_model.train_from_iterator((" ".join([word] * count) for word, count in frequent.items()), trainer)
+    distinct = list(frequent)
+    encodings = slice_model.encode_batch(distinct, add_special_tokens=False)
+    lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+    ids = np.fromiter((i for e in encodings for i in e.ids), dtype=np.int64, count=int(lengths.sum()))
+    weights = np.repeat(np.fromiter(frequent.values(), dtype=np.int64, count=len(distinct)), lengths)
+    usage = np.bincount(ids, weights=weights, minlength=slice_model.get_vocab_size()).astype(np.int64)
     known = vocabulary.piece_ids
-    return Counter({piece: count for piece, count in usage.items() if piece not in known})
+    return Counter(
+        {
+            piece: int(usage[index])
+            for piece, index in slice_model.get_vocab().items()
+            if usage[index] and piece not in known
+        }
+    )
 
 
 def observe_slice(
@@ -211,7 +242,7 @@ def observe_slice(
     the version, the options and the texts, so the same slice observed twice has the same id.
     """
     counter = _SliceCounter(vocabulary, tokenizer)
-    for batch in _batches(texts, BATCH_TEXTS):
+    for batch in _batches(texts):
         counter.add(batch)
     words = counter.fragmented_words
     candidates = _slice_model_candidates(vocabulary, tokenizer, words, max_candidates) if words else Counter()

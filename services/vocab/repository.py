@@ -22,7 +22,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,10 @@ class VersionRecord:
     removed: list[dict[str, Any]] = field(default_factory=list)
     slice_labels: list[str] = field(default_factory=list)
 
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able record (shallow: the lists are already JSON)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> VersionRecord:
         return cls(**record)
@@ -71,8 +75,8 @@ class Proposal:
         return {
             "proposal_id": self.proposal_id,
             "version_id": self.version_id,
-            "added": [asdict(piece) for piece in self.change.added],
-            "removed": [asdict(piece) for piece in self.change.removed],
+            "added": [piece.to_json() for piece in self.change.added],
+            "removed": [piece.to_json() for piece in self.change.removed],
             "slice_labels": self.slice_labels,
         }
 
@@ -225,8 +229,8 @@ class VocabRepository:
                 size=parent.size,
                 create_time=_now(),
                 display_name=display_name,
-                added=[asdict(piece) for piece in proposal.change.added],
-                removed=[asdict(piece) for piece in proposal.change.removed],
+                added=[piece.to_json() for piece in proposal.change.added],
+                removed=[piece.to_json() for piece in proposal.change.removed],
                 slice_labels=proposal.slice_labels,
             )
             self._publish(record, tokenizer_json)
@@ -238,9 +242,7 @@ class VocabRepository:
             return
         temporary = store.new_temporary_directory(self._versions)
         (temporary / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
-        (temporary / "version.json").write_text(
-            json.dumps(asdict(record), ensure_ascii=False, indent=1), encoding="utf-8"
-        )
+        (temporary / "version.json").write_text(json.dumps(record.to_json(), ensure_ascii=False), encoding="utf-8")
         store.publish_directory(temporary, self._versions / record.version_id)
 
     @contextmanager
@@ -271,8 +273,8 @@ class VocabRepository:
         body = json.dumps(
             {
                 "version_id": version_id,
-                "added": [asdict(p) for p in change.added],
-                "removed": [asdict(p) for p in change.removed],
+                "added": [p.to_json() for p in change.added],
+                "removed": [p.to_json() for p in change.removed],
             },
             sort_keys=True,
         )

@@ -178,8 +178,8 @@ class VocabServicer(vocab_pb2_grpc.VocabServiceServicer):
         return vocab_pb2.ProposeUpdateResponse(
             proposal_id=proposal.proposal_id,
             change=vocab_pb2.VocabChange(
-                added=[_piece_count(vars(p)) for p in change.added],
-                removed=[_piece_count(vars(p)) for p in change.removed],
+                added=[_piece_count(p.to_json()) for p in change.added],
+                removed=[_piece_count(p.to_json()) for p in change.removed],
             ),
         )
 

@@ -267,7 +267,9 @@ class PieceCount(_message.Message):
     piece: _builtins.str
     """The piece as stored in the vocabulary (`##ing` for a continuation)."""
     id: _builtins.int
-    """Its id: for an added piece the id it takes, for a removed one the id it had."""
+    """Its id: for an added piece the id it takes, for a removed one the id it had; -1 for a
+    candidate, which has no id yet.
+    """
     count: _builtins.int
     """Occurrences on the observed slices (for a candidate: how often it would be used)."""
     @_builtins.property
@@ -751,7 +753,9 @@ class MeasureDriftResponse(_message.Message):
     RISING_FIELD_NUMBER: _builtins.int
     FADING_FIELD_NUMBER: _builtins.int
     top_n_overlap: _builtins.float
-    """|top_n(before) & top_n(after)| / top_n by piece string, in [0, 1]."""
+    """|top_n(before) & top_n(after)| / top_n by piece string, in [0, 1] (over the larger of the two
+    sets when the slices use fewer than top_n pieces, so identical slices overlap 1).
+    """
     before_unknown_rate: _builtins.float
     """Fraction of pieces that are the unknown token in the earlier observation."""
     after_unknown_rate: _builtins.float
