@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-SUITES = ("sampling", "vocab")
+SUITES = ("sampling", "vocab", "trainer")
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ class Case:
     """One measured comparison."""
 
     name: str
-    value: float
+    value: float | None  # None: not reached
     unit: str
     baseline: str
     baseline_value: float
@@ -79,15 +79,11 @@ def write_results(suite: str, cases: list[Case]) -> Path:
     path = RESULTS / f"{suite}.json"
     path.write_text(json.dumps([asdict(case) for case in cases], indent=2) + "\n")
     table = Table(title=f"{suite} ({cases[0].device['cpu']}, {cases[0].device['cores']} cores)" if cases else suite)
+    # a value of None means the case's goal was not reached
     for column in ("case", "driftlm", "baseline", "baseline time", "ratio"):
         table.add_column(column, justify="left" if column in ("case", "baseline") else "right")
     for case in cases:
-        table.add_row(
-            case.name,
-            f"{case.value:.2f} {case.unit}",
-            case.baseline,
-            f"{case.baseline_value:.2f} {case.unit}",
-            f"{case.ratio:.2f}x",
-        )
+        value = "not reached" if case.value is None else f"{case.value:,.2f} {case.unit}"
+        table.add_row(case.name, value, case.baseline, f"{case.baseline_value:,.2f} {case.unit}", f"{case.ratio:.2f}x")
     Console(width=160).print(table)
     return path

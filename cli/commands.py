@@ -76,6 +76,16 @@ def _add_serve(subcommands: argparse._SubParsersAction[argparse.ArgumentParser])
         "--workers", type=int, default=int(_env("WORKERS", "8") or 8), help="concurrent calls (env DRIFTLM_WORKERS)"
     )
     serve.add_argument(
+        "--vocab-endpoint",
+        default=_env("VOCAB_ENDPOINT", ""),
+        help="host:port of the vocab service, for the trainer (env DRIFTLM_VOCAB_ENDPOINT)",
+    )
+    serve.add_argument(
+        "--sampling-endpoint",
+        default=_env("SAMPLING_ENDPOINT", ""),
+        help="host:port of the sampling service, for the trainer; empty: in-process (env DRIFTLM_SAMPLING_ENDPOINT)",
+    )
+    serve.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error"],
@@ -98,6 +108,8 @@ def _serve(args: argparse.Namespace) -> int:
         grace_s=args.grace_s,
         workers=args.workers,
         log_level=args.log_level,
+        vocab_endpoint=args.vocab_endpoint,
+        sampling_endpoint=args.sampling_endpoint,
     )
     try:
         module = importlib.import_module(f"driftlm.services.{args.service}.server")
@@ -141,6 +153,47 @@ def _add_run(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     run.add_argument("--seed", type=int, default=0, help="seed of the generated data and the draws")
 
 
+def _add_train(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    train = subcommands.add_parser(
+        "train", help="one training run in the foreground (alone, or under torchrun for DDP)"
+    )
+    train.add_argument("--spec", type=Path, required=True, help="the run's RunSpec as JSON (the `spec` of a run.json)")
+    train.add_argument("--run-id", required=True, help="names the run's checkpoints; the same id resumes")
+    train.add_argument("--store", type=Path, default=default_store(), help="the trainer's store (env DRIFTLM_STORE)")
+    train.add_argument(
+        "--vocab-endpoint",
+        default=_env("VOCAB_ENDPOINT", ""),
+        required=_env("VOCAB_ENDPOINT", None) is None,
+        help="host:port of the vocab service",
+    )
+    train.add_argument(
+        "--sampling-endpoint",
+        default=_env("SAMPLING_ENDPOINT", ""),
+        help="host:port of the sampling service; empty: in-process",
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from driftlm.services.runtime.errors import DriftlmError
+    from driftlm.services.trainer.standalone import train_from_spec
+
+    configure_logging("warning")
+    try:
+        checkpoint = train_from_spec(
+            args.spec,
+            store=args.store.expanduser(),
+            run_id=args.run_id,
+            vocab_endpoint=args.vocab_endpoint,
+            sampling_endpoint=args.sampling_endpoint,
+        )
+    except DriftlmError as error:
+        print(f"driftlm train: {error.message}", file=sys.stderr)
+        return 1
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0
+        print(checkpoint)
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from driftlm.walkthrough import run_walkthrough
 
@@ -154,5 +207,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     subcommands = parser.add_subparsers(dest="command", required=True)
     _add_serve(subcommands)
     _add_run(subcommands)
+    _add_train(subcommands)
     args = parser.parse_args(argv)
-    sys.exit(_serve(args) if args.command == "serve" else _run(args))
+    sys.exit({"serve": _serve, "run": _run, "train": _train}[args.command](args))

@@ -54,6 +54,10 @@ class ServeConfig:
     workers: int = 8
     # debug, info, warning or error.
     log_level: str = "info"
+    # host:port of the vocab service, for services that call it (the trainer).
+    vocab_endpoint: str = ""
+    # host:port of the sampling service; empty means in-process (the trainer).
+    sampling_endpoint: str = ""
 
     @property
     def address(self) -> str:

@@ -10,7 +10,8 @@ a `google.rpc.ErrorInfo` (a stable `reason` clients can branch on) and, for bad 
     ├── AlreadyExistsError        ALREADY_EXISTS      what the call would create is there already
     ├── FailedPreconditionError   FAILED_PRECONDITION the system is not in the state the call needs
     ├── AbortedError              ABORTED             a concurrent change won; re-read and retry
-    └── ResourceExhaustedError    RESOURCE_EXHAUSTED  too big or out of memory; ask for less
+    ├── ResourceExhaustedError    RESOURCE_EXHAUSTED  too big or out of memory; ask for less
+    └── UnavailableError          UNAVAILABLE         a service this one needs cannot be reached; retry
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 # The ErrorInfo domain of every driftlm error.
 ERROR_DOMAIN = "driftlm.v1"
+# Status details travel in HTTP/2 trailers, which peers cap (16 KiB by default): longer messages
+# (a library's error quoting a whole list, say) are cut, keeping their start.
+MAX_MESSAGE_CHARS = 2000
+
+
+def _shortened(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 15] + " ... (cut off)"
 
 
 class DriftlmError(Exception):
@@ -30,6 +38,7 @@ class DriftlmError(Exception):
     default_reason = "INTERNAL"
 
     def __init__(self, message: str, *, reason: str | None = None) -> None:
+        message = _shortened(message)
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
@@ -56,7 +65,7 @@ class InvalidArgumentError(DriftlmError):
     def __init__(self, field: str, description: str, *, reason: str | None = None) -> None:
         super().__init__(f"{field}: {description}", reason=reason)
         self.field = field
-        self.description = description
+        self.description = _shortened(description)
 
     def details(self) -> list[any_pb2.Any]:
         bad_request = any_pb2.Any()
@@ -103,3 +112,10 @@ class ResourceExhaustedError(DriftlmError):
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     default_reason = "RESOURCE_EXHAUSTED"
+
+
+class UnavailableError(DriftlmError):
+    """A peer service (vocab, sampling) cannot be reached; the call may succeed later."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "PEER_UNAVAILABLE"

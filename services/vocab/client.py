@@ -67,7 +67,7 @@ class VocabClient:
         self, texts: Sequence[str], *, vocab_size: int = 0, cased: bool = False, display_name: str = ""
     ) -> vocab_pb2.VocabVersion:
         """Train a base WordPiece vocabulary on `texts`."""
-        corpus = vocab_pb2.CorpusSource(texts=vocab_pb2.TextBatch(texts=list(texts)))
+        corpus = common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=list(texts)))
         request = vocab_pb2.CreateVocabularyRequest(
             training_corpus=corpus, vocab_size=vocab_size, cased=cased, display_name=display_name
         )
@@ -100,7 +100,7 @@ class VocabClient:
             yield first
             for chunk in _text_chunks(texts, self._chunk_bytes):
                 yield vocab_pb2.ObserveSliceRequest(
-                    corpus=vocab_pb2.CorpusSource(texts=vocab_pb2.TextBatch(texts=chunk))
+                    corpus=common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=chunk))
                 )
 
         response: vocab_pb2.ObserveSliceResponse = self._stub.ObserveSlice(requests(), timeout=self._timeout_s)

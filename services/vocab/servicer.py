@@ -32,10 +32,10 @@ DEFAULT_MAX_CANDIDATES = 10_000
 DEFAULT_MIN_COUNT = 2
 MAX_TOKENIZE_TEXTS = 100_000
 _FORMATS = {
-    vocab_pb2.CORPUS_FORMAT_JSONL: CorpusFormat.JSONL,
-    vocab_pb2.CORPUS_FORMAT_CSV: CorpusFormat.CSV,
-    vocab_pb2.CORPUS_FORMAT_PARQUET: CorpusFormat.PARQUET,
-    vocab_pb2.CORPUS_FORMAT_TEXT: CorpusFormat.TEXT,
+    common_pb2.CORPUS_FORMAT_JSONL: CorpusFormat.JSONL,
+    common_pb2.CORPUS_FORMAT_CSV: CorpusFormat.CSV,
+    common_pb2.CORPUS_FORMAT_PARQUET: CorpusFormat.PARQUET,
+    common_pb2.CORPUS_FORMAT_TEXT: CorpusFormat.TEXT,
 }
 
 
@@ -75,7 +75,7 @@ class VocabServicer(vocab_pb2_grpc.VocabServiceServicer):
             tokenizer_json=self._repository.tokenizer_json(record.version_id) if include_tokenizer_json else "",
         )
 
-    def _corpus_texts(self, corpus: vocab_pb2.CorpusSource, field: str) -> Iterator[str]:
+    def _corpus_texts(self, corpus: common_pb2.CorpusSource, field: str) -> Iterator[str]:
         if corpus.WhichOneof("source") == "uri":
             path = resolve_path(corpus.uri.uri, self._store, f"{field}.uri.uri")
             return read_texts(path, text_field=corpus.text_field or "text", corpus_format=_FORMATS.get(corpus.format))

@@ -106,8 +106,8 @@ def planted_slice(rng: np.random.Generator, words: list[str], *, texts: int = 60
     return sentences
 
 
-def texts_message(texts: list[str]) -> vocab_pb2.CorpusSource:
-    return vocab_pb2.CorpusSource(texts=vocab_pb2.TextBatch(texts=texts))
+def texts_message(texts: list[str]) -> common_pb2.CorpusSource:
+    return common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=texts))
 
 
 def observe(

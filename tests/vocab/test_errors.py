@@ -79,7 +79,7 @@ def test_malformed_and_missing_corpus_files(
     bad.write_text('{"text": "fine"}\n{"text": "fine"}\n{"text": oops}\n')
 
     def request(path: Path) -> object:
-        corpus = vocab_pb2.CorpusSource(uri=common_pb2.ArtifactRef(uri=str(path)))
+        corpus = common_pb2.CorpusSource(uri=common_pb2.ArtifactRef(uri=str(path)))
         return iter([vocab_pb2.ObserveSliceRequest(version_id=planted_base.version_id, corpus=corpus)])
 
     assert (
@@ -117,13 +117,13 @@ def test_observation_of_another_version(vocab_stub: Stub, planted_base: vocab_pb
         (vocab_pb2.CreateVocabularyRequest(), "origin: set tokenizer_dir (an existing tokenizer) or training_corpus"),
         (
             vocab_pb2.CreateVocabularyRequest(
-                training_corpus=vocab_pb2.CorpusSource(texts=vocab_pb2.TextBatch(texts=["a b"])), vocab_size=50
+                training_corpus=common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=["a b"])), vocab_size=50
             ),
             "vocab_size: must be at least 100, got 50",
         ),
         (
             vocab_pb2.CreateVocabularyRequest(
-                training_corpus=vocab_pb2.CorpusSource(texts=vocab_pb2.TextBatch(texts=["", " "]))
+                training_corpus=common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=["", " "]))
             ),
             "training_corpus: has no text to train on",
         ),

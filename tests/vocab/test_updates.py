@@ -212,7 +212,7 @@ def test_training_a_base_vocabulary_from_a_corpus_file(vocab_stub: Stub, tmp_pat
         "\n".join(json.dumps({"body": t}) for t in planted_slice(np.random.default_rng(10), EMERGING, texts=300))
     )
     request = vocab_pb2.CreateVocabularyRequest(
-        training_corpus=vocab_pb2.CorpusSource(uri=common_pb2.ArtifactRef(uri=str(corpus)), text_field="body"),
+        training_corpus=common_pb2.CorpusSource(uri=common_pb2.ArtifactRef(uri=str(corpus)), text_field="body"),
         vocab_size=300,
     )
     version = vocab_stub.CreateVocabulary(request).version

@@ -59,6 +59,42 @@ D_TYPE_UINT8: DType.ValueType  # 6
 """Unsigned 8-bit integer, 1 byte."""
 Global___DType: _TypeAlias = DType  # noqa: Y015
 
+class _CorpusFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CorpusFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CorpusFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CORPUS_FORMAT_UNSPECIFIED: _CorpusFormat.ValueType  # 0
+    """Decided by the file name: .jsonl/.ndjson, .csv, .parquet, anything else is plain text; a
+    trailing .gz is decompressed first.
+    """
+    CORPUS_FORMAT_JSONL: _CorpusFormat.ValueType  # 1
+    """One JSON object per line; the text is in text_field."""
+    CORPUS_FORMAT_CSV: _CorpusFormat.ValueType  # 2
+    """Comma-separated with a header row; the text is in the column text_field."""
+    CORPUS_FORMAT_PARQUET: _CorpusFormat.ValueType  # 3
+    """Apache Parquet; the text is in the column text_field."""
+    CORPUS_FORMAT_TEXT: _CorpusFormat.ValueType  # 4
+    """One text per line."""
+
+class CorpusFormat(_CorpusFormat, metaclass=_CorpusFormatEnumTypeWrapper):
+    """The layout of a corpus file."""
+
+CORPUS_FORMAT_UNSPECIFIED: CorpusFormat.ValueType  # 0
+"""Decided by the file name: .jsonl/.ndjson, .csv, .parquet, anything else is plain text; a
+trailing .gz is decompressed first.
+"""
+CORPUS_FORMAT_JSONL: CorpusFormat.ValueType  # 1
+"""One JSON object per line; the text is in text_field."""
+CORPUS_FORMAT_CSV: CorpusFormat.ValueType  # 2
+"""Comma-separated with a header row; the text is in the column text_field."""
+CORPUS_FORMAT_PARQUET: CorpusFormat.ValueType  # 3
+"""Apache Parquet; the text is in the column text_field."""
+CORPUS_FORMAT_TEXT: CorpusFormat.ValueType  # 4
+"""One text per line."""
+Global___CorpusFormat: _TypeAlias = CorpusFormat  # noqa: Y015
+
 @_typing.final
 class Tensor(_message.Message):
     """A dense array that travels inside a message: embeddings, weights, losses, token ids.
@@ -151,3 +187,69 @@ class TimeRange(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TimeRange: _TypeAlias = TimeRange  # noqa: Y015
+
+@_typing.final
+class CorpusSource(_message.Message):
+    """Where the texts of a corpus come from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXTS_FIELD_NUMBER: _builtins.int
+    URI_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    text_field: _builtins.str
+    """For JSONL, CSV and Parquet: the field that holds the text. Empty means `text`."""
+    format: Global___CorpusFormat.ValueType
+    """The file's layout; unspecified means decided by its name."""
+    @_builtins.property
+    def texts(self) -> Global___TextBatch:
+        """Texts sent in the request itself."""
+
+    @_builtins.property
+    def uri(self) -> Global___ArtifactRef:
+        """A corpus file: a path on the service's machine (absolute, or relative to its store) or a
+        file:// URI. Services read it with one reader, so a corpus means the same everywhere.
+        """
+
+    def __init__(
+        self,
+        *,
+        texts: Global___TextBatch | None = ...,
+        uri: Global___ArtifactRef | None = ...,
+        text_field: _builtins.str = ...,
+        format: Global___CorpusFormat.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "texts", b"texts", "uri", b"uri"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "source", b"source", "text_field", b"text_field", "texts", b"texts", "uri", b"uri"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["texts", "uri"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___CorpusSource: _TypeAlias = CorpusSource  # noqa: Y015
+
+@_typing.final
+class TextBatch(_message.Message):
+    """A batch of texts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The texts, any Unicode; empty strings are allowed and tokenize to nothing."""
+
+    def __init__(
+        self,
+        *,
+        texts: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["texts", b"texts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TextBatch: _TypeAlias = TextBatch  # noqa: Y015

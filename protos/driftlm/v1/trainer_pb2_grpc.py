@@ -26,10 +26,13 @@ if _version_not_supported:
 
 
 class TrainerServiceStub:
-    """Trains masked language models incrementally across vocabulary versions, remembers per-token
-    MLM loss to decide when to train, exports ONNX and distils students.
+    """Trains masked language models incrementally across vocabulary versions, remembers each token's
+    MLM loss to decide when to train, exports ONNX, and distils students.
 
-    Draft: the contract is written; the service arrives with the trainer issue.
+    A checkpoint is an immutable Hugging Face model directory (safetensors) in the trainer's store,
+    tied to one vocab version, with the loss memory of everything it was trained on. A run is a
+    long job: StartRun returns at once; WatchRun streams its progress; it leaves one checkpoint per
+    iteration and resumes from the last one if the service is killed.
     """
 
     def __init__(self, channel):
@@ -38,6 +41,16 @@ class TrainerServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.CreateCheckpoint = channel.unary_unary(
+                '/driftlm.v1.TrainerService/CreateCheckpoint',
+                request_serializer=driftlm_dot_v1_dot_trainer__pb2.CreateCheckpointRequest.SerializeToString,
+                response_deserializer=driftlm_dot_v1_dot_trainer__pb2.CreateCheckpointResponse.FromString,
+                _registered_method=True)
+        self.GetCheckpoint = channel.unary_unary(
+                '/driftlm.v1.TrainerService/GetCheckpoint',
+                request_serializer=driftlm_dot_v1_dot_trainer__pb2.GetCheckpointRequest.SerializeToString,
+                response_deserializer=driftlm_dot_v1_dot_trainer__pb2.GetCheckpointResponse.FromString,
+                _registered_method=True)
         self.StartRun = channel.unary_unary(
                 '/driftlm.v1.TrainerService/StartRun',
                 request_serializer=driftlm_dot_v1_dot_trainer__pb2.StartRunRequest.SerializeToString,
@@ -52,6 +65,11 @@ class TrainerServiceStub:
                 '/driftlm.v1.TrainerService/GetRun',
                 request_serializer=driftlm_dot_v1_dot_trainer__pb2.GetRunRequest.SerializeToString,
                 response_deserializer=driftlm_dot_v1_dot_trainer__pb2.GetRunResponse.FromString,
+                _registered_method=True)
+        self.ListRuns = channel.unary_unary(
+                '/driftlm.v1.TrainerService/ListRuns',
+                request_serializer=driftlm_dot_v1_dot_trainer__pb2.ListRunsRequest.SerializeToString,
+                response_deserializer=driftlm_dot_v1_dot_trainer__pb2.ListRunsResponse.FromString,
                 _registered_method=True)
         self.CancelRun = channel.unary_unary(
                 '/driftlm.v1.TrainerService/CancelRun',
@@ -71,21 +89,39 @@ class TrainerServiceStub:
 
 
 class TrainerServiceServicer:
-    """Trains masked language models incrementally across vocabulary versions, remembers per-token
-    MLM loss to decide when to train, exports ONNX and distils students.
+    """Trains masked language models incrementally across vocabulary versions, remembers each token's
+    MLM loss to decide when to train, exports ONNX, and distils students.
 
-    Draft: the contract is written; the service arrives with the trainer issue.
+    A checkpoint is an immutable Hugging Face model directory (safetensors) in the trainer's store,
+    tied to one vocab version, with the loss memory of everything it was trained on. A run is a
+    long job: StartRun returns at once; WatchRun streams its progress; it leaves one checkpoint per
+    iteration and resumes from the last one if the service is killed.
     """
 
+    def CreateCheckpoint(self, request, context):
+        """Imports a model (a local Hugging Face directory, a hub id, or a config for a fresh model) as a
+        checkpoint on a vocab version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCheckpoint(self, request, context):
+        """Returns one checkpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StartRun(self, request, context):
-        """Starts a training or distillation run; returns at once with the run's id.
+        """Starts a training or distillation run; returns at once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchRun(self, request, context):
-        """Streams a run's progress until it ends.
+        """Streams a run's progress until it ends (at least one message, the current state).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -98,8 +134,15 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRuns(self, request, context):
+        """Lists runs, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CancelRun(self, request, context):
-        """Cancels a run; its last checkpoint stays.
+        """Cancels a queued or running run; its finished iterations' checkpoints stay.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -113,7 +156,7 @@ class TrainerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ExportOnnx(self, request, context):
-        """Exports a checkpoint to ONNX (fp32 and int8) with its tokenizer.
+        """Exports a checkpoint to ONNX (fp32 and dynamically quantised int8) with its tokenizer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -122,6 +165,16 @@ class TrainerServiceServicer:
 
 def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'CreateCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCheckpoint,
+                    request_deserializer=driftlm_dot_v1_dot_trainer__pb2.CreateCheckpointRequest.FromString,
+                    response_serializer=driftlm_dot_v1_dot_trainer__pb2.CreateCheckpointResponse.SerializeToString,
+            ),
+            'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCheckpoint,
+                    request_deserializer=driftlm_dot_v1_dot_trainer__pb2.GetCheckpointRequest.FromString,
+                    response_serializer=driftlm_dot_v1_dot_trainer__pb2.GetCheckpointResponse.SerializeToString,
+            ),
             'StartRun': grpc.unary_unary_rpc_method_handler(
                     servicer.StartRun,
                     request_deserializer=driftlm_dot_v1_dot_trainer__pb2.StartRunRequest.FromString,
@@ -136,6 +189,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.GetRun,
                     request_deserializer=driftlm_dot_v1_dot_trainer__pb2.GetRunRequest.FromString,
                     response_serializer=driftlm_dot_v1_dot_trainer__pb2.GetRunResponse.SerializeToString,
+            ),
+            'ListRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuns,
+                    request_deserializer=driftlm_dot_v1_dot_trainer__pb2.ListRunsRequest.FromString,
+                    response_serializer=driftlm_dot_v1_dot_trainer__pb2.ListRunsResponse.SerializeToString,
             ),
             'CancelRun': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelRun,
@@ -161,11 +219,68 @@ def add_TrainerServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class TrainerService:
-    """Trains masked language models incrementally across vocabulary versions, remembers per-token
-    MLM loss to decide when to train, exports ONNX and distils students.
+    """Trains masked language models incrementally across vocabulary versions, remembers each token's
+    MLM loss to decide when to train, exports ONNX, and distils students.
 
-    Draft: the contract is written; the service arrives with the trainer issue.
+    A checkpoint is an immutable Hugging Face model directory (safetensors) in the trainer's store,
+    tied to one vocab version, with the loss memory of everything it was trained on. A run is a
+    long job: StartRun returns at once; WatchRun streams its progress; it leaves one checkpoint per
+    iteration and resumes from the last one if the service is killed.
     """
+
+    @staticmethod
+    def CreateCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/driftlm.v1.TrainerService/CreateCheckpoint',
+            driftlm_dot_v1_dot_trainer__pb2.CreateCheckpointRequest.SerializeToString,
+            driftlm_dot_v1_dot_trainer__pb2.CreateCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/driftlm.v1.TrainerService/GetCheckpoint',
+            driftlm_dot_v1_dot_trainer__pb2.GetCheckpointRequest.SerializeToString,
+            driftlm_dot_v1_dot_trainer__pb2.GetCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def StartRun(request,
@@ -238,6 +353,33 @@ class TrainerService:
             '/driftlm.v1.TrainerService/GetRun',
             driftlm_dot_v1_dot_trainer__pb2.GetRunRequest.SerializeToString,
             driftlm_dot_v1_dot_trainer__pb2.GetRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/driftlm.v1.TrainerService/ListRuns',
+            driftlm_dot_v1_dot_trainer__pb2.ListRunsRequest.SerializeToString,
+            driftlm_dot_v1_dot_trainer__pb2.ListRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,57 +27,100 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class TrainerServiceStub:
-    """Trains masked language models incrementally across vocabulary versions, remembers per-token
-    MLM loss to decide when to train, exports ONNX and distils students.
+    """Trains masked language models incrementally across vocabulary versions, remembers each token's
+    MLM loss to decide when to train, exports ONNX, and distils students.
 
-    Draft: the contract is written; the service arrives with the trainer issue.
+    A checkpoint is an immutable Hugging Face model directory (safetensors) in the trainer's store,
+    tied to one vocab version, with the loss memory of everything it was trained on. A run is a
+    long job: StartRun returns at once; WatchRun streams its progress; it leaves one checkpoint per
+    iteration and resumes from the last one if the service is killed.
     """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TrainerServiceAsyncStub: ...
+    CreateCheckpoint: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.CreateCheckpointRequest, _trainer_pb2.CreateCheckpointResponse]
+    """Imports a model (a local Hugging Face directory, a hub id, or a config for a fresh model) as a
+    checkpoint on a vocab version.
+    """
+    GetCheckpoint: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.GetCheckpointRequest, _trainer_pb2.GetCheckpointResponse]
+    """Returns one checkpoint."""
     StartRun: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.StartRunRequest, _trainer_pb2.StartRunResponse]
-    """Starts a training or distillation run; returns at once with the run's id."""
+    """Starts a training or distillation run; returns at once."""
     WatchRun: _grpc.UnaryStreamMultiCallable[_trainer_pb2.WatchRunRequest, _trainer_pb2.WatchRunResponse]
-    """Streams a run's progress until it ends."""
+    """Streams a run's progress until it ends (at least one message, the current state)."""
     GetRun: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.GetRunRequest, _trainer_pb2.GetRunResponse]
     """Returns a run's current state."""
+    ListRuns: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ListRunsRequest, _trainer_pb2.ListRunsResponse]
+    """Lists runs, newest first."""
     CancelRun: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.CancelRunRequest, _trainer_pb2.CancelRunResponse]
-    """Cancels a run; its last checkpoint stays."""
+    """Cancels a queued or running run; its finished iterations' checkpoints stay."""
     ScoreSlice: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ScoreSliceRequest, _trainer_pb2.ScoreSliceResponse]
     """Scores a slice against a checkpoint's loss memory: the training trigger."""
     ExportOnnx: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ExportOnnxRequest, _trainer_pb2.ExportOnnxResponse]
-    """Exports a checkpoint to ONNX (fp32 and int8) with its tokenizer."""
+    """Exports a checkpoint to ONNX (fp32 and dynamically quantised int8) with its tokenizer."""
 
 @_typing.type_check_only
 class TrainerServiceAsyncStub(TrainerServiceStub):
-    """Trains masked language models incrementally across vocabulary versions, remembers per-token
-    MLM loss to decide when to train, exports ONNX and distils students.
+    """Trains masked language models incrementally across vocabulary versions, remembers each token's
+    MLM loss to decide when to train, exports ONNX, and distils students.
 
-    Draft: the contract is written; the service arrives with the trainer issue.
+    A checkpoint is an immutable Hugging Face model directory (safetensors) in the trainer's store,
+    tied to one vocab version, with the loss memory of everything it was trained on. A run is a
+    long job: StartRun returns at once; WatchRun streams its progress; it leaves one checkpoint per
+    iteration and resumes from the last one if the service is killed.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
+    CreateCheckpoint: _aio.UnaryUnaryMultiCallable[_trainer_pb2.CreateCheckpointRequest, _trainer_pb2.CreateCheckpointResponse]  # type: ignore[assignment]
+    """Imports a model (a local Hugging Face directory, a hub id, or a config for a fresh model) as a
+    checkpoint on a vocab version.
+    """
+    GetCheckpoint: _aio.UnaryUnaryMultiCallable[_trainer_pb2.GetCheckpointRequest, _trainer_pb2.GetCheckpointResponse]  # type: ignore[assignment]
+    """Returns one checkpoint."""
     StartRun: _aio.UnaryUnaryMultiCallable[_trainer_pb2.StartRunRequest, _trainer_pb2.StartRunResponse]  # type: ignore[assignment]
-    """Starts a training or distillation run; returns at once with the run's id."""
+    """Starts a training or distillation run; returns at once."""
     WatchRun: _aio.UnaryStreamMultiCallable[_trainer_pb2.WatchRunRequest, _trainer_pb2.WatchRunResponse]  # type: ignore[assignment]
-    """Streams a run's progress until it ends."""
+    """Streams a run's progress until it ends (at least one message, the current state)."""
     GetRun: _aio.UnaryUnaryMultiCallable[_trainer_pb2.GetRunRequest, _trainer_pb2.GetRunResponse]  # type: ignore[assignment]
     """Returns a run's current state."""
+    ListRuns: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ListRunsRequest, _trainer_pb2.ListRunsResponse]  # type: ignore[assignment]
+    """Lists runs, newest first."""
     CancelRun: _aio.UnaryUnaryMultiCallable[_trainer_pb2.CancelRunRequest, _trainer_pb2.CancelRunResponse]  # type: ignore[assignment]
-    """Cancels a run; its last checkpoint stays."""
+    """Cancels a queued or running run; its finished iterations' checkpoints stay."""
     ScoreSlice: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ScoreSliceRequest, _trainer_pb2.ScoreSliceResponse]  # type: ignore[assignment]
     """Scores a slice against a checkpoint's loss memory: the training trigger."""
     ExportOnnx: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ExportOnnxRequest, _trainer_pb2.ExportOnnxResponse]  # type: ignore[assignment]
-    """Exports a checkpoint to ONNX (fp32 and int8) with its tokenizer."""
+    """Exports a checkpoint to ONNX (fp32 and dynamically quantised int8) with its tokenizer."""
 
 class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Trains masked language models incrementally across vocabulary versions, remembers per-token
-    MLM loss to decide when to train, exports ONNX and distils students.
+    """Trains masked language models incrementally across vocabulary versions, remembers each token's
+    MLM loss to decide when to train, exports ONNX, and distils students.
 
-    Draft: the contract is written; the service arrives with the trainer issue.
+    A checkpoint is an immutable Hugging Face model directory (safetensors) in the trainer's store,
+    tied to one vocab version, with the loss memory of everything it was trained on. A run is a
+    long job: StartRun returns at once; WatchRun streams its progress; it leaves one checkpoint per
+    iteration and resumes from the last one if the service is killed.
     """
+
+    @_abc_1.abstractmethod
+    def CreateCheckpoint(
+        self,
+        request: _trainer_pb2.CreateCheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.CreateCheckpointResponse, _abc.Awaitable[_trainer_pb2.CreateCheckpointResponse]]:
+        """Imports a model (a local Hugging Face directory, a hub id, or a config for a fresh model) as a
+        checkpoint on a vocab version.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCheckpoint(
+        self,
+        request: _trainer_pb2.GetCheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.GetCheckpointResponse, _abc.Awaitable[_trainer_pb2.GetCheckpointResponse]]:
+        """Returns one checkpoint."""
 
     @_abc_1.abstractmethod
     def StartRun(
@@ -85,7 +128,7 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _trainer_pb2.StartRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_trainer_pb2.StartRunResponse, _abc.Awaitable[_trainer_pb2.StartRunResponse]]:
-        """Starts a training or distillation run; returns at once with the run's id."""
+        """Starts a training or distillation run; returns at once."""
 
     @_abc_1.abstractmethod
     def WatchRun(
@@ -93,7 +136,7 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _trainer_pb2.WatchRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_trainer_pb2.WatchRunResponse], _abc.AsyncIterator[_trainer_pb2.WatchRunResponse]]:
-        """Streams a run's progress until it ends."""
+        """Streams a run's progress until it ends (at least one message, the current state)."""
 
     @_abc_1.abstractmethod
     def GetRun(
@@ -104,12 +147,20 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Returns a run's current state."""
 
     @_abc_1.abstractmethod
+    def ListRuns(
+        self,
+        request: _trainer_pb2.ListRunsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.ListRunsResponse, _abc.Awaitable[_trainer_pb2.ListRunsResponse]]:
+        """Lists runs, newest first."""
+
+    @_abc_1.abstractmethod
     def CancelRun(
         self,
         request: _trainer_pb2.CancelRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_trainer_pb2.CancelRunResponse, _abc.Awaitable[_trainer_pb2.CancelRunResponse]]:
-        """Cancels a run; its last checkpoint stays."""
+        """Cancels a queued or running run; its finished iterations' checkpoints stay."""
 
     @_abc_1.abstractmethod
     def ScoreSlice(
@@ -125,6 +176,6 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _trainer_pb2.ExportOnnxRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_trainer_pb2.ExportOnnxResponse, _abc.Awaitable[_trainer_pb2.ExportOnnxResponse]]:
-        """Exports a checkpoint to ONNX (fp32 and int8) with its tokenizer."""
+        """Exports a checkpoint to ONNX (fp32 and dynamically quantised int8) with its tokenizer."""
 
 def add_TrainerServiceServicer_to_server(servicer: TrainerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -8,7 +8,6 @@ from driftlm.v1 import common_pb2 as _common_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
-from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,108 +18,6 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
-
-class _CorpusFormat:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _CorpusFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CorpusFormat.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    CORPUS_FORMAT_UNSPECIFIED: _CorpusFormat.ValueType  # 0
-    """Decided by the file name: .jsonl/.ndjson, .csv, .parquet, anything else is plain text; a
-    trailing .gz is decompressed first.
-    """
-    CORPUS_FORMAT_JSONL: _CorpusFormat.ValueType  # 1
-    """One JSON object per line; the text is in text_field."""
-    CORPUS_FORMAT_CSV: _CorpusFormat.ValueType  # 2
-    """Comma-separated with a header row; the text is in the column text_field."""
-    CORPUS_FORMAT_PARQUET: _CorpusFormat.ValueType  # 3
-    """Apache Parquet; the text is in the column text_field."""
-    CORPUS_FORMAT_TEXT: _CorpusFormat.ValueType  # 4
-    """One text per line."""
-
-class CorpusFormat(_CorpusFormat, metaclass=_CorpusFormatEnumTypeWrapper):
-    """The layout of a corpus file."""
-
-CORPUS_FORMAT_UNSPECIFIED: CorpusFormat.ValueType  # 0
-"""Decided by the file name: .jsonl/.ndjson, .csv, .parquet, anything else is plain text; a
-trailing .gz is decompressed first.
-"""
-CORPUS_FORMAT_JSONL: CorpusFormat.ValueType  # 1
-"""One JSON object per line; the text is in text_field."""
-CORPUS_FORMAT_CSV: CorpusFormat.ValueType  # 2
-"""Comma-separated with a header row; the text is in the column text_field."""
-CORPUS_FORMAT_PARQUET: CorpusFormat.ValueType  # 3
-"""Apache Parquet; the text is in the column text_field."""
-CORPUS_FORMAT_TEXT: CorpusFormat.ValueType  # 4
-"""One text per line."""
-Global___CorpusFormat: _TypeAlias = CorpusFormat  # noqa: Y015
-
-@_typing.final
-class CorpusSource(_message.Message):
-    """Where the texts of a corpus come from."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    TEXTS_FIELD_NUMBER: _builtins.int
-    URI_FIELD_NUMBER: _builtins.int
-    TEXT_FIELD_FIELD_NUMBER: _builtins.int
-    FORMAT_FIELD_NUMBER: _builtins.int
-    text_field: _builtins.str
-    """For JSONL, CSV and Parquet: the field that holds the text. Empty means `text`."""
-    format: Global___CorpusFormat.ValueType
-    """The file's layout; unspecified means decided by its name."""
-    @_builtins.property
-    def texts(self) -> Global___TextBatch:
-        """Texts sent in the request itself."""
-
-    @_builtins.property
-    def uri(self) -> _common_pb2.ArtifactRef:
-        """A corpus file: a path on the service's machine (absolute, or relative to its store) or a
-        file:// URI.
-        """
-
-    def __init__(
-        self,
-        *,
-        texts: Global___TextBatch | None = ...,
-        uri: _common_pb2.ArtifactRef | None = ...,
-        text_field: _builtins.str = ...,
-        format: Global___CorpusFormat.ValueType = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "texts", b"texts", "uri", b"uri"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "source", b"source", "text_field", b"text_field", "texts", b"texts", "uri", b"uri"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["texts", "uri"]  # noqa: Y015
-    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
-
-Global___CorpusSource: _TypeAlias = CorpusSource  # noqa: Y015
-
-@_typing.final
-class TextBatch(_message.Message):
-    """A batch of texts."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    TEXTS_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The texts, any Unicode; empty strings are allowed and tokenize to nothing."""
-
-    def __init__(
-        self,
-        *,
-        texts: _abc.Iterable[_builtins.str] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["texts", b"texts"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___TextBatch: _TypeAlias = TextBatch  # noqa: Y015
 
 @_typing.final
 class CreateVocabularyRequest(_message.Message):
@@ -146,7 +43,7 @@ class CreateVocabularyRequest(_message.Message):
         """
 
     @_builtins.property
-    def training_corpus(self) -> Global___CorpusSource:
+    def training_corpus(self) -> _common_pb2.CorpusSource:
         """A corpus to train a BERT-style WordPiece tokenizer on (specials [PAD] [UNK] [CLS] [SEP]
         [MASK], `##` continuation prefix).
         """
@@ -155,7 +52,7 @@ class CreateVocabularyRequest(_message.Message):
         self,
         *,
         tokenizer_dir: _common_pb2.ArtifactRef | None = ...,
-        training_corpus: Global___CorpusSource | None = ...,
+        training_corpus: _common_pb2.CorpusSource | None = ...,
         vocab_size: _builtins.int = ...,
         display_name: _builtins.str = ...,
         cased: _builtins.bool = ...,
@@ -345,14 +242,14 @@ class ObserveSliceRequest(_message.Message):
     min_candidate_count: _builtins.int
     """First message only: a candidate needs at least this many occurrences; 0 means 2."""
     @_builtins.property
-    def corpus(self) -> Global___CorpusSource:
+    def corpus(self) -> _common_pb2.CorpusSource:
         """The slice's texts (any message), or a corpus file (first message only)."""
 
     def __init__(
         self,
         *,
         version_id: _builtins.str = ...,
-        corpus: Global___CorpusSource | None = ...,
+        corpus: _common_pb2.CorpusSource | None = ...,
         slice_label: _builtins.str = ...,
         max_candidates: _builtins.int = ...,
         min_candidate_count: _builtins.int = ...,

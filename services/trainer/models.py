@@ -1,0 +1,122 @@
+"""Masked language models from transformers, and the forward pass that only pays for what it uses.
+
+The MLM head's vocabulary projection (H x V per position) costs as much as the whole encoder of a
+small BERT; training, scoring and distillation only need it at the masked positions, so
+`masked_logits` runs the encoder on every position and the head on the masked ones alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForMaskedLM, PreTrainedModel
+from transformers.utils import logging as transformers_logging
+
+# A service logs JSON lines; transformers' tqdm bars (loading and writing shards) would garble them.
+transformers_logging.disable_progress_bar()
+
+
+def pick_device() -> torch.device:
+    """CUDA when there is a GPU, else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device) -> Iterator[None]:
+    """bf16 autocast on CUDA; full precision on the CPU (where bf16 matmuls are slow)."""
+    if device.type == "cuda":
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            yield
+    else:
+        yield
+
+
+def load_model(source: str | Path) -> PreTrainedModel:
+    """A masked LM from a local directory or a hub id; a missing MLM head is initialised fresh."""
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # "newly initialized" head weights are expected
+    try:
+        model = AutoModelForMaskedLM.from_pretrained(str(source), dtype=torch.float32)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    return model
+
+
+def model_from_config(config_json: str, *, vocab_size: int, seed: int) -> PreTrainedModel:
+    """A freshly initialised masked LM from a transformers config (JSON with `model_type`)."""
+    settings: dict[str, Any] = json.loads(config_json)
+    model_type = settings.pop("model_type", "bert")
+    config = AutoConfig.for_model(model_type, **{**settings, "vocab_size": vocab_size})
+    torch.manual_seed(seed)
+    return AutoModelForMaskedLM.from_config(config)
+
+
+def mlm_head(model: PreTrainedModel) -> nn.Module | None:
+    """The module mapping hidden states to vocabulary logits (BERT's `cls`, RoBERTa's `lm_head`)."""
+    for name in ("cls", "lm_head"):
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Module):
+            return head
+    return None
+
+
+def output_bias(model: PreTrainedModel) -> torch.Tensor | None:
+    """The per-piece bias of the vocabulary projection, when the model has one."""
+    decoder = model.get_output_embeddings()
+    bias = getattr(decoder, "bias", None)
+    return bias if isinstance(bias, torch.Tensor) else None
+
+
+def encode(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Last hidden states (B, T, H)."""
+    return model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def masked_logits(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, masked: torch.Tensor
+) -> torch.Tensor:
+    """Vocabulary logits (M, V) at the M positions where `masked` (B, T) is True."""
+    head = mlm_head(model)
+    if head is None:  # an architecture we do not know: pay for every position
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits[masked]
+    return head(encode(model, input_ids, attention_mask)[masked])
+
+
+class MaskedLM(nn.Module):
+    """masked_logits as a module, so DistributedDataParallel can wrap the training forward pass."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        return masked_logits(self.model, input_ids, attention_mask, masked)
+
+
+def cls_embeddings(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The first position's hidden state (B, H): the sentence embedding the paper compares."""
+    return encode(model, input_ids, attention_mask)[:, 0]
+
+
+def embedding_matrix(model: PreTrainedModel) -> torch.Tensor:
+    """The input embedding weight (V, H), tied to the MLM decoder."""
+    weight = model.get_input_embeddings().weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
+def on_device(model: PreTrainedModel, device: torch.device) -> PreTrainedModel:
+    """The model moved to `device` (transformers' own `to` is typed for dtype casts only)."""
+    moved: PreTrainedModel = nn.Module.to(model, device)
+    return moved
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Number of parameters (tied ones once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

@@ -1,0 +1,236 @@
+"""Runs as resources: queued, executed one at a time by a worker thread, persisted, resumable.
+
+    <store>/trainer/runs/<run_id>/run.json       spec, state and progress (rewritten atomically)
+    <store>/trainer/runs/<run_id>/selection-N.json, totals-N.json   what a resume needs
+
+A service that starts finds the runs that were queued or running when it stopped (or was
+killed) and continues them from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import torch
+
+from driftlm.services.runtime import store
+from driftlm.services.runtime.errors import DriftlmError, NotFoundError
+
+from .checkpoints import now
+from .spec import RunSpec
+from .training import Progress, RunCancelledError, RunContext, execute_run
+
+_LOG = logging.getLogger("driftlm.trainer")
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+# google.rpc.Code values reported in a failed run.
+_CODE_RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+_CODE_INTERNAL = grpc.StatusCode.INTERNAL.value[0]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run's state (run.json)."""
+
+    run_id: str
+    spec: RunSpec
+    state: str
+    create_time: str
+    step: int = 0
+    iteration: int = 0
+    loss: float = float("nan")
+    tokens_per_s: float = 0.0
+    eta_s: float = 0.0
+    checkpoint_id: str = ""
+    train_tokens: int = 0
+    wall_s: float = 0.0
+    error_code: int = 0
+    error_message: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["spec"] = self.spec.to_json()
+        return values
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> RunRecord:
+        return cls(**{**record, "spec": RunSpec.from_json(record["spec"])})
+
+
+RunExecutor = Callable[[RunSpec, RunContext], Any]
+
+
+class RunManager:
+    """Starts, tracks, cancels and resumes runs; one at a time (one run per device)."""
+
+    def __init__(
+        self,
+        store_root: Path,
+        make_context: Callable[[str, Path, Callable[[Progress], None]], RunContext],
+        executor: RunExecutor = execute_run,
+    ) -> None:
+        self._root = store_root / "trainer" / "runs"
+        self._root.mkdir(parents=True, exist_ok=True)
+        self._make_context = make_context
+        self._executor = executor
+        self._changed = threading.Condition()
+        self._runs: dict[str, RunRecord] = {}
+        self._queue: deque[str] = deque()
+        self._contexts: dict[str, RunContext] = {}
+        for path in self._root.glob("*/run.json"):
+            record = RunRecord.from_json(store.read_json(path))
+            self._runs[record.run_id] = record
+        for record in sorted(self._runs.values(), key=lambda r: r.create_time):
+            if record.state in (QUEUED, RUNNING):
+                self._queue.append(record.run_id)
+        self._stopping = False
+        self._worker = threading.Thread(target=self._work, name="trainer-runs", daemon=True)
+        self._worker.start()
+
+    # API ------------------------------------------------------------------------------------
+
+    def start(self, spec: RunSpec) -> RunRecord:
+        """Queue a run; it starts when the runs before it end."""
+        record = RunRecord(run_id=f"run-{secrets.token_hex(8)}", spec=spec, state=QUEUED, create_time=now())
+        self._save(record)
+        with self._changed:
+            self._runs[record.run_id] = record
+            self._queue.append(record.run_id)
+            self._changed.notify_all()
+        return record
+
+    def get(self, run_id: str) -> RunRecord:
+        """A run's current state."""
+        with self._changed:
+            if run_id not in self._runs:
+                raise NotFoundError(f"run {run_id!r} does not exist; ListRuns shows the runs there are")
+            return self._runs[run_id]
+
+    def list(self) -> list[RunRecord]:
+        """Every run, newest first."""
+        with self._changed:
+            return sorted(self._runs.values(), key=lambda r: (r.create_time, r.run_id), reverse=True)
+
+    def cancel(self, run_id: str, *, wait_s: float = 60.0) -> RunRecord:
+        """Cancel a queued run at once, a running one after its current step (waits up to wait_s)."""
+        record = self.get(run_id)
+        with self._changed:
+            if record.state == QUEUED:
+                self._queue.remove(run_id)
+                self._set(replace(record, state=CANCELLED))
+            elif record.state == RUNNING and run_id in self._contexts:
+                self._contexts[run_id].cancel.set()
+                self._changed.wait_for(lambda: self._runs[run_id].state in TERMINAL, timeout=wait_s)
+            return self._runs[run_id]
+
+    def watch(self, run_id: str, is_active: Callable[[], bool]) -> Iterator[RunRecord]:
+        """The run's state now and after every change, until it ends or the caller leaves."""
+        last = self.get(run_id)
+        yield last
+        while last.state not in TERMINAL and is_active():
+            current = self._next_state(run_id, last)
+            if current is not last:
+                last = current
+                yield last
+
+    def _next_state(self, run_id: str, seen: RunRecord) -> RunRecord:
+        """The run's state once it differs from `seen`, or after a second (to notice a gone caller)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._runs[run_id] is not seen, timeout=1.0)
+            return self._runs[run_id]
+
+    def stop(self) -> None:
+        """Ask the worker to stop after the current step of the current run (it resumes on restart)."""
+        with self._changed:
+            self._stopping = True
+            for context in self._contexts.values():
+                context.cancel.set()
+            self._changed.notify_all()
+
+    # Worker ---------------------------------------------------------------------------------
+
+    def _save(self, record: RunRecord) -> None:
+        store.write_json_atomically(self._root / record.run_id / "run.json", record.to_json())
+
+    def _set(self, record: RunRecord, *, persist: bool = True) -> None:
+        """Publish a new state (callers hold self._changed)."""
+        self._runs[record.run_id] = record
+        if persist:
+            self._save(record)
+        self._changed.notify_all()
+
+    def _work(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: bool(self._queue) or self._stopping)
+                if self._stopping:
+                    return
+                run_id = self._queue.popleft()
+                # The context exists before the run shows as running, so CancelRun always finds it.
+                context = self._make_context(run_id, self._root / run_id, functools.partial(self._report, run_id))
+                self._contexts[run_id] = context
+                record = replace(self._runs[run_id], state=RUNNING)
+                self._set(record)
+            self._execute(record, context)
+
+    def _report(self, run_id: str, progress: Progress) -> None:
+        with self._changed:
+            current = self._runs[run_id]
+            updated = replace(
+                current,
+                step=progress.step,
+                iteration=progress.iteration,
+                loss=progress.loss,
+                tokens_per_s=progress.tokens_per_s,
+                eta_s=progress.eta_s,
+                train_tokens=progress.train_tokens,
+                wall_s=progress.wall_s,
+                checkpoint_id=progress.checkpoint_id,
+            )
+            # Persist at iteration boundaries (a new checkpoint); in memory every step.
+            self._set(updated, persist=updated.checkpoint_id != current.checkpoint_id)
+
+    def _execute(self, record: RunRecord, context: RunContext) -> None:
+        started = time.perf_counter()
+        try:
+            final = self._executor(record.spec, context)
+            outcome = {"state": SUCCEEDED, "checkpoint_id": final.checkpoint_id, "eta_s": 0.0}
+        except RunCancelledError:
+            outcome = {"state": QUEUED if self._stopping else CANCELLED}
+        except DriftlmError as error:
+            outcome = {"state": FAILED, "error_code": error.code.value[0], "error_message": error.message}
+        except torch.OutOfMemoryError as error:
+            outcome = {
+                "state": FAILED,
+                "error_code": _CODE_RESOURCE_EXHAUSTED,
+                "error_message": f"out of memory: {error}; use a smaller batch_size or max_length",
+            }
+        # The boundary of a run, like the interceptor is of a call: whatever else a run raises fails
+        # that run (logged with its traceback), never the worker that runs the next ones.
+        except Exception as error:  # noqa: BLE001 (see above)
+            out_of_memory = "out of memory" in str(error) or "can't allocate memory" in str(error)
+            _LOG.exception("run failed", extra={"run_id": record.run_id})
+            outcome = {
+                "state": FAILED,
+                "error_code": _CODE_RESOURCE_EXHAUSTED if out_of_memory else _CODE_INTERNAL,
+                "error_message": f"{type(error).__name__}: {error}",
+            }
+        finally:
+            with self._changed:
+                self._contexts.pop(record.run_id, None)
+        _LOG.info(
+            "run ended",
+            extra={"run_id": record.run_id, "state": outcome["state"], "seconds": time.perf_counter() - started},
+        )
+        with self._changed:
+            self._set(replace(self._runs[record.run_id], **outcome))

@@ -1,0 +1,77 @@
+"""What a run was asked to do, as a frozen dataclass stored with the run (JSON)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .vocab_move import EmbeddingInit
+
+
+class RunKind(enum.Enum):
+    """Training or distillation."""
+
+    MLM = "mlm"
+    DISTILL = "distill"
+
+
+class Strategy(enum.Enum):
+    """How each iteration's sentences are chosen; values are the sampling service's names."""
+
+    UNIFORM = "uniform"
+    TOKEN_EMBEDDING_SHIFT = "token-embedding-shift"
+    SENTENCE_EMBEDDING_SHIFT = "sentence-embedding-shift"
+    TOKEN_MLM_LOSS = "token-mlm-loss"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A run's parameters, validated (see servicer) and with defaults filled in."""
+
+    kind: RunKind
+    base_checkpoint_id: str
+    vocab_version_id: str
+    slices: tuple[str, ...]
+    strategy: Strategy
+    iterations: int
+    steps_per_iteration: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+    text_field: str = "text"
+    replay_slices: tuple[str, ...] = ()
+    replay_fraction: float = 0.0
+    max_length: int = 128
+    mask_fraction: float = 0.15
+    sampling_alpha: float = 0.5
+    top_x: int = 100
+    candidate_pool_size: int = 0
+    embedding_init: EmbeddingInit = EmbeddingInit.FVT
+    teacher_checkpoint_ids: tuple[str, ...] = field(default_factory=tuple)
+    distill_alpha: float = 0.5
+    temperature: float = 2.0
+    display_name: str = ""
+
+    @property
+    def total_steps(self) -> int:
+        return self.iterations * self.steps_per_iteration
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = (
+                value.value if isinstance(value, enum.Enum) else list(value) if isinstance(value, tuple) else value
+            )
+        return out
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> RunSpec:
+        values = dict(record)
+        values["kind"] = RunKind(values["kind"])
+        values["strategy"] = Strategy(values["strategy"])
+        values["embedding_init"] = EmbeddingInit(values["embedding_init"])
+        for name in ("slices", "replay_slices", "teacher_checkpoint_ids"):
+            values[name] = tuple(values[name])
+        return cls(**values)

@@ -1,0 +1,103 @@
+"""StartRun's request checked and turned into a RunSpec; every refusal names the field."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from driftlm.services.runtime.errors import InvalidArgumentError
+from driftlm.services.runtime.store import resolve_path
+from driftlm.v1 import trainer_pb2
+
+from .spec import RunKind, RunSpec, Strategy
+from .vocab_move import EmbeddingInit
+
+_KINDS = {trainer_pb2.RUN_KIND_MLM: RunKind.MLM, trainer_pb2.RUN_KIND_DISTILL: RunKind.DISTILL}
+_STRATEGIES = {
+    trainer_pb2.SAMPLING_STRATEGY_UNIFORM: Strategy.UNIFORM,
+    trainer_pb2.SAMPLING_STRATEGY_TOKEN_EMBEDDING_SHIFT: Strategy.TOKEN_EMBEDDING_SHIFT,
+    trainer_pb2.SAMPLING_STRATEGY_SENTENCE_EMBEDDING_SHIFT: Strategy.SENTENCE_EMBEDDING_SHIFT,
+    trainer_pb2.SAMPLING_STRATEGY_TOKEN_MLM_LOSS: Strategy.TOKEN_MLM_LOSS,
+}
+_INITS = {
+    trainer_pb2.EMBEDDING_INIT_UNSPECIFIED: EmbeddingInit.FVT,
+    trainer_pb2.EMBEDDING_INIT_FVT: EmbeddingInit.FVT,
+    trainer_pb2.EMBEDDING_INIT_MEAN_COVARIANCE: EmbeddingInit.MEAN_COVARIANCE,
+}
+MAX_BATCH_SIZE = 65_536
+MAX_STEPS = 10_000_000
+
+
+def _count(value: int, field: str, *, low: int = 1, high: int = MAX_STEPS) -> int:
+    if not low <= value <= high:
+        raise InvalidArgumentError(field, f"must be in [{low}, {high}], got {value}")
+    return value
+
+
+def _fraction(value: float, field: str, *, low: float, high: float, closed_high: bool = True) -> float:
+    inside = low <= value <= high if closed_high else low <= value < high
+    if not inside:  # also NaN
+        bracket = "]" if closed_high else ")"
+        raise InvalidArgumentError(field, f"must be in [{low}, {high}{bracket}, got {value}")
+    return value
+
+
+def run_spec(
+    request: trainer_pb2.StartRunRequest, *, vocab_version_id: str, store: Path, max_positions: int
+) -> RunSpec:
+    """The validated spec; vocab_version_id is the request's or the base checkpoint's.
+
+    Raises:
+        InvalidArgumentError: an impossible or missing parameter.
+        NotFoundError: a slice file does not exist.
+    """
+    if request.kind not in _KINDS:
+        raise InvalidArgumentError("kind", "must be RUN_KIND_MLM or RUN_KIND_DISTILL")
+    kind = _KINDS[request.kind]
+    if kind is RunKind.MLM and request.strategy not in _STRATEGIES:
+        allowed = ", ".join(trainer_pb2.SamplingStrategy.Name(value) for value in _STRATEGIES)
+        raise InvalidArgumentError("strategy", f"must be one of {allowed}")
+    if not request.slices:
+        raise InvalidArgumentError("slices", "name at least one corpus file to train on")
+    slices = tuple(str(resolve_path(ref.uri, store, f"slices[{i}].uri")) for i, ref in enumerate(request.slices))
+    replay = tuple(
+        str(resolve_path(ref.uri, store, f"replay_slices[{i}].uri")) for i, ref in enumerate(request.replay_slices)
+    )
+    if not (math.isfinite(request.learning_rate) and 0 < request.learning_rate <= 1):
+        raise InvalidArgumentError("learning_rate", f"must be in (0, 1], got {request.learning_rate}")
+    max_length = request.max_length or min(128, max_positions)
+    _count(max_length, "max_length", low=4, high=max_positions)
+    mask_fraction = request.mask_fraction or 0.15
+    _fraction(mask_fraction, "mask_fraction", low=0.0, high=1.0, closed_high=False)
+    if kind is RunKind.DISTILL:
+        if not request.teacher_checkpoint_ids:
+            raise InvalidArgumentError("teacher_checkpoint_ids", "a distillation run needs at least one teacher")
+        if request.temperature < 0 or not math.isfinite(request.temperature):
+            raise InvalidArgumentError("temperature", f"must be > 0 (0 means 2), got {request.temperature}")
+    return RunSpec(
+        kind=kind,
+        base_checkpoint_id=request.base_checkpoint_id,
+        vocab_version_id=vocab_version_id,
+        slices=slices,
+        strategy=_STRATEGIES.get(request.strategy, Strategy.UNIFORM),
+        iterations=_count(request.iterations, "iterations", high=100_000),
+        steps_per_iteration=_count(request.steps_per_iteration, "steps_per_iteration"),
+        batch_size=_count(request.batch_size, "batch_size", high=MAX_BATCH_SIZE),
+        learning_rate=request.learning_rate,
+        seed=request.seed,
+        text_field=request.text_field or "text",
+        replay_slices=replay,
+        replay_fraction=_fraction(request.replay_fraction, "replay_fraction", low=0.0, high=1.0, closed_high=False),
+        max_length=max_length,
+        mask_fraction=mask_fraction,
+        sampling_alpha=_fraction(
+            request.sampling_alpha if request.HasField("sampling_alpha") else 0.5, "sampling_alpha", low=0.0, high=1.0
+        ),
+        top_x=_count(request.top_x or 100, "top_x", high=10_000_000),
+        candidate_pool_size=_count(request.candidate_pool_size, "candidate_pool_size", low=0, high=10_000_000),
+        embedding_init=_INITS.get(request.embedding_init, EmbeddingInit.FVT),
+        teacher_checkpoint_ids=tuple(request.teacher_checkpoint_ids),
+        distill_alpha=_fraction(request.distill_alpha, "distill_alpha", low=0.0, high=1.0),
+        temperature=request.temperature or 2.0,
+        display_name=request.display_name,
+    )

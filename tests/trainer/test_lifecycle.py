@@ -1,0 +1,216 @@
+"""Runs as resources: resume after kill -9, cancel, failures reported; the trigger; export; distillation."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from driftlm.local_services import start_service
+from driftlm.services.trainer.models import load_model, masked_logits
+from driftlm.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+
+from .conftest import TINY_BERT, Stack, new_slice, old_slice, run_request
+
+
+def _weights(stack: Stack, checkpoint_id: str) -> dict[str, torch.Tensor]:
+    uri = stack.trainer.GetCheckpoint(
+        trainer_pb2.GetCheckpointRequest(checkpoint_id=checkpoint_id)
+    ).checkpoint.directory.uri
+    return load_file(uri.removeprefix("file://") + "/model.safetensors")
+
+
+def test_a_run_killed_with_sigkill_resumes_and_ends_where_the_uninterrupted_run_ends(stack: Stack) -> None:
+    request = run_request(
+        stack,
+        [stack.slice_file("new", new_slice(11))],
+        vocab_version_id=stack.updated_version.version_id,
+        strategy=trainer_pb2.SAMPLING_STRATEGY_TOKEN_EMBEDDING_SHIFT,
+        iterations=4,
+        steps_per_iteration=6,
+        batch_size=16,
+        top_x=5,
+    )
+    uninterrupted = stack.run_to_end(request)
+
+    extra = ("--vocab-endpoint", stack.vocab_target, "--sampling-endpoint", stack.sampling_target)
+    trainer = start_service("trainer", stack.store, extra_args=extra)
+    with grpc.insecure_channel(trainer.target) as channel:
+        stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+        run = stub.StartRun(request).run
+        deadline = time.monotonic() + 300
+        while (
+            stub.GetRun(trainer_pb2.GetRunRequest(run_id=run.run_id)).run.iteration < 2 and time.monotonic() < deadline
+        ):
+            time.sleep(0.02)
+    trainer.process.send_signal(signal.SIGKILL)
+    trainer.process.wait()
+
+    trainer = start_service("trainer", stack.store, extra_args=extra)  # resumes the run on its own
+    try:
+        with grpc.insecure_channel(trainer.target) as channel:
+            stub = trainer_pb2_grpc.TrainerServiceStub(channel)
+            final = run
+            for update in stub.WatchRun(trainer_pb2.WatchRunRequest(run_id=run.run_id), timeout=300):
+                final = update.run
+    finally:
+        trainer.stop()
+    assert final.state == trainer_pb2.RUN_STATE_SUCCEEDED and final.step == 24
+    resumed, reference = _weights(stack, final.checkpoint_id), _weights(stack, uninterrupted.checkpoint_id)
+    assert resumed.keys() == reference.keys()
+    for name, tensor in reference.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_cancel_stops_a_run_and_the_service_keeps_serving(stack: Stack) -> None:
+    run = stack.trainer.StartRun(
+        run_request(stack, [stack.slice_file("old", old_slice(12))], iterations=50, steps_per_iteration=50)
+    ).run
+    while stack.trainer.GetRun(trainer_pb2.GetRunRequest(run_id=run.run_id)).run.step < 2:
+        time.sleep(0.01)
+    cancelled = stack.trainer.CancelRun(trainer_pb2.CancelRunRequest(run_id=run.run_id)).run
+    assert cancelled.state == trainer_pb2.RUN_STATE_CANCELLED and cancelled.step < cancelled.total_steps
+    queued = stack.trainer.StartRun(
+        run_request(stack, [stack.slice_file("old", old_slice(12))], iterations=1, steps_per_iteration=1)
+    )
+    assert stack.trainer.CancelRun(trainer_pb2.CancelRunRequest(run_id=queued.run.run_id)).run.state in (
+        trainer_pb2.RUN_STATE_CANCELLED,
+        trainer_pb2.RUN_STATE_SUCCEEDED,
+    )
+    listed = stack.trainer.ListRuns(trainer_pb2.ListRunsRequest()).runs
+    assert {r.run_id for r in listed} >= {run.run_id, queued.run.run_id}
+
+
+def test_a_malformed_slice_fails_the_run_with_a_clear_message(stack: Stack) -> None:
+    bad = stack.store / "slices" / "bad.jsonl"
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_text('{"text": "fine"}\n{"text": oops}\n')
+    run = stack.trainer.StartRun(run_request(stack, [common_pb2.ArtifactRef(uri=str(bad))])).run
+    final = list(stack.trainer.WatchRun(trainer_pb2.WatchRunRequest(run_id=run.run_id)))[-1].run
+    assert final.state == trainer_pb2.RUN_STATE_FAILED
+    assert final.error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert final.error_message == f"slices: {bad} line 2: not valid JSON (Expecting value)"
+
+
+def test_the_trigger_fires_on_new_words_and_not_on_more_of_the_same(stack: Stack) -> None:
+    trained = stack.run_to_end(
+        run_request(stack, [stack.slice_file("old", old_slice(13, texts=600))], iterations=4, steps_per_iteration=15)
+    )
+
+    def score(texts: list[str]) -> trainer_pb2.ScoreSliceResponse:
+        corpus = common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=texts))
+        return stack.trainer.ScoreSlice(
+            trainer_pb2.ScoreSliceRequest(checkpoint_id=trained.checkpoint_id, corpus=corpus, seed=1)
+        )
+
+    same = score(old_slice(14, texts=400))
+    drifted = score(new_slice(15, texts=400))
+    assert not same.fire and same.spike_fraction < 0.05, same
+    assert drifted.fire and drifted.novel_fraction > 0.05 and drifted.slice_loss > same.slice_loss
+    assert drifted.spikes and drifted.spikes[0].z == float("inf") and np.isnan(drifted.spikes[0].remembered_loss)
+    # A model that has remembered nothing finds everything novel.
+    empty = stack.trainer.ScoreSlice(
+        trainer_pb2.ScoreSliceRequest(
+            checkpoint_id=stack.base_checkpoint.checkpoint_id,
+            corpus=common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=old_slice(16, 50))),
+        )
+    )
+    assert empty.fire and empty.novel_fraction == 1.0
+
+
+def test_export_writes_onnx_that_matches_pytorch(stack: Stack, tmp_path: Path) -> None:
+    trained = stack.run_to_end(
+        run_request(stack, [stack.slice_file("old", old_slice(17))], iterations=1, steps_per_iteration=5)
+    )
+    destination = tmp_path / "export"
+    exported = stack.trainer.ExportOnnx(
+        trainer_pb2.ExportOnnxRequest(
+            checkpoint_id=trained.checkpoint_id, destination=common_pb2.ArtifactRef(uri=str(destination))
+        )
+    )
+    assert exported.max_abs_diff < 1e-4 and exported.quantized_top1_agreement > 0.9
+    assert {p.name for p in destination.iterdir()} == {"model.onnx", "model.int8.onnx", "tokenizer.json", "export.json"}
+    session = onnxruntime.InferenceSession(str(destination / "model.onnx"), providers=["CPUExecutionProvider"])
+    ids = np.array([[2, 100, 101, 102, 3], [2, 103, 3, 0, 0]], dtype=np.int64)
+    mask = (ids != 0).astype(np.int64)
+    logits, cls = session.run(None, {"input_ids": ids, "attention_mask": mask})
+    assert logits.shape == (2, 5, stack.base_version.size) and cls.shape == (2, 32)
+    with pytest.raises(grpc.RpcError) as again:
+        stack.trainer.ExportOnnx(
+            trainer_pb2.ExportOnnxRequest(
+                checkpoint_id=trained.checkpoint_id, destination=common_pb2.ArtifactRef(uri=str(destination))
+            )
+        )
+    assert again.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_distillation_makes_the_student_agree_with_the_teacher(stack: Stack) -> None:
+    slice_ref = stack.slice_file("old", old_slice(18))
+    teacher = stack.run_to_end(run_request(stack, [slice_ref], iterations=3, steps_per_iteration=15))
+    small = TINY_BERT.replace('"num_hidden_layers": 2', '"num_hidden_layers": 1')
+    student = stack.trainer.CreateCheckpoint(
+        trainer_pb2.CreateCheckpointRequest(
+            model_config_json=small, vocab_version_id=stack.base_version.version_id, seed=2
+        )
+    ).checkpoint
+    distilled = stack.run_to_end(
+        run_request(
+            stack,
+            [slice_ref],
+            kind=trainer_pb2.RUN_KIND_DISTILL,
+            base_checkpoint_id=student.checkpoint_id,
+            teacher_checkpoint_ids=[teacher.checkpoint_id],
+            distill_alpha=0.2,
+            temperature=2.0,
+            iterations=3,
+            steps_per_iteration=15,
+        )
+    )
+
+    def agreement(student_id: str) -> float:
+        models = [
+            load_model(
+                Path(
+                    stack.trainer.GetCheckpoint(
+                        trainer_pb2.GetCheckpointRequest(checkpoint_id=c)
+                    ).checkpoint.directory.uri.removeprefix("file://")
+                )
+            ).eval()
+            for c in (teacher.checkpoint_id, student_id)
+        ]
+        ids = torch.randint(5, stack.base_version.size, (16, 12), generator=torch.Generator().manual_seed(0))
+        masked = torch.zeros_like(ids, dtype=torch.bool)
+        masked[:, 2:10:3] = True
+        with torch.no_grad():
+            top = [masked_logits(m, ids, torch.ones_like(ids), masked).argmax(-1) for m in models]
+        return float((top[0] == top[1]).float().mean())
+
+    assert agreement(distilled.checkpoint_id) > agreement(student.checkpoint_id)
+    assert stack.trainer.GetCheckpoint(
+        trainer_pb2.GetCheckpointRequest(checkpoint_id=distilled.checkpoint_id)
+    ).checkpoint.parameter_count < (
+        stack.trainer.GetCheckpoint(
+            trainer_pb2.GetCheckpointRequest(checkpoint_id=teacher.checkpoint_id)
+        ).checkpoint.parameter_count
+    )
+
+
+def test_the_real_minilm_imports_on_its_own_vocabulary(stack: Stack) -> None:
+    from ..vocab.planted import register
+    from ..vocab.test_updates import MINILM
+
+    version = register(stack.vocab, MINILM, "minilm")
+    checkpoint = stack.trainer.CreateCheckpoint(
+        trainer_pb2.CreateCheckpointRequest(
+            model_dir=common_pb2.ArtifactRef(uri=str(MINILM)), vocab_version_id=version.version_id
+        )
+    ).checkpoint
+    assert 22_000_000 < checkpoint.parameter_count < 24_000_000 and checkpoint.vocab_version_id == version.version_id
+    assert (Path(checkpoint.directory.uri.removeprefix("file://")) / "model.safetensors").is_file()
