@@ -17,12 +17,13 @@ import numpy as np
 from driftlm.services.runtime.tensors import DEFAULT_CHUNK_BYTES, chunk_requests, tensor_to_array
 from driftlm.v1 import sampling_pb2, sampling_pb2_grpc
 
-# Strategy names as selection.Strategy spells them; the client needs no Numba, so it maps names.
+from .strategy import Strategy
+
 STRATEGY_ENUMS = {
-    "uniform": sampling_pb2.SELECTION_STRATEGY_UNIFORM,
-    "token-embedding-shift": sampling_pb2.SELECTION_STRATEGY_TOKEN_EMBEDDING_SHIFT,
-    "sentence-embedding-shift": sampling_pb2.SELECTION_STRATEGY_SENTENCE_EMBEDDING_SHIFT,
-    "token-mlm-loss": sampling_pb2.SELECTION_STRATEGY_TOKEN_MLM_LOSS,
+    Strategy.UNIFORM.value: sampling_pb2.SELECTION_STRATEGY_UNIFORM,
+    Strategy.TOKEN_EMBEDDING_SHIFT.value: sampling_pb2.SELECTION_STRATEGY_TOKEN_EMBEDDING_SHIFT,
+    Strategy.SENTENCE_EMBEDDING_SHIFT.value: sampling_pb2.SELECTION_STRATEGY_SENTENCE_EMBEDDING_SHIFT,
+    Strategy.TOKEN_MLM_LOSS.value: sampling_pb2.SELECTION_STRATEGY_TOKEN_MLM_LOSS,
 }
 
 

@@ -11,7 +11,8 @@ import numpy as np
 
 from .client import SelectedSentences
 from .measures import measure_shift
-from .selection import CandidatePool, Strategy, select_sentences
+from .selection import CandidatePool, select_sentences
+from .strategy import Strategy
 
 
 class LocalSampling:

@@ -16,7 +16,6 @@ weight 0 under token embedding shift.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,15 +25,7 @@ from driftlm.services.runtime.errors import InvalidArgumentError
 
 from . import inputs
 from .measures import measure_shift
-
-
-class Strategy(enum.Enum):
-    """How candidates are scored."""
-
-    UNIFORM = "uniform"
-    TOKEN_EMBEDDING_SHIFT = "token-embedding-shift"
-    SENTENCE_EMBEDDING_SHIFT = "sentence-embedding-shift"
-    TOKEN_MLM_LOSS = "token-mlm-loss"
+from .strategy import Strategy
 
 
 @dataclass(frozen=True)

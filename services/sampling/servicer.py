@@ -13,7 +13,8 @@ from driftlm.v1 import sampling_pb2, sampling_pb2_grpc
 
 from .inputs import require
 from .measures import draw_indices, measure_shift, weigh
-from .selection import CandidatePool, Strategy, select_sentences
+from .selection import CandidatePool, select_sentences
+from .strategy import Strategy
 
 # Used when a request leaves alpha unset.
 DEFAULT_ALPHA = 0.5

@@ -93,7 +93,6 @@ class RunManager:
         for record in sorted(self._runs.values(), key=lambda r: r.create_time):
             if record.state in (QUEUED, RUNNING):
                 self._queue.append(record.run_id)
-        self._stopping = False
         self._worker = threading.Thread(target=self._work, name="trainer-runs", daemon=True)
         self._worker.start()
 
@@ -149,14 +148,6 @@ class RunManager:
             self._changed.wait_for(lambda: self._runs[run_id] is not seen, timeout=1.0)
             return self._runs[run_id]
 
-    def stop(self) -> None:
-        """Ask the worker to stop after the current step of the current run (it resumes on restart)."""
-        with self._changed:
-            self._stopping = True
-            for context in self._contexts.values():
-                context.cancel.set()
-            self._changed.notify_all()
-
     # Worker ---------------------------------------------------------------------------------
 
     def _save(self, record: RunRecord) -> None:
@@ -172,9 +163,7 @@ class RunManager:
     def _work(self) -> None:
         while True:
             with self._changed:
-                self._changed.wait_for(lambda: bool(self._queue) or self._stopping)
-                if self._stopping:
-                    return
+                self._changed.wait_for(lambda: bool(self._queue))
                 run_id = self._queue.popleft()
                 # The context exists before the run shows as running, so CancelRun always finds it.
                 context = self._make_context(run_id, self._root / run_id, functools.partial(self._report, run_id))
@@ -206,7 +195,7 @@ class RunManager:
             final = self._executor(record.spec, context)
             outcome = {"state": SUCCEEDED, "checkpoint_id": final.checkpoint_id, "eta_s": 0.0}
         except RunCancelledError:
-            outcome = {"state": QUEUED if self._stopping else CANCELLED}
+            outcome = {"state": CANCELLED}
         except DriftlmError as error:
             outcome = {"state": FAILED, "error_code": error.code.value[0], "error_message": error.message}
         except torch.OutOfMemoryError as error:

@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from driftlm.services.sampling.strategy import Strategy
+
 from .vocab_move import EmbeddingInit
 
 
@@ -14,15 +16,6 @@ class RunKind(enum.Enum):
 
     MLM = "mlm"
     DISTILL = "distill"
-
-
-class Strategy(enum.Enum):
-    """How each iteration's sentences are chosen; values are the sampling service's names."""
-
-    UNIFORM = "uniform"
-    TOKEN_EMBEDDING_SHIFT = "token-embedding-shift"
-    SENTENCE_EMBEDDING_SHIFT = "sentence-embedding-shift"
-    TOKEN_MLM_LOSS = "token-mlm-loss"
 
 
 @dataclass(frozen=True)

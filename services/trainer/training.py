@@ -30,6 +30,7 @@ from transformers import PreTrainedModel
 from driftlm.services.runtime import store
 from driftlm.services.runtime.corpus import CorpusError, read_texts
 from driftlm.services.runtime.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from driftlm.services.sampling.strategy import Strategy
 
 from .checkpoints import CheckpointRecord, CheckpointStore, new_checkpoint_id, now
 from .data import TokenizedPool, special_mask, tokenize_texts
@@ -37,7 +38,7 @@ from .distributed import Ranks
 from .loss_memory import LossMemory
 from .masking import MaskedBatch, mask_batch
 from .models import MaskedLM, autocast, cls_embeddings, embedding_matrix, masked_logits, on_device, parameter_count
-from .spec import RunKind, RunSpec, Strategy
+from .spec import RunKind, RunSpec
 from .vocab_move import VocabHop, move_to_vocabulary
 
 SPECIAL_PIECES = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<s>", "</s>", "<pad>", "<unk>", "<mask>")

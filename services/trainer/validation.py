@@ -7,9 +7,10 @@ from pathlib import Path
 
 from driftlm.services.runtime.errors import InvalidArgumentError
 from driftlm.services.runtime.store import resolve_path
+from driftlm.services.sampling.strategy import Strategy
 from driftlm.v1 import trainer_pb2
 
-from .spec import RunKind, RunSpec, Strategy
+from .spec import RunKind, RunSpec
 from .vocab_move import EmbeddingInit
 
 _KINDS = {trainer_pb2.RUN_KIND_MLM: RunKind.MLM, trainer_pb2.RUN_KIND_DISTILL: RunKind.DISTILL}

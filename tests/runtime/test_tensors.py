@@ -93,3 +93,11 @@ def test_empty_stream_and_size_limit() -> None:
     big = sampling_pb2.DrawSampleRequest(weights=array_to_tensor(np.ones(100)))
     with pytest.raises(ResourceExhaustedError, match="more than 100 bytes of tensors"):
         collect_stream([big, big], ("weights",), max_bytes=100)
+
+
+def test_long_error_messages_are_cut_to_fit_in_trailers() -> None:
+    from driftlm.services.runtime.errors import MAX_MESSAGE_CHARS
+
+    error = InvalidArgumentError("field", "x" * 20_000)
+    assert len(error.message) <= MAX_MESSAGE_CHARS and error.message.endswith(" ... (cut off)")
+    assert len(error.to_status().SerializeToString()) < 16_384

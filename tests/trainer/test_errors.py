@@ -142,3 +142,29 @@ def test_create_checkpoint_bad_input(stack: Stack) -> None:
     assert _fails(stack.trainer.CreateCheckpoint, garbage, INVALID).startswith(
         "model_config_json: is not a transformers config"
     )
+
+
+def test_score_slice_and_run_lookups_bad_input(stack: Stack) -> None:
+    checkpoint = stack.base_checkpoint.checkpoint_id
+    empty = common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=["", "  "]))
+    assert _fails(
+        stack.trainer.ScoreSlice, trainer_pb2.ScoreSliceRequest(checkpoint_id=checkpoint, corpus=empty), INVALID
+    ) == ("corpus: holds no text to score")
+    some = common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=["the of and"]))
+    assert _fails(
+        stack.trainer.ScoreSlice,
+        trainer_pb2.ScoreSliceRequest(checkpoint_id=checkpoint, corpus=some, max_length=2),
+        INVALID,
+    ) == ("max_length: is out of range")
+    assert _fails(
+        stack.trainer.ScoreSlice,
+        trainer_pb2.ScoreSliceRequest(checkpoint_id=checkpoint, corpus=some, fire_fraction=2.0),
+        INVALID,
+    ) == ("fire_fraction: is out of range")
+    assert _fails(stack.trainer.CancelRun, trainer_pb2.CancelRunRequest(run_id="run-x"), NOT_FOUND).startswith(
+        "run 'run-x' does not exist"
+    )
+    with pytest.raises(grpc.RpcError) as raised:
+        list(stack.trainer.WatchRun(trainer_pb2.WatchRunRequest(run_id="run-x")))
+    assert raised.value.code() == NOT_FOUND
+    assert _fails(stack.trainer.ListRuns, trainer_pb2.ListRunsRequest(page_token="x"), INVALID)

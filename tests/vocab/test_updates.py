@@ -99,10 +99,7 @@ def test_a_frequent_hashtag_or_name_enters_minilm_whole(vocab_stub: Stub, tmp_pa
     assert {p.piece for p in updated.change.added} == {"covid19", "pfizerbiontech"}
     assert {p.piece for p in updated.change.removed} <= {f"[unused{i}]" for i in range(1000)}  # never used
     assert updated.size == 30_522
-    assert (
-        _pieces(vocab_stub, updated.version_id, ["#covid19"]) == [[1001, updated.change.added[0].id]]
-        or len(_pieces(vocab_stub, updated.version_id, ["covid19"])[0]) == 1
-    )
+    assert len(_pieces(vocab_stub, updated.version_id, ["covid19"])[0]) == 1
 
 
 def test_unknown_characters_can_enter(vocab_stub: Stub, planted_base: vocab_pb2.VocabVersion) -> None:
