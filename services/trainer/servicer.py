@@ -31,6 +31,7 @@ from .export import export_onnx
 from .loss_memory import LossMemory
 from .memory_budget import check_fits
 from .models import load_model, model_from_config, on_device, parameter_count
+from .pseudo_likelihood import pseudo_log_likelihoods
 from .runs import RunManager, RunRecord
 from .spec import RunKind
 from .training import vocab_hops, vocabulary_of
@@ -309,6 +310,40 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             ],
             scored_tokens=score.scored_tokens,
             novel_fraction=score.novel_fraction,
+        )
+
+    def ScorePseudoLikelihood(
+        self, request: trainer_pb2.ScorePseudoLikelihoodRequest, context: grpc.ServicerContext
+    ) -> trainer_pb2.ScorePseudoLikelihoodResponse:
+        record = self._checkpoints.record(request.checkpoint_id)
+        if len(request.texts) > 10_000:
+            raise InvalidArgumentError("texts", f"has {len(request.texts)} texts; send at most 10000 per call")
+        max_length = request.max_length or 128
+        if not 4 <= max_length <= 8192:
+            raise InvalidArgumentError("max_length", f"must be in [4, 8192] (0 means 128), got {max_length}")
+        vocabulary = vocabulary_of(self._checkpoints.tokenizer_json(record.checkpoint_id))
+        with self._scoring_lock:
+            scores = pseudo_log_likelihoods(
+                self._model_for_scoring(record.checkpoint_id),
+                vocabulary.tokenizer_json,
+                list(request.texts),
+                mask_id=vocabulary.mask_id,
+                special=vocabulary.special,
+                max_length=max_length,
+                device=self._device,
+            )
+        total = sum(s.log_likelihood for s in scores)
+        pieces, words, characters = (
+            sum(getattr(s, name) for s in scores) for name in ("pieces", "words", "characters")
+        )
+        return trainer_pb2.ScorePseudoLikelihoodResponse(
+            log_likelihoods=[s.log_likelihood for s in scores],
+            pieces=[s.pieces for s in scores],
+            words=[s.words for s in scores],
+            characters=[s.characters for s in scores],
+            log_likelihood_per_word=total / words if words else 0.0,
+            log_likelihood_per_character=total / characters if characters else 0.0,
+            pseudo_perplexity=math.exp(-total / pieces) if pieces else float("nan"),
         )
 
     def ExportOnnx(

@@ -214,3 +214,28 @@ def test_the_real_minilm_imports_on_its_own_vocabulary(stack: Stack) -> None:
     ).checkpoint
     assert 22_000_000 < checkpoint.parameter_count < 24_000_000 and checkpoint.vocab_version_id == version.version_id
     assert (Path(checkpoint.directory.uri.removeprefix("file://")) / "model.safetensors").is_file()
+
+
+def test_pseudo_likelihood_is_per_word_comparable_and_prefers_the_trained_model(stack: Stack) -> None:
+    trained = stack.run_to_end(
+        run_request(stack, [stack.slice_file("old", old_slice(19))], iterations=3, steps_per_iteration=10)
+    )
+    texts = [*old_slice(20, texts=20), ""]
+    base = stack.trainer.ScorePseudoLikelihood(
+        trainer_pb2.ScorePseudoLikelihoodRequest(checkpoint_id=stack.base_checkpoint.checkpoint_id, texts=texts)
+    )
+    after = stack.trainer.ScorePseudoLikelihood(
+        trainer_pb2.ScorePseudoLikelihoodRequest(checkpoint_id=trained.checkpoint_id, texts=texts)
+    )
+    assert list(after.words) == [len(t.split()) for t in texts] and list(after.characters) == [len(t) for t in texts]
+    assert after.pieces[-1] == 0 and after.log_likelihoods[-1] == 0.0
+    assert all(x < 0 for x in after.log_likelihoods[:-1])
+    assert (
+        after.log_likelihood_per_word > base.log_likelihood_per_word
+        and after.pseudo_perplexity < base.pseudo_perplexity
+    )
+    # Each piece masked alone: a one-word text's PLL is its piece's masked log-probability.
+    one = stack.trainer.ScorePseudoLikelihood(
+        trainer_pb2.ScorePseudoLikelihoodRequest(checkpoint_id=trained.checkpoint_id, texts=["the"])
+    )
+    assert one.pieces == [1] and one.pseudo_perplexity == pytest.approx(np.exp(-one.log_likelihoods[0]))

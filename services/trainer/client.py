@@ -1,0 +1,94 @@
+"""A Python client of TrainerService for orchestrators (the pipeline): start, wait, score.
+
+Errors surface as grpc.RpcError with the server's status; a run that fails raises RunFailedError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import grpc
+
+from driftlm.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+
+
+class RunFailedError(RuntimeError):
+    """A run ended FAILED or CANCELLED; the message is the run's."""
+
+    def __init__(self, run: trainer_pb2.RunStatus) -> None:
+        super().__init__(f"run {run.run_id} {trainer_pb2.RunState.Name(run.state)}: {run.error_message}")
+        self.run = run
+
+
+class TrainerClient:
+    """Calls a trainer service."""
+
+    def __init__(self, target: str | grpc.Channel, *, timeout_s: float | None = 3600.0) -> None:
+        self._channel = grpc.insecure_channel(target) if isinstance(target, str) else target
+        self._stub = trainer_pb2_grpc.TrainerServiceStub(self._channel)
+        self._timeout_s = timeout_s
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def __enter__(self) -> TrainerClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def import_model(
+        self, model_dir: str, vocab_version_id: str, *, seed: int = 0, display_name: str = ""
+    ) -> trainer_pb2.Checkpoint:
+        """A model directory (on the trainer's machine) as a checkpoint on a vocab version."""
+        request = trainer_pb2.CreateCheckpointRequest(
+            model_dir=common_pb2.ArtifactRef(uri=model_dir),
+            vocab_version_id=vocab_version_id,
+            seed=seed,
+            display_name=display_name,
+        )
+        response: trainer_pb2.CreateCheckpointResponse = self._stub.CreateCheckpoint(request, timeout=self._timeout_s)
+        return response.checkpoint
+
+    def train(
+        self,
+        request: trainer_pb2.StartRunRequest,
+        *,
+        on_progress: Callable[[trainer_pb2.RunStatus], None] | None = None,
+    ) -> trainer_pb2.RunStatus:
+        """Start a run and wait for its end, calling on_progress with every update."""
+        started: trainer_pb2.StartRunResponse = self._stub.StartRun(request, timeout=self._timeout_s)
+        run = started.run
+        for update in self._stub.WatchRun(trainer_pb2.WatchRunRequest(run_id=run.run_id), timeout=None):
+            run = update.run
+            if on_progress is not None:
+                on_progress(run)
+        if run.state != trainer_pb2.RUN_STATE_SUCCEEDED:
+            raise RunFailedError(run)
+        return run
+
+    def score_slice(
+        self, checkpoint_id: str, texts: Sequence[str], *, seed: int = 0, max_length: int = 0
+    ) -> trainer_pb2.ScoreSliceResponse:
+        """The trigger's view of a slice."""
+        request = trainer_pb2.ScoreSliceRequest(
+            checkpoint_id=checkpoint_id,
+            corpus=common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=list(texts))),
+            seed=seed,
+            max_length=max_length,
+        )
+        response: trainer_pb2.ScoreSliceResponse = self._stub.ScoreSlice(request, timeout=self._timeout_s)
+        return response
+
+    def pseudo_likelihood(
+        self, checkpoint_id: str, texts: Sequence[str], *, max_length: int = 0
+    ) -> trainer_pb2.ScorePseudoLikelihoodResponse:
+        """Pseudo-log-likelihood of the texts."""
+        request = trainer_pb2.ScorePseudoLikelihoodRequest(
+            checkpoint_id=checkpoint_id, texts=list(texts), max_length=max_length
+        )
+        response: trainer_pb2.ScorePseudoLikelihoodResponse = self._stub.ScorePseudoLikelihood(
+            request, timeout=self._timeout_s
+        )
+        return response

@@ -1,0 +1,212 @@
+"""`driftlm run` end to end on a generated stream with a tiny model, through real service processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from driftlm.dated_corpus import DatasetError, cut_slices, parse_time, read_dated
+from driftlm.drifting_stream import write_stream
+from driftlm.pipeline import PipelineOptions, run_pipeline
+
+
+def _options(tmp_path: Path, model: Path, **changes: object) -> PipelineOptions:
+    values: dict[str, object] = {
+        "out": tmp_path / "out",
+        "store": tmp_path / "store",
+        "base_model": model,
+        "steps": 12,
+        "first_steps": 40,
+        "learning_rate": 3e-3,
+        "max_length": 32,
+        "vocab_k": 20,
+    }
+    return PipelineOptions(**{**values, **changes})  # type: ignore[arg-type]
+
+
+def test_the_loop_updates_the_vocabulary_and_beats_the_static_model(tmp_path: Path, tiny_model: Path) -> None:
+    report = run_pipeline(_options(tmp_path, tiny_model), Console(quiet=True))
+    slices = report["slices"]
+    assert [s["slice"] for s in slices] == ["2016", "2017", "2018", "2019", "2020", "2021"]
+    added = {piece for s in slices for piece in s["vocab"]["added"]}
+    assert {"tiktok", "chatgpt", "snapchat"} & added  # planted entities enter the vocabulary
+    fired = [s for s in slices[1:] if s["trigger"]["fired"]]
+    assert fired and all(len(s["vocab"]["added"]) == len(s["vocab"]["removed"]) for s in slices)
+    late = slices[-1]["arms"]
+    assert late["incremental+vocab"]["pll_per_word"] > late["static"]["pll_per_word"]
+    assert (
+        late["incremental+vocab"]["train_tokens"]
+        > late["static"]["train_tokens"]
+        == slices[1]["arms"]["static"]["train_tokens"]
+    )
+    written = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert written["format"] == "driftlm.report/v1" and written["slices"][1]["trigger"]["fired"] in (True, False)
+    assert {p.name for p in (tmp_path / "out" / "plots").iterdir()} == {
+        "overlap.png",
+        "vocabulary.png",
+        "trigger.png",
+        "pll_per_word.png",
+        "heldout_loss.png",
+        "compute.png",
+    }
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 6 and "<table>" in html
+    assert "![Trigger](plots/trigger.png)" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_the_trigger_fires_on_a_drifted_slice_and_not_on_more_of_the_same(tmp_path: Path, tiny_model: Path) -> None:
+    # Three slices: 2016, 2016 again (same distribution, other texts), then 2021.
+    source = write_stream(tmp_path / "full.jsonl", seed=5)
+    records = [json.loads(line) for line in source.read_text().splitlines()]
+    first = [r for r in records if r["time"].startswith("2016")]
+    last = [r for r in records if r["time"].startswith("2021")]
+    again = [
+        dict(r, time=r["time"].replace("2016", "2017"))
+        for r in [json.loads(line) for line in write_stream(tmp_path / "again.jsonl", seed=6).read_text().splitlines()]
+        if r["time"].startswith("2016")
+    ]
+    data = tmp_path / "three.jsonl"
+    data.write_text(
+        "\n".join(
+            json.dumps(r) for r in first + again + [dict(r, time=r["time"].replace("2021", "2018")) for r in last]
+        )
+    )
+    report = run_pipeline(
+        _options(tmp_path, tiny_model, data=data, first_steps=120, learning_rate=5e-3), Console(quiet=True)
+    )
+    same, drifted = report["slices"][1]["trigger"], report["slices"][2]["trigger"]
+    assert not same["fired"] and drifted["fired"], (same, drifted)
+    assert drifted["score"] > same["score"]
+
+
+def test_running_again_continues_after_the_last_finished_slice(tmp_path: Path, tiny_model: Path) -> None:
+    data = write_stream(tmp_path / "stream.jsonl", periods=3, texts_per_period=200)
+    options = _options(tmp_path, tiny_model, data=data)
+    first = run_pipeline(options, Console(quiet=True))
+    state = next((tmp_path / "store" / "pipeline").glob("*/state.json"))
+    # An interruption after the second slice: the state as it was then.
+    saved = json.loads(state.read_text())
+    saved["slices"] = saved["slices"][:2]
+    state.write_text(json.dumps(saved))
+    again = run_pipeline(options, Console(quiet=True))
+    assert [s["slice"] for s in again["slices"]] == [s["slice"] for s in first["slices"]]
+    assert again["slices"][:2] == first["slices"][:2]
+    fresh = run_pipeline(PipelineOptions(**{**options.__dict__, "fresh": True}), Console(quiet=True))
+    assert len(fresh["slices"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        # (JSONL lines, the message after the path)
+        (['{"time": "2020-01-01", "text": "a"}', '{"text": "no time"}'], "line 2: field 'time' is missing"),
+        (
+            ['{"time": "2020-01-01", "text": "a"}', '{"time": "yesterday", "text": "b"}'],
+            "line 2: field 'time': 'yesterday' is not a date or time",
+        ),
+        (['{"time": "2020-02-30", "text": "a"}'], "line 1: field 'time': '2020-02-30' is not a date or time"),
+        (['{"time": "2020-01-01", "text": 5}'], "line 1: field 'text' is a int, not a string"),
+        (['{"time": "2020-01-01", "text": "a"', ""], "line 1: not valid JSON"),
+    ],
+)
+def test_bad_data_is_refused_before_any_training(tmp_path: Path, lines: list[str], message: str) -> None:
+    data = tmp_path / "bad.jsonl"
+    data.write_text("\n".join(lines))
+    with pytest.raises(DatasetError) as raised:
+        read_dated(data, time_field="time", text_field="text")
+    assert str(raised.value).startswith(f"{data} {message}")
+
+
+def test_other_bad_data(tmp_path: Path) -> None:
+    fake = tmp_path / "fake.parquet"
+    fake.write_text("not parquet")
+    with pytest.raises(DatasetError, match="not a Parquet file"):
+        read_dated(fake, time_field="time", text_field="text")
+    plain = tmp_path / "notes.txt"
+    plain.write_text("a line")
+    with pytest.raises(DatasetError, match="dated text needs JSONL, CSV or Parquet"):
+        read_dated(plain, time_field="time", text_field="text")
+    empty_slice = tmp_path / "empty.jsonl"
+    empty_slice.write_text('{"time": "2019-05-01", "text": "a b c"}\n' * 30 + '{"time": "2020-01-01", "text": "  "}\n')
+    with pytest.raises(DatasetError, match=r"slice 2020 .* has no text, only empty records"):
+        cut_slices(
+            read_dated(empty_slice, time_field="time", text_field="text"), "year", heldout_fraction=0.1, heldout_max=10
+        )
+    one = tmp_path / "one.jsonl"
+    one.write_text('{"time": "2019-05-01", "text": "a b c"}\n' * 30)
+    with pytest.raises(DatasetError, match="makes 1 slice"):
+        cut_slices(read_dated(one, time_field="time", text_field="text"), "year", heldout_fraction=0.1, heldout_max=10)
+    with pytest.raises(DatasetError, match="no such file or directory"):
+        read_dated(tmp_path / "nope", time_field="time", text_field="text")
+
+
+def test_the_command_reports_bad_data_and_exits_2(tmp_path: Path) -> None:
+    data = tmp_path / "bad.csv"
+    data.write_text("when,body\n2020-01-01,hello\nnot a date,world\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "driftlm",
+            "run",
+            "--data",
+            str(data),
+            "--time-field",
+            "when",
+            "--text-field",
+            "body",
+            "--out",
+            str(tmp_path / "o"),
+            "--store",
+            str(tmp_path / "s"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert f"driftlm run: {data} line 3: field 'when': 'not a date' is not a date or time" in result.stderr
+    assert not (tmp_path / "s" / "logs").exists()  # no service was started
+
+
+@pytest.mark.parametrize(
+    ("value", "iso"),
+    [
+        ("2021-03-04", "2021-03-04T00:00:00+00:00"),
+        ("2021-03-04T05:06:07Z", "2021-03-04T05:06:07+00:00"),
+        ("2021-03-04T05:06:07+02:00", "2021-03-04T05:06:07+02:00"),
+        ("Wed Oct 10 20:19:24 +0000 2018", "2018-10-10T20:19:24+00:00"),
+        ("Thu, 04 Mar 2021 05:06:07 GMT", "2021-03-04T05:06:07+00:00"),
+        (1614834367, "2021-03-04T05:06:07+00:00"),
+        (1614834367000, "2021-03-04T05:06:07+00:00"),
+        ("1614834367", "2021-03-04T05:06:07+00:00"),
+    ],
+)
+def test_parse_time(value: object, iso: str) -> None:
+    assert parse_time(value).isoformat() == iso
+
+
+def test_slicing_by_quarter_month_day_and_count(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        "\n".join(
+            json.dumps({"time": f"2020-{m:02d}-{d:02d}", "text": f"text {m} {d} {i}"})
+            for m in (1, 2, 4)
+            for d in (1, 2)
+            for i in range(20)
+        )
+    )
+    records = read_dated(data, time_field="time", text_field="text")
+    cut = {
+        s: [x.label for x in cut_slices(records, s, heldout_fraction=0.2, heldout_max=5)]
+        for s in ("quarter", "month", "day", "40")
+    }
+    assert cut["quarter"] == ["2020-Q1", "2020-Q2"]
+    assert cut["month"] == ["2020-01", "2020-02", "2020-04"]
+    assert cut["day"][:2] == ["2020-01-01", "2020-01-02"] and len(cut["day"]) == 6
+    assert cut["40"][0] == "2020-01-01..2020-01-02" and len(cut["40"]) == 3
