@@ -15,7 +15,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -123,27 +122,3 @@ def start_service(
     raise ServiceStartError(
         f"the {name} service did not become SERVING (exit code {process.returncode}); its log ends:\n{tail}"
     )
-
-
-class LocalServices:
-    """Context manager: start several services, stop them all on exit (SIGTERM)."""
-
-    def __init__(self, names: tuple[str, ...], store: Path) -> None:
-        self._names = names
-        self._store = store
-        self.services: dict[str, LocalService] = {}
-
-    def __enter__(self) -> dict[str, LocalService]:
-        try:
-            for name in self._names:
-                self.services[name] = start_service(name, self._store)
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self.services
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        for service in self.services.values():
-            service.stop()

@@ -86,7 +86,7 @@ def test_the_trigger_fires_on_a_drifted_slice_and_not_on_more_of_the_same(tmp_pa
 
 def test_running_again_continues_after_the_last_finished_slice(tmp_path: Path, tiny_model: Path) -> None:
     data = write_stream(tmp_path / "stream.jsonl", periods=3, texts_per_period=200)
-    options = _options(tmp_path, tiny_model, data=data)
+    options = _options(tmp_path, tiny_model, data=data, scratch=True, strategies=("uniform", "mlm-loss"))
     first = run_pipeline(options, Console(quiet=True))
     state = next((tmp_path / "store" / "pipeline").glob("*/state.json"))
     # An interruption after the second slice: the state as it was then.
@@ -98,6 +98,36 @@ def test_running_again_continues_after_the_last_finished_slice(tmp_path: Path, t
     assert again["slices"][:2] == first["slices"][:2]
     fresh = run_pipeline(PipelineOptions(**{**options.__dict__, "fresh": True}), Console(quiet=True))
     assert len(fresh["slices"]) == 3
+    assert fresh["arms"] == [
+        "static",
+        "incremental",
+        "incremental+vocab:uniform",
+        "incremental+vocab:mlm-loss",
+        "scratch",
+    ]
+    assert set(fresh["slices"][-1]["arms"]) == set(fresh["arms"])
+
+
+def test_services_already_running_are_used_and_left_running(tmp_path: Path, tiny_model: Path) -> None:
+    from driftlm.commands import STRATEGY_NAMES
+    from driftlm.local_services import start_service
+    from driftlm.pipeline import STRATEGIES
+
+    assert set(STRATEGY_NAMES) == set(STRATEGIES)
+    store = tmp_path / "store"
+    vocab = start_service("vocab", store)
+    trainer = start_service("trainer", store, extra_args=("--vocab-endpoint", vocab.target))  # sampling in-process
+    try:
+        data = write_stream(tmp_path / "stream.jsonl", periods=2, texts_per_period=150)
+        options = _options(
+            tmp_path, tiny_model, data=data, endpoints={"vocab": vocab.target, "trainer": trainer.target}
+        )
+        report = run_pipeline(options, Console(quiet=True))
+        assert len(report["slices"]) == 2
+        assert vocab.process.poll() is None and trainer.process.poll() is None
+    finally:
+        trainer.stop()
+        vocab.stop()
 
 
 @pytest.mark.parametrize(
