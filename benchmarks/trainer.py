@@ -221,7 +221,8 @@ def _strategies(device: dict[str, object]) -> list[Case]:
     cases = []
     for name, curve in curves.items():
         reached = next((i + 1 for i, loss in enumerate(curve) if loss <= target), None)
-        strategy_steps = reached * steps if reached else float("nan")
+        # Not reached within the run: no step count (null in the JSON), ratio 0.
+        strategy_steps = reached * steps if reached else None
         cases.append(
             Case(
                 f"steps to uniform's held-out loss ({target:.3f}) on the last year: {name}",
@@ -229,7 +230,7 @@ def _strategies(device: dict[str, object]) -> list[Case]:
                 "steps",
                 "uniform sampling",
                 uniform_steps,
-                round(uniform_steps / strategy_steps, 3) if reached else 0.0,
+                round(uniform_steps / strategy_steps, 3) if strategy_steps else 0.0,
                 device,
             )
         )
