@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from driftlm.services.runtime.channel import ServiceClient
 from driftlm.services.runtime.tensors import DEFAULT_CHUNK_BYTES, chunk_requests, tensor_to_array
 from driftlm.v1 import sampling_pb2, sampling_pb2_grpc
 
@@ -37,26 +38,15 @@ class SelectedSentences:
     target_token_ids: np.ndarray
 
 
-class SamplingClient:
+class SamplingClient(ServiceClient):
     """Calls a sampling service; errors surface as grpc.RpcError with the server's status."""
 
     def __init__(
         self, target: str | grpc.Channel, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, timeout_s: float | None = 600.0
     ) -> None:
-        self._channel = grpc.insecure_channel(target) if isinstance(target, str) else target
+        super().__init__(target, timeout_s=timeout_s)
         self._stub = sampling_pb2_grpc.SamplingServiceStub(self._channel)
         self._chunk_bytes = chunk_bytes
-        self._timeout_s = timeout_s
-
-    def close(self) -> None:
-        """Close the channel (when the client created it)."""
-        self._channel.close()
-
-    def __enter__(self) -> SamplingClient:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
 
     def cosine_distance(
         self, old_rows: np.ndarray, new_rows: np.ndarray, *, top_k: int = 0

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
+from driftlm.services.runtime.channel import ServiceClient
 from driftlm.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 
 
@@ -20,23 +21,12 @@ class RunFailedError(RuntimeError):
         self.run = run
 
 
-class TrainerClient:
+class TrainerClient(ServiceClient):
     """Calls a trainer service."""
 
     def __init__(self, target: str | grpc.Channel, *, timeout_s: float | None = 3600.0) -> None:
-        self._channel = grpc.insecure_channel(target) if isinstance(target, str) else target
+        super().__init__(target, timeout_s=timeout_s)
         self._stub = trainer_pb2_grpc.TrainerServiceStub(self._channel)
-        self._timeout_s = timeout_s
-
-    def close(self) -> None:
-        """Close the channel."""
-        self._channel.close()
-
-    def __enter__(self) -> TrainerClient:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
 
     def import_model(
         self, model_dir: str, vocab_version_id: str, *, seed: int = 0, display_name: str = ""

@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from driftlm.services.runtime.channel import ServiceClient
 from driftlm.services.runtime.tensors import DEFAULT_CHUNK_BYTES, tensor_to_array
 from driftlm.v1 import common_pb2, vocab_pb2, vocab_pb2_grpc
 
@@ -33,27 +34,16 @@ def _text_chunks(texts: Iterable[str], chunk_bytes: int) -> Iterator[list[str]]:
         yield chunk
 
 
-class VocabClient:
+class VocabClient(ServiceClient):
     """Calls a vocab service; errors surface as grpc.RpcError with the server's status."""
 
     def __init__(
         self, target: str | grpc.Channel, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, timeout_s: float | None = 3600.0
     ) -> None:
-        options = [("grpc.max_receive_message_length", 256 << 20)]
-        self._channel = grpc.insecure_channel(target, options=options) if isinstance(target, str) else target
+        # A version's tokenizer.json comes back whole (GetVersion): allow more than gRPC's 4 MiB.
+        super().__init__(target, timeout_s=timeout_s, options=[("grpc.max_receive_message_length", 256 << 20)])
         self._stub = vocab_pb2_grpc.VocabServiceStub(self._channel)
         self._chunk_bytes = chunk_bytes
-        self._timeout_s = timeout_s
-
-    def close(self) -> None:
-        """Close the channel."""
-        self._channel.close()
-
-    def __enter__(self) -> VocabClient:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
 
     def register_directory(self, directory: str | Path, *, display_name: str = "") -> vocab_pb2.VocabVersion:
         """Register a Hugging Face tokenizer directory (on the service's machine) as a base version."""
