@@ -154,6 +154,7 @@ def test_export_writes_onnx_that_matches_pytorch(stack: Stack, tmp_path: Path) -
 def test_distillation_makes_the_student_agree_with_the_teacher(stack: Stack) -> None:
     slice_ref = stack.slice_file("old", old_slice(18))
     teacher = stack.run_to_end(run_request(stack, [slice_ref], iterations=3, steps_per_iteration=15))
+    second_teacher = stack.run_to_end(run_request(stack, [slice_ref], iterations=3, steps_per_iteration=15, seed=8))
     small = TINY_BERT.replace('"num_hidden_layers": 2', '"num_hidden_layers": 1')
     student = stack.trainer.CreateCheckpoint(
         trainer_pb2.CreateCheckpointRequest(
@@ -166,7 +167,7 @@ def test_distillation_makes_the_student_agree_with_the_teacher(stack: Stack) -> 
             [slice_ref],
             kind=trainer_pb2.RUN_KIND_DISTILL,
             base_checkpoint_id=student.checkpoint_id,
-            teacher_checkpoint_ids=[teacher.checkpoint_id],
+            teacher_checkpoint_ids=[teacher.checkpoint_id, second_teacher.checkpoint_id],
             distill_alpha=0.2,
             temperature=2.0,
             iterations=3,
