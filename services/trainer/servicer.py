@@ -215,11 +215,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         self, request: trainer_pb2.ListRunsRequest, context: grpc.ServicerContext
     ) -> trainer_pb2.ListRunsResponse:
         page_size = request.page_size or 100
-        if not 1 <= page_size <= 1000 or (request.page_token and not request.page_token.isdigit()):
-            raise InvalidArgumentError(
-                "page_size" if request.page_size else "page_token",
-                "must be in [1, 1000] / a token this service returned",
-            )
+        if not 1 <= page_size <= 1000:
+            raise InvalidArgumentError("page_size", f"must be in [1, 1000] (0 means 100), got {page_size}")
+        if request.page_token and not request.page_token.isdigit():
+            raise InvalidArgumentError("page_token", "is not a token this service returned")
         start = int(request.page_token or 0)
         records = self._runs.list()
         token = str(start + page_size) if start + page_size < len(records) else ""

@@ -167,4 +167,11 @@ def test_score_slice_and_run_lookups_bad_input(stack: Stack) -> None:
     with pytest.raises(grpc.RpcError) as raised:
         list(stack.trainer.WatchRun(trainer_pb2.WatchRunRequest(run_id="run-x")))
     assert raised.value.code() == NOT_FOUND
-    assert _fails(stack.trainer.ListRuns, trainer_pb2.ListRunsRequest(page_token="x"), INVALID)
+    assert (
+        _fails(stack.trainer.ListRuns, trainer_pb2.ListRunsRequest(page_token="x"), INVALID)
+        == "page_token: is not a token this service returned"
+    )
+    assert (
+        _fails(stack.trainer.ListRuns, trainer_pb2.ListRunsRequest(page_size=5000), INVALID)
+        == "page_size: must be in [1, 1000] (0 means 100), got 5000"
+    )
