@@ -22,6 +22,7 @@ from driftlm.services.runtime.errors import (
     ResourceExhaustedError,
     UnavailableError,
 )
+from driftlm.services.runtime.paging import page_of
 from driftlm.services.runtime.store import resolve_path
 from driftlm.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 
@@ -214,17 +215,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def ListRuns(
         self, request: trainer_pb2.ListRunsRequest, context: grpc.ServicerContext
     ) -> trainer_pb2.ListRunsResponse:
-        page_size = request.page_size or 100
-        if not 1 <= page_size <= 1000:
-            raise InvalidArgumentError("page_size", f"must be in [1, 1000] (0 means 100), got {page_size}")
-        if request.page_token and not request.page_token.isdigit():
-            raise InvalidArgumentError("page_token", "is not a token this service returned")
-        start = int(request.page_token or 0)
-        records = self._runs.list()
-        token = str(start + page_size) if start + page_size < len(records) else ""
-        return trainer_pb2.ListRunsResponse(
-            runs=[_run_message(r) for r in records[start : start + page_size]], next_page_token=token
-        )
+        runs, token = page_of(self._runs.list(), request.page_size, request.page_token)
+        return trainer_pb2.ListRunsResponse(runs=[_run_message(r) for r in runs], next_page_token=token)
 
     def CancelRun(
         self, request: trainer_pb2.CancelRunRequest, context: grpc.ServicerContext

@@ -16,6 +16,7 @@ from driftlm.services.runtime.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
+from driftlm.services.runtime.paging import page_of
 from driftlm.services.runtime.store import resolve_path
 from driftlm.services.runtime.tensors import array_to_tensor
 from driftlm.v1 import common_pb2, vocab_pb2, vocab_pb2_grpc
@@ -200,17 +201,9 @@ class VocabServicer(vocab_pb2_grpc.VocabServiceServicer):
     def ListVersions(
         self, request: vocab_pb2.ListVersionsRequest, context: grpc.ServicerContext
     ) -> vocab_pb2.ListVersionsResponse:
-        page_size = request.page_size or 100
-        if not 1 <= page_size <= 1000:
-            raise InvalidArgumentError("page_size", f"must be in [1, 1000] (0 means 100), got {page_size}")
-        if request.page_token and not request.page_token.isdigit():
-            raise InvalidArgumentError("page_token", "is not a token this service returned")
-        start = int(request.page_token or 0)
-        records = self._repository.list_versions()
-        page = records[start : start + page_size]
-        next_token = str(start + page_size) if start + page_size < len(records) else ""
+        versions, token = page_of(self._repository.list_versions(), request.page_size, request.page_token)
         return vocab_pb2.ListVersionsResponse(
-            versions=[self._version_message(record) for record in page], next_page_token=next_token
+            versions=[self._version_message(record) for record in versions], next_page_token=token
         )
 
     def DiffVersions(

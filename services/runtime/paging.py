@@ -1,0 +1,30 @@
+"""List RPCs page the same way everywhere (AIP-158): page_size (0 means 100, at most 1,000) and
+an opaque page_token that the previous page returned."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TypeVar
+
+from .errors import InvalidArgumentError
+
+Item = TypeVar("Item")
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+def page_of(items: Sequence[Item], page_size: int, page_token: str) -> tuple[Sequence[Item], str]:
+    """The page the request asks for and the token of the next one ("" on the last page).
+
+    Raises:
+        InvalidArgumentError: page_size out of range, or a token this service did not return.
+    """
+    size = page_size or DEFAULT_PAGE_SIZE
+    if not 1 <= size <= MAX_PAGE_SIZE:
+        raise InvalidArgumentError(
+            "page_size", f"must be in [1, {MAX_PAGE_SIZE}] (0 means {DEFAULT_PAGE_SIZE}), got {size}"
+        )
+    if page_token and not page_token.isdigit():
+        raise InvalidArgumentError("page_token", "is not a token this service returned")
+    start = int(page_token or 0)
+    return items[start : start + size], str(start + size) if start + size < len(items) else ""
