@@ -19,9 +19,8 @@ from driftlm.services.runtime.bootstrap import stop_gracefully, stop_requested_o
 from driftlm.services.runtime.config import MIB, SERVICE_DEFAULTS, ServeConfig, default_store
 from driftlm.services.runtime.logs import configure_logging
 from driftlm.services.runtime.metrics import start_metrics_server
-
-# `driftlm run --strategy` names (the pipeline maps them to the trainer's strategies).
-STRATEGY_NAMES = ("uniform", "token-shift", "sentence-shift", "mlm-loss")
+from driftlm.services.runtime.strategy import Strategy
+from driftlm.services.runtime.strategy import names as strategy_names
 
 _LOG = logging.getLogger("driftlm.serve")
 
@@ -176,7 +175,7 @@ def _add_run(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     run.add_argument(
         "--strategy",
         action="append",
-        choices=sorted(STRATEGY_NAMES),
+        choices=strategy_names(),
         default=None,
         help="sampling strategy of the incremental+vocab arm; repeat for one arm each (default: token-shift)",
     )
@@ -231,7 +230,7 @@ def _run(args: argparse.Namespace) -> int:
         text_field=args.text_field,
         slicing=args.slicing,
         base_model=args.base_model,
-        strategies=tuple(args.strategy or ["token-shift"]),
+        strategies=tuple(Strategy.from_name(name) for name in args.strategy or ["token-shift"]),
         steps=args.steps,
         first_steps=args.first_steps,
         batch_size=args.batch_size,

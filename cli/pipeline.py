@@ -34,16 +34,11 @@ from driftlm.dated_corpus import Slice, cut_slices, read_dated
 from driftlm.drifting_stream import write_stream
 from driftlm.local_services import LocalService, start_service
 from driftlm.services.runtime import store as atomic
+from driftlm.services.runtime.strategy import Strategy
 from driftlm.services.trainer.client import TrainerClient
 from driftlm.services.vocab.client import VocabClient
 from driftlm.v1 import common_pb2, trainer_pb2
 
-STRATEGIES = {
-    "uniform": trainer_pb2.SAMPLING_STRATEGY_UNIFORM,
-    "token-shift": trainer_pb2.SAMPLING_STRATEGY_TOKEN_EMBEDDING_SHIFT,
-    "sentence-shift": trainer_pb2.SAMPLING_STRATEGY_SENTENCE_EMBEDDING_SHIFT,
-    "mlm-loss": trainer_pb2.SAMPLING_STRATEGY_TOKEN_MLM_LOSS,
-}
 TOP_N = 1000
 
 
@@ -58,7 +53,7 @@ class PipelineOptions:
     text_field: str = "text"
     slicing: str = "year"
     base_model: Path | None = None
-    strategies: tuple[str, ...] = ("token-shift",)
+    strategies: tuple[Strategy, ...] = (Strategy.TOKEN_EMBEDDING_SHIFT,)
     steps: int = 24
     first_steps: int = 48
     batch_size: int = 16
@@ -80,9 +75,11 @@ class PipelineOptions:
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def arm_names(strategies: tuple[str, ...], scratch: bool) -> list[str]:
+def arm_names(strategies: tuple[Strategy, ...], scratch: bool) -> list[str]:
     """The arms of a run, in report order."""
-    adaptive = ["incremental+vocab"] if len(strategies) == 1 else [f"incremental+vocab:{s}" for s in strategies]
+    adaptive = (
+        ["incremental+vocab"] if len(strategies) == 1 else [f"incremental+vocab:{s.short_name}" for s in strategies]
+    )
     return ["static", "incremental", *adaptive, *(["scratch"] if scratch else [])]
 
 
@@ -195,7 +192,7 @@ class _Loop:
             first.label,
             base_checkpoint_id=base.checkpoint_id,
             slices=[self.slice_file(first)],
-            strategy=trainer_pb2.SAMPLING_STRATEGY_UNIFORM,
+            strategy=Strategy.UNIFORM.proto,
             steps_per_iteration=options.first_steps,
         )
         observation = self.vocab.observe(base_version.version_id, first.train, slice_label=first.label)
@@ -289,21 +286,21 @@ class _Loop:
                         "base_checkpoint_id": state["base"]["checkpoint"],
                         "slices": [self.slice_file(s) for s in slices[: index + 1]],
                         "steps_per_iteration": options.first_steps + options.steps * index,
-                        "strategy": trainer_pb2.SAMPLING_STRATEGY_UNIFORM,
+                        "strategy": Strategy.UNIFORM.proto,
                     }
                 elif name == "incremental":
                     fields = {
                         **common,
                         "base_checkpoint_id": arms[name]["checkpoint"],
-                        "strategy": trainer_pb2.SAMPLING_STRATEGY_UNIFORM,
+                        "strategy": Strategy.UNIFORM.proto,
                     }
                 else:
-                    strategy = name.split(":", 1)[1] if ":" in name else options.strategies[0]
+                    strategy = Strategy.from_name(name.split(":", 1)[1]) if ":" in name else options.strategies[0]
                     fields = {
                         **common,
                         "base_checkpoint_id": arms[name]["checkpoint"],
                         "vocab_version_id": version.version_id,
-                        "strategy": STRATEGIES[strategy],
+                        "strategy": strategy.proto,
                     }
                 run = self.train(progress, f"{item.label} {name}", **fields)
                 scratch = name == "scratch"
@@ -374,7 +371,10 @@ def run_pipeline(options: PipelineOptions, console: Console) -> dict[str, Any]:
     report = {
         "format": "driftlm.report/v1",
         "data": str(data),
-        "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items() if k != "endpoints"},
+        "options": {
+            **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items() if k != "endpoints"},
+            "strategies": [s.short_name for s in options.strategies],
+        },
         "arms": arm_names(options.strategies, options.scratch),
         "base": state["base"],
         "final_checkpoints": {name: arm["checkpoint"] for name, arm in state["arms"].items()},

@@ -12,10 +12,12 @@ import contextlib
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from types import FrameType
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -37,10 +39,57 @@ class ServiceBinding:
     register: Callable[[grpc.Server], None]
 
 
-def build_server(bindings: Sequence[ServiceBinding], address: str, config: ServeConfig) -> tuple[grpc.Server, int]:
+class OwningServer(grpc.Server):  # type: ignore[misc]  # grpc ships no types
+    """A gRPC server that, asked to stop, first closes what its services own.
+
+    A service with threads of its own (the trainer's run worker) must stop them at a safe point and
+    join them before the process exits: a thread killed inside PyTorch aborts the interpreter.
+    `stop(grace)` calls each closer with what is left of the grace (None: no limit), then stops the
+    server with what is left after them, so the whole stop fits in the grace an orchestrator gives.
+    """
+
+    def __init__(self, server: grpc.Server, closers: Sequence[Callable[[float | None], None]]) -> None:
+        self._server = server
+        self._closers = list(closers)
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Any) -> None:
+        self._server.add_generic_rpc_handlers(generic_rpc_handlers)
+
+    def add_insecure_port(self, address: str) -> int:
+        return int(self._server.add_insecure_port(address))
+
+    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
+        return int(self._server.add_secure_port(address, server_credentials))
+
+    def start(self) -> None:
+        self._server.start()
+
+    def stop(self, grace: float | None) -> threading.Event:
+        """Close what the services own, then stop serving, within `grace` seconds in all."""
+        closers, self._closers = self._closers, []
+        deadline = None if grace is None else time.monotonic() + grace
+        for close in closers:
+            close(None if deadline is None else max(deadline - time.monotonic(), 0.0))
+        stopped: threading.Event = self._server.stop(
+            None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        )
+        return stopped
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return bool(self._server.wait_for_termination(timeout))
+
+
+def build_server(
+    bindings: Sequence[ServiceBinding],
+    address: str,
+    config: ServeConfig,
+    *,
+    closers: Sequence[Callable[[float | None], None]] = (),
+) -> tuple[grpc.Server, int]:
     """A started server on `address` (host:port) with every binding, health and reflection.
 
-    Returns the server and the bound port (the free one picked when the port is 0).
+    Returns the server and the bound port (the free one picked when the port is 0). `closers` run
+    when the server is stopped, before it stops serving (see OwningServer).
 
     Raises:
         RuntimeError: the address cannot be bound (in use, or no such interface).
@@ -68,7 +117,7 @@ def build_server(bindings: Sequence[ServiceBinding], address: str, config: Serve
     server.start()
     for name in ("", *names):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return server, port
+    return (OwningServer(server, closers) if closers else server), port
 
 
 @contextlib.contextmanager

@@ -15,17 +15,9 @@ import grpc
 import numpy as np
 
 from driftlm.services.runtime.channel import ServiceClient
+from driftlm.services.runtime.strategy import Strategy
 from driftlm.services.runtime.tensors import DEFAULT_CHUNK_BYTES, chunk_requests, tensor_to_array
 from driftlm.v1 import sampling_pb2, sampling_pb2_grpc
-
-from .strategy import Strategy
-
-STRATEGY_ENUMS = {
-    Strategy.UNIFORM.value: sampling_pb2.SELECTION_STRATEGY_UNIFORM,
-    Strategy.TOKEN_EMBEDDING_SHIFT.value: sampling_pb2.SELECTION_STRATEGY_TOKEN_EMBEDDING_SHIFT,
-    Strategy.SENTENCE_EMBEDDING_SHIFT.value: sampling_pb2.SELECTION_STRATEGY_SENTENCE_EMBEDDING_SHIFT,
-    Strategy.TOKEN_MLM_LOSS.value: sampling_pb2.SELECTION_STRATEGY_TOKEN_MLM_LOSS,
-}
 
 
 @dataclass(frozen=True)
@@ -83,7 +75,7 @@ class SamplingClient(ServiceClient):
 
     def select_sentences(
         self,
-        strategy: str,
+        strategy: Strategy,
         *,
         k: int,
         candidate_lengths: np.ndarray,
@@ -97,15 +89,9 @@ class SamplingClient(ServiceClient):
         new_cls: np.ndarray | None = None,
         losses: np.ndarray | None = None,
     ) -> SelectedSentences:
-        """Up to k candidate indices chosen by `strategy`, a key of STRATEGY_ENUMS.
-
-        Raises:
-            ValueError: an unknown strategy name.
-        """
-        if strategy not in STRATEGY_ENUMS:
-            raise ValueError(f"unknown strategy {strategy!r}; use one of {', '.join(STRATEGY_ENUMS)}")
+        """Up to k candidate indices chosen by `strategy`."""
         scalars: dict[str, Any] = {
-            "strategy": STRATEGY_ENUMS[strategy],
+            "strategy": strategy.proto,
             "k": k,
             "alpha": alpha,
             "seed": seed,

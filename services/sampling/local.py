@@ -5,14 +5,13 @@ Same methods and results as SamplingClient, straight on the domain functions (ne
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
+
+from driftlm.services.runtime.strategy import Strategy
 
 from .client import SelectedSentences
 from .measures import measure_shift
 from .selection import CandidatePool, select_sentences
-from .strategy import Strategy
 
 
 class LocalSampling:
@@ -26,27 +25,31 @@ class LocalSampling:
 
     def select_sentences(
         self,
-        strategy: str,
+        strategy: Strategy,
         *,
         k: int,
         candidate_lengths: np.ndarray,
         alpha: float = 0.5,
         seed: int = 0,
+        candidate_token_ids: np.ndarray | None = None,
+        token_shift: np.ndarray | None = None,
         top_x: int = 0,
         target_token_ids: np.ndarray | None = None,
-        **arrays: Any,
+        old_cls: np.ndarray | None = None,
+        new_cls: np.ndarray | None = None,
+        losses: np.ndarray | None = None,
     ) -> SelectedSentences:
-        """Up to k candidate indices chosen by `strategy` (a selection.Strategy value)."""
+        """Up to k candidate indices chosen by `strategy`."""
         pool = CandidatePool(
             lengths=np.asarray(candidate_lengths),
-            token_ids=arrays.get("candidate_token_ids"),
-            token_shift=arrays.get("token_shift"),
+            token_ids=candidate_token_ids,
+            token_shift=token_shift,
             target_token_ids=np.asarray([] if target_token_ids is None else target_token_ids, dtype=np.int64),
-            old_cls=arrays.get("old_cls"),
-            new_cls=arrays.get("new_cls"),
-            losses=arrays.get("losses"),
+            old_cls=old_cls,
+            new_cls=new_cls,
+            losses=losses,
         )
-        selection = select_sentences(Strategy(strategy), pool, k=k, alpha=alpha, seed=seed, top_x=top_x)
+        selection = select_sentences(strategy, pool, k=k, alpha=alpha, seed=seed, top_x=top_x)
         return SelectedSentences(
             selection.indices, selection.weights, selection.eligible_count, selection.target_token_ids
         )

@@ -22,10 +22,10 @@ import numpy as np
 
 from driftlm import kernels
 from driftlm.services.runtime.errors import InvalidArgumentError
+from driftlm.services.runtime.strategy import Strategy
 
 from . import inputs
 from .measures import measure_shift
-from .strategy import Strategy
 
 
 @dataclass(frozen=True)

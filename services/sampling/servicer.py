@@ -7,24 +7,16 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 
-from driftlm.services.runtime.errors import InvalidArgumentError
+from driftlm.services.runtime.strategy import Strategy
 from driftlm.services.runtime.tensors import array_to_tensor, collect_stream
 from driftlm.v1 import sampling_pb2, sampling_pb2_grpc
 
 from .inputs import require
 from .measures import draw_indices, measure_shift, weigh
 from .selection import CandidatePool, select_sentences
-from .strategy import Strategy
 
 # Used when a request leaves alpha unset.
 DEFAULT_ALPHA = 0.5
-
-_STRATEGIES = {
-    sampling_pb2.SELECTION_STRATEGY_UNIFORM: Strategy.UNIFORM,
-    sampling_pb2.SELECTION_STRATEGY_TOKEN_EMBEDDING_SHIFT: Strategy.TOKEN_EMBEDDING_SHIFT,
-    sampling_pb2.SELECTION_STRATEGY_SENTENCE_EMBEDDING_SHIFT: Strategy.SENTENCE_EMBEDDING_SHIFT,
-    sampling_pb2.SELECTION_STRATEGY_TOKEN_MLM_LOSS: Strategy.TOKEN_MLM_LOSS,
-}
 
 
 class SamplingServicer(sampling_pb2_grpc.SamplingServiceServicer):
@@ -64,9 +56,7 @@ class SamplingServicer(sampling_pb2_grpc.SamplingServiceServicer):
     ) -> sampling_pb2.SelectSentencesResponse:
         tensor_fields = ("candidate_lengths", "candidate_token_ids", "token_shift", "old_cls", "new_cls", "losses")
         first, arrays = collect_stream(request_iterator, tensor_fields, self._max_stream_bytes)
-        if first.strategy not in _STRATEGIES:
-            allowed = ", ".join(sampling_pb2.SelectionStrategy.Name(value) for value in _STRATEGIES)
-            raise InvalidArgumentError("strategy", f"must be one of {allowed}, got {first.strategy}")
+        strategy = Strategy.from_proto(first.strategy, "strategy")
         pool = CandidatePool(
             lengths=require(arrays["candidate_lengths"], "candidate_lengths"),
             token_ids=arrays["candidate_token_ids"],
@@ -77,7 +67,7 @@ class SamplingServicer(sampling_pb2_grpc.SamplingServiceServicer):
             losses=arrays["losses"],
         )
         selection = select_sentences(
-            _STRATEGIES[first.strategy],
+            strategy,
             pool,
             k=first.k,
             alpha=first.alpha if first.HasField("alpha") else DEFAULT_ALPHA,

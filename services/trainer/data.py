@@ -51,10 +51,9 @@ def tokenize_texts(tokenizer_json: str, texts: Iterable[str], *, max_length: int
     return TokenizedPool([np.asarray(e.ids, dtype=np.int64) for e in encodings], pad_id)
 
 
-def special_mask(tokenizer_json_vocab: dict[str, int], specials: Iterable[str], vocab_size: int) -> torch.Tensor:
+def special_mask(reserved_ids: Iterable[int], vocab_size: int) -> torch.Tensor:
     """(V,) bool: the pieces never masked nor drawn as random replacements."""
     mask = torch.zeros(vocab_size, dtype=torch.bool)
-    for piece in specials:
-        if piece in tokenizer_json_vocab:
-            mask[tokenizer_json_vocab[piece]] = True
+    ids = [i for i in reserved_ids if 0 <= i < vocab_size]
+    mask[ids] = True
     return mask

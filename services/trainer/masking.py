@@ -39,14 +39,20 @@ def mask_batch(
     mask_id: int,
     fraction: float,
     generator: torch.Generator,
+    every_row: bool = False,
 ) -> MaskedBatch:
-    """Choose and corrupt the positions to predict; at least one per batch when any can be.
+    """Choose and corrupt the positions to predict; at least one per batch when any can be, and
+    with every_row at least one per row (scoring each sentence needs a prediction in each).
 
     `special` (V,) bool marks pieces never masked or drawn as random replacements ([CLS], [PAD]...).
     """
     candidates = attention_mask.bool() & ~special[input_ids]
     draws = torch.rand(input_ids.shape, generator=generator)
     masked = candidates & (draws < fraction)
+    if every_row:  # rows that drew none mask the candidate with the smallest draw
+        empty = ~masked.any(dim=1) & candidates.any(dim=1)
+        first = torch.where(candidates, draws, torch.inf).argmin(dim=1)
+        masked[empty.nonzero().flatten(), first[empty]] = True
     if not masked.any() and candidates.any():  # tiny batches: still one position to learn from
         flat = torch.nonzero(candidates.flatten()).flatten()
         masked.view(-1)[flat[torch.randint(len(flat), (1,), generator=generator)]] = True

@@ -3,27 +3,23 @@ refused with RESOURCE_EXHAUSTED instead of taking the machine's memory (and the 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from driftlm.services.runtime.errors import ResourceExhaustedError
+from driftlm.services.runtime.resources import memory_available
 
 _BYTES = 4  # fp32 activations and weights
 
 
 def available_bytes(device: torch.device) -> int:
-    """Free memory on the device (GPU), or MemAvailable of /proc/meminfo (CPU)."""
+    """Free memory on the device (GPU), or what the container's cgroup and the host leave (CPU)."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
-    meminfo = Path("/proc/meminfo")
-    if meminfo.exists():
-        for line in meminfo.read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    return 1 << 62  # unknown: do not refuse
+    free_bytes = memory_available()
+    return (1 << 62) if free_bytes is None else free_bytes  # unknown: do not refuse
 
 
 def estimated_bytes(config: dict[str, Any], batch_size: int, max_length: int, teachers: int) -> int:

@@ -8,6 +8,7 @@ needs the vocabulary head at one position only, which masked_logits provides.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -88,3 +89,26 @@ def pseudo_log_likelihoods(
         prefix = text[: max(scored, default=0)]
         scores.append(TextScore(float(sums[index]), len(scored), len(prefix.split()), len(prefix)))
     return scores
+
+
+@dataclass(frozen=True)
+class CorpusScore:
+    """Every text's score and the corpus' PLL per word and per character, and pseudo-perplexity."""
+
+    texts: list[TextScore]
+    log_likelihood_per_word: float
+    log_likelihood_per_character: float
+    # exp(-PLL / pieces): depends on the tokenisation; NaN with no piece scored.
+    pseudo_perplexity: float
+
+
+def summarise(scores: Sequence[TextScore]) -> CorpusScore:
+    """Sum the texts' PLLs and divide by their words, characters and pieces (0 when there are none)."""
+    total = sum(s.log_likelihood for s in scores)
+    pieces, words, characters = (sum(getattr(s, name) for s in scores) for name in ("pieces", "words", "characters"))
+    return CorpusScore(
+        texts=list(scores),
+        log_likelihood_per_word=total / words if words else 0.0,
+        log_likelihood_per_character=total / characters if characters else 0.0,
+        pseudo_perplexity=math.exp(-total / pieces) if pieces else float("nan"),
+    )

@@ -4,7 +4,8 @@
     <store>/trainer/runs/<run_id>/selection-N.json, totals-N.json   what a resume needs
 
 A service that starts finds the runs that were queued or running when it stopped (or was
-killed) and continues them from their last checkpoint.
+killed) and continues them: from the snapshot a clean stop (close) leaves at a step boundary, or
+from the last iteration's checkpoint after a kill.
 """
 
 from __future__ import annotations
@@ -20,22 +21,27 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-import grpc
 import torch
+from google.rpc import code_pb2
 
 from driftlm.services.runtime import store
 from driftlm.services.runtime.errors import DriftlmError, NotFoundError
 
 from .checkpoints import now
 from .spec import RunSpec
-from .training import Progress, RunCancelledError, RunContext, execute_run
+from .training import (
+    IterationSelection,
+    Progress,
+    RunCancelledError,
+    RunContext,
+    RunPreemptedError,
+    execute_run,
+    load_selections,
+)
 
 _LOG = logging.getLogger("driftlm.trainer")
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
-# google.rpc.Code values reported in a failed run.
-_CODE_RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
-_CODE_INTERNAL = grpc.StatusCode.INTERNAL.value[0]
 
 
 @dataclass(frozen=True)
@@ -71,7 +77,10 @@ RunExecutor = Callable[[RunSpec, RunContext], Any]
 
 
 class RunManager:
-    """Starts, tracks, cancels and resumes runs; one at a time (one run per device)."""
+    """Starts, tracks, cancels and resumes runs; one at a time (one run per device).
+
+    It owns one worker thread, started here and stopped by close().
+    """
 
     def __init__(
         self,
@@ -87,6 +96,7 @@ class RunManager:
         self._runs: dict[str, RunRecord] = {}
         self._queue: deque[str] = deque()
         self._contexts: dict[str, RunContext] = {}
+        self._closing = False
         for path in self._root.glob("*/run.json"):
             record = RunRecord.from_json(store.read_json(path))
             self._runs[record.run_id] = record
@@ -111,9 +121,30 @@ class RunManager:
     def get(self, run_id: str) -> RunRecord:
         """A run's current state."""
         with self._changed:
-            if run_id not in self._runs:
-                raise NotFoundError(f"run {run_id!r} does not exist; ListRuns shows the runs there are")
-            return self._runs[run_id]
+            return self._record(run_id)
+
+    def _record(self, run_id: str) -> RunRecord:
+        """The run's state (callers hold self._changed)."""
+        if run_id not in self._runs:
+            raise NotFoundError(f"run {run_id!r} does not exist; ListRuns shows the runs there are")
+        return self._runs[run_id]
+
+    def selections(self, run_id: str) -> list[IterationSelection]:
+        """What each iteration of the run trains on, as far as chosen."""
+        self.get(run_id)
+        return load_selections(self._root / run_id)
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Stop the worker: a running run saves at its next step boundary and resumes when a manager
+        on the same store starts; queued runs stay queued. Waits up to timeout_s (None: until done)."""
+        with self._changed:
+            self._closing = True
+            for context in self._contexts.values():
+                context.preempt.set()
+            self._changed.notify_all()
+        self._worker.join(timeout_s)
+        if self._worker.is_alive():
+            _LOG.warning("the run worker did not stop in time", extra={"timeout_s": timeout_s})
 
     def list(self) -> list[RunRecord]:
         """Every run, newest first."""
@@ -122,8 +153,8 @@ class RunManager:
 
     def cancel(self, run_id: str, *, wait_s: float = 60.0) -> RunRecord:
         """Cancel a queued run at once, a running one after its current step (waits up to wait_s)."""
-        record = self.get(run_id)
         with self._changed:
+            record = self._record(run_id)  # read under the lock: the worker may be dequeuing it
             if record.state == QUEUED:
                 self._queue.remove(run_id)
                 self._set(replace(record, state=CANCELLED))
@@ -136,7 +167,7 @@ class RunManager:
         """The run's state now and after every change, until it ends or the caller leaves."""
         last = self.get(run_id)
         yield last
-        while last.state not in TERMINAL and is_active():
+        while last.state not in TERMINAL and is_active() and not self._closing:
             current = self._next_state(run_id, last)
             if current is not last:
                 last = current
@@ -145,7 +176,7 @@ class RunManager:
     def _next_state(self, run_id: str, seen: RunRecord) -> RunRecord:
         """The run's state once it differs from `seen`, or after a second (to notice a gone caller)."""
         with self._changed:
-            self._changed.wait_for(lambda: self._runs[run_id] is not seen, timeout=1.0)
+            self._changed.wait_for(lambda: self._runs[run_id] is not seen or self._closing, timeout=1.0)
             return self._runs[run_id]
 
     # Worker ---------------------------------------------------------------------------------
@@ -163,7 +194,9 @@ class RunManager:
     def _work(self) -> None:
         while True:
             with self._changed:
-                self._changed.wait_for(lambda: bool(self._queue))
+                self._changed.wait_for(lambda: bool(self._queue) or self._closing)
+                if self._closing:
+                    return
                 run_id = self._queue.popleft()
                 # The context exists before the run shows as running, so CancelRun always finds it.
                 context = self._make_context(run_id, self._root / run_id, functools.partial(self._report, run_id))
@@ -191,9 +224,12 @@ class RunManager:
 
     def _execute(self, record: RunRecord, context: RunContext) -> None:
         started = time.perf_counter()
+        outcome: dict[str, Any]
         try:
             final = self._executor(record.spec, context)
             outcome = {"state": SUCCEEDED, "checkpoint_id": final.checkpoint_id, "eta_s": 0.0}
+        except RunPreemptedError:
+            outcome = {}  # still running: it resumes when the service restarts
         except RunCancelledError:
             outcome = {"state": CANCELLED}
         except DriftlmError as error:
@@ -201,7 +237,7 @@ class RunManager:
         except torch.OutOfMemoryError as error:
             outcome = {
                 "state": FAILED,
-                "error_code": _CODE_RESOURCE_EXHAUSTED,
+                "error_code": code_pb2.RESOURCE_EXHAUSTED,
                 "error_message": f"out of memory: {error}; use a smaller batch_size or max_length",
             }
         # The boundary of a run, like the interceptor is of a call: whatever else a run raises fails
@@ -211,15 +247,19 @@ class RunManager:
             _LOG.exception("run failed", extra={"run_id": record.run_id})
             outcome = {
                 "state": FAILED,
-                "error_code": _CODE_RESOURCE_EXHAUSTED if out_of_memory else _CODE_INTERNAL,
+                "error_code": code_pb2.RESOURCE_EXHAUSTED if out_of_memory else code_pb2.INTERNAL,
                 "error_message": f"{type(error).__name__}: {error}",
             }
-        finally:
-            with self._changed:
-                self._contexts.pop(record.run_id, None)
-        _LOG.info(
-            "run ended",
-            extra={"run_id": record.run_id, "state": outcome["state"], "seconds": time.perf_counter() - started},
-        )
-        with self._changed:
+        with self._changed:  # one step, so that CancelRun never sees a running run without its context
+            self._contexts.pop(record.run_id, None)
             self._set(replace(self._runs[record.run_id], **outcome))
+            step = self._runs[record.run_id].step
+        _LOG.info(
+            "run ended" if outcome else "run preempted",
+            extra={
+                "run_id": record.run_id,
+                "state": outcome.get("state", RUNNING),
+                "step": step,
+                "seconds": time.perf_counter() - started,
+            },
+        )

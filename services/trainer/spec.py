@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from driftlm.services.sampling.strategy import Strategy
+from driftlm.services.runtime.strategy import Strategy
 
 from .vocab_move import EmbeddingInit
 
@@ -45,6 +45,8 @@ class RunSpec:
     distill_alpha: float = 0.5
     temperature: float = 2.0
     display_name: str = ""
+    # Batches of random sentences instead of sentences of similar length (see _iteration_order).
+    random_batches: bool = False
 
     @property
     def total_steps(self) -> int:
@@ -61,7 +63,7 @@ class RunSpec:
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> RunSpec:
-        values = dict(record)
+        values = {"random_batches": True, **record}  # runs stored before grouping existed drew at random
         values["kind"] = RunKind(values["kind"])
         values["strategy"] = Strategy(values["strategy"])
         values["embedding_init"] = EmbeddingInit(values["embedding_init"])

@@ -10,6 +10,7 @@ fire_fraction of all scored occurrences.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
+
+from driftlm.services.runtime.errors import InvalidArgumentError
 
 from .data import TokenizedPool
 from .loss_memory import NOVEL_WEIGHT, LossMemory
@@ -27,6 +30,59 @@ from .models import autocast, masked_logits
 # with near-identical losses must not make every small change a spike.
 _MIN_STD = 0.5
 _BATCH = 64
+
+
+@dataclass(frozen=True)
+class TriggerOptions:
+    """How ScoreSlice samples, masks and decides; see trigger_options for the ranges."""
+
+    max_texts: int = 2000
+    # Pieces per text; 0 means min(128, the model's positions).
+    max_length: int = 0
+    spike_z: float = 4.0
+    fire_fraction: float = 0.05
+    mask_fraction: float = 0.15
+    seed: int = 0
+    top_spikes: int = 20
+
+
+def trigger_options(
+    *,
+    max_texts: int = 0,
+    max_length: int = 0,
+    spike_z: float = 0.0,
+    fire_fraction: float = 0.0,
+    mask_fraction: float = 0.0,
+    seed: int = 0,
+    top_spikes: int = 0,
+) -> TriggerOptions:
+    """The options a request asks for, 0 meaning the default.
+
+    Raises:
+        InvalidArgumentError: a value out of its range; the message says the range and the default.
+    """
+    default = TriggerOptions()
+    options = TriggerOptions(
+        max_texts=max_texts or default.max_texts,
+        max_length=max_length,
+        spike_z=spike_z or default.spike_z,
+        fire_fraction=fire_fraction or default.fire_fraction,
+        mask_fraction=mask_fraction or default.mask_fraction,
+        seed=seed,
+        top_spikes=top_spikes or default.top_spikes,
+    )
+    checks = [
+        ("max_texts", 1 <= options.max_texts <= 1_000_000, "[1, 1000000]", default.max_texts, max_texts),
+        ("max_length", options.max_length == 0 or 4 <= options.max_length <= 8192, "[4, 8192]", 128, max_length),
+        ("spike_z", math.isfinite(options.spike_z) and options.spike_z > 0, "(0, inf)", default.spike_z, spike_z),
+        ("fire_fraction", 0 <= options.fire_fraction <= 1, "[0, 1]", default.fire_fraction, fire_fraction),
+        ("mask_fraction", 0 < options.mask_fraction < 1, "(0, 1)", default.mask_fraction, mask_fraction),
+        ("top_spikes", 1 <= options.top_spikes <= 10_000, "[1, 10000]", default.top_spikes, top_spikes),
+    ]
+    for field, inside, allowed, fallback, given in checks:
+        if not inside:
+            raise InvalidArgumentError(field, f"must be in {allowed} (0 means {fallback}), got {given}")
+    return options
 
 
 @dataclass(frozen=True)

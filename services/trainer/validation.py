@@ -1,4 +1,8 @@
-"""StartRun's request checked and turned into a RunSpec; every refusal names the field."""
+"""StartRun's request checked field by field and turned into a RunSpec; every refusal names the field.
+
+What depends on the store (the base checkpoint's positions and vocab version, the teachers) is
+checked by the app when the run starts.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,13 @@ from pathlib import Path
 
 from driftlm.services.runtime.errors import InvalidArgumentError
 from driftlm.services.runtime.store import resolve_path
-from driftlm.services.sampling.strategy import Strategy
-from driftlm.v1 import trainer_pb2
+from driftlm.services.runtime.strategy import Strategy
+from driftlm.v1 import common_pb2, trainer_pb2
 
 from .spec import RunKind, RunSpec
 from .vocab_move import EmbeddingInit
 
 _KINDS = {trainer_pb2.RUN_KIND_MLM: RunKind.MLM, trainer_pb2.RUN_KIND_DISTILL: RunKind.DISTILL}
-_STRATEGIES = {
-    trainer_pb2.SAMPLING_STRATEGY_UNIFORM: Strategy.UNIFORM,
-    trainer_pb2.SAMPLING_STRATEGY_TOKEN_EMBEDDING_SHIFT: Strategy.TOKEN_EMBEDDING_SHIFT,
-    trainer_pb2.SAMPLING_STRATEGY_SENTENCE_EMBEDDING_SHIFT: Strategy.SENTENCE_EMBEDDING_SHIFT,
-    trainer_pb2.SAMPLING_STRATEGY_TOKEN_MLM_LOSS: Strategy.TOKEN_MLM_LOSS,
-}
 _INITS = {
     trainer_pb2.EMBEDDING_INIT_UNSPECIFIED: EmbeddingInit.FVT,
     trainer_pb2.EMBEDDING_INIT_FVT: EmbeddingInit.FVT,
@@ -27,6 +25,10 @@ _INITS = {
 }
 MAX_BATCH_SIZE = 65_536
 MAX_STEPS = 10_000_000
+# Longest sequence any supported model takes; a checkpoint's own positions bound it further.
+MAX_LENGTH = 8192
+# Candidates scored per iteration (ListSelections returns each with its weight).
+MAX_CANDIDATES = 1_000_000
 
 
 def _count(value: int, field: str, *, low: int = 1, high: int = MAX_STEPS) -> int:
@@ -43,10 +45,8 @@ def _fraction(value: float, field: str, *, low: float, high: float, closed_high:
     return value
 
 
-def run_spec(
-    request: trainer_pb2.StartRunRequest, *, vocab_version_id: str, store: Path, max_positions: int
-) -> RunSpec:
-    """The validated spec; vocab_version_id is the request's or the base checkpoint's.
+def run_spec(request: trainer_pb2.StartRunRequest, *, store: Path) -> RunSpec:
+    """The validated spec; an empty vocab_version_id and a max_length of 0 are resolved by the app.
 
     Raises:
         InvalidArgumentError: an impossible or missing parameter.
@@ -55,9 +55,14 @@ def run_spec(
     if request.kind not in _KINDS:
         raise InvalidArgumentError("kind", "must be RUN_KIND_MLM or RUN_KIND_DISTILL")
     kind = _KINDS[request.kind]
-    if kind is RunKind.MLM and request.strategy not in _STRATEGIES:
-        allowed = ", ".join(trainer_pb2.SamplingStrategy.Name(value) for value in _STRATEGIES)
-        raise InvalidArgumentError("strategy", f"must be one of {allowed}")
+    # A distillation run trains on every sentence alike: it may leave the strategy unset.
+    if kind is RunKind.DISTILL and request.strategy == common_pb2.SAMPLING_STRATEGY_UNSPECIFIED:
+        strategy = Strategy.UNIFORM
+    else:
+        strategy = Strategy.from_proto(request.strategy, "strategy")
+    if request.embedding_init not in _INITS:
+        allowed = ", ".join(trainer_pb2.EmbeddingInit.Name(value) for value in _INITS)
+        raise InvalidArgumentError("embedding_init", f"must be one of {allowed}, got {request.embedding_init}")
     if not request.slices:
         raise InvalidArgumentError("slices", "name at least one corpus file to train on")
     slices = tuple(str(resolve_path(ref.uri, store, f"slices[{i}].uri")) for i, ref in enumerate(request.slices))
@@ -66,8 +71,8 @@ def run_spec(
     )
     if not (math.isfinite(request.learning_rate) and 0 < request.learning_rate <= 1):
         raise InvalidArgumentError("learning_rate", f"must be in (0, 1], got {request.learning_rate}")
-    max_length = request.max_length or min(128, max_positions)
-    _count(max_length, "max_length", low=4, high=max_positions)
+    if request.max_length:
+        _count(request.max_length, "max_length", low=4, high=MAX_LENGTH)
     mask_fraction = request.mask_fraction or 0.15
     _fraction(mask_fraction, "mask_fraction", low=0.0, high=1.0, closed_high=False)
     if kind is RunKind.DISTILL:
@@ -78,9 +83,9 @@ def run_spec(
     return RunSpec(
         kind=kind,
         base_checkpoint_id=request.base_checkpoint_id,
-        vocab_version_id=vocab_version_id,
+        vocab_version_id=request.vocab_version_id,
         slices=slices,
-        strategy=_STRATEGIES.get(request.strategy, Strategy.UNIFORM),
+        strategy=strategy,
         iterations=_count(request.iterations, "iterations", high=100_000),
         steps_per_iteration=_count(request.steps_per_iteration, "steps_per_iteration"),
         batch_size=_count(request.batch_size, "batch_size", high=MAX_BATCH_SIZE),
@@ -89,16 +94,17 @@ def run_spec(
         text_field=request.text_field or "text",
         replay_slices=replay,
         replay_fraction=_fraction(request.replay_fraction, "replay_fraction", low=0.0, high=1.0, closed_high=False),
-        max_length=max_length,
+        max_length=request.max_length,
         mask_fraction=mask_fraction,
         sampling_alpha=_fraction(
             request.sampling_alpha if request.HasField("sampling_alpha") else 0.5, "sampling_alpha", low=0.0, high=1.0
         ),
         top_x=_count(request.top_x or 100, "top_x", high=10_000_000),
-        candidate_pool_size=_count(request.candidate_pool_size, "candidate_pool_size", low=0, high=10_000_000),
-        embedding_init=_INITS.get(request.embedding_init, EmbeddingInit.FVT),
+        candidate_pool_size=_count(request.candidate_pool_size, "candidate_pool_size", low=0, high=MAX_CANDIDATES),
+        embedding_init=_INITS[request.embedding_init],
         teacher_checkpoint_ids=tuple(request.teacher_checkpoint_ids),
         distill_alpha=_fraction(request.distill_alpha, "distill_alpha", low=0.0, high=1.0),
         temperature=request.temperature or 2.0,
         display_name=request.display_name,
+        random_batches=request.random_batches,
     )

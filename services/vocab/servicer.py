@@ -62,6 +62,7 @@ class VocabServicer(vocab_pb2_grpc.VocabServiceServicer):
         self, record: VersionRecord, *, include_tokenizer_json: bool = False
     ) -> vocab_pb2.VocabVersion:
         directory = self._repository.version_directory(record.version_id)
+        special = self._repository.load(record.version_id)[0].special_tokens
         return vocab_pb2.VocabVersion(
             version_id=record.version_id,
             parent_id=record.parent_id,
@@ -74,6 +75,14 @@ class VocabServicer(vocab_pb2_grpc.VocabServiceServicer):
             tokenizer=common_pb2.ArtifactRef(uri=(directory / "tokenizer.json").as_uri()),
             slice_labels=record.slice_labels,
             tokenizer_json=self._repository.tokenizer_json(record.version_id) if include_tokenizer_json else "",
+            special_tokens=vocab_pb2.SpecialTokens(
+                reserved_ids=special.reserved_ids,
+                unknown_id=special.unknown_id,
+                mask_id=special.mask_id,
+                pad_id=special.pad_id,
+                cls_id=special.cls_id,
+                sep_id=special.sep_id,
+            ),
         )
 
     def _corpus_texts(self, corpus: common_pb2.CorpusSource, field: str) -> Iterator[str]:

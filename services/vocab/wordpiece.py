@@ -74,6 +74,27 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int, cased: bool) -> st
     return canonical_tokenizer_json(bert._tokenizer)
 
 
+# The pieces that play each special role, in BERT's and RoBERTa's spelling.
+_ROLE_PIECES = {
+    "mask": ("[MASK]", "<mask>"),
+    "pad": ("[PAD]", "<pad>"),
+    "cls": ("[CLS]", "<s>"),
+    "sep": ("[SEP]", "</s>"),
+}
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """What a vocabulary reserves, by id; -1 for a role it lacks."""
+
+    reserved_ids: tuple[int, ...]
+    unknown_id: int
+    mask_id: int
+    pad_id: int
+    cls_id: int
+    sep_id: int
+
+
 @dataclass(frozen=True)
 class WordPieceVocabulary:
     """A parsed tokenizer.json: the piece table and what must never leave it."""
@@ -122,6 +143,23 @@ class WordPieceVocabulary:
     def reserved_ids(self) -> frozenset[int]:
         """Ids of the added tokens (specials among them): never removed or reassigned."""
         return frozenset(int(token["id"]) for token in self.document.get("added_tokens", []))
+
+    @cached_property
+    def special_tokens(self) -> SpecialTokens:
+        """The reserved ids and the id of each role, read from the tokenizer's own added tokens."""
+        reserved = {str(token["content"]): int(token["id"]) for token in self.document.get("added_tokens", [])}
+
+        def role(name: str) -> int:
+            return next((reserved[piece] for piece in _ROLE_PIECES[name] if piece in reserved), -1)
+
+        return SpecialTokens(
+            reserved_ids=tuple(sorted(reserved.values())),
+            unknown_id=self.unknown_id,
+            mask_id=role("mask"),
+            pad_id=role("pad"),
+            cls_id=role("cls"),
+            sep_id=role("sep"),
+        )
 
     def is_single_character(self, piece: str) -> bool:
         """A character alone or with the continuation prefix: together they tokenize any text."""

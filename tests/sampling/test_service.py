@@ -15,6 +15,8 @@ from grpc_status import rpc_status
 
 from driftlm import kernels
 from driftlm.services.runtime.config import ServeConfig
+from driftlm.services.runtime.strategy import Strategy
+from driftlm.services.runtime.strategy import names as strategy_names
 from driftlm.services.runtime.tensors import array_to_tensor
 from driftlm.services.sampling.client import SamplingClient
 from driftlm.services.sampling.server import create_server
@@ -74,7 +76,7 @@ def test_token_embedding_shift_picks_only_sentences_with_the_most_shifted_tokens
 ) -> None:
     pool = _planted_pool(np.random.default_rng(2))
     chosen = sampling_client.select_sentences(
-        "token-embedding-shift",
+        Strategy.TOKEN_EMBEDDING_SHIFT,
         k=200,
         candidate_lengths=pool["lengths"],
         candidate_token_ids=pool["token_ids"],
@@ -92,7 +94,7 @@ def test_token_embedding_shift_picks_only_sentences_with_the_most_shifted_tokens
 def test_token_embedding_shift_with_explicit_targets_and_fewer_eligible_than_k(sampling_client: SamplingClient) -> None:
     pool = _planted_pool(np.random.default_rng(3))
     chosen = sampling_client.select_sentences(
-        "token-embedding-shift",
+        Strategy.TOKEN_EMBEDDING_SHIFT,
         k=1000,
         candidate_lengths=pool["lengths"],
         candidate_token_ids=pool["token_ids"],
@@ -109,7 +111,7 @@ def test_sentence_embedding_shift_prefers_moved_sentences(sampling_client: Sampl
     moved = np.arange(0, 2000, 20)
     new[moved] = rng.standard_normal((moved.size, 32), dtype=np.float32)
     chosen = sampling_client.select_sentences(
-        "sentence-embedding-shift",
+        Strategy.SENTENCE_EMBEDDING_SHIFT,
         k=100,
         candidate_lengths=np.full(2000, 10),
         old_cls=old,
@@ -124,21 +126,35 @@ def test_mlm_loss_prefers_high_loss_sentences(sampling_client: SamplingClient) -
     losses = np.full(5000, 0.01, dtype=np.float32)
     losses[:50] = 8.0
     chosen = sampling_client.select_sentences(
-        "token-mlm-loss", k=50, candidate_lengths=np.ones(5000, np.int64), losses=losses, alpha=1.0, seed=0
+        Strategy.TOKEN_MLM_LOSS, k=50, candidate_lengths=np.ones(5000, np.int64), losses=losses, alpha=1.0, seed=0
     )
     assert np.mean(chosen.indices < 50) > 0.5  # 50 of 5000 hold 89% of the weight
 
 
 def test_uniform_selects_k_distinct_candidates(sampling_client: SamplingClient) -> None:
-    chosen = sampling_client.select_sentences("uniform", k=500, candidate_lengths=np.zeros(1000, np.int32), seed=7)
+    chosen = sampling_client.select_sentences(
+        Strategy.UNIFORM, k=500, candidate_lengths=np.zeros(1000, np.int32), seed=7
+    )
     assert np.unique(chosen.indices).size == 500 and chosen.eligible_count == 1000
 
 
-def test_unknown_strategy_name_in_the_client() -> None:
-    client = SamplingClient("127.0.0.1:1")
-    with pytest.raises(ValueError, match="unknown strategy 'random'"):
-        client.select_sentences("random", k=1, candidate_lengths=np.ones(2, np.int64))
-    client.close()
+def test_one_strategy_enum_maps_every_wire_value_and_every_name() -> None:
+    wire = [v for v in common_pb2.SamplingStrategy.values() if v != common_pb2.SAMPLING_STRATEGY_UNSPECIFIED]
+    assert sorted(s.proto for s in Strategy) == sorted(wire)
+    for strategy in Strategy:
+        assert Strategy.from_proto(strategy.proto, "strategy") is strategy
+        assert Strategy.from_name(strategy.short_name) is strategy is Strategy.from_name(strategy.value)
+    assert strategy_names() == [
+        "uniform",
+        "token-shift",
+        "sentence-shift",
+        "mlm-loss",
+        "token-embedding-shift",
+        "sentence-embedding-shift",
+        "token-mlm-loss",
+    ]
+    with pytest.raises(ValueError, match="unknown strategy 'random'; use one of uniform, token-shift"):
+        Strategy.from_name("random")
 
 
 # Bad input: (rpc, requests, status code, exact details). Each is sent on the same server.
@@ -293,19 +309,19 @@ BAD_INPUT: list[tuple[str, list[Any], grpc.StatusCode, str]] = [
         "SelectSentences",
         [sampling_pb2.SelectSentencesRequest(k=1, candidate_lengths=T(np.ones(3, np.int64)))],
         grpc.StatusCode.INVALID_ARGUMENT,
-        "strategy: must be one of SELECTION_STRATEGY_UNIFORM, SELECTION_STRATEGY_TOKEN_EMBEDDING_SHIFT, "
-        "SELECTION_STRATEGY_SENTENCE_EMBEDDING_SHIFT, SELECTION_STRATEGY_TOKEN_MLM_LOSS, got 0",
+        "strategy: must be one of SAMPLING_STRATEGY_UNIFORM, SAMPLING_STRATEGY_TOKEN_EMBEDDING_SHIFT, "
+        "SAMPLING_STRATEGY_SENTENCE_EMBEDDING_SHIFT, SAMPLING_STRATEGY_TOKEN_MLM_LOSS, got 0",
     ),
     (
         "SelectSentences",
         [sampling_pb2.SelectSentencesRequest(strategy=99, k=1, candidate_lengths=T(np.ones(3, np.int64)))],  # type: ignore[arg-type]
         grpc.StatusCode.INVALID_ARGUMENT,
-        "strategy: must be one of SELECTION_STRATEGY_UNIFORM, SELECTION_STRATEGY_TOKEN_EMBEDDING_SHIFT, "
-        "SELECTION_STRATEGY_SENTENCE_EMBEDDING_SHIFT, SELECTION_STRATEGY_TOKEN_MLM_LOSS, got 99",
+        "strategy: must be one of SAMPLING_STRATEGY_UNIFORM, SAMPLING_STRATEGY_TOKEN_EMBEDDING_SHIFT, "
+        "SAMPLING_STRATEGY_SENTENCE_EMBEDDING_SHIFT, SAMPLING_STRATEGY_TOKEN_MLM_LOSS, got 99",
     ),
     (
         "SelectSentences",
-        [sampling_pb2.SelectSentencesRequest(strategy=sampling_pb2.SELECTION_STRATEGY_UNIFORM, k=1)],
+        [sampling_pb2.SelectSentencesRequest(strategy=common_pb2.SAMPLING_STRATEGY_UNIFORM, k=1)],
         grpc.StatusCode.INVALID_ARGUMENT,
         "candidate_lengths: is required by this call",
     ),
@@ -313,7 +329,7 @@ BAD_INPUT: list[tuple[str, list[Any], grpc.StatusCode, str]] = [
         "SelectSentences",
         [
             sampling_pb2.SelectSentencesRequest(
-                strategy=sampling_pb2.SELECTION_STRATEGY_UNIFORM, k=1, candidate_lengths=T(np.ones(3))
+                strategy=common_pb2.SAMPLING_STRATEGY_UNIFORM, k=1, candidate_lengths=T(np.ones(3))
             )
         ],
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -323,7 +339,7 @@ BAD_INPUT: list[tuple[str, list[Any], grpc.StatusCode, str]] = [
         "SelectSentences",
         [
             sampling_pb2.SelectSentencesRequest(
-                strategy=sampling_pb2.SELECTION_STRATEGY_TOKEN_EMBEDDING_SHIFT,
+                strategy=common_pb2.SAMPLING_STRATEGY_TOKEN_EMBEDDING_SHIFT,
                 k=1,
                 candidate_lengths=T(np.ones(3, np.int64)),
                 token_shift=T(np.ones(4, np.float32)),
@@ -337,7 +353,7 @@ BAD_INPUT: list[tuple[str, list[Any], grpc.StatusCode, str]] = [
         "SelectSentences",
         [
             sampling_pb2.SelectSentencesRequest(
-                strategy=sampling_pb2.SELECTION_STRATEGY_TOKEN_EMBEDDING_SHIFT,
+                strategy=common_pb2.SAMPLING_STRATEGY_TOKEN_EMBEDDING_SHIFT,
                 k=1,
                 candidate_lengths=T(np.ones(3, np.int64)),
                 candidate_token_ids=T(np.zeros(3, np.int64)),
@@ -351,7 +367,7 @@ BAD_INPUT: list[tuple[str, list[Any], grpc.StatusCode, str]] = [
         "SelectSentences",
         [
             sampling_pb2.SelectSentencesRequest(
-                strategy=sampling_pb2.SELECTION_STRATEGY_TOKEN_EMBEDDING_SHIFT,
+                strategy=common_pb2.SAMPLING_STRATEGY_TOKEN_EMBEDDING_SHIFT,
                 k=1,
                 candidate_lengths=T(np.ones(3, np.int64)),
                 candidate_token_ids=T(np.array([0, 1, 9])),
@@ -366,7 +382,7 @@ BAD_INPUT: list[tuple[str, list[Any], grpc.StatusCode, str]] = [
         "SelectSentences",
         [
             sampling_pb2.SelectSentencesRequest(
-                strategy=sampling_pb2.SELECTION_STRATEGY_SENTENCE_EMBEDDING_SHIFT,
+                strategy=common_pb2.SAMPLING_STRATEGY_SENTENCE_EMBEDDING_SHIFT,
                 k=1,
                 candidate_lengths=T(np.ones(3, np.int64)),
                 new_cls=T(np.ones((3, 2), np.float32)),
@@ -379,7 +395,7 @@ BAD_INPUT: list[tuple[str, list[Any], grpc.StatusCode, str]] = [
         "SelectSentences",
         [
             sampling_pb2.SelectSentencesRequest(
-                strategy=sampling_pb2.SELECTION_STRATEGY_TOKEN_MLM_LOSS,
+                strategy=common_pb2.SAMPLING_STRATEGY_TOKEN_MLM_LOSS,
                 k=1,
                 candidate_lengths=T(np.ones(3, np.int64)),
                 losses=T(np.array([1.0, -1.0, 0.0], np.float32)),

@@ -40,6 +40,7 @@ class Stack:
     trainer: trainer_pb2_grpc.TrainerServiceStub
     vocab_target: str
     sampling_target: str
+    trainer_target: str
     base_version: vocab_pb2.VocabVersion
     updated_version: vocab_pb2.VocabVersion
     base_checkpoint: trainer_pb2.Checkpoint
@@ -51,12 +52,22 @@ class Stack:
         return common_pb2.ArtifactRef(uri=str(path))
 
     def run_to_end(self, request: trainer_pb2.StartRunRequest) -> trainer_pb2.RunStatus:
+        return self.run_with_checkpoints(request)[0]
+
+    def run_with_checkpoints(self, request: trainer_pb2.StartRunRequest) -> tuple[trainer_pb2.RunStatus, list[str]]:
+        """Run to the end; the final state and each iteration's checkpoint, as WatchRun reported them."""
         run = self.trainer.StartRun(request).run
-        last = run
+        last, checkpoints = run, []
         for update in self.trainer.WatchRun(trainer_pb2.WatchRunRequest(run_id=run.run_id), timeout=600):
             last = update.run
+            if last.checkpoint_id and last.checkpoint_id not in checkpoints:
+                checkpoints.append(last.checkpoint_id)
         assert last.state == trainer_pb2.RUN_STATE_SUCCEEDED, last.error_message
-        return last
+        assert len(checkpoints) == request.iterations
+        return last, checkpoints
+
+    def selections(self, run_id: str) -> list[trainer_pb2.Selection]:
+        return list(self.trainer.ListSelections(trainer_pb2.ListSelectionsRequest(run_id=run_id)).selections)
 
 
 def old_slice(seed: int, texts: int = 400) -> list[str]:
@@ -73,7 +84,7 @@ def run_request(stack: Stack, slices: list[common_pb2.ArtifactRef], **fields: ob
     defaults: dict[str, object] = {
         "kind": trainer_pb2.RUN_KIND_MLM,
         "base_checkpoint_id": stack.base_checkpoint.checkpoint_id,
-        "strategy": trainer_pb2.SAMPLING_STRATEGY_UNIFORM,
+        "strategy": common_pb2.SAMPLING_STRATEGY_UNIFORM,
         "iterations": 2,
         "steps_per_iteration": 4,
         "batch_size": 16,
@@ -111,7 +122,17 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
                     model_config_json=TINY_BERT, vocab_version_id=base.version_id, seed=1
                 )
             ).checkpoint
-            yield Stack(store, vocab, trainer, vocab_target, sampling_target, base, updated, checkpoint)
+            yield Stack(
+                store,
+                vocab,
+                trainer,
+                vocab_target,
+                sampling_target,
+                f"127.0.0.1:{trainer_port}",
+                base,
+                updated,
+                checkpoint,
+            )
     finally:
         trainer_server.stop(grace=None)
         sampling_server.stop(grace=None)

@@ -10,7 +10,9 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from driftlm.services.trainer.spec import RunKind, RunSpec, Strategy
+from driftlm.services.runtime.strategy import Strategy
+from driftlm.services.trainer.spec import RunKind, RunSpec
+from driftlm.services.trainer.training import load_selections
 from driftlm.v1 import trainer_pb2
 
 from .conftest import TINY_BERT, Stack, old_slice
@@ -89,7 +91,14 @@ def test_two_ranks_train_what_one_process_trains(stack: Stack) -> None:
         torch.testing.assert_close(weights[1][name], tensor, rtol=0, atol=1e-4, msg=name)
         moved |= not torch.equal(tensor, base_weights[name])
     assert moved  # it trained
-    selections = [
-        json.loads((stack.store / "trainer" / "runs" / r / "selection-1.json").read_text()) for r in ("single", "ddp")
-    ]
-    assert selections[0] == selections[1]
+    # A run under `driftlm train` has no service record: its selections are read as ListSelections reads them.
+    single_selections, ddp_selections = (
+        load_selections(stack.store / "trainer" / "runs" / r) for r in ("single", "ddp")
+    )
+    assert len(single_selections) == len(ddp_selections) == 2
+    for one, two in zip(single_selections, ddp_selections, strict=True):
+        assert (one.sentence_indices, one.candidate_indices) == (two.sentence_indices, two.candidate_indices)
+        # Each rank scores the candidates with its own copy of the model: equal up to float rounding.
+        torch.testing.assert_close(
+            torch.tensor(two.candidate_weights), torch.tensor(one.candidate_weights), rtol=1e-4, atol=0
+        )

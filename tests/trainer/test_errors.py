@@ -6,6 +6,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from driftlm.v1 import common_pb2, trainer_pb2
 
@@ -37,11 +40,14 @@ def _fails(call: object, request: object, code: grpc.StatusCode) -> str:
         ({"learning_rate": float("nan")}, "learning_rate: must be in (0, 1], got nan"),
         ({"replay_fraction": 1.0}, "replay_fraction: must be in [0.0, 1.0), got 1.0"),
         ({"mask_fraction": 1.5}, "mask_fraction: must be in [0.0, 1.0), got 1.5"),
-        ({"max_length": 1000}, "max_length: must be in [4, 64], got 1000"),
+        (
+            {"max_length": 1000},
+            "max_length: must be in [4, 64] (the model's positions; 0 means 128 or fewer), got 1000",
+        ),
         ({"sampling_alpha": -0.1}, "sampling_alpha: must be in [0.0, 1.0], got -0.1"),
         (
-            {"strategy": trainer_pb2.SAMPLING_STRATEGY_UNSPECIFIED},
-            "strategy: must be one of SAMPLING_STRATEGY_UNIFORM, SAMPLING_STRATEGY_TOKEN_EMBEDDING_SHIFT, SAMPLING_STRATEGY_SENTENCE_EMBEDDING_SHIFT, SAMPLING_STRATEGY_TOKEN_MLM_LOSS",
+            {"strategy": common_pb2.SAMPLING_STRATEGY_UNSPECIFIED},
+            "strategy: must be one of SAMPLING_STRATEGY_UNIFORM, SAMPLING_STRATEGY_TOKEN_EMBEDDING_SHIFT, SAMPLING_STRATEGY_SENTENCE_EMBEDDING_SHIFT, SAMPLING_STRATEGY_TOKEN_MLM_LOSS, got 0",
         ),
         ({"kind": trainer_pb2.RUN_KIND_UNSPECIFIED}, "kind: must be RUN_KIND_MLM or RUN_KIND_DISTILL"),
         (
@@ -144,23 +150,38 @@ def test_create_checkpoint_bad_input(stack: Stack) -> None:
     )
 
 
-def test_score_slice_and_run_lookups_bad_input(stack: Stack) -> None:
-    checkpoint = stack.base_checkpoint.checkpoint_id
-    empty = common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=["", "  "]))
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        # (ScoreSlice fields, exact message)
+        ({"max_length": 2}, "max_length: must be in [4, 8192] (0 means 128), got 2"),
+        ({"max_length": 65}, "max_length: must be in [4, 64] (the model's positions; 0 means 128 or fewer), got 65"),
+        ({"max_texts": -1}, "max_texts: must be in [1, 1000000] (0 means 2000), got -1"),
+        ({"spike_z": float("inf")}, "spike_z: must be in (0, inf) (0 means 4.0), got inf"),
+        ({"spike_z": -1.0}, "spike_z: must be in (0, inf) (0 means 4.0), got -1.0"),
+        ({"fire_fraction": 2.0}, "fire_fraction: must be in [0, 1] (0 means 0.05), got 2.0"),
+        ({"fire_fraction": float("nan")}, "fire_fraction: must be in [0, 1] (0 means 0.05), got nan"),
+        ({"mask_fraction": 1.0}, "mask_fraction: must be in (0, 1) (0 means 0.15), got 1.0"),
+        ({"mask_fraction": -0.5}, "mask_fraction: must be in (0, 1) (0 means 0.15), got -0.5"),
+        ({"top_spikes": 10_001}, "top_spikes: must be in [1, 10000] (0 means 20), got 10001"),
+        ({"texts": ["", "  "]}, "corpus: holds no text to score (every text is empty or blank)"),
+    ],
+)
+def test_score_slice_bad_options(stack: Stack, fields: dict[str, object], message: str) -> None:
+    texts = fields.pop("texts", ["the of and"])
+    corpus = common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=texts))  # type: ignore[arg-type]
+    request = trainer_pb2.ScoreSliceRequest(
+        checkpoint_id=stack.base_checkpoint.checkpoint_id,
+        corpus=corpus,
+        **fields,  # type: ignore[arg-type]
+    )
+    assert _fails(stack.trainer.ScoreSlice, request, INVALID) == message
+
+
+def test_run_lookups_bad_input(stack: Stack) -> None:
     assert _fails(
-        stack.trainer.ScoreSlice, trainer_pb2.ScoreSliceRequest(checkpoint_id=checkpoint, corpus=empty), INVALID
-    ) == ("corpus: holds no text to score")
-    some = common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=["the of and"]))
-    assert _fails(
-        stack.trainer.ScoreSlice,
-        trainer_pb2.ScoreSliceRequest(checkpoint_id=checkpoint, corpus=some, max_length=2),
-        INVALID,
-    ) == ("max_length: is out of range")
-    assert _fails(
-        stack.trainer.ScoreSlice,
-        trainer_pb2.ScoreSliceRequest(checkpoint_id=checkpoint, corpus=some, fire_fraction=2.0),
-        INVALID,
-    ) == ("fire_fraction: is out of range")
+        stack.trainer.ListSelections, trainer_pb2.ListSelectionsRequest(run_id="run-x"), NOT_FOUND
+    ).startswith("run 'run-x' does not exist")
     assert _fails(stack.trainer.CancelRun, trainer_pb2.CancelRunRequest(run_id="run-x"), NOT_FOUND).startswith(
         "run 'run-x' does not exist"
     )
@@ -175,3 +196,61 @@ def test_score_slice_and_run_lookups_bad_input(stack: Stack) -> None:
         _fails(stack.trainer.ListRuns, trainer_pb2.ListRunsRequest(page_size=5000), INVALID)
         == "page_size: must be in [1, 1000] (0 means 100), got 5000"
     )
+
+
+_ALLOWED = {grpc.StatusCode.OK, INVALID, NOT_FOUND, FAILED}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    run_id=st.text(max_size=300),
+    page_size=st.integers(-(2**31), 2**31 - 1),
+    page_token=st.text(max_size=40),
+    max_texts=st.integers(-(2**31), 2**31 - 1),
+    max_length=st.integers(-(2**31), 2**31 - 1),
+    spike_z=st.floats(allow_nan=True, allow_infinity=True),
+    fire_fraction=st.floats(allow_nan=True, allow_infinity=True),
+    mask_fraction=st.floats(allow_nan=True, allow_infinity=True),
+    top_spikes=st.integers(-(2**31), 2**31 - 1),
+    texts=st.lists(st.text(max_size=50), max_size=5),
+)
+def test_fuzzed_selections_and_trigger_requests_get_a_status_and_the_server_lives(
+    stack: Stack,
+    run_id: str,
+    page_size: int,
+    page_token: str,
+    max_texts: int,
+    max_length: int,
+    spike_z: float,
+    fire_fraction: float,
+    mask_fraction: float,
+    top_spikes: int,
+    texts: list[str],
+) -> None:
+    calls = [
+        (
+            stack.trainer.ListSelections,
+            trainer_pb2.ListSelectionsRequest(run_id=run_id, page_size=page_size, page_token=page_token),
+        ),
+        (
+            stack.trainer.ScoreSlice,
+            trainer_pb2.ScoreSliceRequest(
+                checkpoint_id=stack.base_checkpoint.checkpoint_id,
+                corpus=common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=texts)),
+                max_texts=max_texts,
+                max_length=max_length,
+                spike_z=spike_z,
+                fire_fraction=fire_fraction,
+                mask_fraction=mask_fraction,
+                top_spikes=top_spikes,
+            ),
+        ),
+    ]
+    for call, request in calls:
+        try:
+            call(request, timeout=60)
+        except grpc.RpcError as error:
+            assert error.code() in _ALLOWED, (error.code(), error.details())
+    with grpc.insecure_channel(stack.trainer_target) as channel:
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING

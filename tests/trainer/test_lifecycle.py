@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -27,31 +29,43 @@ def _weights(stack: Stack, checkpoint_id: str) -> dict[str, torch.Tensor]:
     return load_file(uri.removeprefix("file://") + "/model.safetensors")
 
 
-def test_a_run_killed_with_sigkill_resumes_and_ends_where_the_uninterrupted_run_ends(stack: Stack) -> None:
-    request = run_request(
-        stack,
-        [stack.slice_file("new", new_slice(11))],
-        vocab_version_id=stack.updated_version.version_id,
-        strategy=trainer_pb2.SAMPLING_STRATEGY_TOKEN_EMBEDDING_SHIFT,
-        iterations=4,
-        steps_per_iteration=6,
-        batch_size=16,
-        top_x=5,
-    )
-    uninterrupted = stack.run_to_end(request)
+def _wait_for_step(stub: trainer_pb2_grpc.TrainerServiceStub, run_id: str, step: int, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while stub.GetRun(trainer_pb2.GetRunRequest(run_id=run_id)).run.step < step:
+        assert time.monotonic() < deadline, f"run {run_id} did not reach step {step} in {timeout_s} s"
+        time.sleep(0.01)
 
+
+@dataclass
+class Interrupted:
+    """A run interrupted in a trainer process and finished by a restarted one."""
+
+    final: trainer_pb2.RunStatus
+    selections: list[trainer_pb2.Selection]
+    # The first process's exit code, its log, and the log's JSON lines.
+    exit_code: int
+    log_text: str
+    log: list[dict[str, object]]
+
+
+def _interrupt_and_resume(
+    stack: Stack, request: trainer_pb2.StartRunRequest, *, at_step: int, interrupt: signal.Signals
+) -> Interrupted:
+    """Start the run in a trainer process, send it `interrupt` once the run passed at_step, restart
+    the service on the same store and follow the run to its end."""
     extra = ("--vocab-endpoint", stack.vocab_target, "--sampling-endpoint", stack.sampling_target)
     trainer = start_service("trainer", stack.store, extra_args=extra)
     with grpc.insecure_channel(trainer.target) as channel:
         stub = trainer_pb2_grpc.TrainerServiceStub(channel)
         run = stub.StartRun(request).run
-        deadline = time.monotonic() + 300
-        while (
-            stub.GetRun(trainer_pb2.GetRunRequest(run_id=run.run_id)).run.iteration < 2 and time.monotonic() < deadline
-        ):
-            time.sleep(0.02)
-    trainer.process.send_signal(signal.SIGKILL)
-    trainer.process.wait()
+        _wait_for_step(stub, run.run_id, at_step)
+    if interrupt is signal.SIGTERM:
+        exit_code = trainer.stop()
+    else:
+        trainer.process.send_signal(interrupt)
+        exit_code = trainer.process.wait()
+    log_text = trainer.log_path.read_text()  # the restarted service writes a new log
+    log = [json.loads(line) for line in log_text.splitlines() if line.startswith("{")]
 
     trainer = start_service("trainer", stack.store, extra_args=extra)  # resumes the run on its own
     try:
@@ -60,32 +74,79 @@ def test_a_run_killed_with_sigkill_resumes_and_ends_where_the_uninterrupted_run_
             final = run
             for update in stub.WatchRun(trainer_pb2.WatchRunRequest(run_id=run.run_id), timeout=300):
                 final = update.run
+            selections = list(stub.ListSelections(trainer_pb2.ListSelectionsRequest(run_id=run.run_id)).selections)
     finally:
-        trainer.stop()
-    assert final.state == trainer_pb2.RUN_STATE_SUCCEEDED and final.step == 24
+        assert trainer.stop() == 0
+    return Interrupted(final, selections, exit_code, log_text, log)
+
+
+def _assert_same_run(stack: Stack, interrupted: Interrupted, uninterrupted: trainer_pb2.RunStatus) -> None:
+    final = interrupted.final
+    assert final.state == trainer_pb2.RUN_STATE_SUCCEEDED and final.step == uninterrupted.step
+    assert final.train_tokens == uninterrupted.train_tokens  # no step lost or trained twice
+    assert interrupted.selections == stack.selections(uninterrupted.run_id)
     resumed, reference = _weights(stack, final.checkpoint_id), _weights(stack, uninterrupted.checkpoint_id)
     assert resumed.keys() == reference.keys()
     for name, tensor in reference.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=0, msg=name)
 
 
-def test_cancel_stops_a_run_and_the_service_keeps_serving(stack: Stack) -> None:
-    run = stack.trainer.StartRun(
-        run_request(stack, [stack.slice_file("old", old_slice(12))], iterations=50, steps_per_iteration=50)
-    ).run
-    while stack.trainer.GetRun(trainer_pb2.GetRunRequest(run_id=run.run_id)).run.step < 2:
-        time.sleep(0.01)
-    cancelled = stack.trainer.CancelRun(trainer_pb2.CancelRunRequest(run_id=run.run_id)).run
-    assert cancelled.state == trainer_pb2.RUN_STATE_CANCELLED and cancelled.step < cancelled.total_steps
-    queued = stack.trainer.StartRun(
-        run_request(stack, [stack.slice_file("old", old_slice(12))], iterations=1, steps_per_iteration=1)
+def test_a_run_killed_with_sigkill_resumes_and_ends_where_the_uninterrupted_run_ends(stack: Stack) -> None:
+    request = run_request(
+        stack,
+        [stack.slice_file("new", new_slice(11))],
+        vocab_version_id=stack.updated_version.version_id,
+        strategy=common_pb2.SAMPLING_STRATEGY_TOKEN_EMBEDDING_SHIFT,
+        iterations=4,
+        steps_per_iteration=6,
+        batch_size=16,
+        top_x=5,
     )
-    assert stack.trainer.CancelRun(trainer_pb2.CancelRunRequest(run_id=queued.run.run_id)).run.state in (
-        trainer_pb2.RUN_STATE_CANCELLED,
-        trainer_pb2.RUN_STATE_SUCCEEDED,
+    uninterrupted = stack.run_to_end(request)
+    interrupted = _interrupt_and_resume(stack, request, at_step=12, interrupt=signal.SIGKILL)
+    assert interrupted.exit_code == -signal.SIGKILL
+    _assert_same_run(stack, interrupted, uninterrupted)
+
+
+def test_sigterm_saves_mid_iteration_exits_0_and_the_restarted_run_ends_bit_identical(stack: Stack) -> None:
+    request = run_request(
+        stack,
+        [stack.slice_file("new", new_slice(22))],
+        vocab_version_id=stack.updated_version.version_id,
+        strategy=common_pb2.SAMPLING_STRATEGY_TOKEN_EMBEDDING_SHIFT,
+        iterations=2,
+        steps_per_iteration=60,
+        batch_size=8,
+        top_x=5,
     )
+    uninterrupted = stack.run_to_end(request)
+    interrupted = _interrupt_and_resume(stack, request, at_step=65, interrupt=signal.SIGTERM)  # in iteration 2
+    assert interrupted.exit_code == 0 and "terminate called" not in interrupted.log_text
+    (preempted,) = [entry for entry in interrupted.log if entry["msg"] == "run preempted"]
+    step = preempted["step"]
+    assert isinstance(step, int) and 65 <= step < 120 and step % 60, preempted  # mid-iteration: from its snapshot
+    _assert_same_run(stack, interrupted, uninterrupted)
+
+
+def test_cancel_stops_a_running_run_and_removes_a_queued_one(stack: Stack) -> None:
+    slice_ref = stack.slice_file("old", old_slice(12))
+    running = stack.trainer.StartRun(run_request(stack, [slice_ref], iterations=50, steps_per_iteration=50)).run
+    _wait_for_step(stack.trainer, running.run_id, 2)
+    queued = stack.trainer.StartRun(run_request(stack, [slice_ref], iterations=1, steps_per_iteration=1)).run
+    assert (
+        stack.trainer.GetRun(trainer_pb2.GetRunRequest(run_id=queued.run_id)).run.state == trainer_pb2.RUN_STATE_QUEUED
+    )
+    cancelled_queued = stack.trainer.CancelRun(trainer_pb2.CancelRunRequest(run_id=queued.run_id)).run
+    assert cancelled_queued.state == trainer_pb2.RUN_STATE_CANCELLED and cancelled_queued.step == 0
+    cancelled = stack.trainer.CancelRun(trainer_pb2.CancelRunRequest(run_id=running.run_id)).run
+    assert cancelled.state == trainer_pb2.RUN_STATE_CANCELLED and 2 <= cancelled.step < cancelled.total_steps
+    # Cancelling again changes nothing; the service goes on with the next run.
+    again = stack.trainer.CancelRun(trainer_pb2.CancelRunRequest(run_id=running.run_id)).run
+    assert again.state == trainer_pb2.RUN_STATE_CANCELLED and again.step == cancelled.step
+    after = stack.run_to_end(run_request(stack, [slice_ref], iterations=1, steps_per_iteration=1))
+    assert after.step == 1
     listed = stack.trainer.ListRuns(trainer_pb2.ListRunsRequest()).runs
-    assert {r.run_id for r in listed} >= {run.run_id, queued.run.run_id}
+    assert {r.run_id for r in listed} >= {running.run_id, queued.run_id, after.run_id}
 
 
 def test_a_malformed_slice_fails_the_run_with_a_clear_message(stack: Stack) -> None:
@@ -104,13 +165,15 @@ def test_the_trigger_fires_on_new_words_and_not_on_more_of_the_same(stack: Stack
         run_request(stack, [stack.slice_file("old", old_slice(13, texts=600))], iterations=4, steps_per_iteration=15)
     )
 
-    def score(texts: list[str]) -> trainer_pb2.ScoreSliceResponse:
+    def score(texts: list[str], **fields: float) -> trainer_pb2.ScoreSliceResponse:
         corpus = common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=texts))
         return stack.trainer.ScoreSlice(
-            trainer_pb2.ScoreSliceRequest(checkpoint_id=trained.checkpoint_id, corpus=corpus, seed=1)
+            trainer_pb2.ScoreSliceRequest(checkpoint_id=trained.checkpoint_id, corpus=corpus, seed=1, **fields)
         )
 
     same = score(old_slice(14, texts=400))
+    denser = score(old_slice(14, texts=400), mask_fraction=0.45)
+    assert 2.5 < denser.scored_tokens / same.scored_tokens < 3.5  # the mask fraction is the request's
     drifted = score(new_slice(15, texts=400))
     assert not same.fire and same.spike_fraction < 0.05, same
     assert drifted.fire and drifted.novel_fraction > 0.05 and drifted.slice_loss > same.slice_loss

@@ -8,9 +8,9 @@ import torch
 
 from driftlm.services.trainer.loss_memory import LossMemory
 from driftlm.services.trainer.models import embedding_matrix, masked_logits, model_from_config, output_bias
+from driftlm.services.trainer.remote import RemoteVocab
 from driftlm.services.trainer.training import vocab_hops
 from driftlm.services.trainer.vocab_move import EmbeddingInit, move_to_vocabulary
-from driftlm.services.vocab.client import VocabClient
 
 from ..vocab.planted import EMERGING, FILLER
 from .conftest import TINY_BERT, Stack
@@ -19,8 +19,9 @@ from .conftest import TINY_BERT, Stack
 def _moved(
     stack: Stack, init: EmbeddingInit, seed: int = 0
 ) -> tuple[torch.nn.Module, torch.nn.Module, np.ndarray, dict[str, int], object]:
-    with VocabClient(stack.vocab_target) as vocab:
-        (hop,) = vocab_hops(vocab, stack.base_version.version_id, stack.updated_version.version_id)
+    vocab = RemoteVocab(stack.vocab_target)
+    (hop,) = vocab_hops(vocab, stack.base_version.version_id, stack.updated_version.version_id)
+    vocab.close()
     before = model_from_config(TINY_BERT, vocab_size=stack.base_version.size, seed=3).eval()
     after = model_from_config(TINY_BERT, vocab_size=stack.base_version.size, seed=3).eval()
     mapping = move_to_vocabulary(after, hop, init=init, seed=seed)
@@ -89,6 +90,7 @@ def test_a_chain_of_two_updates_is_two_hops(stack: Stack) -> None:
         )
     )
     third = stack.vocab.CommitUpdate(vocab_pb2.CommitUpdateRequest(proposal_id=proposal.proposal_id)).version
-    with VocabClient(stack.vocab_target) as vocab:
-        hops = vocab_hops(vocab, stack.base_version.version_id, third.version_id)
+    vocab = RemoteVocab(stack.vocab_target)
+    hops = vocab_hops(vocab, stack.base_version.version_id, third.version_id)
+    vocab.close()
     assert len(hops) == 2 and "fernwhistle" in hops[1].new_pieces and "fernwhistle" not in hops[0].new_pieces

@@ -237,3 +237,24 @@ def test_observation_ids_are_content_hashes(vocab_stub: Stub, planted_base: voca
 def test_small_updates(vocab_stub: Stub, planted_base: vocab_pb2.VocabVersion, k: int) -> None:
     updated = _update(vocab_stub, planted_base, planted_slice(np.random.default_rng(12), EMERGING), k=k)
     assert len(updated.change.added) == k == len(updated.change.removed)
+
+
+def test_a_version_states_its_special_tokens(vocab_stub: Stub, planted_base: vocab_pb2.VocabVersion) -> None:
+    minilm = register(vocab_stub, MINILM, "minilm").special_tokens
+    assert list(minilm.reserved_ids) == [0, 100, 101, 102, 103]
+    assert (minilm.pad_id, minilm.unknown_id, minilm.cls_id, minilm.sep_id, minilm.mask_id) == (0, 100, 101, 102, 103)
+    planted = planted_base.special_tokens
+    assert list(planted.reserved_ids) == [0, 1, 2, 3, 4] and planted.mask_id == 4 and planted.unknown_id == 1
+    # An update keeps every reserved piece where it was; GetVersion and ListVersions say the same.
+    updated = _update(vocab_stub, planted_base, planted_slice(np.random.default_rng(3), EMERGING), k=3)
+    assert updated.special_tokens == planted
+    fetched = vocab_stub.GetVersion(vocab_pb2.GetVersionRequest(version_id=updated.version_id)).version
+    assert fetched.special_tokens == planted
+
+
+def test_a_tokenizer_without_a_mask_token_says_so(vocab_stub: Stub, tmp_path: Path) -> None:
+    directory = tmp_path / "no-mask"
+    directory.mkdir()
+    (directory / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nthe\nof\n", encoding="utf-8")
+    special = register(vocab_stub, directory).special_tokens
+    assert special.mask_id == -1 and special.unknown_id == 1 and list(special.reserved_ids) == [0, 1, 2, 3]

@@ -95,6 +95,44 @@ CORPUS_FORMAT_TEXT: CorpusFormat.ValueType  # 4
 """One text per line."""
 Global___CorpusFormat: _TypeAlias = CorpusFormat  # noqa: Y015
 
+class _SamplingStrategy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SamplingStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SamplingStrategy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SAMPLING_STRATEGY_UNSPECIFIED: _SamplingStrategy.ValueType  # 0
+    """Not set; rejected with INVALID_ARGUMENT."""
+    SAMPLING_STRATEGY_UNIFORM: _SamplingStrategy.ValueType  # 1
+    """Every candidate equally likely (the baseline)."""
+    SAMPLING_STRATEGY_TOKEN_EMBEDDING_SHIFT: _SamplingStrategy.ValueType  # 2
+    """Sentences holding the tokens whose embeddings moved most in the last iteration (in a trainer
+    run's first iteration: the pieces the vocab move added).
+    """
+    SAMPLING_STRATEGY_SENTENCE_EMBEDDING_SHIFT: _SamplingStrategy.ValueType  # 3
+    """Sentences whose [CLS] embedding moved most in the last iteration (a run's first: uniform)."""
+    SAMPLING_STRATEGY_TOKEN_MLM_LOSS: _SamplingStrategy.ValueType  # 4
+    """Sentences with the highest mean MLM loss."""
+
+class SamplingStrategy(_SamplingStrategy, metaclass=_SamplingStrategyEnumTypeWrapper):
+    """How training sentences are chosen (Amba Hombaiah et al., KDD 2021). One enum for every service:
+    the sampling service's SelectSentences and the trainer's StartRun take the same values.
+    """
+
+SAMPLING_STRATEGY_UNSPECIFIED: SamplingStrategy.ValueType  # 0
+"""Not set; rejected with INVALID_ARGUMENT."""
+SAMPLING_STRATEGY_UNIFORM: SamplingStrategy.ValueType  # 1
+"""Every candidate equally likely (the baseline)."""
+SAMPLING_STRATEGY_TOKEN_EMBEDDING_SHIFT: SamplingStrategy.ValueType  # 2
+"""Sentences holding the tokens whose embeddings moved most in the last iteration (in a trainer
+run's first iteration: the pieces the vocab move added).
+"""
+SAMPLING_STRATEGY_SENTENCE_EMBEDDING_SHIFT: SamplingStrategy.ValueType  # 3
+"""Sentences whose [CLS] embedding moved most in the last iteration (a run's first: uniform)."""
+SAMPLING_STRATEGY_TOKEN_MLM_LOSS: SamplingStrategy.ValueType  # 4
+"""Sentences with the highest mean MLM loss."""
+Global___SamplingStrategy: _TypeAlias = SamplingStrategy  # noqa: Y015
+
 @_typing.final
 class Tensor(_message.Message):
     """A dense array that travels inside a message: embeddings, weights, losses, token ids.

@@ -8,7 +8,6 @@ from driftlm.v1 import common_pb2 as _common_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
-from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,50 +18,6 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
-
-class _SelectionStrategy:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _SelectionStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SelectionStrategy.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    SELECTION_STRATEGY_UNSPECIFIED: _SelectionStrategy.ValueType  # 0
-    """Not set; rejected with INVALID_ARGUMENT."""
-    SELECTION_STRATEGY_UNIFORM: _SelectionStrategy.ValueType  # 1
-    """Every candidate equally likely (the baseline). Needs only candidate_lengths."""
-    SELECTION_STRATEGY_TOKEN_EMBEDDING_SHIFT: _SelectionStrategy.ValueType  # 2
-    """Candidates that contain one of the most shifted tokens, scored by the largest shift among
-    them. Needs token_shift (or target_token_ids), candidate_token_ids and candidate_lengths.
-    """
-    SELECTION_STRATEGY_SENTENCE_EMBEDDING_SHIFT: _SelectionStrategy.ValueType  # 3
-    """Candidates scored by the cosine distance between their [CLS] embeddings before and after the
-    last iteration. Needs old_cls, new_cls and candidate_lengths.
-    """
-    SELECTION_STRATEGY_TOKEN_MLM_LOSS: _SelectionStrategy.ValueType  # 4
-    """Candidates scored by their mean per-token MLM loss, divided by the pool's largest loss. Needs
-    losses and candidate_lengths.
-    """
-
-class SelectionStrategy(_SelectionStrategy, metaclass=_SelectionStrategyEnumTypeWrapper):
-    """How SelectSentences scores the candidate pool."""
-
-SELECTION_STRATEGY_UNSPECIFIED: SelectionStrategy.ValueType  # 0
-"""Not set; rejected with INVALID_ARGUMENT."""
-SELECTION_STRATEGY_UNIFORM: SelectionStrategy.ValueType  # 1
-"""Every candidate equally likely (the baseline). Needs only candidate_lengths."""
-SELECTION_STRATEGY_TOKEN_EMBEDDING_SHIFT: SelectionStrategy.ValueType  # 2
-"""Candidates that contain one of the most shifted tokens, scored by the largest shift among
-them. Needs token_shift (or target_token_ids), candidate_token_ids and candidate_lengths.
-"""
-SELECTION_STRATEGY_SENTENCE_EMBEDDING_SHIFT: SelectionStrategy.ValueType  # 3
-"""Candidates scored by the cosine distance between their [CLS] embeddings before and after the
-last iteration. Needs old_cls, new_cls and candidate_lengths.
-"""
-SELECTION_STRATEGY_TOKEN_MLM_LOSS: SelectionStrategy.ValueType  # 4
-"""Candidates scored by their mean per-token MLM loss, divided by the pool's largest loss. Needs
-losses and candidate_lengths.
-"""
-Global___SelectionStrategy: _TypeAlias = SelectionStrategy  # noqa: Y015
 
 @_typing.final
 class ComputeCosineDistanceRequest(_message.Message):
@@ -283,8 +238,13 @@ class SelectSentencesRequest(_message.Message):
     OLD_CLS_FIELD_NUMBER: _builtins.int
     NEW_CLS_FIELD_NUMBER: _builtins.int
     LOSSES_FIELD_NUMBER: _builtins.int
-    strategy: Global___SelectionStrategy.ValueType
-    """First message only: how candidates are scored."""
+    strategy: _common_pb2.SamplingStrategy.ValueType
+    """First message only: how candidates are scored. Each strategy needs candidate_lengths and:
+    UNIFORM nothing more; TOKEN_EMBEDDING_SHIFT candidate_token_ids and token_shift (or
+    target_token_ids), a candidate scored by the largest shift among its target tokens;
+    SENTENCE_EMBEDDING_SHIFT old_cls and new_cls, scored by their cosine distance; TOKEN_MLM_LOSS
+    losses, scored by the loss divided by the pool's largest.
+    """
     k: _builtins.int
     """First message only: how many sentences to select, at least 1. When fewer candidates are
     eligible (positive weight), all eligible ones are returned; see eligible_count.
@@ -337,7 +297,7 @@ class SelectSentencesRequest(_message.Message):
     def __init__(
         self,
         *,
-        strategy: Global___SelectionStrategy.ValueType = ...,
+        strategy: _common_pb2.SamplingStrategy.ValueType = ...,
         k: _builtins.int = ...,
         alpha: _builtins.float | None = ...,
         seed: _builtins.int = ...,

@@ -44,42 +44,6 @@ RUN_KIND_DISTILL: RunKind.ValueType  # 2
 """Distillation of one or more teachers into a student."""
 Global___RunKind: _TypeAlias = RunKind  # noqa: Y015
 
-class _SamplingStrategy:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _SamplingStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SamplingStrategy.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    SAMPLING_STRATEGY_UNSPECIFIED: _SamplingStrategy.ValueType  # 0
-    """Not set; rejected with INVALID_ARGUMENT."""
-    SAMPLING_STRATEGY_UNIFORM: _SamplingStrategy.ValueType  # 1
-    """Uniformly at random (the baseline)."""
-    SAMPLING_STRATEGY_TOKEN_EMBEDDING_SHIFT: _SamplingStrategy.ValueType  # 2
-    """Sentences holding the tokens whose embeddings moved most in the last iteration (the first
-    iteration: the pieces the vocab move added).
-    """
-    SAMPLING_STRATEGY_SENTENCE_EMBEDDING_SHIFT: _SamplingStrategy.ValueType  # 3
-    """Sentences whose [CLS] embedding moved most in the last iteration (the first: uniform)."""
-    SAMPLING_STRATEGY_TOKEN_MLM_LOSS: _SamplingStrategy.ValueType  # 4
-    """Sentences with the highest MLM loss."""
-
-class SamplingStrategy(_SamplingStrategy, metaclass=_SamplingStrategyEnumTypeWrapper):
-    """How each iteration's sentences are chosen (Amba Hombaiah et al., KDD 2021)."""
-
-SAMPLING_STRATEGY_UNSPECIFIED: SamplingStrategy.ValueType  # 0
-"""Not set; rejected with INVALID_ARGUMENT."""
-SAMPLING_STRATEGY_UNIFORM: SamplingStrategy.ValueType  # 1
-"""Uniformly at random (the baseline)."""
-SAMPLING_STRATEGY_TOKEN_EMBEDDING_SHIFT: SamplingStrategy.ValueType  # 2
-"""Sentences holding the tokens whose embeddings moved most in the last iteration (the first
-iteration: the pieces the vocab move added).
-"""
-SAMPLING_STRATEGY_SENTENCE_EMBEDDING_SHIFT: SamplingStrategy.ValueType  # 3
-"""Sentences whose [CLS] embedding moved most in the last iteration (the first: uniform)."""
-SAMPLING_STRATEGY_TOKEN_MLM_LOSS: SamplingStrategy.ValueType  # 4
-"""Sentences with the highest MLM loss."""
-Global___SamplingStrategy: _TypeAlias = SamplingStrategy  # noqa: Y015
-
 class _EmbeddingInit:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -349,6 +313,7 @@ class StartRunRequest(_message.Message):
     DISTILL_ALPHA_FIELD_NUMBER: _builtins.int
     TEMPERATURE_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    RANDOM_BATCHES_FIELD_NUMBER: _builtins.int
     kind: Global___RunKind.ValueType
     """Training or distillation."""
     base_checkpoint_id: _builtins.str
@@ -361,7 +326,7 @@ class StartRunRequest(_message.Message):
     """Field of the text in the slices' records; empty means `text`."""
     replay_fraction: _builtins.float
     """Fraction of each iteration's sentences drawn from replay_slices, in [0, 1)."""
-    strategy: Global___SamplingStrategy.ValueType
+    strategy: _common_pb2.SamplingStrategy.ValueType
     """How each iteration's sentences are chosen."""
     iterations: _builtins.int
     """Iterations, >= 1; a checkpoint is written after each."""
@@ -384,7 +349,9 @@ class StartRunRequest(_message.Message):
     top_x: _builtins.int
     """Token embedding shift: how many of the most shifted tokens pick sentences; 0 means 100."""
     candidate_pool_size: _builtins.int
-    """Candidates scored per iteration; 0 means 8 times the sentences an iteration uses."""
+    """Candidates scored per iteration, at most 1,000,000; 0 means 8 times the sentences an
+    iteration uses (capped at the slices' size).
+    """
     embedding_init: Global___EmbeddingInit.ValueType
     """How added pieces get their embeddings."""
     distill_alpha: _builtins.float
@@ -393,6 +360,12 @@ class StartRunRequest(_message.Message):
     """Distillation: softmax temperature tau, > 0; 0 means 2."""
     display_name: _builtins.str
     """A human label for the run and its checkpoints."""
+    random_batches: _builtins.bool
+    """Form each step's batch from sentences drawn at random. By default (false) an iteration's
+    sentences, once shuffled, are grouped by length within windows of 64 batches, so that a batch
+    pads little; the order of the batches stays random. Grouping trains on the same sentences
+    with less computation spent on padding.
+    """
     @_builtins.property
     def slices(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ArtifactRef]:
         """The slices to train on (corpus files on the trainer's machine)."""
@@ -415,7 +388,7 @@ class StartRunRequest(_message.Message):
         text_field: _builtins.str = ...,
         replay_slices: _abc.Iterable[_common_pb2.ArtifactRef] | None = ...,
         replay_fraction: _builtins.float = ...,
-        strategy: Global___SamplingStrategy.ValueType = ...,
+        strategy: _common_pb2.SamplingStrategy.ValueType = ...,
         iterations: _builtins.int = ...,
         steps_per_iteration: _builtins.int = ...,
         batch_size: _builtins.int = ...,
@@ -431,10 +404,11 @@ class StartRunRequest(_message.Message):
         distill_alpha: _builtins.float = ...,
         temperature: _builtins.float = ...,
         display_name: _builtins.str = ...,
+        random_batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_sampling_alpha", b"_sampling_alpha", "sampling_alpha", b"sampling_alpha"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_sampling_alpha", b"_sampling_alpha", "base_checkpoint_id", b"base_checkpoint_id", "batch_size", b"batch_size", "candidate_pool_size", b"candidate_pool_size", "display_name", b"display_name", "distill_alpha", b"distill_alpha", "embedding_init", b"embedding_init", "iterations", b"iterations", "kind", b"kind", "learning_rate", b"learning_rate", "mask_fraction", b"mask_fraction", "max_length", b"max_length", "replay_fraction", b"replay_fraction", "replay_slices", b"replay_slices", "sampling_alpha", b"sampling_alpha", "seed", b"seed", "slices", b"slices", "steps_per_iteration", b"steps_per_iteration", "strategy", b"strategy", "teacher_checkpoint_ids", b"teacher_checkpoint_ids", "temperature", b"temperature", "text_field", b"text_field", "top_x", b"top_x", "vocab_version_id", b"vocab_version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_sampling_alpha", b"_sampling_alpha", "base_checkpoint_id", b"base_checkpoint_id", "batch_size", b"batch_size", "candidate_pool_size", b"candidate_pool_size", "display_name", b"display_name", "distill_alpha", b"distill_alpha", "embedding_init", b"embedding_init", "iterations", b"iterations", "kind", b"kind", "learning_rate", b"learning_rate", "mask_fraction", b"mask_fraction", "max_length", b"max_length", "random_batches", b"random_batches", "replay_fraction", b"replay_fraction", "replay_slices", b"replay_slices", "sampling_alpha", b"sampling_alpha", "seed", b"seed", "slices", b"slices", "steps_per_iteration", b"steps_per_iteration", "strategy", b"strategy", "teacher_checkpoint_ids", b"teacher_checkpoint_ids", "temperature", b"temperature", "text_field", b"text_field", "top_x", b"top_x", "vocab_version_id", b"vocab_version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__sampling_alpha: _TypeAlias = _typing.Literal["sampling_alpha"]  # noqa: Y015
     _WhichOneofArgType__sampling_alpha: _TypeAlias = _typing.Literal["_sampling_alpha", b"_sampling_alpha"]  # noqa: Y015
@@ -745,6 +719,137 @@ class CancelRunResponse(_message.Message):
 Global___CancelRunResponse: _TypeAlias = CancelRunResponse  # noqa: Y015
 
 @_typing.final
+class ListSelectionsRequest(_message.Message):
+    """Lists a run's selections."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run's id."""
+    page_size: _builtins.int
+    """At most this many; 0 means 100."""
+    page_token: _builtins.str
+    """From a previous response; empty for the first page."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSelectionsRequest: _TypeAlias = ListSelectionsRequest  # noqa: Y015
+
+@_typing.final
+class ListSelectionsResponse(_message.Message):
+    """A page of selections."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SELECTIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def selections(self) -> _containers.RepeatedCompositeFieldContainer[Global___Selection]:
+        """One per iteration that has been chosen so far (iteration i is chosen before it trains), in
+        iteration order.
+        """
+
+    def __init__(
+        self,
+        *,
+        selections: _abc.Iterable[Global___Selection] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "selections", b"selections"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSelectionsResponse: _TypeAlias = ListSelectionsResponse  # noqa: Y015
+
+@_typing.final
+class Selection(_message.Message):
+    """The sentences one iteration of a run trains on.
+
+    A sentence is named by its index among the non-empty texts of the run's slices, in file and
+    line order (replayed sentences are not listed: they are drawn uniformly from replay_slices).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITERATION_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    SENTENCE_INDICES_FIELD_NUMBER: _builtins.int
+    CANDIDATE_INDICES_FIELD_NUMBER: _builtins.int
+    CANDIDATE_WEIGHTS_FIELD_NUMBER: _builtins.int
+    ELIGIBLE_COUNT_FIELD_NUMBER: _builtins.int
+    TOPPED_UP_INDICES_FIELD_NUMBER: _builtins.int
+    TARGET_TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    iteration: _builtins.int
+    """The iteration it trains, from 0."""
+    strategy: _common_pb2.SamplingStrategy.ValueType
+    """The strategy that weighed the candidates: the run's, or UNIFORM where the run's has no signal
+    yet (sentence embedding shift in the first iteration; token embedding shift in the first
+    iteration of a run that adds no pieces).
+    """
+    eligible_count: _builtins.int
+    """Candidates with a positive weight."""
+    @_builtins.property
+    def sentence_indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The chosen sentences in draw order (weighted, without replacement)."""
+
+    @_builtins.property
+    def candidate_indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The candidate pool the draw was made from, ascending."""
+
+    @_builtins.property
+    def candidate_weights(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The sampling weight of each candidate (same order); 0 means not eligible."""
+
+    @_builtins.property
+    def topped_up_indices(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Sentences added uniformly at random because fewer candidates were eligible than the
+        iteration needs; they follow sentence_indices in training, and are listed in topped_up_indices.
+        """
+
+    @_builtins.property
+    def target_token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Token embedding shift: the target tokens (the added pieces, or the most shifted), most
+        shifted first.
+        """
+
+    def __init__(
+        self,
+        *,
+        iteration: _builtins.int = ...,
+        strategy: _common_pb2.SamplingStrategy.ValueType = ...,
+        sentence_indices: _abc.Iterable[_builtins.int] | None = ...,
+        candidate_indices: _abc.Iterable[_builtins.int] | None = ...,
+        candidate_weights: _abc.Iterable[_builtins.float] | None = ...,
+        eligible_count: _builtins.int = ...,
+        topped_up_indices: _abc.Iterable[_builtins.int] | None = ...,
+        target_token_ids: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidate_indices", b"candidate_indices", "candidate_weights", b"candidate_weights", "eligible_count", b"eligible_count", "iteration", b"iteration", "sentence_indices", b"sentence_indices", "strategy", b"strategy", "target_token_ids", b"target_token_ids", "topped_up_indices", b"topped_up_indices"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Selection: _TypeAlias = Selection  # noqa: Y015
+
+@_typing.final
 class ScoreSliceRequest(_message.Message):
     """Scores a slice."""
 
@@ -758,6 +863,7 @@ class ScoreSliceRequest(_message.Message):
     FIRE_FRACTION_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     TOP_SPIKES_FIELD_NUMBER: _builtins.int
+    MASK_FRACTION_FIELD_NUMBER: _builtins.int
     checkpoint_id: _builtins.str
     """The checkpoint whose loss memory is consulted."""
     max_texts: _builtins.int
@@ -776,6 +882,8 @@ class ScoreSliceRequest(_message.Message):
     """Seed of the text draw and the masking."""
     top_spikes: _builtins.int
     """How many spiking tokens to list; 0 means 20."""
+    mask_fraction: _builtins.float
+    """Fraction of each text's pieces masked and scored, in (0, 1); 0 means 0.15."""
     @_builtins.property
     def corpus(self) -> _common_pb2.CorpusSource:
         """The slice: texts or a corpus file."""
@@ -791,10 +899,11 @@ class ScoreSliceRequest(_message.Message):
         fire_fraction: _builtins.float = ...,
         seed: _builtins.int = ...,
         top_spikes: _builtins.int = ...,
+        mask_fraction: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["corpus", b"corpus"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "corpus", b"corpus", "fire_fraction", b"fire_fraction", "max_length", b"max_length", "max_texts", b"max_texts", "seed", b"seed", "spike_z", b"spike_z", "top_spikes", b"top_spikes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "corpus", b"corpus", "fire_fraction", b"fire_fraction", "mask_fraction", b"mask_fraction", "max_length", b"max_length", "max_texts", b"max_texts", "seed", b"seed", "spike_z", b"spike_z", "top_spikes", b"top_spikes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

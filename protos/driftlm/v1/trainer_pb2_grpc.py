@@ -76,6 +76,11 @@ class TrainerServiceStub:
                 request_serializer=driftlm_dot_v1_dot_trainer__pb2.CancelRunRequest.SerializeToString,
                 response_deserializer=driftlm_dot_v1_dot_trainer__pb2.CancelRunResponse.FromString,
                 _registered_method=True)
+        self.ListSelections = channel.unary_unary(
+                '/driftlm.v1.TrainerService/ListSelections',
+                request_serializer=driftlm_dot_v1_dot_trainer__pb2.ListSelectionsRequest.SerializeToString,
+                response_deserializer=driftlm_dot_v1_dot_trainer__pb2.ListSelectionsResponse.FromString,
+                _registered_method=True)
         self.ScoreSlice = channel.unary_unary(
                 '/driftlm.v1.TrainerService/ScoreSlice',
                 request_serializer=driftlm_dot_v1_dot_trainer__pb2.ScoreSliceRequest.SerializeToString,
@@ -153,6 +158,14 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSelections(self, request, context):
+        """Lists the sentences each iteration of a run trained on and why they were chosen, first
+        iteration first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ScoreSlice(self, request, context):
         """Scores a slice against a checkpoint's loss memory: the training trigger.
         """
@@ -213,6 +226,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.CancelRun,
                     request_deserializer=driftlm_dot_v1_dot_trainer__pb2.CancelRunRequest.FromString,
                     response_serializer=driftlm_dot_v1_dot_trainer__pb2.CancelRunResponse.SerializeToString,
+            ),
+            'ListSelections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSelections,
+                    request_deserializer=driftlm_dot_v1_dot_trainer__pb2.ListSelectionsRequest.FromString,
+                    response_serializer=driftlm_dot_v1_dot_trainer__pb2.ListSelectionsResponse.SerializeToString,
             ),
             'ScoreSlice': grpc.unary_unary_rpc_method_handler(
                     servicer.ScoreSlice,
@@ -426,6 +444,33 @@ class TrainerService:
             '/driftlm.v1.TrainerService/CancelRun',
             driftlm_dot_v1_dot_trainer__pb2.CancelRunRequest.SerializeToString,
             driftlm_dot_v1_dot_trainer__pb2.CancelRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSelections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/driftlm.v1.TrainerService/ListSelections',
+            driftlm_dot_v1_dot_trainer__pb2.ListSelectionsRequest.SerializeToString,
+            driftlm_dot_v1_dot_trainer__pb2.ListSelectionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

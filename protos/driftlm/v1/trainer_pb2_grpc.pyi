@@ -56,6 +56,10 @@ class TrainerServiceStub:
     """Lists runs, newest first."""
     CancelRun: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.CancelRunRequest, _trainer_pb2.CancelRunResponse]
     """Cancels a queued or running run; its finished iterations' checkpoints stay."""
+    ListSelections: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ListSelectionsRequest, _trainer_pb2.ListSelectionsResponse]
+    """Lists the sentences each iteration of a run trained on and why they were chosen, first
+    iteration first.
+    """
     ScoreSlice: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ScoreSliceRequest, _trainer_pb2.ScoreSliceResponse]
     """Scores a slice against a checkpoint's loss memory: the training trigger."""
     ExportOnnx: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ExportOnnxRequest, _trainer_pb2.ExportOnnxResponse]
@@ -94,6 +98,10 @@ class TrainerServiceAsyncStub(TrainerServiceStub):
     """Lists runs, newest first."""
     CancelRun: _aio.UnaryUnaryMultiCallable[_trainer_pb2.CancelRunRequest, _trainer_pb2.CancelRunResponse]  # type: ignore[assignment]
     """Cancels a queued or running run; its finished iterations' checkpoints stay."""
+    ListSelections: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ListSelectionsRequest, _trainer_pb2.ListSelectionsResponse]  # type: ignore[assignment]
+    """Lists the sentences each iteration of a run trained on and why they were chosen, first
+    iteration first.
+    """
     ScoreSlice: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ScoreSliceRequest, _trainer_pb2.ScoreSliceResponse]  # type: ignore[assignment]
     """Scores a slice against a checkpoint's loss memory: the training trigger."""
     ExportOnnx: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ExportOnnxRequest, _trainer_pb2.ExportOnnxResponse]  # type: ignore[assignment]
@@ -171,6 +179,16 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_trainer_pb2.CancelRunResponse, _abc.Awaitable[_trainer_pb2.CancelRunResponse]]:
         """Cancels a queued or running run; its finished iterations' checkpoints stay."""
+
+    @_abc_1.abstractmethod
+    def ListSelections(
+        self,
+        request: _trainer_pb2.ListSelectionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.ListSelectionsResponse, _abc.Awaitable[_trainer_pb2.ListSelectionsResponse]]:
+        """Lists the sentences each iteration of a run trained on and why they were chosen, first
+        iteration first.
+        """
 
     @_abc_1.abstractmethod
     def ScoreSlice(

@@ -106,6 +106,7 @@ class VocabVersion(_message.Message):
     TOKENIZER_FIELD_NUMBER: _builtins.int
     SLICE_LABELS_FIELD_NUMBER: _builtins.int
     TOKENIZER_JSON_FIELD_NUMBER: _builtins.int
+    SPECIAL_TOKENS_FIELD_NUMBER: _builtins.int
     version_id: _builtins.str
     """Content-hashed id (`v-` + 16 hex digits) of the tokenizer and the parent's id."""
     parent_id: _builtins.str
@@ -130,6 +131,10 @@ class VocabVersion(_message.Message):
     def slice_labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Labels of the slices whose observations produced this version, in order."""
 
+    @_builtins.property
+    def special_tokens(self) -> Global___SpecialTokens:
+        """The special tokens the tokenizer declares, so that clients need not guess them."""
+
     def __init__(
         self,
         *,
@@ -142,14 +147,59 @@ class VocabVersion(_message.Message):
         tokenizer: _common_pb2.ArtifactRef | None = ...,
         slice_labels: _abc.Iterable[_builtins.str] | None = ...,
         tokenizer_json: _builtins.str = ...,
+        special_tokens: Global___SpecialTokens | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "tokenizer", b"tokenizer"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "special_tokens", b"special_tokens", "tokenizer", b"tokenizer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "create_time", b"create_time", "display_name", b"display_name", "parent_id", b"parent_id", "size", b"size", "slice_labels", b"slice_labels", "tokenizer", b"tokenizer", "tokenizer_json", b"tokenizer_json", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "create_time", b"create_time", "display_name", b"display_name", "parent_id", b"parent_id", "size", b"size", "slice_labels", b"slice_labels", "special_tokens", b"special_tokens", "tokenizer", b"tokenizer", "tokenizer_json", b"tokenizer_json", "version_id", b"version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VocabVersion: _TypeAlias = VocabVersion  # noqa: Y015
+
+@_typing.final
+class SpecialTokens(_message.Message):
+    """A vocabulary's special tokens: what is never masked, removed or drawn as a random replacement."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESERVED_IDS_FIELD_NUMBER: _builtins.int
+    UNKNOWN_ID_FIELD_NUMBER: _builtins.int
+    MASK_ID_FIELD_NUMBER: _builtins.int
+    PAD_ID_FIELD_NUMBER: _builtins.int
+    CLS_ID_FIELD_NUMBER: _builtins.int
+    SEP_ID_FIELD_NUMBER: _builtins.int
+    unknown_id: _builtins.int
+    """Id of the unknown-word token (the WordPiece model's unk_token)."""
+    mask_id: _builtins.int
+    """Id of the mask token ([MASK] or <mask>); -1 when the tokenizer has none (no masked LM can use it)."""
+    pad_id: _builtins.int
+    """Id of the padding token ([PAD] or <pad>); -1 when there is none."""
+    cls_id: _builtins.int
+    """Id of the sequence-start token ([CLS] or <s>); -1 when there is none."""
+    sep_id: _builtins.int
+    """Id of the separator token ([SEP] or </s>); -1 when there is none."""
+    @_builtins.property
+    def reserved_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Ids of every token the tokenizer reserves (its added tokens), in ascending order."""
+
+    def __init__(
+        self,
+        *,
+        reserved_ids: _abc.Iterable[_builtins.int] | None = ...,
+        unknown_id: _builtins.int = ...,
+        mask_id: _builtins.int = ...,
+        pad_id: _builtins.int = ...,
+        cls_id: _builtins.int = ...,
+        sep_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cls_id", b"cls_id", "mask_id", b"mask_id", "pad_id", b"pad_id", "reserved_ids", b"reserved_ids", "sep_id", b"sep_id", "unknown_id", b"unknown_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpecialTokens: _TypeAlias = SpecialTokens  # noqa: Y015
 
 @_typing.final
 class PieceCount(_message.Message):
