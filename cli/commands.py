@@ -199,10 +199,10 @@ def _add_run(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     run.add_argument("--heldout-max", type=int, default=40, help="held-out texts per slice at most (default: 40)")
     run.add_argument(
-        "--fire-fraction",
+        "--false-fire-rate",
         type=float,
-        default=0.05,
-        help="train when more than this fraction of a slice's tokens spike (default: 0.05)",
+        default=0.01,
+        help="how often the trigger may fire on a slice of the period the model last trained on (default: 0.01)",
     )
     run.add_argument(
         "--scratch", action="store_true", help="also retrain from the base model on all data so far, every slice"
@@ -238,7 +238,7 @@ def _run(args: argparse.Namespace) -> int:
         learning_rate=args.learning_rate,
         vocab_k=args.vocab_k,
         heldout_max=args.heldout_max,
-        fire_fraction=args.fire_fraction,
+        false_fire_rate=args.false_fire_rate,
         scratch=args.scratch,
         seed=args.seed,
         fresh=args.fresh,

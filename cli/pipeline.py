@@ -63,7 +63,7 @@ class PipelineOptions:
     heldout_fraction: float = 0.1
     heldout_max: int = 40
     replay_fraction: float = 0.1
-    fire_fraction: float = 0.05
+    false_fire_rate: float = 0.01
     scratch: bool = False
     seed: int = 0
     fresh: bool = False
@@ -243,9 +243,13 @@ class _Loop:
         }
         main_arm = arm_names(options.strategies, options.scratch)[2]
         trigger = self.trainer.score_slice(
-            arms[main_arm]["checkpoint"], item.train, seed=options.seed, max_length=options.max_length
+            arms[main_arm]["checkpoint"],
+            item.train,
+            seed=options.seed,
+            max_length=options.max_length,
+            false_fire_rate=options.false_fire_rate,
         )
-        fired = trigger.spike_fraction > options.fire_fraction
+        fired = trigger.fire
         base_version = state["base"]["vocab_version"]
         drift_observation = self.vocab.observe(base_version, item.train, slice_label=item.label)
         overlap = self.vocab.drift(
@@ -316,9 +320,13 @@ class _Loop:
                 "texts": len(item.train),
                 "heldout_texts": len(item.heldout),
                 "trigger": {
-                    "score": trigger.spike_fraction,
+                    "score": trigger.score,
                     "fired": fired,
-                    "threshold": options.fire_fraction,
+                    "threshold": trigger.threshold,
+                    "null_mean": trigger.null_mean,
+                    "z": trigger.z,
+                    "reason": trigger.reason,
+                    "spike_fraction": trigger.spike_fraction,
                     "novel_fraction": trigger.novel_fraction,
                     "slice_loss": trigger.slice_loss,
                     "top_spikes": [s.piece for s in trigger.spikes[:10]],

@@ -1,6 +1,8 @@
 """The pipeline's report: report.json (the figures), PNG plots, report.md and a self-contained report.html.
 
-report.json (format "driftlm.report/v1") holds, per slice: the trigger's score and decision, the
+report.json (format "driftlm.report/v1") holds, per slice: the trigger (score, the threshold
+calibrated for the slice, the calibration mean null_mean, z, fired, the reason in words, the spike
+and novel fractions, the most spiking pieces), the
 vocabulary version with the pieces added and removed and the top-1000 piece overlap with the
 previous and the first slice (under the base vocabulary), and for every arm the figures of the
 models trained on the earlier slices, measured on this slice's held-out texts: heldout_loss
@@ -61,15 +63,19 @@ def _plot_vocabulary(report: dict[str, Any]) -> Figure:
 
 
 def _plot_trigger(report: dict[str, Any]) -> Figure:
+    """Each slice's score against its own calibrated threshold (it depends on the slice's size)."""
     figure, axis = plt.subplots(figsize=(7, 3.5))
     slices = report["slices"][1:]
     labels = [s["slice"] for s in slices]
     scores = [s["trigger"]["score"] for s in slices]
     colours = ["tab:orange" if s["trigger"]["fired"] else "tab:gray" for s in slices]
     axis.bar(labels, scores, color=colours)
-    if slices:
-        axis.axhline(slices[0]["trigger"]["threshold"], linestyle="--", color="black", label="threshold")
-    axis.set(title="Trigger: spiking fraction of token occurrences (orange: trained)", ylabel="spike fraction")
+    axis.plot(labels, [s["trigger"]["threshold"] for s in slices], "k_", markersize=30, mew=2, label="threshold")
+    axis.plot(labels, [s["trigger"]["null_mean"] for s in slices], "b_", markersize=30, label="same period (mean)")
+    axis.set(
+        title="Trigger: excess loss over the model's own period (orange: trained)",
+        ylabel="nats per piece",
+    )
     axis.legend()
     return figure
 
@@ -147,17 +153,18 @@ def _markdown(report: dict[str, Any]) -> str:
     lines += [
         "## Slices",
         "",
-        "| slice | trigger | fired | added | removed | overlap | "
+        "| slice | trigger score | threshold | fired | added | removed | overlap | "
         + " | ".join(f"{a} PLL/word" for a in report["arms"])
         + " |",
     ]
-    lines.append("|" + "---|" * (6 + len(report["arms"])))
+    lines.append("|" + "---|" * (7 + len(report["arms"])))
     for s in report["slices"]:
         trigger = s["trigger"] or {}
         overlap = s["vocab"]["top_n_overlap"]
         cells = [
             s["slice"],
             f"{trigger['score']:.3f}" if trigger else "-",
+            f"{trigger['threshold']:.3f}" if trigger else "-",
             str(trigger.get("fired", "-")),
             str(len(s["vocab"]["added"])),
             str(len(s["vocab"]["removed"])),

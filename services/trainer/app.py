@@ -118,7 +118,7 @@ class TrainerApp:
         return CheckpointInfo(
             record,
             self.checkpoints.directory(checkpoint_id),
-            float(self.checkpoints.memory(checkpoint_id).weight.sum()),
+            float(self.checkpoints.memory(checkpoint_id).count.sum()),
         )
 
     def create_checkpoint(
@@ -289,7 +289,7 @@ class TrainerApp:
         if len(pool) == 0:
             raise InvalidArgumentError("corpus", "holds no text to score (every text is empty or blank)")
         with self._scoring_lock:
-            ids, losses = token_losses(
+            occurrences = token_losses(
                 self._model_for_scoring(checkpoint_id),
                 pool,
                 special=vocabulary.special,
@@ -298,14 +298,7 @@ class TrainerApp:
                 seed=options.seed,
                 device=self.device,
             )
-        score = score_slice(
-            ids,
-            losses,
-            self.checkpoints.memory(checkpoint_id),
-            spike_z=options.spike_z,
-            fire_fraction=options.fire_fraction,
-            top=options.top_spikes,
-        )
+        score = score_slice(occurrences, self.checkpoints.memory(checkpoint_id), options)
         names = {index: piece for piece, index in vocabulary.pieces.items()}
         return ScoredSlice(score, {s.token_id: names.get(s.token_id, "") for s in score.spikes})
 

@@ -59,14 +59,21 @@ class TrainerClient(ServiceClient):
         return run
 
     def score_slice(
-        self, checkpoint_id: str, texts: Sequence[str], *, seed: int = 0, max_length: int = 0
+        self,
+        checkpoint_id: str,
+        texts: Sequence[str],
+        *,
+        seed: int = 0,
+        max_length: int = 0,
+        false_fire_rate: float = 0.0,
     ) -> trainer_pb2.ScoreSliceResponse:
-        """The trigger's view of a slice."""
+        """The trigger's view of a slice (false_fire_rate 0: the service's default, 0.01)."""
         request = trainer_pb2.ScoreSliceRequest(
             checkpoint_id=checkpoint_id,
             corpus=common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=list(texts))),
             seed=seed,
             max_length=max_length,
+            false_fire_rate=false_fire_rate,
         )
         response: trainer_pb2.ScoreSliceResponse = self._stub.ScoreSlice(request, timeout=self._timeout_s)
         return response

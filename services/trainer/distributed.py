@@ -46,17 +46,6 @@ class Ranks:
             dist.all_reduce(value)
         return value
 
-    def gather(self, values: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-        """Concatenate every rank's 1-D `values` (rank r has sizes[r] of them), in rank order."""
-        if self.world == 1:
-            return values
-        width = max(sizes)
-        padded = torch.zeros(width, dtype=values.dtype, device=values.device)
-        padded[: len(values)] = values
-        parts = [torch.empty_like(padded) for _ in range(self.world)]
-        dist.all_gather(parts, padded)
-        return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
-
 
 def ranks_from_environment() -> tuple[Ranks, torch.device]:
     """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK), if any.

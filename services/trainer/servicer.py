@@ -154,11 +154,13 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         options = trigger_options(
             max_texts=request.max_texts,
             max_length=request.max_length,
-            spike_z=request.spike_z,
-            fire_fraction=request.fire_fraction,
             mask_fraction=request.mask_fraction,
             seed=request.seed,
             top_spikes=request.top_spikes,
+            false_fire_rate=request.false_fire_rate,
+            min_effect=request.min_effect,
+            min_token_count=request.min_token_count,
+            spike_z=request.spike_z,
         )
         scored = self._app.score_slice(request.checkpoint_id, _corpus(request.corpus), options)
         score = scored.score
@@ -180,6 +182,16 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             ],
             scored_tokens=score.scored_tokens,
             novel_fraction=score.novel_fraction,
+            score=score.score,
+            threshold=score.threshold,
+            null_mean=score.null_mean,
+            null_sd=score.null_sd,
+            z=score.z,
+            texts_scored=score.texts_scored,
+            token_z_threshold=score.token_z_threshold,
+            tokens_tested=score.tokens_tested,
+            calibrated=score.calibrated,
+            reason=score.reason,
         )
 
     def ScorePseudoLikelihood(

@@ -47,6 +47,8 @@ class RunSpec:
     display_name: str = ""
     # Batches of random sentences instead of sentences of similar length (see _iteration_order).
     random_batches: bool = False
+    # Texts held out for the final loss memory; 0 means min(1000, a tenth of the slices' texts).
+    reference_texts: int = 0
 
     @property
     def total_steps(self) -> int:

@@ -45,9 +45,14 @@ from .masking import MaskedBatch, mask_batch
 from .models import MaskedLM, autocast, cls_embeddings, embedding_matrix, masked_logits, on_device, parameter_count
 from .peers import Sampler, VocabPeer, VocabVersion
 from .spec import RunKind, RunSpec
+from .trigger import calibrated_memory, token_losses
 from .vocab_move import VocabHop, move_to_vocabulary
 
 _GRAD_CLIP = 1.0
+# A run holds texts out for its final loss memory when its slices have at least this many texts,
+# by default a tenth of them up to this many.
+_MIN_TEXTS_FOR_REFERENCE = 40
+_DEFAULT_REFERENCE_TEXTS = 1000
 # Length grouping sorts sentences within windows of this many batches (see _iteration_order).
 _GROUPING_WINDOW_BATCHES = 64
 _WARMUP_FRACTION = 0.1
@@ -275,6 +280,8 @@ class _Trainer:
         self.context = context
         self.device = context.device
         self.teachers: list[PreTrainedModel] = []
+        # The pool's texts a run may train on: all but those held out for the loss memory.
+        self.trainable: np.ndarray = np.empty(0, dtype=np.int64)
 
     # Set-up ---------------------------------------------------------------------------------
 
@@ -328,6 +335,8 @@ class _Trainer:
             raise FailedPreconditionError("the slices hold no text to train on")
         combined = TokenizedPool(pool.ids + (replay.ids if replay else []), pool.pad_id)
         lengths = combined.lengths
+        held_out = self._held_out(len(pool))
+        self.trainable = np.setdiff1d(np.arange(len(pool)), held_out)
         per_iteration = spec.steps_per_iteration * spec.batch_size
         replayed = round(per_iteration * spec.replay_fraction) if replay is not None and len(replay) else 0
         fresh = per_iteration - replayed
@@ -365,7 +374,7 @@ class _Trainer:
                     raise RunPreemptedError()
                 batch = order[step_in_iteration * spec.batch_size : (step_in_iteration + 1) * spec.batch_size]
                 step_started = time.perf_counter()
-                loss, tokens = self._train_step(model, optimizer, memory, combined, batch, vocabulary, progress.step)
+                loss, tokens = self._train_step(model, optimizer, combined, batch, vocabulary, progress.step)
                 step_s += time.perf_counter() - step_started
                 step_tokens += tokens
                 progress.step += 1
@@ -379,6 +388,8 @@ class _Trainer:
                 selection = self._next_selection(model, pool, candidates_next, before, fresh, vocabulary, iteration + 1)
                 if context.ranks.is_primary:
                     self._save_selection(selection)
+            if iteration + 1 == spec.iterations and context.ranks.is_primary and len(held_out) >= 2:
+                memory = self._measured_memory(model, pool, held_out, vocabulary)
             progress.wall_s = wall_before + time.perf_counter() - started
             record = self._save_checkpoint(
                 CheckpointRecord(
@@ -435,7 +446,6 @@ class _Trainer:
         self,
         model: PreTrainedModel,
         optimizer: torch.optim.AdamW,
-        memory: LossMemory,
         pool: TokenizedPool,
         batch: Sequence[int],
         vocabulary: Vocabulary,
@@ -462,10 +472,6 @@ class _Trainer:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step, spec.total_steps, spec.learning_rate)
         optimizer.step()
-        sizes = [int(whole.rows(Ranks(r, ranks.world).rows(len(batch))).masked.sum()) for r in range(ranks.world)]
-        targets = ranks.gather(share.targets, sizes)
-        losses = ranks.gather(per_token.detach().float(), sizes)
-        memory.remember(targets.cpu().numpy(), losses.cpu().numpy())
         reported = float(ranks.total(loss.detach().float())) / ranks.world
         return reported, int(whole.attention_mask.sum())
 
@@ -486,10 +492,42 @@ class _Trainer:
 
     # Selection ------------------------------------------------------------------------------
 
+    def _held_out(self, pool_size: int) -> np.ndarray:
+        """The texts kept out of training to measure the final loss memory on, ascending."""
+        if pool_size < _MIN_TEXTS_FOR_REFERENCE:
+            return np.empty(0, dtype=np.int64)
+        wanted = self.spec.reference_texts or min(_DEFAULT_REFERENCE_TEXTS, pool_size // 10)
+        count = min(wanted, pool_size // 2)  # never more than half of what there is to train on
+        rng = np.random.default_rng(derive_seed(self.spec.seed, "held-out"))
+        return np.sort(rng.choice(pool_size, count, replace=False))
+
+    def _measured_memory(
+        self, model: PreTrainedModel, pool: TokenizedPool, held_out: np.ndarray, vocabulary: Vocabulary
+    ) -> LossMemory:
+        """The loss memory of the trained model: half the held-out texts as reference, half as calibration."""
+        rng = np.random.default_rng(derive_seed(self.spec.seed, "reference-split"))
+        shuffled = rng.permutation(held_out)
+        reference, calibration = np.sort(shuffled[: len(shuffled) // 2]), np.sort(shuffled[len(shuffled) // 2 :])
+        occurrences = token_losses(
+            model,
+            pool,
+            special=vocabulary.special,
+            mask_id=vocabulary.mask_id,
+            mask_fraction=self.spec.mask_fraction,
+            seed=derive_seed(self.spec.seed, "reference-mask"),
+            device=self.device,
+            rows=held_out.tolist(),
+            # Enough masks that each piece is predicted about once: precise per-text means.
+            passes=math.ceil(1 / self.spec.mask_fraction),
+        )
+        model.train()
+        return calibrated_memory(len(vocabulary.pieces), occurrences.subset(reference), occurrences.subset(calibration))
+
     def _candidates(self, pool: TokenizedPool, fresh: int, iteration: int) -> np.ndarray:
-        size = min(len(pool), self.spec.candidate_pool_size or 8 * max(fresh, 1))
+        """A fresh uniform pool of candidate sentences (never the held-out ones), ascending."""
+        size = min(len(self.trainable), self.spec.candidate_pool_size or 8 * max(fresh, 1))
         rng = np.random.default_rng(derive_seed(self.spec.seed, "candidates", iteration))
-        return np.sort(rng.choice(len(pool), size, replace=False))
+        return np.sort(rng.choice(self.trainable, size, replace=False))
 
     @torch.no_grad()
     def _cls(self, model: PreTrainedModel, pool: TokenizedPool, indices: np.ndarray) -> np.ndarray:
@@ -564,7 +602,7 @@ class _Trainer:
         )
         drawn = candidates[np.asarray(chosen.indices, dtype=np.int64)]
         rng = np.random.default_rng(derive_seed(self.spec.seed, "top-up", iteration))
-        topped_up = rng.integers(0, len(pool), max(fresh - len(drawn), 0))
+        topped_up = self.trainable[rng.integers(0, len(self.trainable), max(fresh - len(drawn), 0))]
         return IterationSelection(
             iteration=iteration,
             strategy=strategy,

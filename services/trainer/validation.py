@@ -107,4 +107,5 @@ def run_spec(request: trainer_pb2.StartRunRequest, *, store: Path) -> RunSpec:
         temperature=request.temperature or 2.0,
         display_name=request.display_name,
         random_batches=request.random_batches,
+        reference_texts=_count(request.reference_texts, "reference_texts", low=0, high=100_000),
     )

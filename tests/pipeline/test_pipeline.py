@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from rich.console import Console
 
@@ -84,6 +85,27 @@ def test_the_trigger_fires_on_a_drifted_slice_and_not_on_more_of_the_same(tmp_pa
     same, drifted = report["slices"][1]["trigger"], report["slices"][2]["trigger"]
     assert not same["fired"] and drifted["fired"], (same, drifted)
     assert drifted["score"] > same["score"]
+
+
+def test_a_stream_without_drift_does_not_fire_after_the_first_slice(tmp_path: Path, tiny_model: Path) -> None:
+    """One year's texts, shuffled and dealt into four slices dated as four years: nothing to learn."""
+    source = write_stream(tmp_path / "full.jsonl", seed=5, texts_per_period=1600)
+    records = [json.loads(line) for line in source.read_text().splitlines()]
+    year = [r for r in records if r["time"].startswith("2016")]
+    order = np.random.default_rng(0).permutation(len(year))
+    data = tmp_path / "no-drift.jsonl"
+    data.write_text(
+        "\n".join(
+            json.dumps(dict(year[j], time=f"{2016 + i * 4 // len(year)}-06-01T00:00:00Z")) for i, j in enumerate(order)
+        )
+    )
+    report = run_pipeline(
+        _options(tmp_path, tiny_model, data=data, first_steps=120, learning_rate=5e-3), Console(quiet=True)
+    )
+    triggers = [s["trigger"] for s in report["slices"][1:]]
+    assert len(triggers) == 3 and not any(t["fired"] for t in triggers), [t["reason"] for t in triggers]
+    assert all(t["score"] <= t["threshold"] for t in triggers)
+    assert all(not s["vocab"]["added"] for s in report["slices"][1:])  # no update without a firing
 
 
 def test_running_again_continues_after_the_last_finished_slice(tmp_path: Path, tiny_model: Path) -> None:

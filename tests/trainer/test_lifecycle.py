@@ -160,34 +160,6 @@ def test_a_malformed_slice_fails_the_run_with_a_clear_message(stack: Stack) -> N
     assert final.error_message == f"slices: {bad} line 2: not valid JSON (Expecting value)"
 
 
-def test_the_trigger_fires_on_new_words_and_not_on_more_of_the_same(stack: Stack) -> None:
-    trained = stack.run_to_end(
-        run_request(stack, [stack.slice_file("old", old_slice(13, texts=600))], iterations=4, steps_per_iteration=15)
-    )
-
-    def score(texts: list[str], **fields: float) -> trainer_pb2.ScoreSliceResponse:
-        corpus = common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=texts))
-        return stack.trainer.ScoreSlice(
-            trainer_pb2.ScoreSliceRequest(checkpoint_id=trained.checkpoint_id, corpus=corpus, seed=1, **fields)
-        )
-
-    same = score(old_slice(14, texts=400))
-    denser = score(old_slice(14, texts=400), mask_fraction=0.45)
-    assert 2.5 < denser.scored_tokens / same.scored_tokens < 3.5  # the mask fraction is the request's
-    drifted = score(new_slice(15, texts=400))
-    assert not same.fire and same.spike_fraction < 0.05, same
-    assert drifted.fire and drifted.novel_fraction > 0.05 and drifted.slice_loss > same.slice_loss
-    assert drifted.spikes and drifted.spikes[0].z == float("inf") and np.isnan(drifted.spikes[0].remembered_loss)
-    # A model that has remembered nothing finds everything novel.
-    empty = stack.trainer.ScoreSlice(
-        trainer_pb2.ScoreSliceRequest(
-            checkpoint_id=stack.base_checkpoint.checkpoint_id,
-            corpus=common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=old_slice(16, 50))),
-        )
-    )
-    assert empty.fire and empty.novel_fraction == 1.0
-
-
 def test_export_writes_onnx_that_matches_pytorch(stack: Stack, tmp_path: Path) -> None:
     trained = stack.run_to_end(
         run_request(stack, [stack.slice_file("old", old_slice(17))], iterations=1, steps_per_iteration=5)

@@ -57,7 +57,7 @@ def test_the_loss_falls_and_progress_is_reported(stack: Stack) -> None:
         trainer_pb2.GetCheckpointRequest(checkpoint_id=final.checkpoint_id)
     ).checkpoint
     assert checkpoint.parent_checkpoint_id == stack.base_checkpoint.checkpoint_id and checkpoint.run_id == run.run_id
-    assert checkpoint.remembered_tokens > 100
+    assert checkpoint.remembered_tokens >= 20  # 20 reference texts (half of 40 held out), each scored once at least
     directory = _checkpoint_dir(stack, final.checkpoint_id)
     assert {"config.json", "model.safetensors", "tokenizer.json", "loss_memory.safetensors"} <= {
         p.name for p in directory.iterdir()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -68,13 +70,17 @@ def test_mean_covariance_draws_are_seeded_and_finite(stack: Stack) -> None:
     assert not torch.equal(rows, embedding_matrix(other).detach()[added])
 
 
-def test_the_loss_memory_moves_with_the_vocabulary() -> None:
-    memory = LossMemory.empty(4, decay=1.0)
-    memory.remember(np.array([0, 1, 1, 3]), np.array([1.0, 2.0, 4.0, 8.0]))
+def test_the_loss_memory_moves_with_the_vocabulary(tmp_path: Path) -> None:
+    memory = LossMemory.from_occurrences(4, np.array([0, 1, 1, 3]), np.array([1.0, 2.0, 4.0, 8.0]))
+    memory = memory.with_calibration(np.array([0.1, 0.3]))
     moved = memory.moved(np.array([3, -1, 1, 0]))  # new id 1 was added
-    assert moved.mean()[[0, 2, 3]].tolist() == [8.0, 3.0, 1.0]
-    assert np.isnan(moved.mean()[1]) and moved.weight[1] == 0
-    assert moved.variance()[2] == pytest.approx(1.0)
+    assert moved.count.tolist() == [1, 0, 2, 1] and moved.total.tolist() == [8.0, 0.0, 6.0, 1.0]
+    prior = memory.calibration.overall_mean  # 3.75: an added piece is judged by the prior alone
+    assert moved.expected()[1] == prior and moved.expected()[2] == pytest.approx((6.0 + 5 * prior) / 7)
+    assert moved.calibration == memory.calibration and moved.calibrated
+    moved.save(tmp_path / "memory.safetensors")
+    loaded = LossMemory.load(tmp_path / "memory.safetensors")
+    assert loaded.calibration == moved.calibration and loaded.count.tolist() == moved.count.tolist()
 
 
 def test_a_chain_of_two_updates_is_two_hops(stack: Stack) -> None:

@@ -314,6 +314,7 @@ class StartRunRequest(_message.Message):
     TEMPERATURE_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     RANDOM_BATCHES_FIELD_NUMBER: _builtins.int
+    REFERENCE_TEXTS_FIELD_NUMBER: _builtins.int
     kind: Global___RunKind.ValueType
     """Training or distillation."""
     base_checkpoint_id: _builtins.str
@@ -366,6 +367,12 @@ class StartRunRequest(_message.Message):
     pads little; the order of the batches stays random. Grouping trains on the same sentences
     with less computation spent on padding.
     """
+    reference_texts: _builtins.int
+    """Texts of the slices held out of training, at most 100,000: the final checkpoint's loss memory
+    (the trigger's reference and its calibration, half each) is measured on them. 0 means
+    min(1,000, a tenth of the slices' texts); slices of fewer than 40 texts hold none out, and
+    their final checkpoint keeps the base's memory.
+    """
     @_builtins.property
     def slices(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ArtifactRef]:
         """The slices to train on (corpus files on the trainer's machine)."""
@@ -405,10 +412,11 @@ class StartRunRequest(_message.Message):
         temperature: _builtins.float = ...,
         display_name: _builtins.str = ...,
         random_batches: _builtins.bool = ...,
+        reference_texts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_sampling_alpha", b"_sampling_alpha", "sampling_alpha", b"sampling_alpha"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_sampling_alpha", b"_sampling_alpha", "base_checkpoint_id", b"base_checkpoint_id", "batch_size", b"batch_size", "candidate_pool_size", b"candidate_pool_size", "display_name", b"display_name", "distill_alpha", b"distill_alpha", "embedding_init", b"embedding_init", "iterations", b"iterations", "kind", b"kind", "learning_rate", b"learning_rate", "mask_fraction", b"mask_fraction", "max_length", b"max_length", "random_batches", b"random_batches", "replay_fraction", b"replay_fraction", "replay_slices", b"replay_slices", "sampling_alpha", b"sampling_alpha", "seed", b"seed", "slices", b"slices", "steps_per_iteration", b"steps_per_iteration", "strategy", b"strategy", "teacher_checkpoint_ids", b"teacher_checkpoint_ids", "temperature", b"temperature", "text_field", b"text_field", "top_x", b"top_x", "vocab_version_id", b"vocab_version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_sampling_alpha", b"_sampling_alpha", "base_checkpoint_id", b"base_checkpoint_id", "batch_size", b"batch_size", "candidate_pool_size", b"candidate_pool_size", "display_name", b"display_name", "distill_alpha", b"distill_alpha", "embedding_init", b"embedding_init", "iterations", b"iterations", "kind", b"kind", "learning_rate", b"learning_rate", "mask_fraction", b"mask_fraction", "max_length", b"max_length", "random_batches", b"random_batches", "reference_texts", b"reference_texts", "replay_fraction", b"replay_fraction", "replay_slices", b"replay_slices", "sampling_alpha", b"sampling_alpha", "seed", b"seed", "slices", b"slices", "steps_per_iteration", b"steps_per_iteration", "strategy", b"strategy", "teacher_checkpoint_ids", b"teacher_checkpoint_ids", "temperature", b"temperature", "text_field", b"text_field", "top_x", b"top_x", "vocab_version_id", b"vocab_version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__sampling_alpha: _TypeAlias = _typing.Literal["sampling_alpha"]  # noqa: Y015
     _WhichOneofArgType__sampling_alpha: _TypeAlias = _typing.Literal["_sampling_alpha", b"_sampling_alpha"]  # noqa: Y015
@@ -860,30 +868,38 @@ class ScoreSliceRequest(_message.Message):
     MAX_TEXTS_FIELD_NUMBER: _builtins.int
     MAX_LENGTH_FIELD_NUMBER: _builtins.int
     SPIKE_Z_FIELD_NUMBER: _builtins.int
-    FIRE_FRACTION_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     TOP_SPIKES_FIELD_NUMBER: _builtins.int
     MASK_FRACTION_FIELD_NUMBER: _builtins.int
+    FALSE_FIRE_RATE_FIELD_NUMBER: _builtins.int
+    MIN_EFFECT_FIELD_NUMBER: _builtins.int
+    MIN_TOKEN_COUNT_FIELD_NUMBER: _builtins.int
     checkpoint_id: _builtins.str
     """The checkpoint whose loss memory is consulted."""
     max_texts: _builtins.int
     """At most this many texts are scored, drawn uniformly with `seed`; 0 means 2,000."""
     max_length: _builtins.int
-    """Pieces per text; 0 means 128."""
+    """Pieces per text; 0 means min(128, the model's positions)."""
     spike_z: _builtins.float
-    """A token spikes when its slice loss exceeds its remembered mean by this many standard errors;
-    0 means 4.
-    """
-    fire_fraction: _builtins.float
-    """Train when the fraction of scored occurrences that spike (or are of tokens the memory has
-    never seen) exceeds this, in [0, 1]; 0 means 0.05.
+    """A token tested on its own spikes when its z exceeds this; 0 means the Bonferroni bound for
+    half the false_fire_rate over the tokens tested (the slice's test spends the other half).
     """
     seed: _builtins.int
     """Seed of the text draw and the masking."""
     top_spikes: _builtins.int
     """How many spiking tokens to list; 0 means 20."""
     mask_fraction: _builtins.float
-    """Fraction of each text's pieces masked and scored, in (0, 1); 0 means 0.15."""
+    """Fraction of each text's pieces masked and scored, in (0, 1); 0 means 0.15. Every text with a
+    piece to predict gets at least one.
+    """
+    false_fire_rate: _builtins.float
+    """The probability, in (0, 0.5), that a slice of the training period fires; 0 means 0.01."""
+    min_effect: _builtins.float
+    """The smallest score above the calibration mean that fires, in nats per piece, >= 0; 0 means
+    0.05. It keeps a huge slice from firing on a difference too small to matter.
+    """
+    min_token_count: _builtins.int
+    """Occurrences a token needs in the slice to be tested on its own, >= 2; 0 means 20."""
     @_builtins.property
     def corpus(self) -> _common_pb2.CorpusSource:
         """The slice: texts or a corpus file."""
@@ -896,14 +912,16 @@ class ScoreSliceRequest(_message.Message):
         max_texts: _builtins.int = ...,
         max_length: _builtins.int = ...,
         spike_z: _builtins.float = ...,
-        fire_fraction: _builtins.float = ...,
         seed: _builtins.int = ...,
         top_spikes: _builtins.int = ...,
         mask_fraction: _builtins.float = ...,
+        false_fire_rate: _builtins.float = ...,
+        min_effect: _builtins.float = ...,
+        min_token_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["corpus", b"corpus"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "corpus", b"corpus", "fire_fraction", b"fire_fraction", "mask_fraction", b"mask_fraction", "max_length", b"max_length", "max_texts", b"max_texts", "seed", b"seed", "spike_z", b"spike_z", "top_spikes", b"top_spikes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "corpus", b"corpus", "false_fire_rate", b"false_fire_rate", "mask_fraction", b"mask_fraction", "max_length", b"max_length", "max_texts", b"max_texts", "min_effect", b"min_effect", "min_token_count", b"min_token_count", "seed", b"seed", "spike_z", b"spike_z", "top_spikes", b"top_spikes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -928,9 +946,9 @@ class TokenSpike(_message.Message):
     slice_loss: _builtins.float
     """Mean MLM loss of its occurrences in the slice, in nats."""
     remembered_loss: _builtins.float
-    """Its remembered mean loss; NaN for a token the memory has never seen."""
+    """Its expected loss in the memory (its held-out mean shrunk towards the overall mean), in nats."""
     z: _builtins.float
-    """Standardised difference; +inf for a token the memory has never seen."""
+    """Standardised difference."""
     occurrences: _builtins.int
     """Masked occurrences scored."""
     def __init__(
@@ -964,21 +982,59 @@ class ScoreSliceResponse(_message.Message):
     SPIKES_FIELD_NUMBER: _builtins.int
     SCORED_TOKENS_FIELD_NUMBER: _builtins.int
     NOVEL_FRACTION_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    NULL_MEAN_FIELD_NUMBER: _builtins.int
+    NULL_SD_FIELD_NUMBER: _builtins.int
+    Z_FIELD_NUMBER: _builtins.int
+    TEXTS_SCORED_FIELD_NUMBER: _builtins.int
+    TOKEN_Z_THRESHOLD_FIELD_NUMBER: _builtins.int
+    TOKENS_TESTED_FIELD_NUMBER: _builtins.int
+    CALIBRATED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
     slice_loss: _builtins.float
     """Mean MLM loss of the scored occurrences, in nats."""
     remembered_loss: _builtins.float
-    """Mean remembered loss of the same occurrences' tokens (known tokens only)."""
+    """Mean expected loss of the same occurrences' tokens in the memory, in nats."""
     spike_fraction: _builtins.float
-    """Fraction of scored occurrences whose token spiked or is unknown to the memory."""
+    """Fraction of scored occurrences whose token spiked."""
     fire: _builtins.bool
-    """Whether to train: spike_fraction > fire_fraction."""
+    """Whether to train."""
     scored_tokens: _builtins.int
     """Masked occurrences scored."""
     novel_fraction: _builtins.float
     """Fraction of scored occurrences of tokens the memory has never seen."""
+    score: _builtins.float
+    """The slice's score: mean over texts of each text's mean excess loss over its tokens' expected
+    losses, in nats.
+    """
+    threshold: _builtins.float
+    """The score above which the slice fires: null_mean + max(z * null_sd / sqrt(texts_scored),
+    min_effect), z the normal quantile of 1 - false_fire_rate / 2.
+    """
+    null_mean: _builtins.float
+    """Mean of the per-text excess on held-out text of the checkpoint's training period (the
+    calibration), in nats.
+    """
+    null_sd: _builtins.float
+    """Standard deviation of that per-text excess, in nats."""
+    z: _builtins.float
+    """(score - null_mean) / (null_sd / sqrt(texts_scored))."""
+    texts_scored: _builtins.int
+    """Texts with at least one scored piece."""
+    token_z_threshold: _builtins.float
+    """The z a token had to exceed to spike."""
+    tokens_tested: _builtins.int
+    """Tokens with at least min_token_count occurrences, each tested on its own."""
+    calibrated: _builtins.bool
+    """False when the checkpoint's memory has no calibration (imported, never trained here): then
+    the trigger fires.
+    """
+    reason: _builtins.str
+    """Why it fires or not, in words."""
     @_builtins.property
     def spikes(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenSpike]:
-        """The most spiking tokens, most surprising first."""
+        """The spiking tokens, most surprising first."""
 
     def __init__(
         self,
@@ -990,10 +1046,20 @@ class ScoreSliceResponse(_message.Message):
         spikes: _abc.Iterable[Global___TokenSpike] | None = ...,
         scored_tokens: _builtins.int = ...,
         novel_fraction: _builtins.float = ...,
+        score: _builtins.float = ...,
+        threshold: _builtins.float = ...,
+        null_mean: _builtins.float = ...,
+        null_sd: _builtins.float = ...,
+        z: _builtins.float = ...,
+        texts_scored: _builtins.int = ...,
+        token_z_threshold: _builtins.float = ...,
+        tokens_tested: _builtins.int = ...,
+        calibrated: _builtins.bool = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fire", b"fire", "novel_fraction", b"novel_fraction", "remembered_loss", b"remembered_loss", "scored_tokens", b"scored_tokens", "slice_loss", b"slice_loss", "spike_fraction", b"spike_fraction", "spikes", b"spikes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calibrated", b"calibrated", "fire", b"fire", "novel_fraction", b"novel_fraction", "null_mean", b"null_mean", "null_sd", b"null_sd", "reason", b"reason", "remembered_loss", b"remembered_loss", "score", b"score", "scored_tokens", b"scored_tokens", "slice_loss", b"slice_loss", "spike_fraction", b"spike_fraction", "spikes", b"spikes", "texts_scored", b"texts_scored", "threshold", b"threshold", "token_z_threshold", b"token_z_threshold", "tokens_tested", b"tokens_tested", "z", b"z"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

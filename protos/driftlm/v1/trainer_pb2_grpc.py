@@ -167,7 +167,9 @@ class TrainerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ScoreSlice(self, request, context):
-        """Scores a slice against a checkpoint's loss memory: the training trigger.
+        """Scores a slice against a checkpoint's loss memory: the training trigger. It fires when the slice
+        surprises the model more than held-out text of its training period does, by a threshold
+        calibrated to a false-fire rate, or when one token's loss spikes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -61,7 +61,10 @@ class TrainerServiceStub:
     iteration first.
     """
     ScoreSlice: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ScoreSliceRequest, _trainer_pb2.ScoreSliceResponse]
-    """Scores a slice against a checkpoint's loss memory: the training trigger."""
+    """Scores a slice against a checkpoint's loss memory: the training trigger. It fires when the slice
+    surprises the model more than held-out text of its training period does, by a threshold
+    calibrated to a false-fire rate, or when one token's loss spikes.
+    """
     ExportOnnx: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ExportOnnxRequest, _trainer_pb2.ExportOnnxResponse]
     """Exports a checkpoint to ONNX (fp32 and dynamically quantised int8) with its tokenizer."""
     ScorePseudoLikelihood: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ScorePseudoLikelihoodRequest, _trainer_pb2.ScorePseudoLikelihoodResponse]
@@ -103,7 +106,10 @@ class TrainerServiceAsyncStub(TrainerServiceStub):
     iteration first.
     """
     ScoreSlice: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ScoreSliceRequest, _trainer_pb2.ScoreSliceResponse]  # type: ignore[assignment]
-    """Scores a slice against a checkpoint's loss memory: the training trigger."""
+    """Scores a slice against a checkpoint's loss memory: the training trigger. It fires when the slice
+    surprises the model more than held-out text of its training period does, by a threshold
+    calibrated to a false-fire rate, or when one token's loss spikes.
+    """
     ExportOnnx: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ExportOnnxRequest, _trainer_pb2.ExportOnnxResponse]  # type: ignore[assignment]
     """Exports a checkpoint to ONNX (fp32 and dynamically quantised int8) with its tokenizer."""
     ScorePseudoLikelihood: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ScorePseudoLikelihoodRequest, _trainer_pb2.ScorePseudoLikelihoodResponse]  # type: ignore[assignment]
@@ -196,7 +202,10 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _trainer_pb2.ScoreSliceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_trainer_pb2.ScoreSliceResponse, _abc.Awaitable[_trainer_pb2.ScoreSliceResponse]]:
-        """Scores a slice against a checkpoint's loss memory: the training trigger."""
+        """Scores a slice against a checkpoint's loss memory: the training trigger. It fires when the slice
+        surprises the model more than held-out text of its training period does, by a threshold
+        calibrated to a false-fire rate, or when one token's loss spikes.
+        """
 
     @_abc_1.abstractmethod
     def ExportOnnx(

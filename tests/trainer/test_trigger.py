@@ -1,0 +1,135 @@
+"""The trigger through a real trainer: silent on more text of the period a checkpoint was trained on,
+firing on new words and on a word used differently, on planted text and on real text.
+
+Real text: the prose lines of the .md, .rst and .txt files of this Python installation (what the
+vocab benchmark reads), shuffled so that every slice is drawn from the same population.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.vocab import real_texts
+from driftlm.v1 import common_pb2, trainer_pb2, vocab_pb2
+
+from ..vocab.planted import EMERGING, FILLER, planted_slice
+from .conftest import TINY_BERT, Stack, run_request
+
+OLD_PHRASE = "they said the zorblax was new"
+
+
+def _phrase_slice(seed: int, texts: int) -> list[str]:
+    """Filler sentences, half of them holding `zorblax` in its one fixed phrase."""
+    rng = np.random.default_rng(seed)
+    sentences = []
+    for index in range(texts):
+        words = list(rng.choice(FILLER, rng.integers(5, 12)))
+        if index % 2 == 0:
+            words.insert(int(rng.integers(0, len(words))), OLD_PHRASE)
+        sentences.append(" ".join(words))
+    return sentences
+
+
+def _moved_usage_slice(seed: int, texts: int) -> list[str]:
+    """The same filler, `zorblax` now anywhere among it and never in its old phrase."""
+    rng = np.random.default_rng(seed)
+    sentences = []
+    for index in range(texts):
+        words = list(rng.choice(FILLER, rng.integers(5, 12)))
+        if index % 2 == 0:
+            words.insert(int(rng.integers(0, len(words))), "zorblax")
+        sentences.append(" ".join(words))
+    return sentences
+
+
+def _score(stack: Stack, checkpoint_id: str, texts: list[str], **fields: object) -> trainer_pb2.ScoreSliceResponse:
+    corpus = common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=texts))
+    return stack.trainer.ScoreSlice(
+        trainer_pb2.ScoreSliceRequest(checkpoint_id=checkpoint_id, corpus=corpus, seed=3, **fields)  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def phrase_model(stack: Stack) -> str:
+    """A tiny BERT trained on the phrase period, its memory measured on 400 held-out texts."""
+    run = stack.run_to_end(
+        run_request(
+            stack,
+            [stack.slice_file("phrase", _phrase_slice(1, 1600))],
+            iterations=3,
+            steps_per_iteration=40,
+            reference_texts=400,
+        )
+    )
+    return run.checkpoint_id
+
+
+def test_silent_on_the_same_period_firing_on_new_words_and_on_words_used_differently(
+    stack: Stack, phrase_model: str
+) -> None:
+    same = [_score(stack, phrase_model, _phrase_slice(seed, 400)) for seed in (2, 3, 4)]  # fresh slices, same period
+    for score in same:
+        assert score.calibrated and not score.fire, score.reason
+        assert score.score <= score.threshold and not score.spikes and score.texts_scored == 400
+        assert score.reason.startswith("slice score") and "<= threshold" in score.reason
+    new_words = _score(stack, phrase_model, planted_slice(np.random.default_rng(5), EMERGING, texts=400))
+    assert new_words.fire and new_words.score > new_words.threshold, new_words.reason
+    assert new_words.z > max(s.z for s in same) + 3 and new_words.slice_loss > max(s.slice_loss for s in same)
+    # The phrase's words now stand anywhere: more loss than the model expects of them.
+    moved = _score(stack, phrase_model, _moved_usage_slice(7, 400))
+    assert moved.fire and moved.score > moved.threshold, moved.reason
+    assert moved.z > max(s.z for s in same) + 2
+
+
+def test_the_mask_fraction_is_the_requests(stack: Stack, phrase_model: str) -> None:
+    texts = _phrase_slice(10, 400)
+    sparse, dense = (_score(stack, phrase_model, texts, mask_fraction=rate) for rate in (0.15, 0.45))
+    assert 2.5 < dense.scored_tokens / sparse.scored_tokens < 3.5
+    assert sparse.texts_scored == dense.texts_scored == 400  # every text gets a piece to predict
+
+
+def test_an_imported_model_always_fires_and_says_why(stack: Stack) -> None:
+    imported = _score(stack, stack.base_checkpoint.checkpoint_id, _phrase_slice(8, 50))
+    assert imported.fire and not imported.calibrated and imported.novel_fraction == 1.0
+    assert "not calibrated" in imported.reason
+
+
+def test_stricter_false_fire_rate_raises_the_threshold(stack: Stack, phrase_model: str) -> None:
+    texts = _phrase_slice(9, 400)
+    # A minimal min_effect, so that the false-fire rate alone sets the threshold.
+    loose, strict = (_score(stack, phrase_model, texts, false_fire_rate=rate, min_effect=1e-9) for rate in (0.2, 0.001))
+    assert loose.score == strict.score and loose.null_mean == strict.null_mean
+    assert strict.threshold > loose.threshold and strict.token_z_threshold > loose.token_z_threshold
+    large_effect = _score(stack, phrase_model, texts, min_effect=5.0)
+    assert large_effect.threshold == pytest.approx(large_effect.null_mean + 5.0)
+
+
+def test_on_real_text_the_trigger_is_silent_without_drift_and_fires_on_planted_words(stack: Stack) -> None:
+    texts = list(np.random.default_rng(0).permutation(real_texts(6000)))
+    assert len(texts) == 6000
+    train, slices = texts[:2400], [texts[2400 + 600 * i : 3000 + 600 * i] for i in range(6)]
+    corpus = common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=train))
+    version = stack.vocab.CreateVocabulary(
+        vocab_pb2.CreateVocabularyRequest(training_corpus=corpus, vocab_size=2000)
+    ).version
+    base = stack.trainer.CreateCheckpoint(
+        trainer_pb2.CreateCheckpointRequest(model_config_json=TINY_BERT, vocab_version_id=version.version_id, seed=1)
+    ).checkpoint
+    trained = stack.run_to_end(
+        run_request(
+            stack,
+            [stack.slice_file("real", train)],
+            base_checkpoint_id=base.checkpoint_id,
+            iterations=3,
+            steps_per_iteration=40,
+            reference_texts=600,
+        )
+    )
+    silent = [_score(stack, trained.checkpoint_id, texts) for texts in slices[:5]]
+    assert not any(s.fire for s in silent), [s.reason for s in silent]
+    rng = np.random.default_rng(1)
+    planted = [" ".join([*t.split()[:3], str(rng.choice(EMERGING)), *t.split()[3:]]) for t in slices[5]]
+    drifted = _score(stack, trained.checkpoint_id, planted)
+    assert drifted.fire and drifted.score > drifted.threshold, drifted.reason
+    assert drifted.score > max(s.score for s in silent) and drifted.z > max(s.z for s in silent) + 2
