@@ -190,6 +190,12 @@ def _add_run(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     run.add_argument("--endpoints", default=None, help="use running services: vocab=HOST:PORT,trainer=HOST:PORT")
     run.add_argument("--steps", type=int, default=24, help="training steps per slice and arm (default: 24)")
+    run.add_argument(
+        "--iterations",
+        type=int,
+        default=3,
+        help="iterations the steps of a slice are split into; the strategy re-selects sentences between them (default: 3)",
+    )
     run.add_argument("--first-steps", type=int, default=48, help="training steps on the first slice (default: 48)")
     run.add_argument("--batch-size", type=int, default=16, help="sentences per step (default: 16)")
     run.add_argument("--max-length", type=int, default=48, help="pieces per sentence (default: 48)")
@@ -197,7 +203,12 @@ def _add_run(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     run.add_argument(
         "--vocab-k", type=int, default=100, help="pieces swapped per vocabulary update at most (default: 100)"
     )
-    run.add_argument("--heldout-max", type=int, default=40, help="held-out texts per slice at most (default: 40)")
+    run.add_argument(
+        "--heldout-max",
+        type=int,
+        default=100,
+        help="held-out texts per slice at most, the texts every arm is scored on (default: 100)",
+    )
     run.add_argument(
         "--false-fire-rate",
         type=float,
@@ -232,6 +243,7 @@ def _run(args: argparse.Namespace) -> int:
         base_model=args.base_model,
         strategies=tuple(Strategy.from_name(name) for name in args.strategy or ["token-shift"]),
         steps=args.steps,
+        iterations=args.iterations,
         first_steps=args.first_steps,
         batch_size=args.batch_size,
         max_length=args.max_length,

@@ -27,11 +27,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from driftlm.dated_corpus import Slice, cut_slices, read_dated
 from driftlm.drifting_stream import write_stream
+from driftlm.intervals import paired_difference_interval, ratio_interval
 from driftlm.local_services import LocalService, start_service
 from driftlm.services.runtime import store as atomic
 from driftlm.services.runtime.strategy import Strategy
@@ -40,6 +42,38 @@ from driftlm.services.vocab.client import VocabClient
 from driftlm.v1 import common_pb2, trainer_pb2
 
 TOP_N = 1000
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """An arm on a slice's held-out texts: its report figures, and per text its PLL-word-l2r and words."""
+
+    figures: dict[str, float]
+    log_likelihoods: np.ndarray
+    words: np.ndarray
+
+
+def comparisons(evaluations: dict[str, Evaluation], *, seed: int) -> dict[str, dict[str, Any]]:
+    """Every other arm against static, and every adaptive arm against incremental: the difference
+    in PLL-word-l2r per word on the same texts, its paired 95% interval, and whether they differ."""
+    pairs = [(name, "static") for name in evaluations if name != "static"]
+    pairs += [(name, "incremental") for name in evaluations if name.startswith("incremental+")]
+    result = {}
+    for first, second in pairs:
+        difference, low, high = paired_difference_interval(
+            evaluations[first].log_likelihoods,
+            evaluations[first].words,
+            evaluations[second].log_likelihoods,
+            evaluations[second].words,
+            seed=seed,
+        )
+        result[f"{first} - {second}"] = {
+            "difference": difference,
+            "low": low,
+            "high": high,
+            "differs": bool(low > 0 or high < 0),
+        }
+    return result
 
 
 @dataclass(frozen=True)
@@ -55,13 +89,15 @@ class PipelineOptions:
     base_model: Path | None = None
     strategies: tuple[Strategy, ...] = (Strategy.TOKEN_EMBEDDING_SHIFT,)
     steps: int = 24
+    # Iterations per slice: between them the arm's strategy chooses the next sentences.
+    iterations: int = 3
     first_steps: int = 48
     batch_size: int = 16
     max_length: int = 48
     learning_rate: float = 1e-4
     vocab_k: int = 100
     heldout_fraction: float = 0.1
-    heldout_max: int = 40
+    heldout_max: int = 100
     replay_fraction: float = 0.1
     false_fire_rate: float = 0.01
     scratch: bool = False
@@ -150,11 +186,16 @@ class _Loop:
 
     # Steps ------------------------------------------------------------------------------------
 
-    def train(self, progress: Progress, label: str, **fields: Any) -> trainer_pb2.RunStatus:
+    def train(self, progress: Progress, label: str, *, steps: int, **fields: Any) -> trainer_pb2.RunStatus:
+        """A run of `steps` steps; with a strategy other than uniform, in options.iterations
+        iterations, between which the strategy chooses the next sentences (uniform: one)."""
         options = self.options
+        chooses = fields.get("strategy", Strategy.UNIFORM.proto) != Strategy.UNIFORM.proto
+        iterations = max(1, min(options.iterations, steps)) if chooses else 1
         request = trainer_pb2.StartRunRequest(
             kind=trainer_pb2.RUN_KIND_MLM,
-            iterations=1,
+            iterations=iterations,
+            steps_per_iteration=max(1, steps // iterations),
             batch_size=options.batch_size,
             max_length=options.max_length,
             learning_rate=options.learning_rate,
@@ -162,23 +203,31 @@ class _Loop:
             display_name=label,
             **fields,
         )
-        task = progress.add_task(f"train {label}", total=request.steps_per_iteration)
+        task = progress.add_task(f"train {label}", total=request.iterations * request.steps_per_iteration)
         try:
             return self.trainer.train(request, on_progress=lambda run: progress.update(task, completed=run.step))
         finally:
             progress.remove_task(task)
 
-    def evaluate(self, checkpoint_id: str, texts: list[str]) -> dict[str, float]:
+    def evaluate(self, checkpoint_id: str, texts: list[str]) -> Evaluation:
+        """An arm's figures on held-out texts, and its per-text PLL-word-l2r for paired comparisons."""
         pll = self.trainer.pseudo_likelihood(checkpoint_id, texts, max_length=self.options.max_length)
         loss = self.trainer.score_slice(
             checkpoint_id, texts, seed=self.options.seed, max_length=self.options.max_length
         )
-        return {
-            "heldout_loss": loss.slice_loss,
-            "pseudo_perplexity": pll.pseudo_perplexity,
+        per_text, words = np.asarray(pll.word_l2r_log_likelihoods), np.asarray(pll.words, dtype=np.float64)
+        low, high = ratio_interval(per_text, words, seed=self.options.seed)
+        figures = {
+            "pll_l2r_per_word": pll.word_l2r_log_likelihood_per_word,
+            "pll_l2r_per_word_low": low,
+            "pll_l2r_per_word_high": high,
+            "pll_l2r_per_character": pll.word_l2r_log_likelihood_per_character,
             "pll_per_word": pll.log_likelihood_per_word,
             "pll_per_character": pll.log_likelihood_per_character,
+            "heldout_loss": loss.slice_loss,
+            "pseudo_perplexity": pll.pseudo_perplexity,
         }
+        return Evaluation(figures, per_text, words)
 
     def start(self, slices: list[Slice], progress: Progress) -> dict[str, Any]:
         """Register the base, train it on the first slice: the starting point of every arm."""
@@ -193,7 +242,7 @@ class _Loop:
             base_checkpoint_id=base.checkpoint_id,
             slices=[self.slice_file(first)],
             strategy=Strategy.UNIFORM.proto,
-            steps_per_iteration=options.first_steps,
+            steps=options.first_steps,
         )
         observation = self.vocab.observe(base_version.version_id, first.train, slice_label=first.label)
         arms = {
@@ -233,12 +282,9 @@ class _Loop:
         """One slice: evaluate every arm on it, trigger, update the vocabulary, train."""
         options, item = self.options, slices[index]
         arms: dict[str, dict[str, Any]] = state["arms"]
+        evaluations = {name: self.evaluate(arm["checkpoint"], item.heldout) for name, arm in arms.items()}
         figures = {
-            name: {
-                **self.evaluate(arm["checkpoint"], item.heldout),
-                "train_tokens": arm["train_tokens"],
-                "wall_s": arm["wall_s"],
-            }
+            name: {**evaluations[name].figures, "train_tokens": arm["train_tokens"], "wall_s": arm["wall_s"]}
             for name, arm in arms.items()
         }
         main_arm = arm_names(options.strategies, options.scratch)[2]
@@ -278,7 +324,7 @@ class _Loop:
             replay = [self.slice_file(slices[index - 1])]
             common = {
                 "slices": [self.slice_file(item)],
-                "steps_per_iteration": options.steps,
+                "steps": options.steps,
                 "replay_slices": replay,
                 "replay_fraction": options.replay_fraction,
             }
@@ -289,7 +335,7 @@ class _Loop:
                     fields: dict[str, Any] = {
                         "base_checkpoint_id": state["base"]["checkpoint"],
                         "slices": [self.slice_file(s) for s in slices[: index + 1]],
-                        "steps_per_iteration": options.first_steps + options.steps * index,
+                        "steps": options.first_steps + options.steps * index,
                         "strategy": Strategy.UNIFORM.proto,
                     }
                 elif name == "incremental":
@@ -333,6 +379,7 @@ class _Loop:
                 },
                 "vocab": vocab_record,
                 "arms": figures,
+                "comparisons": comparisons(evaluations, seed=options.seed),
             }
         )
 

@@ -7,8 +7,13 @@ vocabulary version with the pieces added and removed and the top-1000 piece over
 previous and the first slice (under the base vocabulary), and for every arm the figures of the
 models trained on the earlier slices, measured on this slice's held-out texts: heldout_loss
 (masked-LM loss per piece, nats; tokenisation-dependent), pseudo_perplexity (tokenisation-
-dependent), pll_per_word and pll_per_character (pseudo-log-likelihood, nats; comparable across
-arms), train_tokens and wall_s (cumulative training compute).
+dependent), pll_l2r_per_word (the headline: PLL-word-l2r, Kauf & Ivanova 2023, nats per word;
+comparable across vocabularies) with its 95% bootstrap interval over texts (pll_l2r_per_word_low
+and _high) and pll_l2r_per_character, pll_per_word and pll_per_character (the original PLL of
+Salazar et al., which favours vocabularies that fragment words), train_tokens and wall_s
+(cumulative training compute); and per slice, comparisons: every arm against static and every
+adaptive arm against incremental, the difference in PLL-word-l2r per word on the same texts with
+its paired 95% interval and whether the two differ (the interval excludes 0).
 """
 
 from __future__ import annotations
@@ -81,11 +86,22 @@ def _plot_trigger(report: dict[str, Any]) -> Figure:
 
 
 def _plot_arms(report: dict[str, Any], metric: str, title: str, ylabel: str) -> Figure:
+    """One line per arm; error bars where the metric has an interval (metric_low, metric_high)."""
     figure, axis = plt.subplots(figsize=(7, 3.5))
     slices = _evaluated(report)
     labels = [s["slice"] for s in slices]
-    for arm in report["arms"]:
-        axis.plot(labels, [s["arms"][arm][metric] for s in slices], marker="o", label=arm)
+    for offset, arm in enumerate(report["arms"]):
+        values = [s["arms"][arm][metric] for s in slices]
+        positions = [i + (offset - (len(report["arms"]) - 1) / 2) * 0.06 for i in range(len(labels))]
+        if slices and f"{metric}_low" in slices[0]["arms"][arm]:
+            errors = [
+                [v - s["arms"][arm][f"{metric}_low"] for v, s in zip(values, slices, strict=True)],
+                [s["arms"][arm][f"{metric}_high"] - v for v, s in zip(values, slices, strict=True)],
+            ]
+            axis.errorbar(positions, values, yerr=errors, marker="o", capsize=3, label=arm)
+        else:
+            axis.plot(positions, values, marker="o", label=arm)
+    axis.set_xticks(range(len(labels)), labels)
     axis.set(title=title, ylabel=ylabel)
     axis.legend()
     return figure
@@ -110,8 +126,8 @@ PLOTS = {
     "vocabulary.png": ("Vocabulary updates", _plot_vocabulary),
     "trigger.png": ("Trigger", _plot_trigger),
     "pll_per_word.png": (
-        "Held-out pseudo-log-likelihood per word (higher is better)",
-        lambda r: _plot_arms(r, "pll_per_word", "Held-out PLL per word, next slice", "nats per word"),
+        "Held-out PLL-word-l2r per word with 95% bootstrap intervals (higher is better)",
+        lambda r: _plot_arms(r, "pll_l2r_per_word", "Held-out PLL-word-l2r per word, next slice", "nats per word"),
     ),
     "heldout_loss.png": (
         "Held-out masked-LM loss per piece",
@@ -121,24 +137,33 @@ PLOTS = {
 }
 
 
+def _with_interval(figures: dict[str, float]) -> str:
+    return (
+        f"{figures['pll_l2r_per_word']:.3f} "
+        f"[{figures['pll_l2r_per_word_low']:.2f}, {figures['pll_l2r_per_word_high']:.2f}]"
+    )
+
+
 def summary_table(report: dict[str, Any]) -> Table:
-    """Per arm: mean held-out PLL per word and per character over the evaluated slices, compute."""
-    table = Table(title="every arm on the next slice's held-out texts (means over slices; PLL: higher is better)")
+    """Per arm: mean held-out PLL-word-l2r per word over the evaluated slices, the original PLL per
+    word, MLM loss, compute."""
+    table = Table(
+        title="every arm on the next slice's held-out texts (means over slices; l2r: PLL-word-l2r; higher is better)"
+    )
     table.add_column("arm", no_wrap=True)
-    for column in ("PLL/word", "PLL/char", "MLM loss", "tokens", "wall s"):
+    for column in ("l2r/word", "PLL/word", "MLM loss", "tokens", "wall s"):
         table.add_column(column, justify="right")
     slices = _evaluated(report)
     for arm in report["arms"]:
         values = [s["arms"][arm] for s in slices]
         if not values:
             continue
-        mean = {
-            k: sum(v[k] for v in values) / len(values) for k in ("pll_per_word", "pll_per_character", "heldout_loss")
-        }
+        metrics = ("pll_l2r_per_word", "pll_per_word", "heldout_loss")
+        mean = {k: sum(v[k] for v in values) / len(values) for k in metrics}
         table.add_row(
             arm,
+            f"{mean['pll_l2r_per_word']:.3f}",
             f"{mean['pll_per_word']:.3f}",
-            f"{mean['pll_per_character']:.4f}",
             f"{mean['heldout_loss']:.3f}",
             f"{values[-1]['train_tokens']:,}",
             f"{values[-1]['wall_s']:.0f}",
@@ -154,7 +179,7 @@ def _markdown(report: dict[str, Any]) -> str:
         "## Slices",
         "",
         "| slice | trigger score | threshold | fired | added | removed | overlap | "
-        + " | ".join(f"{a} PLL/word" for a in report["arms"])
+        + " | ".join(f"{a} PLL-l2r/word [95%]" for a in report["arms"])
         + " |",
     ]
     lines.append("|" + "---|" * (7 + len(report["arms"])))
@@ -170,8 +195,22 @@ def _markdown(report: dict[str, Any]) -> str:
             str(len(s["vocab"]["removed"])),
             f"{overlap:.2f}" if overlap is not None else "-",
         ]
-        cells += [f"{s['arms'][a]['pll_per_word']:.3f}" if s["arms"] else "-" for a in report["arms"]]
+        cells += [_with_interval(s["arms"][a]) if s["arms"] else "-" for a in report["arms"]]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Do the arms differ?", ""]
+    lines += [
+        "Differences in PLL-word-l2r per word on the same held-out texts, with paired 95% bootstrap "
+        "intervals; arms whose interval holds 0 do not differ on that slice.",
+        "",
+        "| slice | comparison | difference | 95% interval | differ |",
+        "|---|---|---|---|---|",
+    ]
+    for s in report["slices"]:
+        for name, c in (s.get("comparisons") or {}).items():
+            lines.append(
+                f"| {s['slice']} | {name} | {c['difference']:+.3f} | [{c['low']:+.3f}, {c['high']:+.3f}] | "
+                f"{'yes' if c['differs'] else 'no'} |"
+            )
     return "\n".join(lines) + "\n"
 
 

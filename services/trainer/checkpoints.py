@@ -5,7 +5,8 @@
     tokenizer.json                      the vocab version's tokenizer
     checkpoint.json                     what it is: vocab version, parent, run, step
     loss_memory.safetensors             the per-token loss memory
-    optimizer.safetensors, optimizer.json   AdamW state, so a run resumes exactly
+    optimizer.safetensors, optimizer.json   AdamW state, so a run resumes exactly (dropped from a
+                                        run's earlier checkpoints once it has succeeded)
 """
 
 from __future__ import annotations
@@ -122,6 +123,13 @@ class CheckpointStore:
         return _optimizer_state(
             load_file(str(directory / "optimizer.safetensors")), store.read_json(directory / "optimizer.json")
         )
+
+    def drop_optimizer_state(self, checkpoint_id: str) -> None:
+        """Delete the AdamW state saved for resuming (2/3 of a checkpoint); weights and memory stay."""
+        directory = self.directory(checkpoint_id)
+        (directory / "optimizer.safetensors").unlink(missing_ok=True)  # first: optimizer_state checks it
+        (directory / "optimizer.json").unlink(missing_ok=True)
+        store.fsync_directory(directory)
 
     def save(
         self,

@@ -206,6 +206,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             log_likelihood_per_word=scored.log_likelihood_per_word,
             log_likelihood_per_character=scored.log_likelihood_per_character,
             pseudo_perplexity=scored.pseudo_perplexity,
+            word_l2r_log_likelihoods=[s.word_l2r_log_likelihood for s in scored.texts],
+            word_l2r_log_likelihood_per_word=scored.word_l2r_log_likelihood_per_word,
+            word_l2r_log_likelihood_per_character=scored.word_l2r_log_likelihood_per_character,
         )
 
     def ExportOnnx(

@@ -52,6 +52,8 @@ _GRAD_CLIP = 1.0
 # A run holds texts out for its final loss memory when its slices have at least this many texts,
 # by default a tenth of them up to this many.
 _MIN_TEXTS_FOR_REFERENCE = 40
+# Token shift ranks only tokens held by at least this many candidate sentences.
+_MIN_TARGET_SENTENCES = 2
 _DEFAULT_REFERENCE_TEXTS = 1000
 # Length grouping sorts sentences within windows of this many batches (see _iteration_order).
 _GROUPING_WINDOW_BATCHES = 64
@@ -415,6 +417,10 @@ class _Trainer:
             progress.checkpoint_id = record.checkpoint_id
             context.report(progress)
         assert record is not None
+        if context.ranks.is_primary:  # nothing resumes a finished run: its resume state can go
+            preemption = self._last_preemption()
+            for earlier in [*checkpoint_ids[:-1], *([preemption.checkpoint_id] if preemption else [])]:
+                context.checkpoints.drop_optimizer_state(earlier)
         return record
 
     def _save_checkpoint(self, record: CheckpointRecord, *artifacts: Any) -> CheckpointRecord:
@@ -496,7 +502,10 @@ class _Trainer:
         """The texts kept out of training to measure the final loss memory on, ascending."""
         if pool_size < _MIN_TEXTS_FOR_REFERENCE:
             return np.empty(0, dtype=np.int64)
-        wanted = self.spec.reference_texts or min(_DEFAULT_REFERENCE_TEXTS, pool_size // 10)
+        # A tenth, but up to a quarter (at most 100) of a small slice: the calibration's own size
+        # bounds how small a change the trigger can tell from none.
+        default = min(_DEFAULT_REFERENCE_TEXTS, max(pool_size // 10, min(pool_size // 4, 100)))
+        wanted = self.spec.reference_texts or default
         count = min(wanted, pool_size // 2)  # never more than half of what there is to train on
         rng = np.random.default_rng(derive_seed(self.spec.seed, "held-out"))
         return np.sort(rng.choice(pool_size, count, replace=False))
@@ -648,15 +657,18 @@ class _Trainer:
         if strategy is Strategy.TOKEN_EMBEDDING_SHIFT and before is not None:
             after = embedding_matrix(model).detach().float().cpu().numpy()
             shift, _ = self.context.sampler.cosine_distance(before, after)
-            return self._select(
-                candidates,
-                pool,
-                fresh,
-                iteration,
-                strategy,
-                candidate_token_ids=pool.flat_ids(candidates.tolist()),
-                token_shift=shift,
-            )
+            targets = self._shift_targets(shift, pool, candidates, vocabulary)
+            if targets.size:
+                return self._select(
+                    candidates,
+                    pool,
+                    fresh,
+                    iteration,
+                    strategy,
+                    candidate_token_ids=pool.flat_ids(candidates.tolist()),
+                    token_shift=shift,
+                    target_token_ids=targets,
+                )
         if strategy is Strategy.SENTENCE_EMBEDDING_SHIFT and before is not None:
             after_cls = self._cls(model, pool, candidates)
             return self._select(candidates, pool, fresh, iteration, strategy, old_cls=before, new_cls=after_cls)
@@ -664,6 +676,22 @@ class _Trainer:
             losses = self._sentence_losses(model, pool, candidates, vocabulary, iteration)
             return self._select(candidates, pool, fresh, iteration, strategy, losses=losses)
         return self._select(candidates, pool, fresh, iteration, Strategy.UNIFORM)
+
+    def _shift_targets(
+        self, shift: np.ndarray, pool: TokenizedPool, candidates: np.ndarray, vocabulary: Vocabulary
+    ) -> np.ndarray:
+        """The top_x most shifted tokens among those in at least _MIN_TARGET_SENTENCES candidates.
+
+        Every row of the tied embedding moves a little each step, unused pieces and rare scripts
+        too; ranked over the whole vocabulary the most shifted are pieces no candidate holds, and
+        no sentence would be eligible. Specials (in every sentence) are never targets.
+        """
+        sentences_with = np.bincount(
+            np.concatenate([np.unique(pool.ids[i]) for i in candidates]), minlength=len(shift)
+        )[: len(shift)]
+        eligible = (sentences_with >= _MIN_TARGET_SENTENCES) & ~vocabulary.special.numpy()
+        ranked = np.argsort(-np.where(eligible, shift, -np.inf), kind="stable")
+        return ranked[: min(self.spec.top_x, int(eligible.sum()))].astype(np.int64)
 
     def _iteration_order(
         self, selection: IterationSelection, lengths: np.ndarray, pool_size: int, replayed: int, iteration: int
@@ -743,15 +771,18 @@ class _Trainer:
             },
         )
 
-    def _load_preemption(self, done: int) -> _Preemption | None:
-        """The snapshot to resume from, if the run was preempted inside the iteration it is at."""
+    def _last_preemption(self) -> _Preemption | None:
+        """Where the run was last preempted, if ever (and its snapshot is still there)."""
         path = self.context.run_directory / "preempted.json"
         if not path.is_file():
             return None
         preemption = _Preemption(**store.read_json(path))
-        if preemption.iteration != done or not self.context.checkpoints.exists(preemption.checkpoint_id):
-            return None
-        return preemption
+        return preemption if self.context.checkpoints.exists(preemption.checkpoint_id) else None
+
+    def _load_preemption(self, done: int) -> _Preemption | None:
+        """The snapshot to resume from, if the run was preempted inside the iteration it is at."""
+        preemption = self._last_preemption()
+        return preemption if preemption is not None and preemption.iteration == done else None
 
     def _load_signal(self) -> np.ndarray | None:
         path = self.context.run_directory / "preempted-signal.safetensors"

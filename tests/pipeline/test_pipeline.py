@@ -40,7 +40,16 @@ def test_the_loop_updates_the_vocabulary_and_beats_the_static_model(tmp_path: Pa
     fired = [s for s in slices[1:] if s["trigger"]["fired"]]
     assert fired and all(len(s["vocab"]["added"]) == len(s["vocab"]["removed"]) for s in slices)
     late = slices[-1]["arms"]
-    assert late["incremental+vocab"]["pll_per_word"] > late["static"]["pll_per_word"]
+    assert late["incremental+vocab"]["pll_l2r_per_word"] > late["static"]["pll_l2r_per_word"]
+    for figures in late.values():  # the headline sits inside its interval
+        assert figures["pll_l2r_per_word_low"] <= figures["pll_l2r_per_word"] <= figures["pll_l2r_per_word_high"]
+    comparisons = slices[-1]["comparisons"]
+    assert set(comparisons) == {"incremental - static", "incremental+vocab - static", "incremental+vocab - incremental"}
+    versus_static = comparisons["incremental+vocab - static"]
+    assert versus_static["differs"] and versus_static["low"] > 0
+    assert versus_static["difference"] == pytest.approx(
+        late["incremental+vocab"]["pll_l2r_per_word"] - late["static"]["pll_l2r_per_word"]
+    )
     assert (
         late["incremental+vocab"]["train_tokens"]
         > late["static"]["train_tokens"]
@@ -59,7 +68,8 @@ def test_the_loop_updates_the_vocabulary_and_beats_the_static_model(tmp_path: Pa
     }
     html = (tmp_path / "out" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 6 and "<table>" in html
-    assert "![Trigger](plots/trigger.png)" in (tmp_path / "out" / "report.md").read_text()
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "![Trigger](plots/trigger.png)" in markdown and "| 2021 | incremental+vocab - static |" in markdown
 
 
 def test_the_trigger_fires_on_a_drifted_slice_and_not_on_more_of_the_same(tmp_path: Path, tiny_model: Path) -> None:

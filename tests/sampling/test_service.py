@@ -471,3 +471,23 @@ def test_reflection_lists_the_service(sampling_target: str) -> None:
         responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         names = {service.name for response in responses for service in response.list_services_response.service}
     assert {"driftlm.v1.SamplingService", "grpc.health.v1.Health"} <= names
+
+
+def test_shift_and_length_weigh_as_alpha_says_however_small_the_shifts(sampling_client: SamplingClient) -> None:
+    """[CLS] shifts of about 0.03 against lengths up to 100: both terms are scaled to the pool, so
+    with alpha 0.5 they weigh the same (unscaled, the draw would follow length alone)."""
+    rng = np.random.default_rng(4)
+    old = rng.normal(size=(500, 16))
+    new = old + rng.normal(scale=0.2, size=(500, 16)) * rng.uniform(0, 1, (500, 1))
+    lengths = rng.integers(1, 101, 500)
+    chosen = sampling_client.select_sentences(
+        Strategy.SENTENCE_EMBEDDING_SHIFT, k=10, candidate_lengths=lengths, old_cls=old, new_cls=new, alpha=0.5, seed=1
+    )
+    distances = kernels.cosine_distance_rows(old, new).astype(np.float64)
+    assert distances.max() < 0.1
+    expected = 0.5 * distances / distances.max() + 0.5 * lengths / lengths.max()
+    np.testing.assert_allclose(chosen.weights, expected, rtol=1e-6)
+    shift_only = sampling_client.select_sentences(
+        Strategy.SENTENCE_EMBEDDING_SHIFT, k=10, candidate_lengths=lengths, old_cls=old, new_cls=new, alpha=1.0, seed=1
+    )
+    assert shift_only.weights.max() == 1.0 and np.argmax(shift_only.weights) == np.argmax(distances)

@@ -275,3 +275,19 @@ def test_pseudo_likelihood_is_per_word_comparable_and_prefers_the_trained_model(
         trainer_pb2.ScorePseudoLikelihoodRequest(checkpoint_id=trained.checkpoint_id, texts=["the"])
     )
     assert one.pieces == [1] and one.pseudo_perplexity == pytest.approx(np.exp(-one.log_likelihoods[0]))
+
+
+def test_word_l2r_pll_equals_the_original_on_whole_words_and_sums_per_word(stack: Stack) -> None:
+    trained = stack.run_to_end(
+        run_request(stack, [stack.slice_file("old", old_slice(23))], iterations=2, steps_per_iteration=10)
+    )
+    whole_words, split_word = "the of and to in", "the of glimmerfox to in"  # glimmerfox: ten letter pieces
+    scored = stack.trainer.ScorePseudoLikelihood(
+        trainer_pb2.ScorePseudoLikelihoodRequest(checkpoint_id=trained.checkpoint_id, texts=[whole_words, split_word])
+    )
+    assert list(scored.pieces) == [5, 14] and list(scored.words) == [5, 5]
+    # Words of one piece each: l2r hides nothing more (the same masked copies), the two agree.
+    assert scored.word_l2r_log_likelihoods[0] == pytest.approx(scored.log_likelihoods[0], abs=1e-4)
+    assert scored.word_l2r_log_likelihoods[1] != scored.log_likelihoods[1]
+    words = sum(scored.words)
+    assert scored.word_l2r_log_likelihood_per_word == pytest.approx(sum(scored.word_l2r_log_likelihoods) / words)

@@ -64,7 +64,9 @@ def test_the_loss_falls_and_progress_is_reported(stack: Stack) -> None:
     }
     assert not (directory / "optimizer.safetensors").exists()  # the last one: nothing to resume
     first_iteration = next(u.run.checkpoint_id for u in updates if u.run.checkpoint_id)
-    assert (_checkpoint_dir(stack, first_iteration) / "optimizer.safetensors").exists()
+    assert not (
+        _checkpoint_dir(stack, first_iteration) / "optimizer.safetensors"
+    ).exists()  # a finished run resumes no more
     selections = stack.selections(run.run_id)
     assert [s.iteration for s in selections] == [0, 1, 2]
     assert all(
@@ -99,8 +101,11 @@ def test_token_shift_first_trains_on_the_added_pieces_then_on_the_most_shifted(s
         load_file(str(_checkpoint_dir(stack, c) / "model.safetensors"))["bert.embeddings.word_embeddings.weight"]
         for c in checkpoints[:2]
     )
-    shift = 1 - torch.nn.functional.cosine_similarity(before, after, dim=1)
-    assert set(third.target_token_ids) == set(torch.topk(shift, 3).indices.tolist())
+    shift = (1 - torch.nn.functional.cosine_similarity(before, after, dim=1)).numpy()
+    # Ranked among the tokens at least two candidates hold, specials ([PAD] [UNK] [CLS] [SEP] [MASK]) aside.
+    holders = np.bincount([t for c in third.candidate_indices for t in ids[c]], minlength=len(shift))
+    eligible = (holders >= 2) & (np.arange(len(shift)) >= 5)
+    assert set(third.target_token_ids) == set(np.argsort(-np.where(eligible, shift, -np.inf))[:3].tolist())
     assert third.sentence_indices and all(set(third.target_token_ids) & ids[i] for i in third.sentence_indices)
 
 
@@ -151,8 +156,8 @@ def test_sentence_shift_weighs_candidates_by_the_cls_shift_of_the_last_iteration
         with torch.no_grad():
             rows = [cls_embeddings(model, *pool.batch(candidates[i : i + 64])) for i in range(0, len(candidates), 64)]
         embeddings.append(torch.cat(rows))
-    expected = 1 - torch.nn.functional.cosine_similarity(*embeddings, dim=1).numpy()
-    np.testing.assert_allclose(third.candidate_weights, expected, atol=2e-5)
+    shift = 1 - torch.nn.functional.cosine_similarity(*embeddings, dim=1).numpy()
+    np.testing.assert_allclose(third.candidate_weights, shift / shift.max(), atol=2e-4)  # alpha 1: shift / largest
     chosen = list(third.sentence_indices)
     assert len(chosen) == len(set(chosen)) == steps * batch and set(chosen) <= set(candidates)
 

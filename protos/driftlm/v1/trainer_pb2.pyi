@@ -369,9 +369,9 @@ class StartRunRequest(_message.Message):
     """
     reference_texts: _builtins.int
     """Texts of the slices held out of training, at most 100,000: the final checkpoint's loss memory
-    (the trigger's reference and its calibration, half each) is measured on them. 0 means
-    min(1,000, a tenth of the slices' texts); slices of fewer than 40 texts hold none out, and
-    their final checkpoint keeps the base's memory.
+    (the trigger's reference and its calibration, half each) is measured on them. 0 means a tenth
+    of the slices' texts (at most 1,000), or up to a quarter of a small slice (at most 100); slices
+    of fewer than 40 texts hold none out, and their final checkpoint keeps the base's memory.
     """
     @_builtins.property
     def slices(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ArtifactRef]:
@@ -1190,12 +1190,19 @@ class ScorePseudoLikelihoodResponse(_message.Message):
     LOG_LIKELIHOOD_PER_WORD_FIELD_NUMBER: _builtins.int
     LOG_LIKELIHOOD_PER_CHARACTER_FIELD_NUMBER: _builtins.int
     PSEUDO_PERPLEXITY_FIELD_NUMBER: _builtins.int
+    WORD_L2R_LOG_LIKELIHOODS_FIELD_NUMBER: _builtins.int
+    WORD_L2R_LOG_LIKELIHOOD_PER_WORD_FIELD_NUMBER: _builtins.int
+    WORD_L2R_LOG_LIKELIHOOD_PER_CHARACTER_FIELD_NUMBER: _builtins.int
     log_likelihood_per_word: _builtins.float
     """Sum of log_likelihoods over sum of words, in nats per word."""
     log_likelihood_per_character: _builtins.float
     """Sum of log_likelihoods over sum of characters, in nats per character."""
     pseudo_perplexity: _builtins.float
     """exp(-sum of log_likelihoods / sum of pieces): depends on the tokenisation."""
+    word_l2r_log_likelihood_per_word: _builtins.float
+    """Sum of word_l2r_log_likelihoods over sum of words, in nats per word."""
+    word_l2r_log_likelihood_per_character: _builtins.float
+    """Sum of word_l2r_log_likelihoods over sum of characters, in nats per character."""
     @_builtins.property
     def log_likelihoods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Per text: the summed log-probability of its pieces, each masked in turn, in nats (<= 0)."""
@@ -1212,6 +1219,13 @@ class ScorePseudoLikelihoodResponse(_message.Message):
     def characters(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Per text: characters in the scored prefix."""
 
+    @_builtins.property
+    def word_l2r_log_likelihoods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Per text: PLL-word-l2r (Kauf & Ivanova 2023), each piece predicted with the later pieces of its
+        word masked too, in nats (<= 0). Unlike log_likelihoods it does not favour a vocabulary that
+        splits words into more pieces: the comparison across vocabularies to make.
+        """
+
     def __init__(
         self,
         *,
@@ -1222,10 +1236,13 @@ class ScorePseudoLikelihoodResponse(_message.Message):
         log_likelihood_per_word: _builtins.float = ...,
         log_likelihood_per_character: _builtins.float = ...,
         pseudo_perplexity: _builtins.float = ...,
+        word_l2r_log_likelihoods: _abc.Iterable[_builtins.float] | None = ...,
+        word_l2r_log_likelihood_per_word: _builtins.float = ...,
+        word_l2r_log_likelihood_per_character: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["characters", b"characters", "log_likelihood_per_character", b"log_likelihood_per_character", "log_likelihood_per_word", b"log_likelihood_per_word", "log_likelihoods", b"log_likelihoods", "pieces", b"pieces", "pseudo_perplexity", b"pseudo_perplexity", "words", b"words"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["characters", b"characters", "log_likelihood_per_character", b"log_likelihood_per_character", "log_likelihood_per_word", b"log_likelihood_per_word", "log_likelihoods", b"log_likelihoods", "pieces", b"pieces", "pseudo_perplexity", b"pseudo_perplexity", "word_l2r_log_likelihood_per_character", b"word_l2r_log_likelihood_per_character", "word_l2r_log_likelihood_per_word", b"word_l2r_log_likelihood_per_word", "word_l2r_log_likelihoods", b"word_l2r_log_likelihoods", "words", b"words"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -184,8 +184,9 @@ class TrainerServiceServicer:
 
     def ScorePseudoLikelihood(self, request, context):
         """Pseudo-log-likelihood of texts (Salazar et al. 2020): every piece masked in turn and its
-        log-probability summed. Divided by words or characters it compares models whose vocabularies
-        cut the same text differently.
+        log-probability summed, and PLL-word-l2r (Kauf & Ivanova 2023), which also masks the later
+        pieces of the same word. Divided by words or characters, l2r compares models whose
+        vocabularies cut the same text differently.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

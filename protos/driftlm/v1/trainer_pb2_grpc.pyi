@@ -69,8 +69,9 @@ class TrainerServiceStub:
     """Exports a checkpoint to ONNX (fp32 and dynamically quantised int8) with its tokenizer."""
     ScorePseudoLikelihood: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ScorePseudoLikelihoodRequest, _trainer_pb2.ScorePseudoLikelihoodResponse]
     """Pseudo-log-likelihood of texts (Salazar et al. 2020): every piece masked in turn and its
-    log-probability summed. Divided by words or characters it compares models whose vocabularies
-    cut the same text differently.
+    log-probability summed, and PLL-word-l2r (Kauf & Ivanova 2023), which also masks the later
+    pieces of the same word. Divided by words or characters, l2r compares models whose
+    vocabularies cut the same text differently.
     """
 
 @_typing.type_check_only
@@ -114,8 +115,9 @@ class TrainerServiceAsyncStub(TrainerServiceStub):
     """Exports a checkpoint to ONNX (fp32 and dynamically quantised int8) with its tokenizer."""
     ScorePseudoLikelihood: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ScorePseudoLikelihoodRequest, _trainer_pb2.ScorePseudoLikelihoodResponse]  # type: ignore[assignment]
     """Pseudo-log-likelihood of texts (Salazar et al. 2020): every piece masked in turn and its
-    log-probability summed. Divided by words or characters it compares models whose vocabularies
-    cut the same text differently.
+    log-probability summed, and PLL-word-l2r (Kauf & Ivanova 2023), which also masks the later
+    pieces of the same word. Divided by words or characters, l2r compares models whose
+    vocabularies cut the same text differently.
     """
 
 class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -222,8 +224,9 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_trainer_pb2.ScorePseudoLikelihoodResponse, _abc.Awaitable[_trainer_pb2.ScorePseudoLikelihoodResponse]]:
         """Pseudo-log-likelihood of texts (Salazar et al. 2020): every piece masked in turn and its
-        log-probability summed. Divided by words or characters it compares models whose vocabularies
-        cut the same text differently.
+        log-probability summed, and PLL-word-l2r (Kauf & Ivanova 2023), which also masks the later
+        pieces of the same word. Divided by words or characters, l2r compares models whose
+        vocabularies cut the same text differently.
         """
 
 def add_TrainerServiceServicer_to_server(servicer: TrainerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
