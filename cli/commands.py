@@ -191,6 +191,13 @@ def _add_run(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     run.add_argument("--endpoints", default=None, help="use running services: vocab=HOST:PORT,trainer=HOST:PORT")
     run.add_argument("--steps", type=int, default=24, help="training steps per slice and arm (default: 24)")
     run.add_argument(
+        "--head-steps",
+        type=int,
+        default=100,
+        help="head-only warm-up steps on the first slice when the base model's MLM head is new, as "
+        "all-MiniLM-L6-v2's is (default: 100; 0: none)",
+    )
+    run.add_argument(
         "--iterations",
         type=int,
         default=3,
@@ -244,6 +251,7 @@ def _run(args: argparse.Namespace) -> int:
         strategies=tuple(Strategy.from_name(name) for name in args.strategy or ["token-shift"]),
         steps=args.steps,
         iterations=args.iterations,
+        head_steps=args.head_steps,
         first_steps=args.first_steps,
         batch_size=args.batch_size,
         max_length=args.max_length,

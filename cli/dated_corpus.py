@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
+from dateutil import parser as dateutil_parser
+
 from driftlm.services.runtime.corpus import CorpusError, CorpusFormat, format_of, read_records, text_of
 
 SLICINGS = ("year", "quarter", "month", "day")
@@ -45,37 +47,67 @@ class Slice:
 
 
 def parse_time(value: object) -> datetime:
-    """A timezone-aware datetime from ISO 8601, RFC 2822, Twitter's layout, or Unix seconds or
-    milliseconds. Raises ValueError when none applies."""
+    """A timezone-aware datetime (UTC when the value names no zone).
+
+    Numbers: a year (1000-9999), a compact date YYYYMMDD (a valid date from 1900 to 2199), else
+    Unix seconds, or milliseconds above 1e11; digits in a string read the same. Text: ISO 8601,
+    Twitter's created_at layout, RFC 2822, then whatever dateutil reads ("2019-03" is March 1,
+    "2019-03-05 10:00:00 UTC", "March 5, 2019"); missing parts are the earliest (month 1, day 1).
+
+    Raises:
+        ValueError: none of these applies.
+    """
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a time")
-    if isinstance(value, int | float):
-        seconds = value / 1000 if abs(value) > 1e11 else value  # milliseconds since the epoch
-        return datetime.fromtimestamp(seconds, UTC)
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, int | float):
+        return _from_number(value)
     text = str(value).strip()
     if text.lstrip("-").replace(".", "", 1).isdigit():
-        return parse_time(float(text))
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        parsed = None
-    if parsed is None:
-        for layout in _LAYOUTS:
-            try:
-                parsed = datetime.strptime(text, layout)
-                break
-            except ValueError:
-                continue
+        return _from_number(float(text) if "." in text else int(text))
+    parsed = _from_layouts(text)
     if parsed is None:
         try:
-            parsed = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError) as error:
+            parsed = dateutil_parser.parse(text, default=datetime(2000, 1, 1))
+        except (ValueError, OverflowError) as error:
             raise ValueError(
-                f"{text!r} is not a date or time this reader knows (ISO 8601, RFC 2822, Unix seconds)"
+                f"{text!r} is not a date or time this reader knows (ISO 8601, RFC 2822, Unix seconds, "
+                "YYYYMMDD, or a date dateutil reads)"
             ) from error
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _from_number(value: float) -> datetime:
+    """A year, a YYYYMMDD date, or Unix seconds (milliseconds above 1e11)."""
+    if float(value).is_integer():
+        whole = int(value)
+        if 1000 <= whole <= 9999:
+            return datetime(whole, 1, 1, tzinfo=UTC)
+        if 19000101 <= whole <= 21991231:
+            try:
+                return datetime(whole // 10000, whole // 100 % 100, whole % 100, tzinfo=UTC)
+            except ValueError:
+                pass  # not a calendar date: Unix seconds after all
+    seconds = value / 1000 if abs(value) > 1e11 else value
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def _from_layouts(text: str) -> datetime | None:
+    """ISO 8601, Twitter's layout or RFC 2822; None when the text is none of them."""
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        pass
+    for layout in _LAYOUTS:
+        try:
+            return datetime.strptime(text, layout)
+        except ValueError:
+            continue
+    try:
+        return parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 def corpus_files(path: Path) -> list[Path]:

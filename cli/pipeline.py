@@ -35,6 +35,7 @@ from driftlm.dated_corpus import Slice, cut_slices, read_dated
 from driftlm.drifting_stream import write_stream
 from driftlm.intervals import paired_difference_interval, ratio_interval
 from driftlm.local_services import LocalService, start_service
+from driftlm.provenance import provenance
 from driftlm.services.runtime import store as atomic
 from driftlm.services.runtime.strategy import Strategy
 from driftlm.services.trainer.client import TrainerClient
@@ -42,6 +43,8 @@ from driftlm.services.vocab.client import VocabClient
 from driftlm.v1 import common_pb2, trainer_pb2
 
 TOP_N = 1000
+# Peak learning rate of a new head's warm-up (at least; the loop's own when higher).
+HEAD_LEARNING_RATE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,8 @@ class PipelineOptions:
     base_model: Path | None = None
     strategies: tuple[Strategy, ...] = (Strategy.TOKEN_EMBEDDING_SHIFT,)
     steps: int = 24
+    # Head-only warm-up steps on the first slice when the base model's MLM head is new.
+    head_steps: int = 100
     # Iterations per slice: between them the arm's strategy chooses the next sentences.
     iterations: int = 3
     first_steps: int = 48
@@ -192,17 +197,17 @@ class _Loop:
         options = self.options
         chooses = fields.get("strategy", Strategy.UNIFORM.proto) != Strategy.UNIFORM.proto
         iterations = max(1, min(options.iterations, steps)) if chooses else 1
-        request = trainer_pb2.StartRunRequest(
-            kind=trainer_pb2.RUN_KIND_MLM,
-            iterations=iterations,
-            steps_per_iteration=max(1, steps // iterations),
-            batch_size=options.batch_size,
-            max_length=options.max_length,
-            learning_rate=options.learning_rate,
-            seed=options.seed,
-            display_name=label,
-            **fields,
-        )
+        defaults: dict[str, Any] = {
+            "kind": trainer_pb2.RUN_KIND_MLM,
+            "iterations": iterations,
+            "steps_per_iteration": max(1, steps // iterations),
+            "batch_size": options.batch_size,
+            "max_length": options.max_length,
+            "learning_rate": options.learning_rate,
+            "seed": options.seed,
+            "display_name": label,
+        }
+        request = trainer_pb2.StartRunRequest(**{**defaults, **fields})
         task = progress.add_task(f"train {label}", total=request.iterations * request.steps_per_iteration)
         try:
             return self.trainer.train(request, on_progress=lambda run: progress.update(task, completed=run.step))
@@ -236,10 +241,25 @@ class _Loop:
         base_version = self.vocab.register_directory(base_dir, display_name="base")
         base = self.trainer.import_model(str(base_dir), base_version.version_id, seed=options.seed, display_name="base")
         first = slices[0]
+        start_from, head_steps = base.checkpoint_id, 0
+        if base.new_mlm_head and options.head_steps:
+            # A sentence encoder's MLM head starts random: warm it up alone first, so that the arms
+            # compare language models, not head warm-ups.
+            warmed = self.train(
+                progress,
+                f"{first.label} head",
+                base_checkpoint_id=base.checkpoint_id,
+                slices=[self.slice_file(first)],
+                strategy=Strategy.UNIFORM.proto,
+                steps=options.head_steps,
+                head_only=True,
+                learning_rate=max(options.learning_rate, HEAD_LEARNING_RATE),
+            )
+            start_from, head_steps = warmed.checkpoint_id, options.head_steps
         run = self.train(
             progress,
             first.label,
-            base_checkpoint_id=base.checkpoint_id,
+            base_checkpoint_id=start_from,
             slices=[self.slice_file(first)],
             strategy=Strategy.UNIFORM.proto,
             steps=options.first_steps,
@@ -255,6 +275,8 @@ class _Loop:
                 "model": str(base_dir),
                 "checkpoint": base.checkpoint_id,
                 "vocab_version": base_version.version_id,
+                "new_mlm_head": base.new_mlm_head,
+                "head_steps": head_steps,
             },
             "vocab_version": base_version.version_id,
             "arms": arms,
@@ -425,6 +447,7 @@ def run_pipeline(options: PipelineOptions, console: Console) -> dict[str, Any]:
                 progress.update(overall, completed=index + 1)
     report = {
         "format": "driftlm.report/v1",
+        "provenance": provenance(),
         "data": str(data),
         "options": {
             **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items() if k != "endpoints"},

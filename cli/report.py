@@ -173,6 +173,14 @@ def summary_table(report: dict[str, Any]) -> Table:
 
 def _markdown(report: dict[str, Any]) -> str:
     lines = ["# driftlm run", "", f"Data: `{report['data']}`; arms: {', '.join(report['arms'])}.", ""]
+    base = report.get("base", {})
+    if base.get("new_mlm_head"):
+        lines += [
+            f"The base model (`{base['model']}`) came without an MLM head (a sentence encoder): its head "
+            f"started random and was trained alone for {base['head_steps']} steps on the first slice "
+            "before every arm's first training.",
+            "",
+        ]
     for name, (title, _) in PLOTS.items():
         lines += [f"## {title}", "", f"![{title}](plots/{name})", ""]
     lines += [

@@ -32,7 +32,7 @@ from .distributed import Ranks
 from .export import ExportResult, export_onnx
 from .loss_memory import LossMemory
 from .memory_budget import check_fits
-from .models import load_model, model_from_config, on_device, parameter_count
+from .models import import_model, model_from_config, on_device, parameter_count
 from .peers import Sampler, VocabPeer
 from .pseudo_likelihood import CorpusScore, pseudo_log_likelihoods, summarise
 from .runs import RunManager, RunRecord
@@ -132,7 +132,7 @@ class TrainerApp:
         if source.model_dir:
             directory = store.resolve_path(source.model_dir, self._store, "model_dir.uri")
             try:
-                model = load_model(directory)
+                model, new_head = import_model(directory)
             except (OSError, ValueError) as error:
                 raise InvalidArgumentError(
                     "model_dir", f"{directory} is not a masked-LM checkpoint transformers can load ({error})"
@@ -140,13 +140,13 @@ class TrainerApp:
             origin = str(directory)
         elif source.hub_id:
             try:
-                model = load_model(source.hub_id)
+                model, new_head = import_model(source.hub_id)
             except OSError as error:
                 raise NotFoundError(f"hub_id: cannot load {source.hub_id!r} ({error})") from error
             origin = source.hub_id
         elif source.config_json:
             try:
-                model = model_from_config(source.config_json, vocab_size=version.size, seed=seed)
+                model, new_head = model_from_config(source.config_json, vocab_size=version.size, seed=seed), True
             except (ValueError, KeyError, TypeError) as error:
                 first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
                 raise InvalidArgumentError(
@@ -170,6 +170,7 @@ class TrainerApp:
             create_time=now(),
             parameter_count=parameter_count(model),
             display_name=display_name,
+            new_mlm_head=new_head,
         )
         saved = self.checkpoints.save(record, model, version.tokenizer_json, LossMemory.empty(version.size))
         return self.checkpoint(saved.checkpoint_id)

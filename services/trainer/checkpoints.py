@@ -42,6 +42,8 @@ class CheckpointRecord:
     create_time: str
     parameter_count: int
     display_name: str
+    # The import initialised the MLM head: the source had none (a sentence encoder) or none at all.
+    new_mlm_head: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

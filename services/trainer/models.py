@@ -48,6 +48,28 @@ def load_model(source: str | Path) -> PreTrainedModel:
     return model
 
 
+def import_model(source: str | Path) -> tuple[PreTrainedModel, bool]:
+    """load_model, and whether the source had no MLM head (a sentence encoder): the head is new."""
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        model, info = AutoModelForMaskedLM.from_pretrained(str(source), dtype=torch.float32, output_loading_info=True)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    head_names = ("cls.", "lm_head.")
+    return model, any(str(key).startswith(head_names) for key in info["missing_keys"])
+
+
+def head_parameters(model: PreTrainedModel) -> list[nn.Parameter]:
+    """The MLM head's own parameters: its transform and bias, not the decoder tied to the input
+    embeddings. Raises ValueError for an architecture whose head this does not know."""
+    head = mlm_head(model)
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no MLM head this trainer knows (BERT's cls, RoBERTa's lm_head)")
+    tied = embedding_matrix(model)
+    return [p for p in head.parameters() if p is not tied]
+
+
 def model_from_config(config_json: str, *, vocab_size: int, seed: int) -> PreTrainedModel:
     """A freshly initialised masked LM from a transformers config (JSON with `model_type`)."""
     settings: dict[str, Any] = json.loads(config_json)

@@ -62,6 +62,7 @@ def _checkpoint_message(info: CheckpointInfo) -> trainer_pb2.Checkpoint:
         parameter_count=record.parameter_count,
         display_name=record.display_name,
         remembered_tokens=info.remembered_tokens,
+        new_mlm_head=record.new_mlm_head,
     )
 
 

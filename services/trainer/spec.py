@@ -49,6 +49,8 @@ class RunSpec:
     random_batches: bool = False
     # Texts held out for the final loss memory; 0 means min(1000, a tenth of the slices' texts).
     reference_texts: int = 0
+    # Only the MLM head's transform and bias train (a new head's warm-up).
+    head_only: bool = False
 
     @property
     def total_steps(self) -> int:

@@ -42,7 +42,16 @@ from .data import TokenizedPool, special_mask, tokenize_texts
 from .distributed import Ranks
 from .loss_memory import LossMemory
 from .masking import MaskedBatch, mask_batch
-from .models import MaskedLM, autocast, cls_embeddings, embedding_matrix, masked_logits, on_device, parameter_count
+from .models import (
+    MaskedLM,
+    autocast,
+    cls_embeddings,
+    embedding_matrix,
+    head_parameters,
+    masked_logits,
+    on_device,
+    parameter_count,
+)
 from .peers import Sampler, VocabPeer, VocabVersion
 from .spec import RunKind, RunSpec
 from .trigger import calibrated_memory, token_losses
@@ -318,6 +327,8 @@ class _Trainer:
         else:
             model, memory, added = self._base_model()
         model = on_device(model, self.device).train()
+        if spec.head_only:
+            self._freeze_all_but_the_head(model)
         self.step_module: torch.nn.Module = MaskedLM(model)
         if context.ranks.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -422,6 +433,16 @@ class _Trainer:
             for earlier in [*checkpoint_ids[:-1], *([preemption.checkpoint_id] if preemption else [])]:
                 context.checkpoints.drop_optimizer_state(earlier)
         return record
+
+    @staticmethod
+    def _freeze_all_but_the_head(model: PreTrainedModel) -> None:
+        """Only the MLM head's transform and bias keep gradients (and so an optimiser state)."""
+        try:
+            trainable = {id(p) for p in head_parameters(model)}
+        except ValueError as error:
+            raise FailedPreconditionError(f"head_only: {error}", reason="NO_KNOWN_HEAD") from error
+        for parameter in model.parameters():
+            parameter.requires_grad_(id(parameter) in trainable)
 
     def _save_checkpoint(self, record: CheckpointRecord, *artifacts: Any) -> CheckpointRecord:
         """Rank 0 writes; every rank waits until it has."""

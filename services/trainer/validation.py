@@ -108,4 +108,5 @@ def run_spec(request: trainer_pb2.StartRunRequest, *, store: Path) -> RunSpec:
         display_name=request.display_name,
         random_batches=request.random_batches,
         reference_texts=_count(request.reference_texts, "reference_texts", low=0, high=100_000),
+        head_only=request.head_only,
     )

@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from transformers import BertConfig, BertForMaskedLM
+from transformers import BertConfig, BertForMaskedLM, BertModel
 
 from driftlm.drifting_stream import generate_stream
 from driftlm.services.vocab.wordpiece import train_tokenizer
 
 
-def tiny_base_model(directory: Path) -> Path:
-    """A 2-layer BERT with a 300-piece vocabulary trained on the stream's first year."""
+def tiny_base_model(directory: Path, *, with_head: bool = True) -> Path:
+    """A 2-layer BERT with a 300-piece vocabulary trained on the stream's first year; without_head,
+    the encoder alone, as a sentence encoder is saved."""
     first_year = [r["text"] for r in generate_stream(texts_per_period=300, seed=11) if r["time"].startswith("2016")]
     tokenizer_json = train_tokenizer(first_year, vocab_size=300, cased=False)
     directory.mkdir(parents=True, exist_ok=True)
@@ -28,7 +29,7 @@ def tiny_base_model(directory: Path) -> Path:
         intermediate_size=64,
         max_position_embeddings=64,
     )
-    BertForMaskedLM(config).save_pretrained(directory)
+    (BertForMaskedLM(config) if with_head else BertModel(config)).save_pretrained(directory)
     return directory
 
 

@@ -57,6 +57,10 @@ def test_the_loop_updates_the_vocabulary_and_beats_the_static_model(tmp_path: Pa
     )
     written = json.loads((tmp_path / "out" / "report.json").read_text())
     assert written["format"] == "driftlm.report/v1" and written["options"]["strategies"] == ["token-shift"]
+    assert not written["base"]["new_mlm_head"] and written["base"]["head_steps"] == 0  # a head of its own
+    provenance = written["provenance"]
+    assert provenance["driftlm"] == "0.1.0" and provenance["packages"]["torch"].startswith("2.")
+    assert len(provenance["commit"].removesuffix("-dirty")) in (0, 40) and written["options"]["seed"] == 0
     assert written["slices"] == json.loads(json.dumps(slices))  # the file says what the run returned
     assert {p.name for p in (tmp_path / "out" / "plots").iterdir()} == {
         "overlap.png",
@@ -116,6 +120,16 @@ def test_a_stream_without_drift_does_not_fire_after_the_first_slice(tmp_path: Pa
     assert len(triggers) == 3 and not any(t["fired"] for t in triggers), [t["reason"] for t in triggers]
     assert all(t["score"] <= t["threshold"] for t in triggers)
     assert all(not s["vocab"]["added"] for s in report["slices"][1:])  # no update without a firing
+
+
+def test_a_base_without_an_mlm_head_gets_a_head_warm_up_first(tmp_path: Path) -> None:
+    from .conftest import tiny_base_model
+
+    headless = tiny_base_model(tmp_path / "encoder", with_head=False)
+    data = write_stream(tmp_path / "stream.jsonl", periods=2, texts_per_period=200)
+    report = run_pipeline(_options(tmp_path, headless, data=data, head_steps=30), Console(quiet=True))
+    assert report["base"]["new_mlm_head"] and report["base"]["head_steps"] == 30
+    assert "came without an MLM head" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_running_again_continues_after_the_last_finished_slice(tmp_path: Path, tiny_model: Path) -> None:
@@ -248,6 +262,16 @@ def test_the_command_reports_bad_data_and_exits_2(tmp_path: Path) -> None:
         (1614834367, "2021-03-04T05:06:07+00:00"),
         (1614834367000, "2021-03-04T05:06:07+00:00"),
         ("1614834367", "2021-03-04T05:06:07+00:00"),
+        # A year or a compact date is not a Unix time in 1970.
+        (2019, "2019-01-01T00:00:00+00:00"),
+        ("2019", "2019-01-01T00:00:00+00:00"),
+        (20190305, "2019-03-05T00:00:00+00:00"),
+        ("20190305", "2019-03-05T00:00:00+00:00"),
+        (20191399, "1970-08-22T16:43:19+00:00"),  # no 13th month: Unix seconds after all
+        # What dateutil reads.
+        ("2019-03", "2019-03-01T00:00:00+00:00"),
+        ("2019-03-05 10:00:00 UTC", "2019-03-05T10:00:00+00:00"),
+        ("March 5, 2019", "2019-03-05T00:00:00+00:00"),
     ],
 )
 def test_parse_time(value: object, iso: str) -> None:

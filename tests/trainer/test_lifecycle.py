@@ -291,3 +291,34 @@ def test_word_l2r_pll_equals_the_original_on_whole_words_and_sums_per_word(stack
     assert scored.word_l2r_log_likelihoods[1] != scored.log_likelihoods[1]
     words = sum(scored.words)
     assert scored.word_l2r_log_likelihood_per_word == pytest.approx(sum(scored.word_l2r_log_likelihoods) / words)
+
+
+def test_a_new_head_is_reported_and_a_head_only_run_trains_it_alone(stack: Stack) -> None:
+    from ..vocab.planted import register
+    from ..vocab.test_updates import MINILM
+
+    version = register(stack.vocab, MINILM, "minilm")
+    minilm = stack.trainer.CreateCheckpoint(
+        trainer_pb2.CreateCheckpointRequest(
+            model_dir=common_pb2.ArtifactRef(uri=str(MINILM)), vocab_version_id=version.version_id
+        )
+    ).checkpoint
+    assert minilm.new_mlm_head  # a sentence encoder: no MLM head in its weights
+    assert stack.base_checkpoint.new_mlm_head  # a fresh model from a config
+    warmed = stack.run_to_end(
+        run_request(stack, [stack.slice_file("old", old_slice(24))], head_only=True, learning_rate=1e-2)
+    )
+    # A checkpoint with a trained head imports without a new one.
+    directory = stack.trainer.GetCheckpoint(
+        trainer_pb2.GetCheckpointRequest(checkpoint_id=warmed.checkpoint_id)
+    ).checkpoint.directory.uri.removeprefix("file://")
+    again = stack.trainer.CreateCheckpoint(
+        trainer_pb2.CreateCheckpointRequest(
+            model_dir=common_pb2.ArtifactRef(uri=directory), vocab_version_id=stack.base_version.version_id
+        )
+    ).checkpoint
+    assert not again.new_mlm_head
+    before, after = _weights(stack, stack.base_checkpoint.checkpoint_id), _weights(stack, warmed.checkpoint_id)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(name.startswith("cls.predictions.") for name in changed), changed
+    assert "bert.embeddings.word_embeddings.weight" not in changed  # tied to the decoder, and frozen

@@ -120,6 +120,7 @@ class Checkpoint(_message.Message):
     PARAMETER_COUNT_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     REMEMBERED_TOKENS_FIELD_NUMBER: _builtins.int
+    NEW_MLM_HEAD_FIELD_NUMBER: _builtins.int
     checkpoint_id: _builtins.str
     """Id (`ckpt-` + 16 hex digits)."""
     vocab_version_id: _builtins.str
@@ -137,7 +138,11 @@ class Checkpoint(_message.Message):
     display_name: _builtins.str
     """A human label."""
     remembered_tokens: _builtins.float
-    """Token occurrences its loss memory has seen (decayed)."""
+    """Token occurrences of held-out text its loss memory was measured on."""
+    new_mlm_head: _builtins.bool
+    """Imported with a freshly initialised MLM head: the source had none (a sentence encoder such as
+    all-MiniLM-L6-v2) or was a config. Its predictions mean nothing until the head is trained.
+    """
     @_builtins.property
     def directory(self) -> _common_pb2.ArtifactRef:
         """The Hugging Face directory: config.json, model.safetensors, tokenizer.json."""
@@ -155,10 +160,11 @@ class Checkpoint(_message.Message):
         parameter_count: _builtins.int = ...,
         display_name: _builtins.str = ...,
         remembered_tokens: _builtins.float = ...,
+        new_mlm_head: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["directory", b"directory"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "create_time", b"create_time", "directory", b"directory", "display_name", b"display_name", "parameter_count", b"parameter_count", "parent_checkpoint_id", b"parent_checkpoint_id", "remembered_tokens", b"remembered_tokens", "run_id", b"run_id", "step", b"step", "vocab_version_id", b"vocab_version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "create_time", b"create_time", "directory", b"directory", "display_name", b"display_name", "new_mlm_head", b"new_mlm_head", "parameter_count", b"parameter_count", "parent_checkpoint_id", b"parent_checkpoint_id", "remembered_tokens", b"remembered_tokens", "run_id", b"run_id", "step", b"step", "vocab_version_id", b"vocab_version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -315,6 +321,7 @@ class StartRunRequest(_message.Message):
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     RANDOM_BATCHES_FIELD_NUMBER: _builtins.int
     REFERENCE_TEXTS_FIELD_NUMBER: _builtins.int
+    HEAD_ONLY_FIELD_NUMBER: _builtins.int
     kind: Global___RunKind.ValueType
     """Training or distillation."""
     base_checkpoint_id: _builtins.str
@@ -373,6 +380,10 @@ class StartRunRequest(_message.Message):
     of the slices' texts (at most 1,000), or up to a quarter of a small slice (at most 100); slices
     of fewer than 40 texts hold none out, and their final checkpoint keeps the base's memory.
     """
+    head_only: _builtins.bool
+    """Train only the MLM head's transform and bias, the encoder and the embeddings frozen: a warm-up
+    for a new head (Checkpoint.new_mlm_head), cheap because the encoder runs no backward pass.
+    """
     @_builtins.property
     def slices(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ArtifactRef]:
         """The slices to train on (corpus files on the trainer's machine)."""
@@ -413,10 +424,11 @@ class StartRunRequest(_message.Message):
         display_name: _builtins.str = ...,
         random_batches: _builtins.bool = ...,
         reference_texts: _builtins.int = ...,
+        head_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_sampling_alpha", b"_sampling_alpha", "sampling_alpha", b"sampling_alpha"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_sampling_alpha", b"_sampling_alpha", "base_checkpoint_id", b"base_checkpoint_id", "batch_size", b"batch_size", "candidate_pool_size", b"candidate_pool_size", "display_name", b"display_name", "distill_alpha", b"distill_alpha", "embedding_init", b"embedding_init", "iterations", b"iterations", "kind", b"kind", "learning_rate", b"learning_rate", "mask_fraction", b"mask_fraction", "max_length", b"max_length", "random_batches", b"random_batches", "reference_texts", b"reference_texts", "replay_fraction", b"replay_fraction", "replay_slices", b"replay_slices", "sampling_alpha", b"sampling_alpha", "seed", b"seed", "slices", b"slices", "steps_per_iteration", b"steps_per_iteration", "strategy", b"strategy", "teacher_checkpoint_ids", b"teacher_checkpoint_ids", "temperature", b"temperature", "text_field", b"text_field", "top_x", b"top_x", "vocab_version_id", b"vocab_version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_sampling_alpha", b"_sampling_alpha", "base_checkpoint_id", b"base_checkpoint_id", "batch_size", b"batch_size", "candidate_pool_size", b"candidate_pool_size", "display_name", b"display_name", "distill_alpha", b"distill_alpha", "embedding_init", b"embedding_init", "head_only", b"head_only", "iterations", b"iterations", "kind", b"kind", "learning_rate", b"learning_rate", "mask_fraction", b"mask_fraction", "max_length", b"max_length", "random_batches", b"random_batches", "reference_texts", b"reference_texts", "replay_fraction", b"replay_fraction", "replay_slices", b"replay_slices", "sampling_alpha", b"sampling_alpha", "seed", b"seed", "slices", b"slices", "steps_per_iteration", b"steps_per_iteration", "strategy", b"strategy", "teacher_checkpoint_ids", b"teacher_checkpoint_ids", "temperature", b"temperature", "text_field", b"text_field", "top_x", b"top_x", "vocab_version_id", b"vocab_version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__sampling_alpha: _TypeAlias = _typing.Literal["sampling_alpha"]  # noqa: Y015
     _WhichOneofArgType__sampling_alpha: _TypeAlias = _typing.Literal["_sampling_alpha", b"_sampling_alpha"]  # noqa: Y015
