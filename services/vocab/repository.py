@@ -2,9 +2,10 @@
 
     <store>/vocab/versions/<version_id>/tokenizer.json   the version's tokenizer
     <store>/vocab/versions/<version_id>/version.json     its metadata and change
+    <store>/vocab/versions/<version_id>/recent_use.safetensors   its pieces' decayed use (not for a base)
     <store>/vocab/children/<parent_id>                   the id of its only child
     <store>/vocab/observations/<observation_id>.json
-    <store>/vocab/proposals/<proposal_id>.json
+    <store>/vocab/proposals/<proposal_id>.json (and .recent_use.safetensors: the child's history)
 
 A version directory is filled under a temporary name and renamed into place, so it is either
 whole or absent. A commit holds an exclusive file lock (released by the kernel if the process
@@ -27,6 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from safetensors.numpy import load_file, save
 from tokenizers import Tokenizer
 
 from driftlm.services.runtime import store
@@ -212,6 +215,7 @@ class VocabRepository:
             for new, old in zip(proposal.change.added, proposal.change.removed, strict=True)
         ]
         tokenizer_json = parent.with_swaps(swaps)
+        recent_use = self._proposal_use(proposal.proposal_id)
         version_id = _content_id("v", proposal.version_id, _tokenizer_digest(tokenizer_json))
         with self._exclusive():
             child = self.child_of(proposal.version_id)
@@ -233,15 +237,17 @@ class VocabRepository:
                 removed=[piece.to_json() for piece in proposal.change.removed],
                 slice_labels=proposal.slice_labels,
             )
-            self._publish(record, tokenizer_json)
+            self._publish(record, tokenizer_json, recent_use)
             store.write_bytes_atomically(self._children / proposal.version_id, version_id.encode())
         return self.get(version_id)
 
-    def _publish(self, record: VersionRecord, tokenizer_json: str) -> None:
+    def _publish(self, record: VersionRecord, tokenizer_json: str, recent_use: np.ndarray | None = None) -> None:
         if (self._versions / record.version_id).exists():
             return
         temporary = store.new_temporary_directory(self._versions)
         (temporary / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+        if recent_use is not None and recent_use.size:
+            (temporary / "recent_use.safetensors").write_bytes(save({"recent_use": recent_use}))
         (temporary / "version.json").write_text(json.dumps(record.to_json(), ensure_ascii=False), encoding="utf-8")
         store.publish_directory(temporary, self._versions / record.version_id)
 
@@ -268,6 +274,15 @@ class VocabRepository:
             raise NotFoundError(f"observation {observation_id!r} does not exist; ObserveSlice returns observation ids")
         return Observation.from_json(store.read_json(path))
 
+    def recent_use(self, version_id: str) -> np.ndarray | None:
+        """A version's decayed use of each piece; None for a base version (no history)."""
+        path = self.version_directory(version_id) / "recent_use.safetensors"
+        return load_file(str(path))["recent_use"] if path.is_file() else None
+
+    def _proposal_use(self, proposal_id: str) -> np.ndarray | None:
+        path = self._proposals / f"{proposal_id}.recent_use.safetensors"
+        return load_file(str(path))["recent_use"] if path.is_file() else None
+
     def save_proposal(self, version_id: str, change: Change, slice_labels: list[str]) -> Proposal:
         """Store a proposal under a content-hashed id."""
         body = json.dumps(
@@ -279,6 +294,11 @@ class VocabRepository:
             sort_keys=True,
         )
         proposal = Proposal(_content_id("prop", body), version_id, change, slice_labels)
+        if change.recent_use.size:
+            store.write_bytes_atomically(
+                self._proposals / f"{proposal.proposal_id}.recent_use.safetensors",
+                save({"recent_use": change.recent_use}),
+            )
         store.write_json_atomically(self._proposals / f"{proposal.proposal_id}.json", proposal.to_json())
         return proposal
 

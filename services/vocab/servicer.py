@@ -179,6 +179,7 @@ class VocabServicer(vocab_pb2_grpc.VocabServiceServicer):
                 k=request.k,
                 min_count=request.min_count or DEFAULT_MIN_COUNT,
                 protected=list(request.protected_pieces),
+                parent_use=self._repository.recent_use(request.version_id),
             )
         except UpdateSizeError as error:
             raise InvalidArgumentError("k", str(error)) from error

@@ -15,6 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tokenizers import BertWordPieceTokenizer, Tokenizer
 
 # The special tokens of a BERT-style vocabulary trained here, in id order.
@@ -160,6 +161,20 @@ class WordPieceVocabulary:
             cls_id=role("cls"),
             sep_id=role("sep"),
         )
+
+    @cached_property
+    def unreachable(self) -> np.ndarray:
+        """(V,) bool: word pieces no text tokenizes to, such as BERT's `[unusedN]` slots (their text
+        splits into `[`, `unused`, ...). Continuation pieces count as reachable."""
+        tokenizer = Tokenizer.from_str(self.tokenizer_json)
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        words = [(index, piece) for index, piece in enumerate(self.pieces) if not piece.startswith(self.prefix)]
+        encodings = tokenizer.encode_batch([piece for _, piece in words], add_special_tokens=False)
+        unreachable = np.zeros(self.size, dtype=bool)
+        for (index, _), encoding in zip(words, encodings, strict=True):
+            unreachable[index] = encoding.ids != [index]
+        return unreachable
 
     def is_single_character(self, piece: str) -> bool:
         """A character alone or with the continuation prefix: together they tokenize any text."""

@@ -91,8 +91,10 @@ def test_a_chain_of_two_updates_is_two_hops(stack: Stack) -> None:
     texts = planted_slice(np.random.default_rng(3), ["fernwhistle", "quarmbling"])
     seen = observe(stack.vocab, stack.updated_version.version_id, texts)
     proposal = stack.vocab.ProposeUpdate(
+        # Every piece of the planted vocabulary is in recent use: with min_count 100 the new words
+        # (~400 and ~200 uses) still enter, and pieces used less than 100 times recently may leave.
         vocab_pb2.ProposeUpdateRequest(
-            version_id=stack.updated_version.version_id, observation_ids=[seen.observation_id], k=2
+            version_id=stack.updated_version.version_id, observation_ids=[seen.observation_id], k=2, min_count=100
         )
     )
     third = stack.vocab.CommitUpdate(vocab_pb2.CommitUpdateRequest(proposal_id=proposal.proposal_id)).version

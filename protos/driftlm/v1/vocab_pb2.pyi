@@ -218,7 +218,9 @@ class PieceCount(_message.Message):
     candidate, which has no id yet.
     """
     count: _builtins.int
-    """Occurrences on the observed slices (for a candidate: how often it would be used)."""
+    """Occurrences on the observed slices (for a candidate: how often it would be used; for a removed
+    piece: its recent use, the version's decayed history plus the observed slices, rounded).
+    """
     @_builtins.property
     def parent_decomposition(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """For an added piece: its decomposition into pieces of the parent vocabulary, as the parent's
@@ -382,7 +384,9 @@ class ProposeUpdateRequest(_message.Message):
     k: _builtins.int
     """How many pieces to swap: >= 0 and at most the number of removable pieces."""
     min_count: _builtins.int
-    """A candidate needs at least this many occurrences to enter; 0 means 2."""
+    """A candidate needs at least this many occurrences to enter, and a piece used this often in
+    recent history stays; 0 means 2.
+    """
     @_builtins.property
     def observation_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Observations of that version whose counts are added up (for example the last few slices)."""
@@ -422,7 +426,9 @@ class ProposeUpdateResponse(_message.Message):
     """Id of the stored proposal, for CommitUpdate."""
     @_builtins.property
     def change(self) -> Global___VocabChange:
-        """The change it would make; fewer than k pieces when fewer candidates reached min_count."""
+        """The change it would make; fewer than k pieces when fewer candidates reached min_count or
+        fewer pieces are used less than min_count.
+        """
 
     def __init__(
         self,

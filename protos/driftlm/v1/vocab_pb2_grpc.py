@@ -119,7 +119,10 @@ class VocabServiceServicer:
 
     def ProposeUpdate(self, request, context):
         """Proposes an update of a version from one or more of its observations: up to K pieces in,
-        as many out, so the size stays the same.
+        as many out, so the size stays the same. Pieces leave by recent use (the version's decayed
+        history plus the observed slices), the rarest first among equals (highest id: WordPiece
+        vocabularies list pieces most frequent first); a piece used min_count times or more in that
+        history is still needed and stays.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -49,7 +49,10 @@ class VocabServiceStub:
     """
     ProposeUpdate: _grpc.UnaryUnaryMultiCallable[_vocab_pb2.ProposeUpdateRequest, _vocab_pb2.ProposeUpdateResponse]
     """Proposes an update of a version from one or more of its observations: up to K pieces in,
-    as many out, so the size stays the same.
+    as many out, so the size stays the same. Pieces leave by recent use (the version's decayed
+    history plus the observed slices), the rarest first among equals (highest id: WordPiece
+    vocabularies list pieces most frequent first); a piece used min_count times or more in that
+    history is still needed and stays.
     """
     CommitUpdate: _grpc.UnaryUnaryMultiCallable[_vocab_pb2.CommitUpdateRequest, _vocab_pb2.CommitUpdateResponse]
     """Commits a proposal as a new immutable version, child of the proposal's version."""
@@ -89,7 +92,10 @@ class VocabServiceAsyncStub(VocabServiceStub):
     """
     ProposeUpdate: _aio.UnaryUnaryMultiCallable[_vocab_pb2.ProposeUpdateRequest, _vocab_pb2.ProposeUpdateResponse]  # type: ignore[assignment]
     """Proposes an update of a version from one or more of its observations: up to K pieces in,
-    as many out, so the size stays the same.
+    as many out, so the size stays the same. Pieces leave by recent use (the version's decayed
+    history plus the observed slices), the rarest first among equals (highest id: WordPiece
+    vocabularies list pieces most frequent first); a piece used min_count times or more in that
+    history is still needed and stays.
     """
     CommitUpdate: _aio.UnaryUnaryMultiCallable[_vocab_pb2.CommitUpdateRequest, _vocab_pb2.CommitUpdateResponse]  # type: ignore[assignment]
     """Commits a proposal as a new immutable version, child of the proposal's version."""
@@ -144,7 +150,10 @@ class VocabServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_vocab_pb2.ProposeUpdateResponse, _abc.Awaitable[_vocab_pb2.ProposeUpdateResponse]]:
         """Proposes an update of a version from one or more of its observations: up to K pieces in,
-        as many out, so the size stays the same.
+        as many out, so the size stays the same. Pieces leave by recent use (the version's decayed
+        history plus the observed slices), the rarest first among equals (highest id: WordPiece
+        vocabularies list pieces most frequent first); a piece used min_count times or more in that
+        history is still needed and stays.
         """
 
     @_abc_1.abstractmethod
