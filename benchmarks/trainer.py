@@ -159,90 +159,131 @@ def _throughput(device: dict[str, object]) -> list[Case]:
     ]
 
 
-def _strategies(device: dict[str, object]) -> list[Case]:
-    iterations, steps, batch = 8, 4, 16
+SEEDS = (1, 2, 3)
+
+
+def idle_news() -> tuple[list[str], list[str]]:
+    """A small real dated corpus shipped with every CPython: the entries of IDLE's NEWS.txt, each
+    dated by the release it appeared in. Earlier: releases before 2020; later: 2020 on."""
+    import re
+    import sysconfig
+
+    text = (Path(sysconfig.get_paths()["stdlib"]) / "idlelib" / "NEWS.txt").read_text(encoding="utf-8")
+    early: list[str] = []
+    late: list[str] = []
+    for section in re.split(r"\n(?=What's New in IDLE)", text):
+        year = re.search(r"Released (?:on|after) (\d{4})", section)
+        if not year:
+            continue
+        body = section.split("=====", 1)[-1]
+        entries = [" ".join(p.split()) for p in re.split(r"\n\s*\n", body) if len(p.split()) >= 4]
+        (late if int(year.group(1)) >= 2020 else early).extend(entries)
+    return early, late
+
+
+def _generated_stream() -> tuple[list[str], list[str]]:
     by_year: dict[str, list[str]] = {}
     for record in generate_stream(texts_per_period=800, seed=5):
         by_year.setdefault(record["time"][:4], []).append(record["text"])
     years = sorted(by_year)
-    early = by_year[years[0]] + by_year[years[1]]
-    late = by_year[years[-1]]
-    with tempfile.TemporaryDirectory() as scratch:
-        store = Path(scratch)
-        servers, vocab, trainer = _stack(store)
-        try:
-            corpus = common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=early))
-            base = vocab.CreateVocabulary(
-                vocab_pb2.CreateVocabularyRequest(training_corpus=corpus, vocab_size=400)
-            ).version
-            start = trainer.CreateCheckpoint(
-                trainer_pb2.CreateCheckpointRequest(
-                    model_config_json=TINY_BERT, vocab_version_id=base.version_id, seed=1
-                )
-            ).checkpoint
-            common = {
-                "kind": trainer_pb2.RUN_KIND_MLM,
-                "batch_size": batch,
-                "max_length": 32,
-                "learning_rate": 3e-3,
-                "seed": 3,
-            }
-            trained, _ = _run(
-                trainer,
-                trainer_pb2.StartRunRequest(
-                    base_checkpoint_id=start.checkpoint_id,
-                    slices=[_slice(store, "early", early)],
-                    strategy=Strategy.UNIFORM.proto,
-                    iterations=4,
-                    steps_per_iteration=25,
-                    **common,
-                ),
-            )
-            drifted = _slice(store, "late", late[: len(late) // 2])
-            heldout = common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=late[len(late) // 2 :]))
-            curves: dict[str, list[float]] = {}
-            for strategy in Strategy:
-                name = strategy.value
-                _, checkpoints = _run(
-                    trainer,
-                    trainer_pb2.StartRunRequest(
-                        base_checkpoint_id=trained.checkpoint_id,
-                        slices=[drifted],
-                        strategy=strategy.proto,
-                        iterations=iterations,
-                        steps_per_iteration=steps,
-                        sampling_alpha=0.9,
-                        top_x=20,
-                        **common,
-                    ),
-                )
-                curves[name] = [
-                    trainer.ScoreSlice(
-                        trainer_pb2.ScoreSliceRequest(checkpoint_id=checkpoint, corpus=heldout, seed=9)
-                    ).slice_loss
-                    for checkpoint in checkpoints
-                ]
-        finally:
-            for server in servers:
-                server.stop(grace=None)
-    target = curves["uniform"][-1]
-    uniform_steps = iterations * steps
-    cases = []
-    for name, curve in curves.items():
-        reached = next((i + 1 for i, loss in enumerate(curve) if loss <= target), None)
-        # Not reached within the run: no step count (null in the JSON), ratio 0.
-        strategy_steps = reached * steps if reached else None
-        cases.append(
-            Case(
-                f"steps to uniform's held-out loss ({target:.3f}) on the last year: {name}",
-                strategy_steps,
-                "steps",
-                "uniform sampling",
-                uniform_steps,
-                round(uniform_steps / strategy_steps, 3) if strategy_steps else 0.0,
-                device,
-            )
+    return by_year[years[0]] + by_year[years[1]], by_year[years[-1]]
+
+
+def _steps_to_uniform(
+    vocab: vocab_pb2_grpc.VocabServiceStub,
+    trainer: trainer_pb2_grpc.TrainerServiceStub,
+    store: Path,
+    early: list[str],
+    late: list[str],
+    seed: int,
+) -> dict[str, int | None]:
+    """A tiny BERT trained on `early`, then on half of `late` by each strategy: the steps each
+    needs to reach the held-out loss (other half of `late`) uniform sampling ends with."""
+    iterations, steps, batch = 8, 4, 16
+    corpus = common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=early))
+    base = vocab.CreateVocabulary(vocab_pb2.CreateVocabularyRequest(training_corpus=corpus, vocab_size=400)).version
+    start = trainer.CreateCheckpoint(
+        trainer_pb2.CreateCheckpointRequest(model_config_json=TINY_BERT, vocab_version_id=base.version_id, seed=seed)
+    ).checkpoint
+    common = {
+        "kind": trainer_pb2.RUN_KIND_MLM,
+        "batch_size": batch,
+        "max_length": 32,
+        "learning_rate": 3e-3,
+        "seed": seed,
+    }
+    trained, _ = _run(
+        trainer,
+        trainer_pb2.StartRunRequest(
+            base_checkpoint_id=start.checkpoint_id,
+            slices=[_slice(store, f"early-{seed}", early)],
+            strategy=Strategy.UNIFORM.proto,
+            iterations=4,
+            steps_per_iteration=25,
+            **common,
+        ),
+    )
+    drifted = _slice(store, f"late-{seed}", late[: len(late) // 2])
+    heldout = common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=late[len(late) // 2 :]))
+    curves: dict[str, list[float]] = {}
+    for strategy in Strategy:
+        _, checkpoints = _run(
+            trainer,
+            trainer_pb2.StartRunRequest(
+                base_checkpoint_id=trained.checkpoint_id,
+                slices=[drifted],
+                strategy=strategy.proto,
+                iterations=iterations,
+                steps_per_iteration=steps,
+                sampling_alpha=0.9,
+                top_x=20,
+                **common,
+            ),
         )
+        curves[strategy.value] = [
+            trainer.ScoreSlice(trainer_pb2.ScoreSliceRequest(checkpoint_id=c, corpus=heldout, seed=9)).slice_loss
+            for c in checkpoints
+        ]
+    target = curves[Strategy.UNIFORM.value][-1]
+    return {
+        name: next(((i + 1) * steps for i, loss in enumerate(curve) if loss <= target), None)
+        for name, curve in curves.items()
+    }
+
+
+def _strategies(device: dict[str, object]) -> list[Case]:
+    """Per corpus and strategy, over SEEDS: mean steps to uniform's final held-out loss among the
+    seeds that reach it, their range, and how many reach it (uniform: all, by definition)."""
+    cases = []
+    for corpus_name, (early, late) in {
+        "generated stream": _generated_stream(),
+        "IDLE NEWS (real)": idle_news(),
+    }.items():
+        with tempfile.TemporaryDirectory() as scratch:
+            store = Path(scratch)
+            servers, vocab, trainer = _stack(store)
+            try:
+                runs = [_steps_to_uniform(vocab, trainer, store, early, late, seed) for seed in SEEDS]
+            finally:
+                for server in servers:
+                    server.stop(grace=None)
+        uniform_steps = runs[0][Strategy.UNIFORM.value] or 0
+        for strategy in Strategy:
+            reached = [r[strategy.value] for r in runs if r[strategy.value] is not None]
+            mean = sum(reached) / len(reached) if reached else None
+            spread = f"{min(reached)}-{max(reached)}" if reached else "-"
+            cases.append(
+                Case(
+                    f"steps to uniform's held-out loss, {corpus_name} ({len(early)}+{len(late)} texts): "
+                    f"{strategy.value} (range {spread}, reached in {len(reached)}/{len(SEEDS)} seeds)",
+                    round(mean, 1) if mean is not None else None,
+                    "steps",
+                    "uniform sampling",
+                    uniform_steps,
+                    round(uniform_steps / mean, 3) if mean else 0.0,
+                    device,
+                )
+            )
     return cases
 
 

@@ -191,6 +191,15 @@ def _add_run(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     run.add_argument("--endpoints", default=None, help="use running services: vocab=HOST:PORT,trainer=HOST:PORT")
     run.add_argument("--steps", type=int, default=24, help="training steps per slice and arm (default: 24)")
     run.add_argument(
+        "--task-data",
+        type=Path,
+        default=None,
+        help="a labelled dated set (JSONL, CSV or Parquet; the same time field) for a downstream check: a linear "
+        "probe on each arm's encoder per slice, macro-F1 and AUC in the report",
+    )
+    run.add_argument("--task-label-field", default="label", help="field of the task set's label (default: label)")
+    run.add_argument("--task-text-field", default="", help="field of the task set's text (default: --text-field)")
+    run.add_argument(
         "--head-steps",
         type=int,
         default=100,
@@ -252,6 +261,9 @@ def _run(args: argparse.Namespace) -> int:
         steps=args.steps,
         iterations=args.iterations,
         head_steps=args.head_steps,
+        task_data=args.task_data,
+        task_label_field=args.task_label_field,
+        task_text_field=args.task_text_field,
         first_steps=args.first_steps,
         batch_size=args.batch_size,
         max_length=args.max_length,

@@ -35,6 +35,8 @@ class DatedText:
     time: datetime
     text: str
     source: str  # "path line 17"
+    # The record's label, for a labelled task set; "" otherwise.
+    label: str = ""
 
 
 @dataclass(frozen=True)
@@ -124,8 +126,9 @@ def corpus_files(path: Path) -> list[Path]:
     return files
 
 
-def read_dated(path: Path, *, time_field: str, text_field: str) -> list[DatedText]:
-    """Every record of the file or directory, sorted by time (stable).
+def read_dated(path: Path, *, time_field: str, text_field: str, label_field: str = "") -> list[DatedText]:
+    """Every record of the file or directory, sorted by time (stable); with label_field, each
+    record's label too (a labelled task set).
 
     Raises:
         DatasetError: see the module docstring.
@@ -135,12 +138,14 @@ def read_dated(path: Path, *, time_field: str, text_field: str) -> list[DatedTex
         if format_of(file) not in _SUPPORTED:
             raise DatasetError(f"{file}: dated text needs JSONL, CSV or Parquet (by extension), not plain text")
         try:
-            for record in read_records(file, [time_field, text_field]):
+            fields = [time_field, text_field, *([label_field] if label_field else [])]
+            for record in read_records(file, fields):
                 try:
                     when = parse_time(record.values[time_field])
                 except (ValueError, OverflowError, OSError) as error:
                     raise DatasetError(f"{file} {record.location}: field {time_field!r}: {error}") from error
-                records.append(DatedText(when, text_of(record, text_field, file), f"{file} {record.location}"))
+                label = str(record.values[label_field]) if label_field else ""
+                records.append(DatedText(when, text_of(record, text_field, file), f"{file} {record.location}", label))
         except CorpusError as error:
             raise DatasetError(str(error)) from error
         except FileNotFoundError as error:
@@ -158,6 +163,20 @@ def _period(time: datetime, slicing: str) -> str:
     if slicing == "month":
         return f"{time.year}-{time.month:02d}"
     return time.date().isoformat()
+
+
+def by_period(records: Sequence[DatedText], slicing: str) -> dict[str, list[DatedText]]:
+    """Records grouped by calendar period (year, quarter, month or day), in time order.
+
+    Raises:
+        DatasetError: slicing is a count of texts, which does not line up with another data set.
+    """
+    if slicing not in SLICINGS:
+        raise DatasetError(f"a labelled task set needs calendar slices ({', '.join(SLICINGS)}), not --slice {slicing}")
+    groups: dict[str, list[DatedText]] = {}
+    for record in records:
+        groups.setdefault(_period(record.time, slicing), []).append(record)
+    return groups
 
 
 def _groups(records: Sequence[DatedText], slicing: str) -> Iterator[tuple[str, list[DatedText]]]:

@@ -31,10 +31,11 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from driftlm.dated_corpus import Slice, cut_slices, read_dated
+from driftlm.dated_corpus import DatedText, Slice, by_period, cut_slices, read_dated
 from driftlm.drifting_stream import write_stream
 from driftlm.intervals import paired_difference_interval, ratio_interval
 from driftlm.local_services import LocalService, start_service
+from driftlm.probe import probe_score
 from driftlm.provenance import provenance
 from driftlm.services.runtime import store as atomic
 from driftlm.services.runtime.strategy import Strategy
@@ -109,6 +110,11 @@ class PipelineOptions:
     seed: int = 0
     fresh: bool = False
     endpoints: dict[str, str] = field(default_factory=dict)
+    # A labelled dated set for the downstream check (a linear probe per slice and arm), or None.
+    task_data: Path | None = None
+    task_label_field: str = "label"
+    # Field of the task set's text; empty: text_field.
+    task_text_field: str = ""
 
     def key(self) -> str:
         """What identifies this loop's state: the data and every option that changes results."""
@@ -163,8 +169,16 @@ def _services(options: PipelineOptions, console: Console) -> Iterator[dict[str, 
 class _Loop:
     """One pipeline run against live services."""
 
-    def __init__(self, options: PipelineOptions, vocab: VocabClient, trainer: TrainerClient, console: Console) -> None:
+    def __init__(
+        self,
+        options: PipelineOptions,
+        vocab: VocabClient,
+        trainer: TrainerClient,
+        console: Console,
+        task: dict[str, list[DatedText]] | None = None,
+    ) -> None:
         self.options = options
+        self.task = task or {}
         self.vocab = vocab
         self.trainer = trainer
         self.console = console
@@ -233,6 +247,21 @@ class _Loop:
             "pseudo_perplexity": pll.pseudo_perplexity,
         }
         return Evaluation(figures, per_text, words)
+
+    def probe(self, checkpoint_id: str, label: str) -> dict[str, float]:
+        """The downstream check on this slice's labelled texts, if the task set has some: a linear
+        probe fit on two thirds, macro-F1 and AUC on the other third, with 95% intervals."""
+        records = [r for r in self.task.get(label, []) if r.text.strip()]
+        test = [r for i, r in enumerate(records) if i % 3 == 0]
+        train = [r for i, r in enumerate(records) if i % 3 != 0]
+        if len(test) < 2 or len({r.label for r in train}) < 2:
+            return {}
+        train_x, test_x = (
+            self.trainer.embed(checkpoint_id, [r.text for r in rows], max_length=self.options.max_length)
+            for rows in (train, test)
+        )
+        score = probe_score(train_x, [r.label for r in train], test_x, [r.label for r in test], seed=self.options.seed)
+        return {f"task_{name}": float(value) for name, value in asdict(score).items()}
 
     def start(self, slices: list[Slice], progress: Progress) -> dict[str, Any]:
         """Register the base, train it on the first slice: the starting point of every arm."""
@@ -306,7 +335,12 @@ class _Loop:
         arms: dict[str, dict[str, Any]] = state["arms"]
         evaluations = {name: self.evaluate(arm["checkpoint"], item.heldout) for name, arm in arms.items()}
         figures = {
-            name: {**evaluations[name].figures, "train_tokens": arm["train_tokens"], "wall_s": arm["wall_s"]}
+            name: {
+                **evaluations[name].figures,
+                **self.probe(arm["checkpoint"], item.label),
+                "train_tokens": arm["train_tokens"],
+                "wall_s": arm["wall_s"],
+            }
             for name, arm in arms.items()
         }
         main_arm = arm_names(options.strategies, options.scratch)[2]
@@ -423,6 +457,19 @@ def run_pipeline(options: PipelineOptions, console: Console) -> dict[str, Any]:
         heldout_max=options.heldout_max,
     )
     console.print(f"{len(slices)} slices: " + ", ".join(f"{s.label} ({len(s.train)}+{len(s.heldout)})" for s in slices))
+    task = None
+    if options.task_data is not None:
+        task = by_period(
+            read_dated(
+                options.task_data,
+                time_field=options.time_field,
+                text_field=options.task_text_field or options.text_field,
+                label_field=options.task_label_field,
+            ),
+            options.slicing,
+        )
+        covered = [s.label for s in slices[1:] if s.label in task]
+        console.print(f"task set {options.task_data}: labelled texts for {len(covered)} of {len(slices) - 1} slices")
     from driftlm.report import write_report
 
     started = time.perf_counter()
@@ -431,7 +478,7 @@ def run_pipeline(options: PipelineOptions, console: Console) -> dict[str, Any]:
         VocabClient(targets["vocab"]) as vocab,
         TrainerClient(targets["trainer"]) as trainer,
     ):
-        loop = _Loop(options, vocab, trainer, console)
+        loop = _Loop(options, vocab, trainer, console, task)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=False) as progress:
             state = loop.load_state()

@@ -21,9 +21,11 @@ from __future__ import annotations
 import base64
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
@@ -137,6 +139,17 @@ PLOTS = {
 }
 
 
+def _plots(report: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    """The plots this report has: the task plot only when a task set was given."""
+    plots = dict(PLOTS)
+    if any("task_macro_f1" in figures for s in _evaluated(report) for figures in s["arms"].values()):
+        plots["task.png"] = (
+            "Downstream check: linear probe macro-F1 with 95% bootstrap intervals (higher is better)",
+            lambda r: _plot_arms(r, "task_macro_f1", "Linear probe on each arm's encoder, macro-F1", "macro-F1"),
+        )
+    return plots
+
+
 def _with_interval(figures: dict[str, float]) -> str:
     return (
         f"{figures['pll_l2r_per_word']:.3f} "
@@ -181,20 +194,41 @@ def _markdown(report: dict[str, Any]) -> str:
             "before every arm's first training.",
             "",
         ]
-    for name, (title, _) in PLOTS.items():
+    for name, (title, _) in _plots(report).items():
         lines += [f"## {title}", "", f"![{title}](plots/{name})", ""]
-    lines += [
-        "## Slices",
+    for table in _tables(report):
+        lines += [f"## {table.title}", ""]
+        if table.note:
+            lines += [table.note, ""]
+        lines += ["| " + " | ".join(table.headers) + " |", "|" + "---|" * len(table.headers)]
+        lines += ["| " + " | ".join(row) + " |" for row in table.rows]
+        lines.append("")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _Table:
+    """A table of the report, rendered the same into Markdown and HTML."""
+
+    title: str
+    note: str
+    headers: list[str]
+    rows: list[list[str]]
+
+
+def _tables(report: dict[str, Any]) -> list[_Table]:
+    """The slices table and the arm comparisons."""
+    slices = _Table(
+        "Slices",
         "",
-        "| slice | trigger score | threshold | fired | added | removed | overlap | "
-        + " | ".join(f"{a} PLL-l2r/word [95%]" for a in report["arms"])
-        + " |",
-    ]
-    lines.append("|" + "---|" * (7 + len(report["arms"])))
+        ["slice", "trigger score", "threshold", "fired", "added", "removed", "overlap"]
+        + [f"{a} PLL-l2r/word [95%]" for a in report["arms"]],
+        [],
+    )
     for s in report["slices"]:
         trigger = s["trigger"] or {}
         overlap = s["vocab"]["top_n_overlap"]
-        cells = [
+        row = [
             s["slice"],
             f"{trigger['score']:.3f}" if trigger else "-",
             f"{trigger['threshold']:.3f}" if trigger else "-",
@@ -203,43 +237,79 @@ def _markdown(report: dict[str, Any]) -> str:
             str(len(s["vocab"]["removed"])),
             f"{overlap:.2f}" if overlap is not None else "-",
         ]
-        cells += [_with_interval(s["arms"][a]) if s["arms"] else "-" for a in report["arms"]]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "## Do the arms differ?", ""]
-    lines += [
+        slices.rows.append(row + [_with_interval(s["arms"][a]) if s["arms"] else "-" for a in report["arms"]])
+    comparisons = _Table(
+        "Do the arms differ?",
         "Differences in PLL-word-l2r per word on the same held-out texts, with paired 95% bootstrap "
         "intervals; arms whose interval holds 0 do not differ on that slice.",
-        "",
-        "| slice | comparison | difference | 95% interval | differ |",
-        "|---|---|---|---|---|",
-    ]
-    for s in report["slices"]:
-        for name, c in (s.get("comparisons") or {}).items():
-            lines.append(
-                f"| {s['slice']} | {name} | {c['difference']:+.3f} | [{c['low']:+.3f}, {c['high']:+.3f}] | "
-                f"{'yes' if c['differs'] else 'no'} |"
-            )
-    return "\n".join(lines) + "\n"
+        ["slice", "comparison", "difference", "95% interval", "differ"],
+        [
+            [
+                s["slice"],
+                name,
+                f"{c['difference']:+.3f}",
+                f"[{c['low']:+.3f}, {c['high']:+.3f}]",
+                "yes" if c["differs"] else "no",
+            ]
+            for s in report["slices"]
+            for name, c in (s.get("comparisons") or {}).items()
+        ],
+    )
+    task = _Table(
+        "Downstream check",
+        "A linear probe fit on each slice's labelled texts (two thirds) with each arm's sentence "
+        "embeddings, scored on the other third; 95% bootstrap intervals over those texts.",
+        ["slice", "arm", "macro-F1", "95% interval", "AUC", "95% interval", "train / test texts"],
+        [
+            [
+                s["slice"],
+                arm,
+                f"{f['task_macro_f1']:.3f}",
+                f"[{f['task_macro_f1_low']:.3f}, {f['task_macro_f1_high']:.3f}]",
+                f"{f['task_auc']:.3f}",
+                f"[{f['task_auc_low']:.3f}, {f['task_auc_high']:.3f}]",
+                f"{f['task_train_texts']:.0f} / {f['task_test_texts']:.0f}",
+            ]
+            for s in report["slices"]
+            for arm, f in s["arms"].items()
+            if "task_macro_f1" in f
+        ],
+    )
+    return [slices, comparisons, *([task] if task.rows else [])]
+
+
+_HTML = jinja2.Environment(autoescape=True).from_string(
+    """<!doctype html>
+<html><head><meta charset="utf-8"><title>driftlm run</title>
+<style>
+body { font-family: sans-serif; max-width: 1000px; margin: 2em auto; }
+img { max-width: 100%; }
+th, td { padding: 2px 8px; border-bottom: 1px solid #ddd; text-align: right; }
+th { border-bottom: 2px solid #999; }
+</style></head>
+<body>
+<h1>driftlm run</h1>
+<p>Data: <code>{{ report.data }}</code>; arms: {{ report.arms | join(", ") }}.</p>
+{% if report.base and report.base.new_mlm_head %}
+<p>The base model came without an MLM head: its head was trained alone for {{ report.base.head_steps }}
+steps on the first slice before every arm's first training.</p>
+{% endif %}
+{% for title, image in plots %}<h2>{{ title }}</h2><img alt="{{ title }}" src="data:image/png;base64,{{ image }}">
+{% endfor %}
+{% for table in tables %}<h2>{{ table.title }}</h2>{% if table.note %}<p>{{ table.note }}</p>{% endif %}
+<table><thead><tr>{% for header in table.headers %}<th>{{ header }}</th>{% endfor %}</tr></thead>
+<tbody>{% for row in table.rows %}<tr>{% for cell in row %}<td>{{ cell }}</td>{% endfor %}</tr>
+{% endfor %}</tbody></table>
+{% endfor %}
+</body></html>
+"""
+)
 
 
 def _html(report: dict[str, Any], plots: dict[str, bytes]) -> str:
-    images = "".join(
-        f"<h2>{title}</h2><img alt='{title}' src='data:image/png;base64,{base64.b64encode(plots[name]).decode()}'/>"
-        for name, (title, _) in PLOTS.items()
-    )
-    table = _markdown(report).split("## Slices", 1)[1]
-    rows = [
-        line.strip("|").split("|")
-        for line in table.strip().splitlines()[1:]
-        if line.startswith("|") and "---" not in line
-    ]
-    body = "".join("<tr>" + "".join(f"<td>{cell.strip()}</td>" for cell in row) + "</tr>" for row in rows)
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>driftlm run</title>"
-        "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}img{max-width:100%}"
-        "td{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}</style></head><body>"
-        f"<h1>driftlm run</h1><p>Data: <code>{report['data']}</code></p>{images}<h2>Slices</h2><table>{body}</table></body></html>"
-    )
+    """A self-contained page (plots inline) from a template; every value is HTML-escaped."""
+    images = [(title, base64.b64encode(plots[name]).decode()) for name, (title, _) in _plots(report).items()]
+    return _HTML.render(report=report, plots=images, tables=_tables(report))
 
 
 def write_report(report: dict[str, Any], out: Path) -> None:
@@ -248,7 +318,7 @@ def write_report(report: dict[str, Any], out: Path) -> None:
     clean = json.loads(json.dumps(report, default=str).replace("NaN", "null"))
     store.write_bytes_atomically(out / "report.json", (json.dumps(clean, indent=2, ensure_ascii=False) + "\n").encode())
     plots: dict[str, bytes] = {}
-    for name, (_title, draw) in PLOTS.items():
+    for name, (_title, draw) in _plots(report).items():
         figure = draw(report)
         path = out / "plots" / name
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import PreTrainedModel
 
@@ -32,7 +33,7 @@ from .distributed import Ranks
 from .export import ExportResult, export_onnx
 from .loss_memory import LossMemory
 from .memory_budget import check_fits
-from .models import import_model, model_from_config, on_device, parameter_count
+from .models import import_model, mean_embeddings, model_from_config, on_device, parameter_count
 from .peers import Sampler, VocabPeer
 from .pseudo_likelihood import CorpusScore, pseudo_log_likelihoods, summarise
 from .runs import RunManager, RunRecord
@@ -321,6 +322,23 @@ class TrainerApp:
                 device=self.device,
             )
         return summarise(scores)
+
+    def embed_texts(self, checkpoint_id: str, texts: Sequence[str], *, max_length: int = 0) -> np.ndarray:
+        """(N, H) float32: each text's mean last hidden state over its pieces (specials excluded)."""
+        record = self.checkpoints.record(checkpoint_id)
+        if len(texts) > MAX_SCORED_TEXTS:
+            raise InvalidArgumentError("texts", f"has {len(texts)} texts; send at most {MAX_SCORED_TEXTS} per call")
+        max_length = self._max_length(checkpoint_id, max_length)
+        vocabulary = vocabulary_of(self._vocab.version(record.vocab_version_id))
+        with self._scoring_lock:
+            return mean_embeddings(
+                self._model_for_scoring(checkpoint_id),
+                vocabulary.tokenizer_json,
+                list(texts),
+                special=vocabulary.special,
+                max_length=max_length,
+                device=self.device,
+            )
 
     # Export ----------------------------------------------------------------------------------
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import grpc
+import numpy as np
 
 from driftlm.services.runtime.channel import ServiceClient
+from driftlm.services.runtime.tensors import tensor_to_array
 from driftlm.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 
 
@@ -77,6 +79,14 @@ class TrainerClient(ServiceClient):
         )
         response: trainer_pb2.ScoreSliceResponse = self._stub.ScoreSlice(request, timeout=self._timeout_s)
         return response
+
+    def embed(self, checkpoint_id: str, texts: Sequence[str], *, max_length: int = 0) -> np.ndarray:
+        """(N, H) float32 mean-pooled embeddings of the texts."""
+        request = trainer_pb2.ComputeEmbeddingsRequest(
+            checkpoint_id=checkpoint_id, texts=list(texts), max_length=max_length
+        )
+        response: trainer_pb2.ComputeEmbeddingsResponse = self._stub.ComputeEmbeddings(request, timeout=self._timeout_s)
+        return tensor_to_array(response.embeddings, "embeddings")
 
     def pseudo_likelihood(
         self, checkpoint_id: str, texts: Sequence[str], *, max_length: int = 0

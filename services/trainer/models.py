@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from tokenizers import Tokenizer
 from torch import nn
 from transformers import AutoConfig, AutoModelForMaskedLM, PreTrainedModel
 from transformers.utils import logging as transformers_logging
@@ -124,6 +126,43 @@ class MaskedLM(nn.Module):
 def cls_embeddings(model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The first position's hidden state (B, H): the sentence embedding the paper compares."""
     return encode(model, input_ids, attention_mask)[:, 0]
+
+
+@torch.no_grad()
+def mean_embeddings(
+    model: PreTrainedModel,
+    tokenizer_json: str,
+    texts: list[str],
+    *,
+    special: torch.Tensor,
+    max_length: int,
+    device: torch.device,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """(N, H) float32: each text's mean last hidden state over its non-special pieces (zeros when
+    it has none), texts of similar length batched together."""
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length)
+    encodings = tokenizer.encode_batch(texts) if texts else []
+    hidden = int(model.config.hidden_size)
+    out = np.zeros((len(texts), hidden), dtype=np.float32)
+    model.eval()
+    order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(len(encodings[i].ids) for i in chunk)
+        ids = torch.zeros((len(chunk), width), dtype=torch.long)
+        attention = torch.zeros_like(ids)
+        for row, index in enumerate(chunk):
+            ids[row, : len(encodings[index].ids)] = torch.tensor(encodings[index].ids)
+            attention[row, : len(encodings[index].ids)] = 1
+        with autocast(device):
+            states = encode(model, ids.to(device), attention.to(device)).float()
+        keep = (attention.bool() & ~special[ids]).to(device).unsqueeze(-1)
+        sums, counts = (states * keep).sum(1), keep.sum(1).clamp(min=1)
+        out[chunk] = (sums / counts).cpu().numpy()
+    return out
 
 
 def embedding_matrix(model: PreTrainedModel) -> torch.Tensor:

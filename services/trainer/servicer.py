@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 
 from driftlm.services.runtime.paging import page_of
+from driftlm.services.runtime.tensors import array_to_tensor
 from driftlm.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 
 from .app import CheckpointInfo, Corpus, ModelSource, TrainerApp
@@ -211,6 +212,12 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             word_l2r_log_likelihood_per_word=scored.word_l2r_log_likelihood_per_word,
             word_l2r_log_likelihood_per_character=scored.word_l2r_log_likelihood_per_character,
         )
+
+    def ComputeEmbeddings(
+        self, request: trainer_pb2.ComputeEmbeddingsRequest, context: grpc.ServicerContext
+    ) -> trainer_pb2.ComputeEmbeddingsResponse:
+        embeddings = self._app.embed_texts(request.checkpoint_id, request.texts, max_length=request.max_length)
+        return trainer_pb2.ComputeEmbeddingsResponse(embeddings=array_to_tensor(embeddings))
 
     def ExportOnnx(
         self, request: trainer_pb2.ExportOnnxRequest, context: grpc.ServicerContext

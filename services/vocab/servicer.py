@@ -247,6 +247,8 @@ class VocabServicer(vocab_pb2_grpc.VocabServiceServicer):
         )
         return vocab_pb2.MeasureDriftResponse(
             top_n_overlap=report.top_n_overlap,
+            before_tied_at_cut=report.before_tied_at_cut,
+            after_tied_at_cut=report.after_tied_at_cut,
             before_unknown_rate=report.before_unknown_rate,
             after_unknown_rate=report.after_unknown_rate,
             before_pieces_per_word=report.before_pieces_per_word,

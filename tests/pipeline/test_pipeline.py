@@ -71,7 +71,8 @@ def test_the_loop_updates_the_vocabulary_and_beats_the_static_model(tmp_path: Pa
         "compute.png",
     }
     html = (tmp_path / "out" / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 6 and "<table>" in html
+    assert html.count("data:image/png;base64,") == 6 and html.count("<table>") == 2
+    assert "<thead><tr><th>slice</th><th>trigger score</th>" in html  # a header row, from the template
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert "![Trigger](plots/trigger.png)" in markdown and "| 2021 | incremental+vocab - static |" in markdown
 
@@ -130,6 +131,31 @@ def test_a_base_without_an_mlm_head_gets_a_head_warm_up_first(tmp_path: Path) ->
     report = run_pipeline(_options(tmp_path, headless, data=data, head_steps=30), Console(quiet=True))
     assert report["base"]["new_mlm_head"] and report["base"]["head_steps"] == 30
     assert "came without an MLM head" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_a_labelled_task_set_gives_a_probe_per_slice_and_arm(tmp_path: Path, tiny_model: Path) -> None:
+    """A planted downstream task: texts of each year, half prefixed with `i really love this`, half
+    with `i really hate this`, labelled accordingly: every arm's encoder should carry it."""
+    data = write_stream(tmp_path / "stream.jsonl", periods=3, texts_per_period=200)
+    records = [json.loads(line) for line in data.read_text().splitlines()]
+    rng = np.random.default_rng(2)
+    task = tmp_path / "task.jsonl"
+    task.write_text(
+        "\n".join(
+            json.dumps({"time": r["time"], "text": f"i really {mood} this {r['text']}", "sentiment": mood})
+            for r in records[::2]
+            for mood in [str(rng.choice(["love", "hate"]))]
+        )
+    )
+    report = run_pipeline(
+        _options(tmp_path, tiny_model, data=data, task_data=task, task_label_field="sentiment"), Console(quiet=True)
+    )
+    for s in report["slices"][1:]:
+        for figures in s["arms"].values():
+            assert figures["task_macro_f1"] > 0.8 and figures["task_auc"] > 0.9, figures
+            assert figures["task_macro_f1_low"] <= figures["task_macro_f1"] <= figures["task_macro_f1_high"]
+    assert "task.png" in {p.name for p in (tmp_path / "out" / "plots").iterdir()}
+    assert "## Downstream check" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_running_again_continues_after_the_last_finished_slice(tmp_path: Path, tiny_model: Path) -> None:

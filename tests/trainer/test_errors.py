@@ -248,6 +248,14 @@ def test_fuzzed_selections_and_trigger_requests_get_a_status_and_the_server_live
             ),
         ),
     ]
+    calls.append(
+        (
+            stack.trainer.ComputeEmbeddings,
+            trainer_pb2.ComputeEmbeddingsRequest(
+                checkpoint_id=run_id or stack.base_checkpoint.checkpoint_id, texts=texts, max_length=max_length
+            ),
+        )
+    )
     for call, request in calls:
         try:
             call(request, timeout=60)

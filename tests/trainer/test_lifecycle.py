@@ -322,3 +322,22 @@ def test_a_new_head_is_reported_and_a_head_only_run_trains_it_alone(stack: Stack
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert changed and all(name.startswith("cls.predictions.") for name in changed), changed
     assert "bert.embeddings.word_embeddings.weight" not in changed  # tied to the decoder, and frozen
+
+
+def test_embeddings_are_mean_pooled_per_text_and_bad_input_is_refused(stack: Stack) -> None:
+    from driftlm.services.runtime.tensors import tensor_to_array
+
+    request = trainer_pb2.ComputeEmbeddingsRequest(
+        checkpoint_id=stack.base_checkpoint.checkpoint_id, texts=["the of and", "", "the of and"]
+    )
+    embeddings = tensor_to_array(stack.trainer.ComputeEmbeddings(request).embeddings, "embeddings")
+    assert embeddings.shape == (3, 32) and embeddings.dtype == np.float32
+    assert not embeddings[1].any() and np.array_equal(embeddings[0], embeddings[2])  # empty: zeros
+    with pytest.raises(grpc.RpcError) as missing:
+        stack.trainer.ComputeEmbeddings(trainer_pb2.ComputeEmbeddingsRequest(checkpoint_id="ckpt-none"))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as too_long:
+        stack.trainer.ComputeEmbeddings(
+            trainer_pb2.ComputeEmbeddingsRequest(checkpoint_id=stack.base_checkpoint.checkpoint_id, max_length=65)
+        )
+    assert too_long.value.code() == grpc.StatusCode.INVALID_ARGUMENT

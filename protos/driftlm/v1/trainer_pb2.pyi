@@ -1078,6 +1078,62 @@ class ScoreSliceResponse(_message.Message):
 Global___ScoreSliceResponse: _TypeAlias = ScoreSliceResponse  # noqa: Y015
 
 @_typing.final
+class ComputeEmbeddingsRequest(_message.Message):
+    """Embeds texts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
+    MAX_LENGTH_FIELD_NUMBER: _builtins.int
+    checkpoint_id: _builtins.str
+    """The checkpoint."""
+    max_length: _builtins.int
+    """Pieces per text, specials included; 0 means min(128, the model's positions)."""
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The texts (at most 10,000); an empty text embeds to zeros."""
+
+    def __init__(
+        self,
+        *,
+        checkpoint_id: _builtins.str = ...,
+        texts: _abc.Iterable[_builtins.str] | None = ...,
+        max_length: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "max_length", b"max_length", "texts", b"texts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComputeEmbeddingsRequest: _TypeAlias = ComputeEmbeddingsRequest  # noqa: Y015
+
+@_typing.final
+class ComputeEmbeddingsResponse(_message.Message):
+    """Embeddings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMBEDDINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def embeddings(self) -> _common_pb2.Tensor:
+        """(N, H) float32: per text, the mean of its pieces' last hidden states."""
+
+    def __init__(
+        self,
+        *,
+        embeddings: _common_pb2.Tensor | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["embeddings", b"embeddings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embeddings", b"embeddings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComputeEmbeddingsResponse: _TypeAlias = ComputeEmbeddingsResponse  # noqa: Y015
+
+@_typing.final
 class ExportOnnxRequest(_message.Message):
     """Exports a checkpoint."""
 

@@ -96,6 +96,11 @@ class TrainerServiceStub:
                 request_serializer=driftlm_dot_v1_dot_trainer__pb2.ScorePseudoLikelihoodRequest.SerializeToString,
                 response_deserializer=driftlm_dot_v1_dot_trainer__pb2.ScorePseudoLikelihoodResponse.FromString,
                 _registered_method=True)
+        self.ComputeEmbeddings = channel.unary_unary(
+                '/driftlm.v1.TrainerService/ComputeEmbeddings',
+                request_serializer=driftlm_dot_v1_dot_trainer__pb2.ComputeEmbeddingsRequest.SerializeToString,
+                response_deserializer=driftlm_dot_v1_dot_trainer__pb2.ComputeEmbeddingsResponse.FromString,
+                _registered_method=True)
 
 
 class TrainerServiceServicer:
@@ -192,6 +197,14 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ComputeEmbeddings(self, request, context):
+        """Sentence embeddings of texts from a checkpoint's encoder: the mean of the last hidden states of
+        each text's pieces (specials excluded), for probes and downstream checks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -249,6 +262,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.ScorePseudoLikelihood,
                     request_deserializer=driftlm_dot_v1_dot_trainer__pb2.ScorePseudoLikelihoodRequest.FromString,
                     response_serializer=driftlm_dot_v1_dot_trainer__pb2.ScorePseudoLikelihoodResponse.SerializeToString,
+            ),
+            'ComputeEmbeddings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ComputeEmbeddings,
+                    request_deserializer=driftlm_dot_v1_dot_trainer__pb2.ComputeEmbeddingsRequest.FromString,
+                    response_serializer=driftlm_dot_v1_dot_trainer__pb2.ComputeEmbeddingsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -555,6 +573,33 @@ class TrainerService:
             '/driftlm.v1.TrainerService/ScorePseudoLikelihood',
             driftlm_dot_v1_dot_trainer__pb2.ScorePseudoLikelihoodRequest.SerializeToString,
             driftlm_dot_v1_dot_trainer__pb2.ScorePseudoLikelihoodResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ComputeEmbeddings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/driftlm.v1.TrainerService/ComputeEmbeddings',
+            driftlm_dot_v1_dot_trainer__pb2.ComputeEmbeddingsRequest.SerializeToString,
+            driftlm_dot_v1_dot_trainer__pb2.ComputeEmbeddingsResponse.FromString,
             options,
             channel_credentials,
             insecure,

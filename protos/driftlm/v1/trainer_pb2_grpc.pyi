@@ -73,6 +73,10 @@ class TrainerServiceStub:
     pieces of the same word. Divided by words or characters, l2r compares models whose
     vocabularies cut the same text differently.
     """
+    ComputeEmbeddings: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ComputeEmbeddingsRequest, _trainer_pb2.ComputeEmbeddingsResponse]
+    """Sentence embeddings of texts from a checkpoint's encoder: the mean of the last hidden states of
+    each text's pieces (specials excluded), for probes and downstream checks.
+    """
 
 @_typing.type_check_only
 class TrainerServiceAsyncStub(TrainerServiceStub):
@@ -118,6 +122,10 @@ class TrainerServiceAsyncStub(TrainerServiceStub):
     log-probability summed, and PLL-word-l2r (Kauf & Ivanova 2023), which also masks the later
     pieces of the same word. Divided by words or characters, l2r compares models whose
     vocabularies cut the same text differently.
+    """
+    ComputeEmbeddings: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ComputeEmbeddingsRequest, _trainer_pb2.ComputeEmbeddingsResponse]  # type: ignore[assignment]
+    """Sentence embeddings of texts from a checkpoint's encoder: the mean of the last hidden states of
+    each text's pieces (specials excluded), for probes and downstream checks.
     """
 
 class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -227,6 +235,16 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
         log-probability summed, and PLL-word-l2r (Kauf & Ivanova 2023), which also masks the later
         pieces of the same word. Divided by words or characters, l2r compares models whose
         vocabularies cut the same text differently.
+        """
+
+    @_abc_1.abstractmethod
+    def ComputeEmbeddings(
+        self,
+        request: _trainer_pb2.ComputeEmbeddingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.ComputeEmbeddingsResponse, _abc.Awaitable[_trainer_pb2.ComputeEmbeddingsResponse]]:
+        """Sentence embeddings of texts from a checkpoint's encoder: the mean of the last hidden states of
+        each text's pieces (specials excluded), for probes and downstream checks.
         """
 
 def add_TrainerServiceServicer_to_server(servicer: TrainerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -705,9 +705,12 @@ class MeasureDriftResponse(_message.Message):
     AFTER_PIECES_PER_WORD_FIELD_NUMBER: _builtins.int
     RISING_FIELD_NUMBER: _builtins.int
     FADING_FIELD_NUMBER: _builtins.int
+    BEFORE_TIED_AT_CUT_FIELD_NUMBER: _builtins.int
+    AFTER_TIED_AT_CUT_FIELD_NUMBER: _builtins.int
     top_n_overlap: _builtins.float
     """|top_n(before) & top_n(after)| / top_n by piece string, in [0, 1] (over the larger of the two
-    sets when the slices use fewer than top_n pieces, so identical slices overlap 1).
+    sets when the slices use fewer than top_n pieces, so identical slices overlap 1). Pieces tied
+    at a cut share its last places, each counting for its share.
     """
     before_unknown_rate: _builtins.float
     """Fraction of pieces that are the unknown token in the earlier observation."""
@@ -717,6 +720,12 @@ class MeasureDriftResponse(_message.Message):
     """Pieces per word in the earlier observation."""
     after_pieces_per_word: _builtins.float
     """Pieces per word in the later observation."""
+    before_tied_at_cut: _builtins.int
+    """Pieces of the earlier observation tied at its top_n cut: they share the places left, each
+    counting for its share in the overlap; 0 when the cut falls between two counts.
+    """
+    after_tied_at_cut: _builtins.int
+    """The same for the later observation."""
     @_builtins.property
     def rising(self) -> _containers.RepeatedCompositeFieldContainer[Global___PieceCount]:
         """Pieces whose share of use grew most, with their counts in the later observation."""
@@ -735,10 +744,12 @@ class MeasureDriftResponse(_message.Message):
         after_pieces_per_word: _builtins.float = ...,
         rising: _abc.Iterable[Global___PieceCount] | None = ...,
         fading: _abc.Iterable[Global___PieceCount] | None = ...,
+        before_tied_at_cut: _builtins.int = ...,
+        after_tied_at_cut: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_pieces_per_word", b"after_pieces_per_word", "after_unknown_rate", b"after_unknown_rate", "before_pieces_per_word", b"before_pieces_per_word", "before_unknown_rate", b"before_unknown_rate", "fading", b"fading", "rising", b"rising", "top_n_overlap", b"top_n_overlap"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_pieces_per_word", b"after_pieces_per_word", "after_tied_at_cut", b"after_tied_at_cut", "after_unknown_rate", b"after_unknown_rate", "before_pieces_per_word", b"before_pieces_per_word", "before_tied_at_cut", b"before_tied_at_cut", "before_unknown_rate", b"before_unknown_rate", "fading", b"fading", "rising", b"rising", "top_n_overlap", b"top_n_overlap"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
