@@ -189,17 +189,20 @@ def _generated_stream() -> tuple[list[str], list[str]]:
     return by_year[years[0]] + by_year[years[1]], by_year[years[-1]]
 
 
-def _steps_to_uniform(
+STEPS_PER_ITERATION = 4
+
+
+def _held_out_curves(
     vocab: vocab_pb2_grpc.VocabServiceStub,
     trainer: trainer_pb2_grpc.TrainerServiceStub,
     store: Path,
     early: list[str],
     late: list[str],
     seed: int,
-) -> dict[str, int | None]:
-    """A tiny BERT trained on `early`, then on half of `late` by each strategy: the steps each
-    needs to reach the held-out loss (other half of `late`) uniform sampling ends with."""
-    iterations, steps, batch = 8, 4, 16
+) -> dict[str, list[float]]:
+    """A tiny BERT trained on `early`, then on half of `late` by each strategy: each strategy's
+    held-out loss (other half of `late`) after every iteration of STEPS_PER_ITERATION steps."""
+    iterations, steps, batch = 8, STEPS_PER_ITERATION, 16
     corpus = common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=early))
     base = vocab.CreateVocabulary(vocab_pb2.CreateVocabularyRequest(training_corpus=corpus, vocab_size=400)).version
     start = trainer.CreateCheckpoint(
@@ -244,16 +247,13 @@ def _steps_to_uniform(
             trainer.ScoreSlice(trainer_pb2.ScoreSliceRequest(checkpoint_id=c, corpus=heldout, seed=9)).slice_loss
             for c in checkpoints
         ]
-    target = curves[Strategy.UNIFORM.value][-1]
-    return {
-        name: next(((i + 1) * steps for i, loss in enumerate(curve) if loss <= target), None)
-        for name, curve in curves.items()
-    }
+    return curves
 
 
 def _strategies(device: dict[str, object]) -> list[Case]:
-    """Per corpus and strategy, over SEEDS: mean steps to uniform's final held-out loss among the
-    seeds that reach it, their range, and how many reach it (uniform: all, by definition)."""
+    """Per corpus and strategy, over SEEDS: the steps to reach uniform sampling's best held-out
+    loss (mean over the seeds that reach it, their range, how many reach it), and the held-out loss
+    at the end of the budget (mean and range)."""
     cases = []
     for corpus_name, (early, late) in {
         "generated stream": _generated_stream(),
@@ -263,24 +263,51 @@ def _strategies(device: dict[str, object]) -> list[Case]:
             store = Path(scratch)
             servers, vocab, trainer = _stack(store)
             try:
-                runs = [_steps_to_uniform(vocab, trainer, store, early, late, seed) for seed in SEEDS]
+                runs = [_held_out_curves(vocab, trainer, store, early, late, seed) for seed in SEEDS]
             finally:
                 for server in servers:
                     server.stop(grace=None)
-        uniform_steps = runs[0][Strategy.UNIFORM.value] or 0
+        corpus = f"{corpus_name} ({len(early)}+{len(late)} texts)"
+        targets = [min(run[Strategy.UNIFORM.value]) for run in runs]
+        uniform_steps = [
+            STEPS_PER_ITERATION * (1 + run[Strategy.UNIFORM.value].index(t))
+            for run, t in zip(runs, targets, strict=True)
+        ]
+        uniform_mean = sum(uniform_steps) / len(uniform_steps)
         for strategy in Strategy:
-            reached = [r[strategy.value] for r in runs if r[strategy.value] is not None]
+            steps = [
+                next(
+                    (STEPS_PER_ITERATION * (i + 1) for i, loss in enumerate(run[strategy.value]) if loss <= target),
+                    None,
+                )
+                for run, target in zip(runs, targets, strict=True)
+            ]
+            reached = [n for n in steps if n is not None]
             mean = sum(reached) / len(reached) if reached else None
             spread = f"{min(reached)}-{max(reached)}" if reached else "-"
             cases.append(
                 Case(
-                    f"steps to uniform's held-out loss, {corpus_name} ({len(early)}+{len(late)} texts): "
-                    f"{strategy.value} (range {spread}, reached in {len(reached)}/{len(SEEDS)} seeds)",
+                    f"steps to uniform's best held-out loss, {corpus}: {strategy.value} "
+                    f"(range {spread}, reached in {len(reached)}/{len(SEEDS)} seeds)",
                     round(mean, 1) if mean is not None else None,
                     "steps",
                     "uniform sampling",
-                    uniform_steps,
-                    round(uniform_steps / mean, 3) if mean else 0.0,
+                    round(uniform_mean, 1),
+                    round(uniform_mean / mean, 3) if mean else 0.0,
+                    device,
+                )
+            )
+            finals = [run[strategy.value][-1] for run in runs]
+            uniform_finals = [run[Strategy.UNIFORM.value][-1] for run in runs]
+            cases.append(
+                Case(
+                    f"held-out loss after {len(runs[0][strategy.value]) * STEPS_PER_ITERATION} steps, {corpus}: "
+                    f"{strategy.value} (range {min(finals):.3f}-{max(finals):.3f})",
+                    round(sum(finals) / len(finals), 3),
+                    "nats",
+                    "uniform sampling",
+                    round(sum(uniform_finals) / len(uniform_finals), 3),
+                    round(sum(uniform_finals) / sum(finals), 3),
                     device,
                 )
             )

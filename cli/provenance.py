@@ -34,6 +34,15 @@ def _commit() -> str:
     return f"{commit}-dirty" if changed else commit
 
 
+def _accelerator() -> str:
+    """The GPU the local services train on, or "cpu" (services at --endpoints may have another)."""
+    try:
+        import torch
+    except ImportError:
+        return ""
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
 def _version(package: str) -> str:
     try:
         return metadata.version(package)
@@ -49,6 +58,11 @@ def provenance() -> dict[str, Any]:
         "commit": _commit(),
         "python": platform.python_version(),
         "packages": {name: _version(name) for name in PACKAGES},
-        "machine": {"system": platform.system(), "architecture": platform.machine(), "cpus": usable_cpus()},
+        "machine": {
+            "system": platform.system(),
+            "architecture": platform.machine(),
+            "cpus": usable_cpus(),
+            "accelerator": _accelerator(),
+        },
         "created": datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
     }

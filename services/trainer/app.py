@@ -38,7 +38,7 @@ from .peers import Sampler, VocabPeer
 from .pseudo_likelihood import CorpusScore, pseudo_log_likelihoods, summarise
 from .runs import RunManager, RunRecord
 from .spec import RunSpec
-from .training import IterationSelection, Progress, RunContext, execute_run, vocab_hops, vocabulary_of
+from .training import IterationSelection, Progress, RunContext, Vocabulary, execute_run, vocab_hops, vocabulary_of
 from .trigger import SliceScore, TriggerOptions, sample_texts, score_slice, token_losses
 
 # Most texts one ScorePseudoLikelihood call scores (each costs one forward pass per piece).
@@ -304,13 +304,17 @@ class TrainerApp:
         names = {index: piece for piece, index in vocabulary.pieces.items()}
         return ScoredSlice(score, {s.token_id: names.get(s.token_id, "") for s in score.spikes})
 
-    def pseudo_likelihood(self, checkpoint_id: str, texts: Sequence[str], *, max_length: int = 0) -> CorpusScore:
-        """Pseudo-log-likelihood of each text (each piece masked in turn) and per word, character, piece."""
+    def _text_batch(self, checkpoint_id: str, texts: Sequence[str], max_length: int) -> tuple[Vocabulary, int]:
+        """The checkpoint's vocabulary and the pieces per text, for a bounded batch of texts to score."""
         record = self.checkpoints.record(checkpoint_id)
         if len(texts) > MAX_SCORED_TEXTS:
             raise InvalidArgumentError("texts", f"has {len(texts)} texts; send at most {MAX_SCORED_TEXTS} per call")
         max_length = self._max_length(checkpoint_id, max_length)
-        vocabulary = vocabulary_of(self._vocab.version(record.vocab_version_id))
+        return vocabulary_of(self._vocab.version(record.vocab_version_id)), max_length
+
+    def pseudo_likelihood(self, checkpoint_id: str, texts: Sequence[str], *, max_length: int = 0) -> CorpusScore:
+        """Pseudo-log-likelihood of each text (each piece masked in turn) and per word, character, piece."""
+        vocabulary, max_length = self._text_batch(checkpoint_id, texts, max_length)
         with self._scoring_lock:
             scores = pseudo_log_likelihoods(
                 self._model_for_scoring(checkpoint_id),
@@ -325,11 +329,7 @@ class TrainerApp:
 
     def embed_texts(self, checkpoint_id: str, texts: Sequence[str], *, max_length: int = 0) -> np.ndarray:
         """(N, H) float32: each text's mean last hidden state over its pieces (specials excluded)."""
-        record = self.checkpoints.record(checkpoint_id)
-        if len(texts) > MAX_SCORED_TEXTS:
-            raise InvalidArgumentError("texts", f"has {len(texts)} texts; send at most {MAX_SCORED_TEXTS} per call")
-        max_length = self._max_length(checkpoint_id, max_length)
-        vocabulary = vocabulary_of(self._vocab.version(record.vocab_version_id))
+        vocabulary, max_length = self._text_batch(checkpoint_id, texts, max_length)
         with self._scoring_lock:
             return mean_embeddings(
                 self._model_for_scoring(checkpoint_id),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from rich.console import Console
 
 from driftlm.dated_corpus import DatasetError, cut_slices, parse_time, read_dated
@@ -61,6 +62,8 @@ def test_the_loop_updates_the_vocabulary_and_beats_the_static_model(tmp_path: Pa
     provenance = written["provenance"]
     assert provenance["driftlm"] == "0.1.0" and provenance["packages"]["torch"].startswith("2.")
     assert len(provenance["commit"].removesuffix("-dirty")) in (0, 40) and written["options"]["seed"] == 0
+    expected_device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    assert provenance["machine"]["accelerator"] == expected_device
     assert written["slices"] == json.loads(json.dumps(slices))  # the file says what the run returned
     assert {p.name for p in (tmp_path / "out" / "plots").iterdir()} == {
         "overlap.png",
