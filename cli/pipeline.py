@@ -354,9 +354,7 @@ class _Loop:
         fired = trigger.fire
         base_version = state["base"]["vocab_version"]
         drift_observation = self.vocab.observe(base_version, item.train, slice_label=item.label)
-        overlap = self.vocab.drift(
-            state["previous_observation"], drift_observation.observation_id, top_n=TOP_N
-        ).top_n_overlap
+        drift = self.vocab.drift(state["previous_observation"], drift_observation.observation_id, top_n=TOP_N)
         overlap_first = self.vocab.drift(
             state["first_observation"], drift_observation.observation_id, top_n=TOP_N
         ).top_n_overlap
@@ -364,8 +362,10 @@ class _Loop:
             "version": state["vocab_version"],
             "added": [],
             "removed": [],
-            "top_n_overlap": overlap,
+            "top_n_overlap": drift.top_n_overlap,
             "top_n_overlap_first": overlap_first,
+            # Pieces tied at the previous and this slice's top-N cut (they share its last places).
+            "top_n_tied": [drift.before_tied_at_cut, drift.after_tied_at_cut],
         }
         if fired:
             seen = self.vocab.observe(state["vocab_version"], item.train, slice_label=item.label)

@@ -4,7 +4,8 @@ report.json (format "driftlm.report/v1") holds, per slice: the trigger (score, t
 calibrated for the slice, the calibration mean null_mean, z, fired, the reason in words, the spike
 and novel fractions, the most spiking pieces), the
 vocabulary version with the pieces added and removed and the top-1000 piece overlap with the
-previous and the first slice (under the base vocabulary), and for every arm the figures of the
+previous and the first slice (under the base vocabulary; top_n_tied: the pieces tied at the
+previous and this slice's cut, which share its last places), and for every arm the figures of the
 models trained on the earlier slices, measured on this slice's held-out texts: heldout_loss
 (masked-LM loss per piece, nats; tokenisation-dependent), pseudo_perplexity (tokenisation-
 dependent), pll_l2r_per_word (the headline: PLL-word-l2r, Kauf & Ivanova 2023, nats per word;
