@@ -491,3 +491,19 @@ def test_shift_and_length_weigh_as_alpha_says_however_small_the_shifts(sampling_
         Strategy.SENTENCE_EMBEDDING_SHIFT, k=10, candidate_lengths=lengths, old_cls=old, new_cls=new, alpha=1.0, seed=1
     )
     assert shift_only.weights.max() == 1.0 and np.argmax(shift_only.weights) == np.argmax(distances)
+
+
+def test_no_shift_means_no_preference(sampling_client: SamplingClient) -> None:
+    """The null: [CLS] embeddings that did not move. With alpha 1 no candidate is preferred (none
+    eligible: the trainer then draws uniformly); with alpha 0.5 only length weighs."""
+    rng = np.random.default_rng(5)
+    cls = rng.normal(size=(200, 16))
+    lengths = rng.integers(1, 50, 200)
+    shift_only = sampling_client.select_sentences(
+        Strategy.SENTENCE_EMBEDDING_SHIFT, k=10, candidate_lengths=lengths, old_cls=cls, new_cls=cls.copy(), alpha=1.0
+    )
+    assert shift_only.eligible_count == 0 and shift_only.indices.size == 0 and not shift_only.weights.any()
+    half = sampling_client.select_sentences(
+        Strategy.SENTENCE_EMBEDDING_SHIFT, k=10, candidate_lengths=lengths, old_cls=cls, new_cls=cls.copy(), alpha=0.5
+    )
+    np.testing.assert_allclose(half.weights, 0.5 * lengths / lengths.max(), rtol=1e-9)
