@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import grpc
+import numpy as np
 from tokenizers import Tokenizer
 
 from driftlm.services.runtime.config import ServeConfig
@@ -29,9 +30,12 @@ SWAP = 1_000
 
 
 def real_texts(limit: int = TEXTS) -> list[str]:
-    """Non-trivial lines of the .md, .rst and .txt files under sys.prefix, up to `limit`."""
+    """Non-trivial lines of the .md, .rst and .txt files under sys.prefix, up to `limit`.
+
+    Python's own lib first, then the virtual environment's: the same lines wherever the checkout lives
+    (sorting the two paths put a venv under /check before /root and gave other text)."""
     texts: list[str] = []
-    roots = sorted({Path(sys.base_prefix) / "lib", Path(sys.prefix) / "lib"})
+    roots = list(dict.fromkeys([Path(sys.base_prefix) / "lib", Path(sys.prefix) / "lib"]))
     for root in roots:
         for path in sorted(root.rglob("*")):
             if path.suffix not in (".md", ".rst", ".txt") or path.name == "vocab.txt" or not path.is_file():
@@ -42,6 +46,13 @@ def real_texts(limit: int = TEXTS) -> list[str]:
                     if len(texts) == limit:
                         return texts
     return texts
+
+
+def shuffled(texts: list[str], seed: int) -> list[str]:
+    """`texts` in a seeded random order. Permuting indices, never the strings: NumPy would copy them
+    into one fixed-width array as wide as the longest line (a 180,000-character licence line times
+    20,000 rows is 14 GB)."""
+    return [texts[i] for i in np.random.default_rng(seed).permutation(len(texts))]
 
 
 def _minilm() -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmarks.vocab import real_texts
+from benchmarks.vocab import real_texts, shuffled
 from driftlm.v1 import common_pb2, trainer_pb2, vocab_pb2
 
 from ..vocab.planted import EMERGING, FILLER, planted_slice
@@ -106,7 +106,7 @@ def test_stricter_false_fire_rate_raises_the_threshold(stack: Stack, phrase_mode
 
 
 def test_on_real_text_the_trigger_is_silent_without_drift_and_fires_on_planted_words(stack: Stack) -> None:
-    texts = list(np.random.default_rng(0).permutation(real_texts(6000)))
+    texts = shuffled(real_texts(6000), seed=0)
     assert len(texts) == 6000
     train, slices = texts[:2400], [texts[2400 + 600 * i : 3000 + 600 * i] for i in range(6)]
     corpus = common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=train))

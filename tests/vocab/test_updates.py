@@ -269,9 +269,9 @@ def test_ten_updates_on_a_real_stream_never_remove_a_common_word(vocab_stub: Stu
     into ten slices), up to 400 swaps each: more than its ~1,000 slots that no text produces, so later
     updates must choose among real words. None of BERT's 1,000 most frequent words (ids 1996-2995,
     `the` to `ago`: him, said, school, city...) leaves, nor any word the stream itself uses often."""
-    from benchmarks.vocab import real_texts
+    from benchmarks.vocab import real_texts, shuffled
 
-    texts = list(np.random.default_rng(0).permutation(real_texts(20_000)))
+    texts = shuffled(real_texts(20_000), seed=0)
     version = register(vocab_stub, MINILM, "minilm")
     frequent_in_stream = {
         piece for piece, count in Counter(w.lower() for t in texts for w in t.split()).items() if count >= 20
