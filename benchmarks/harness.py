@@ -37,12 +37,16 @@ class Case:
     device: dict[str, Any]
 
 
-def median_ms(function: Callable[[], object], *, repeats: int = 7, warmup: int = 1) -> float:
-    """Median wall time of `function` in milliseconds, after `warmup` untimed calls (JIT, caches)."""
+def median_ms(function: Callable[[], object], *, repeats: int = 7, warmup: int = 1, idle_s: float = 0.0) -> float:
+    """Median wall time of `function` in milliseconds, after `warmup` untimed calls (JIT, caches).
+
+    `idle_s` sleeps before each timed call, as a service idles between requests (thread pools go to
+    sleep, and waking them is part of what a caller waits for)."""
     for _ in range(warmup):
         function()
     samples = []
     for _ in range(repeats):
+        time.sleep(idle_s)
         start = time.perf_counter()
         function()
         samples.append((time.perf_counter() - start) * 1e3)

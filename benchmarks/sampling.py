@@ -83,6 +83,39 @@ def _draw_cases(device: dict[str, object]) -> list[Case]:
     return cases
 
 
+def _small_cases(device: dict[str, object]) -> list[Case]:
+    """Small inputs as a service sees them, one call after an idle pause: where the serial twin runs,
+    and at the threshold, the parallel compilation beside it (kernels/compiled.py)."""
+    from driftlm.kernels import draw
+    from driftlm.kernels.compiled import SERIAL_BELOW
+    from driftlm.kernels.counter_rng import stream_for
+
+    cases = []
+    generator = np.random.default_rng(6)
+    stream = stream_for(7, 1)
+    for n in (10, 1_000, 100_000):
+        weights = generator.random(n)
+        ours = median_ms(lambda w=weights: kernels.draw_without_replacement(w, 3, 7), repeats=15, idle_s=0.02)
+        numpy_ms = median_ms(
+            lambda w=weights: generator.choice(w.size, 3, replace=False, p=w / w.sum()), repeats=15, idle_s=0.02
+        )
+        cases.append(
+            compare(f"draw 3 of {n:,} without replacement, idle pool", ours, "numpy Generator.choice", numpy_ms, device)
+        )
+    for n in (100_000, SERIAL_BELOW):
+        weights, keys = generator.random(n), np.empty(n)
+        serial = median_ms(
+            lambda w=weights, k=keys: draw._EXPONENTIAL_KEYS.serial(w, stream, k), repeats=15, idle_s=0.02
+        )
+        parallel = median_ms(
+            lambda w=weights, k=keys: draw._EXPONENTIAL_KEYS.parallel(w, stream, k), repeats=15, idle_s=0.02
+        )
+        cases.append(
+            compare(f"exponential keys of {n:,} weights, idle pool: serial", serial, "parallel", parallel, device)
+        )
+    return cases
+
+
 def _grpc_case(device: dict[str, object]) -> Case:
     weights = np.random.default_rng(4).random(POPULATION)
     server, port = create_server("127.0.0.1:0")
@@ -101,6 +134,6 @@ def run() -> list[Case]:
     """Run the suite, write results/sampling.json and print the table."""
     device = describe_device()
     device["torch_threads"] = torch.get_num_threads()
-    cases = [*_cosine_cases(device), *_draw_cases(device), _grpc_case(device)]
+    cases = [*_cosine_cases(device), *_draw_cases(device), *_small_cases(device), _grpc_case(device)]
     write_results("sampling", cases)
     return cases

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from .compiled import Twin
 from .counter_rng import (
     PURPOSE_EXPONENTIAL_KEYS,
     PURPOSE_SHUFFLE,
@@ -39,15 +40,19 @@ class SampleSizeError(ValueError):
 _CHUNKS = 64
 
 
-@numba.njit(parallel=True, cache=True)
 def _exponential_keys(weights: np.ndarray, stream: np.uint64, keys: np.ndarray) -> tuple[int, int]:
-    """keys[i] = E_i / w_i (inf where w_i == 0); returns (positive count, invalid count)."""
+    """keys[i] = log(E_i / w_i) (inf where w_i == 0); returns (positive count, invalid count).
+
+    In the log, the key keeps the order of E_i / w_i but stays finite for every positive weight: a
+    subnormal w made E / w overflow to inf and tie with the zero weights, which are never drawn.
+    """
     positive = 0
     invalid = 0
     for i in numba.prange(weights.shape[0]):
         w = np.float64(weights[i])
         if w > 0.0 and w < np.inf:
-            keys[i] = -np.log(uniform_at(stream, i)) / w
+            # E = -log(1 - u) with u in [0, 1): finite, so no positive weight gets an infinite key.
+            keys[i] = np.log(-np.log1p(-uniform_at(stream, i))) - np.log(w)
             positive += 1
         else:
             keys[i] = np.inf
@@ -56,22 +61,32 @@ def _exponential_keys(weights: np.ndarray, stream: np.uint64, keys: np.ndarray) 
     return positive, invalid
 
 
-@numba.njit(parallel=True, cache=True)
-def _chunk_sums(weights: np.ndarray, bounds: np.ndarray, sums: np.ndarray) -> tuple[int, int]:
-    """Per-chunk sums of the weights; returns (positive count, invalid count)."""
+def _chunk_maxima(weights: np.ndarray, bounds: np.ndarray, maxima: np.ndarray) -> tuple[int, int]:
+    """Per-chunk largest weight; returns (positive count, invalid count)."""
     positive = 0
     invalid = 0
+    for c in numba.prange(bounds.shape[0] - 1):
+        largest = 0.0
+        for i in range(bounds[c], bounds[c + 1]):
+            w = np.float64(weights[i])
+            if w > 0.0 and w < np.inf:
+                largest = max(largest, w)
+                positive += 1
+            elif w != 0.0:
+                invalid += 1
+        maxima[c] = largest
+    return positive, invalid
+
+
+def _chunk_sums(weights: np.ndarray, bounds: np.ndarray, scale: float, sums: np.ndarray) -> None:
+    """Per-chunk sums of weight / scale; with scale the largest weight, no sum can overflow."""
     for c in numba.prange(bounds.shape[0] - 1):
         total = 0.0
         for i in range(bounds[c], bounds[c + 1]):
             w = np.float64(weights[i])
-            if w > 0.0 and w < np.inf:
-                total += w
-                positive += 1
-            elif w != 0.0:
-                invalid += 1
+            if w > 0.0:
+                total += w / scale
         sums[c] = total
-    return positive, invalid
 
 
 @numba.njit(cache=True)
@@ -85,16 +100,16 @@ def _sorted_uniforms(k: int, scale: float, stream: np.uint64) -> np.ndarray:
     return spacings[:k] * (scale / total)
 
 
-@numba.njit(parallel=True, cache=True)
 def _merge_walk(
     weights: np.ndarray,
+    scale: float,
     bounds: np.ndarray,
     starts: np.ndarray,
     targets: np.ndarray,
     first_target: np.ndarray,
     out: np.ndarray,
 ) -> None:
-    """out[j] = the item whose cumulative-weight interval holds targets[j] (targets sorted)."""
+    """out[j] = the item whose interval of cumulative weight / scale holds targets[j] (targets sorted)."""
     for c in numba.prange(bounds.shape[0] - 1):
         running = starts[c]
         j = first_target[c]
@@ -104,7 +119,7 @@ def _merge_walk(
             w = np.float64(weights[i])
             if w <= 0.0:
                 continue
-            running += w
+            running += w / scale
             last_positive = i
             while j < end and targets[j] < running:
                 out[j] = i
@@ -121,6 +136,12 @@ def _shuffle(values: np.ndarray, stream: np.uint64) -> None:
     for i in range(values.shape[0] - 1, 0, -1):
         j = int(uniform_at(stream, i) * (i + 1))
         values[i], values[j] = values[j], values[i]
+
+
+_EXPONENTIAL_KEYS = Twin(_exponential_keys)
+_CHUNK_MAXIMA = Twin(_chunk_maxima)
+_CHUNK_SUMS = Twin(_chunk_sums)
+_MERGE_WALK = Twin(_merge_walk)
 
 
 def _check_weights(weights: np.ndarray, k: int) -> np.ndarray:
@@ -157,11 +178,12 @@ def draw_without_replacement(weights: np.ndarray, k: int, seed: int) -> np.ndarr
 
     Example:
         >>> draw_without_replacement(np.array([0.0, 1.0, 3.0]), 2, seed=7).tolist()
-        [1, 2]
+        [2, 1]
     """
     weights = _check_weights(weights, k)
     keys = np.empty(weights.shape[0])
-    positive, invalid = _exponential_keys(weights, stream_for(seed, PURPOSE_EXPONENTIAL_KEYS), keys)
+    n = weights.shape[0]
+    positive, invalid = _EXPONENTIAL_KEYS(n, weights, stream_for(seed, PURPOSE_EXPONENTIAL_KEYS), keys)
     if invalid:
         raise _invalid_weights_error(invalid)
     if positive == 0:
@@ -196,17 +218,22 @@ def draw_with_replacement(weights: np.ndarray, k: int, seed: int) -> np.ndarray:
     """
     weights = _check_weights(weights, k)
     bounds = np.linspace(0, weights.shape[0], min(_CHUNKS, weights.shape[0]) + 1).astype(np.int64)
-    sums = np.empty(bounds.shape[0] - 1)
-    positive, invalid = _chunk_sums(weights, bounds, sums)
+    n = weights.shape[0]
+    maxima = np.empty(bounds.shape[0] - 1)
+    positive, invalid = _CHUNK_MAXIMA(n, weights, bounds, maxima)
     if invalid:
         raise _invalid_weights_error(invalid)
     if positive == 0:
         raise InvalidWeightsError("all weights are zero: there is nothing to draw")
+    # Weights are summed divided by the largest: two weights near 1e308 no longer overflow the sum.
+    scale = float(maxima.max())
+    sums = np.empty(bounds.shape[0] - 1)
+    _CHUNK_SUMS(n, weights, bounds, scale, sums)
     starts = np.concatenate(([0.0], np.cumsum(sums)))
     targets = _sorted_uniforms(k, starts[-1], stream_for(seed, PURPOSE_SORTED_UNIFORMS))
     first_target = np.searchsorted(targets, starts, side="left")
     first_target[-1] = k
     out = np.empty(k, dtype=np.int64)
-    _merge_walk(weights, bounds, starts[:-1], targets, first_target, out)
+    _MERGE_WALK(n, weights, scale, bounds, starts[:-1], targets, first_target, out)
     _shuffle(out, stream_for(seed, PURPOSE_SHUFFLE))
     return out

@@ -149,3 +149,41 @@ def test_with_replacement_may_take_more_than_there_are_items() -> None:
 def test_seed_out_of_range(seed: int) -> None:
     with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*64\)"):
         draw_without_replacement(np.ones(3), 1, seed=seed)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weights_near_the_float_limit_draw_half_and_half(dtype: type) -> None:
+    """Two weights at the top of the float range: the running sum once overflowed and drew item 0 never."""
+    weights = np.full(2, np.finfo(dtype).max / 1.5, dtype=dtype)
+    counts = np.bincount(draw_with_replacement(weights, 20_000, seed=3), minlength=2)
+    assert stats.binomtest(int(counts[0]), 20_000).pvalue > 1e-3
+    firsts = np.bincount([draw_without_replacement(weights, 1, seed=s)[0] for s in range(2000)], minlength=2)
+    assert stats.binomtest(int(firsts[0]), 2000).pvalue > 1e-3
+
+
+def test_a_subnormal_weight_is_drawn_before_a_zero_weight() -> None:
+    """[0, 1e-320, 1], k=2 without replacement: the zero weight is never drawn (a subnormal's key
+    once overflowed to inf and tied with it)."""
+    weights = np.array([0.0, 1e-320, 1.0])
+    for seed in range(200):
+        assert sorted(draw_without_replacement(weights, 2, seed=seed).tolist()) == [1, 2]
+    assert 0 not in draw_with_replacement(weights, 10_000, seed=0)
+
+
+@pytest.mark.parametrize("size", [10, 5_000])
+def test_the_serial_and_parallel_compilations_draw_the_same(size: int) -> None:
+    """Small inputs take the serial twin; the draws must not depend on which ran."""
+    from driftlm.kernels import draw
+
+    weights = np.random.default_rng(size).random(size)
+    weights[::7] = 0.0
+    bounds = np.linspace(0, size, min(64, size) + 1).astype(np.int64)
+    keys = {}
+    for name in ("parallel", "serial"):
+        keys[name] = np.empty(size)
+        getattr(draw._EXPONENTIAL_KEYS, name)(weights, np.uint64(12345), keys[name])
+    np.testing.assert_array_equal(keys["parallel"], keys["serial"])
+    sums = {name: np.empty(bounds.size - 1) for name in ("parallel", "serial")}
+    for name, out in sums.items():
+        getattr(draw._CHUNK_SUMS, name)(weights, bounds, float(weights.max()), out)
+    np.testing.assert_array_equal(sums["parallel"], sums["serial"])
