@@ -75,8 +75,24 @@ def _add_serve(subcommands: argparse._SubParsersAction[argparse.ArgumentParser])
         help="seconds in-flight calls get after SIGTERM (env DRIFTLM_GRACE_S)",
     )
     serve.add_argument(
-        "--workers", type=int, default=int(_env("WORKERS", "8") or 8), help="concurrent calls (env DRIFTLM_WORKERS)"
+        "--workers",
+        type=int,
+        default=int(_env("WORKERS", "8") or 8),
+        help="heavy calls (tokenize, train, score, export) worked on at once (env DRIFTLM_WORKERS)",
     )
+    serve.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=int(_env("MAX_IN_FLIGHT", "0") or 0),
+        help="calls admitted at once, waiting ones included; 0: 4 x workers (env DRIFTLM_MAX_IN_FLIGHT)",
+    )
+    serve.add_argument(
+        "--queue-timeout-s",
+        type=float,
+        default=float(_env("QUEUE_TIMEOUT_S", "60") or 60),
+        help="longest wait for a heavy-call slot (env DRIFTLM_QUEUE_TIMEOUT_S)",
+    )
+    _add_security(serve)
     serve.add_argument(
         "--vocab-endpoint",
         default=_env("VOCAB_ENDPOINT", ""),
@@ -95,6 +111,57 @@ def _add_serve(subcommands: argparse._SubParsersAction[argparse.ArgumentParser])
     )
 
 
+def _paths(value: str | None) -> list[Path]:
+    return [Path(part) for part in (value or "").split(os.pathsep) if part]
+
+
+def _optional_path(name: str) -> Path | None:
+    value = _env(name, "")
+    return Path(value) if value else None
+
+
+def _add_security(serve: argparse.ArgumentParser) -> None:
+    """Flags for file roots, TLS, tokens and peer calls (README: Security)."""
+    serve.add_argument(
+        "--read-root",
+        type=Path,
+        action="append",
+        default=_paths(_env("READ_ROOTS", "")),
+        help="a directory calls may read files from, beyond the store; repeatable (env DRIFTLM_READ_ROOTS, "
+        "os.pathsep-separated)",
+    )
+    serve.add_argument(
+        "--write-root",
+        type=Path,
+        action="append",
+        default=_paths(_env("WRITE_ROOTS", "")),
+        help="a directory calls may write exports to, beyond the store; repeatable (env DRIFTLM_WRITE_ROOTS)",
+    )
+    for flag, env, what in (
+        ("--tls-cert", "TLS_CERT", "the server's TLS certificate chain, PEM"),
+        ("--tls-key", "TLS_KEY", "its private key, PEM"),
+        ("--tls-client-ca", "TLS_CLIENT_CA", "require client certificates signed by this CA (mutual TLS)"),
+        ("--auth-token-file", "AUTH_TOKEN_FILE", "require 'authorization: Bearer <token>', tokens one a line"),
+        ("--peer-tls-ca", "PEER_TLS_CA", "CA of the peers' certificates, for calls to vocab and sampling"),
+        ("--peer-tls-cert", "PEER_TLS_CERT", "this service's client certificate for peers (mutual TLS)"),
+        ("--peer-tls-key", "PEER_TLS_KEY", "its private key"),
+        ("--peer-token-file", "PEER_TOKEN_FILE", "the bearer token (first line) to send to peers"),
+    ):
+        serve.add_argument(flag, type=Path, default=_optional_path(env), help=f"{what} (env DRIFTLM_{env})")
+    serve.add_argument(
+        "--closed-reflection",
+        action="store_true",
+        default=_env("CLOSED_REFLECTION", "") == "1",
+        help="with --auth-token-file, reflection too needs a token (env DRIFTLM_CLOSED_REFLECTION=1)",
+    )
+    serve.add_argument(
+        "--peer-timeout-s",
+        type=float,
+        default=float(_env("PEER_TIMEOUT_S", "120") or 120),
+        help="longest a call to a peer may take; a caller's shorter deadline wins (env DRIFTLM_PEER_TIMEOUT_S)",
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     defaults = SERVICE_DEFAULTS[args.service]
@@ -109,6 +176,20 @@ def _serve(args: argparse.Namespace) -> int:
         max_stream_bytes=args.max_stream_mb * MIB,
         grace_s=args.grace_s,
         workers=args.workers,
+        max_in_flight=args.max_in_flight,
+        queue_timeout_s=args.queue_timeout_s,
+        read_roots=tuple(args.read_root),
+        write_roots=tuple(args.write_root),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        auth_token_file=args.auth_token_file,
+        open_reflection=not args.closed_reflection,
+        peer_tls_ca=args.peer_tls_ca,
+        peer_tls_cert=args.peer_tls_cert,
+        peer_tls_key=args.peer_tls_key,
+        peer_token_file=args.peer_token_file,
+        peer_timeout_s=args.peer_timeout_s,
         log_level=args.log_level,
         vocab_endpoint=args.vocab_endpoint,
         sampling_endpoint=args.sampling_endpoint,
@@ -128,7 +209,7 @@ def _serve(args: argparse.Namespace) -> int:
             metrics_port = (
                 None if config.metrics_port is None else start_metrics_server(config.host, config.metrics_port)
             )
-        except (RuntimeError, OSError) as error:
+        except (RuntimeError, OSError, ValueError) as error:
             print(f"driftlm serve {args.service}: {error}", file=sys.stderr)
             return 1
         _LOG.info(

@@ -6,6 +6,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .paths import FileRoots
+from .security import ChannelSecurity
+
 MIB = 1 << 20
 
 
@@ -50,14 +53,50 @@ class ServeConfig:
     max_stream_bytes: int = 2048 * MIB
     # Seconds in-flight calls get to finish after SIGTERM or SIGINT.
     grace_s: float = 30.0
-    # Threads serving calls concurrently.
+    # Heavy calls (tokenize, train, score, export) worked on at once; more wait for a slot.
     workers: int = 8
+    # Calls admitted at once, waiting ones included; beyond, RESOURCE_EXHAUSTED. 0: 4 x workers.
+    max_in_flight: int = 0
+    # Longest wait for a heavy-call slot before RESOURCE_EXHAUSTED (a shorter deadline wins).
+    queue_timeout_s: float = 60.0
+    # Directories beyond the store that calls may read files from / write files to.
+    read_roots: tuple[Path, ...] = ()
+    write_roots: tuple[Path, ...] = ()
+    # TLS: certificate and key (PEM); with a client CA, clients must present a certificate (mTLS).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    # Bearer tokens, one a line; every call but health (and reflection, while open) must carry one.
+    auth_token_file: Path | None = None
+    # Whether reflection answers without a token when tokens are required.
+    open_reflection: bool = True
+    # How this service calls its peers: CA, client certificate and key, token file; and the longest a
+    # peer call may take (a caller's shorter deadline wins).
+    peer_tls_ca: Path | None = None
+    peer_tls_cert: Path | None = None
+    peer_tls_key: Path | None = None
+    peer_token_file: Path | None = None
+    peer_timeout_s: float = 120.0
     # debug, info, warning or error.
     log_level: str = "info"
     # host:port of the vocab service, for services that call it (the trainer).
     vocab_endpoint: str = ""
     # host:port of the sampling service; empty means in-process (the trainer).
     sampling_endpoint: str = ""
+
+    @property
+    def roots(self) -> FileRoots:
+        """The files calls may name: the store plus the configured roots."""
+        return FileRoots(self.store, self.read_roots, self.write_roots)
+
+    def peer_security(self) -> ChannelSecurity:
+        """How this service's clients of its peers present themselves."""
+        return ChannelSecurity.from_files(
+            root_ca=self.peer_tls_ca,
+            client_cert=self.peer_tls_cert,
+            client_key=self.peer_tls_key,
+            token_file=self.peer_token_file,
+        )
 
     @property
     def address(self) -> str:

@@ -10,8 +10,13 @@ a `google.rpc.ErrorInfo` (a stable `reason` clients can branch on) and, for bad 
     ├── AlreadyExistsError        ALREADY_EXISTS      what the call would create is there already
     ├── FailedPreconditionError   FAILED_PRECONDITION the system is not in the state the call needs
     ├── AbortedError              ABORTED             a concurrent change won; re-read and retry
-    ├── ResourceExhaustedError    RESOURCE_EXHAUSTED  too big or out of memory; ask for less
-    └── UnavailableError          UNAVAILABLE         a service this one needs cannot be reached; retry
+    ├── ResourceExhaustedError    RESOURCE_EXHAUSTED  too big, too busy or out of memory; ask for less
+    ├── PermissionDeniedError     PERMISSION_DENIED   a path outside the roots the operator allows
+    ├── UnauthenticatedError      UNAUTHENTICATED     no bearer token, or not one the service knows
+    ├── DeadlineExceededError     DEADLINE_EXCEEDED   the caller's deadline passed mid-work
+    ├── CancelledError            CANCELLED           the caller went away (or the server is stopping)
+    ├── UnavailableError          UNAVAILABLE         a service this one needs cannot be reached; retry
+    └── PeerError                 INTERNAL            a service this one needs failed; retrying will not help
 """
 
 from __future__ import annotations
@@ -119,3 +124,59 @@ class UnavailableError(DriftlmError):
 
     code = grpc.StatusCode.UNAVAILABLE
     default_reason = "PEER_UNAVAILABLE"
+
+
+class PermissionDeniedError(DriftlmError):
+    """The call names a file outside the directories this service may read or write."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    default_reason = "PERMISSION_DENIED"
+
+
+class UnauthenticatedError(DriftlmError):
+    """The call carries no bearer token, or one the service does not accept."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    default_reason = "UNAUTHENTICATED"
+
+
+class DeadlineExceededError(DriftlmError):
+    """The caller's deadline passed while the work was under way; it was stopped."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    default_reason = "DEADLINE_EXCEEDED"
+
+
+class CancelledError(DriftlmError):
+    """The caller cancelled, or the server is shutting down; the work was stopped."""
+
+    code = grpc.StatusCode.CANCELLED
+    default_reason = "CANCELLED"
+
+
+class PeerError(DriftlmError):
+    """A peer service answered with its own failure (not a transient one): retrying will not help."""
+
+    code = grpc.StatusCode.INTERNAL
+    default_reason = "PEER_FAILED"
+
+
+# A peer's answers that a later call may not get: the caller may retry. Anything else is the peer's
+# own verdict (or bug), and retrying will not help, so it must not reach our callers as UNAVAILABLE.
+_TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def peer_failure(peer: str, endpoint: str, error: grpc.RpcError) -> DriftlmError:
+    """A peer's failed call (a grpc.RpcError that is also a grpc.Call) as the error our caller should see."""
+    code, details = error.code(), error.details()
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFoundError(str(details))
+    if code in _TRANSIENT:
+        return UnavailableError(f"the {peer} service at {endpoint} is unavailable: {code.name} {details}")
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return FailedPreconditionError(
+            f"the {peer} service at {endpoint} refused this service's credentials ({code.name}: {details}); "
+            "check --peer-token-file and the --peer-tls-* files",
+            reason="PEER_REFUSED_CREDENTIALS",
+        )
+    return PeerError(f"the {peer} service at {endpoint} failed: {code.name} {details}")

@@ -1,33 +1,80 @@
-"""One server interceptor for every RPC: domain errors become statuses, every call is measured.
+"""One server interceptor for every RPC: authentication, admission, errors, metrics.
 
-Handlers raise DriftlmError subclasses; this turns them into the status code, message and
-details they carry. Anything else is a bug: it is logged with its traceback and reported as
-INTERNAL, and the server keeps serving.
+In order, each call is: authenticated (bearer token, unless the method is open), admitted
+(admission.py: in-flight bound, heavy slots), served with its context recorded (calls.py), and
+measured. Handlers raise DriftlmError subclasses, which become the status they carry. Out of memory
+becomes RESOURCE_EXHAUSTED, a file-system refusal the status that fits it, and a Rust panic in a
+library (tokenizers raises PanicException, a BaseException) INTERNAL instead of a hung call.
+Anything else is a bug: logged with its traceback, answered INTERNAL; the server keeps serving.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import grpc
 from grpc_status import rpc_status
 
-from .errors import DriftlmError
+from . import calls
+from .admission import Admission
+from .errors import (
+    DriftlmError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    peer_failure,
+)
 from .metrics import record_rpc
+from .security import check_bearer
 
 _LOG = logging.getLogger("driftlm.rpc")
 
 Behaviour = Callable[[Any, grpc.ServicerContext], Any]
 
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+REFLECTION_PREFIX = "/grpc.reflection."
+
+
+def as_domain_error(error: BaseException) -> DriftlmError | None:
+    """The status an error that is not our bug deserves, or None for a bug."""
+    if isinstance(error, DriftlmError):
+        return error
+    if isinstance(error, grpc.RpcError) and isinstance(error, grpc.Call):  # a peer's answer, not a crash here
+        return peer_failure("peer", "its configured endpoint", error)
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":  # torch's, a RuntimeError
+        return ResourceExhaustedError(
+            "the service ran out of memory on this call; send less (fewer or shorter texts, a smaller batch)",
+            reason="OUT_OF_MEMORY",
+        )
+    if isinstance(error, OSError) and error.errno is not None:
+        reason = errno.errorcode.get(error.errno, "OS_ERROR")
+        cause = error.strerror or reason
+        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE):
+            return ResourceExhaustedError(f"the service's disk or file table is full: {cause}", reason=reason)
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return PermissionDeniedError(f"the service may not write or read there: {cause}", reason=reason)
+        if error.errno in (errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.EINVAL):
+            return InvalidArgumentError("path", f"cannot be used: {cause}", reason=reason)
+        return FailedPreconditionError(f"a file operation failed: {cause}", reason=reason)
+    return None
+
+
+def _is_panic(error: BaseException) -> bool:
+    """A Rust panic surfaced by pyo3 (pyo3_runtime.PanicException derives from BaseException)."""
+    return type(error).__name__ == "PanicException"
+
 
 def _abort(context: grpc.ServicerContext, method: str, error: BaseException) -> None:
     """End the call with the status for `error`; context.abort raises to unwind the handler."""
-    if isinstance(error, DriftlmError):
-        _LOG.info("rpc failed", extra={"method": method, "code": error.code.name, "error": error.message})
-        context.abort_with_status(rpc_status.to_status(error.to_status()))
+    domain = as_domain_error(error)
+    if domain is not None:
+        _LOG.info("rpc failed", extra={"method": method, "code": domain.code.name, "error": domain.message})
+        context.abort_with_status(rpc_status.to_status(domain.to_status()))
     _LOG.error("rpc crashed", extra={"method": method}, exc_info=error)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(error).__name__}; see the server log")
 
@@ -37,39 +84,77 @@ def _code_name(context: grpc.ServicerContext) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else "OK"
 
 
-def _wrap_unary_response(behaviour: Behaviour, method: str) -> Behaviour:
-    def handle(request: Any, context: grpc.ServicerContext) -> Any:
-        start = time.perf_counter()
-        try:
-            return behaviour(request, context)
-        # The boundary of every call: whatever a handler raised becomes a status here.
-        except Exception as error:
-            if context.code() is not None or not context.is_active():
-                raise  # the handler aborted already, or the client went away: nothing to report
-            _abort(context, method, error)
-        finally:
-            record_rpc(method, _code_name(context), time.perf_counter() - start)
-
-    return handle
-
-
-def _wrap_streaming_response(behaviour: Behaviour, method: str) -> Behaviour:
-    def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        start = time.perf_counter()
-        try:
-            yield from behaviour(request, context)
-        except Exception as error:
-            if context.code() is not None or not context.is_active():
-                raise
-            _abort(context, method, error)
-        finally:
-            record_rpc(method, _code_name(context), time.perf_counter() - start)
-
-    return handle
-
-
 class RpcInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """Wraps every handler of the server (health and reflection included)."""
+
+    def __init__(
+        self,
+        admission: Admission | None = None,
+        *,
+        tokens: frozenset[str] = frozenset(),
+        heavy_methods: Collection[str] = (),
+        open_reflection: bool = True,
+    ) -> None:
+        self._admission = admission
+        self._tokens = tokens
+        self._heavy = frozenset(heavy_methods)
+        self._open_reflection = open_reflection
+
+    def _is_open(self, method: str) -> bool:
+        """Health is always open (probes carry no token); reflection when configured so."""
+        return method.startswith(HEALTH_PREFIX) or (self._open_reflection and method.startswith(REFLECTION_PREFIX))
+
+    def _prepare(self, method: str, context: grpc.ServicerContext) -> Any:
+        """Authenticate; return the admission scope the call runs in."""
+        if self._tokens and not self._is_open(method):
+            check_bearer(context.invocation_metadata() or (), self._tokens)
+        if self._admission is None or method.startswith((HEALTH_PREFIX, REFLECTION_PREFIX)):
+            return None
+        return self._admission.admitted(heavy=method in self._heavy, time_remaining_s=context.time_remaining())
+
+    def _wrap_unary_response(self, behaviour: Behaviour, method: str) -> Behaviour:
+        def handle(request: Any, context: grpc.ServicerContext) -> Any:
+            start = time.perf_counter()
+            try:
+                scope = self._prepare(method, context)
+                if scope is None:
+                    with calls.serving(context):
+                        return behaviour(request, context)
+                with scope, calls.serving(context):
+                    return behaviour(request, context)
+            # The boundary of every call: whatever a handler raised becomes a status here.
+            except BaseException as error:
+                if not isinstance(error, Exception) and not _is_panic(error):
+                    raise  # SystemExit, KeyboardInterrupt, GeneratorExit
+                if context.code() is not None or not context.is_active():
+                    raise  # the handler aborted already, or the client went away: nothing to report
+                _abort(context, method, error)
+            finally:
+                record_rpc(method, _code_name(context), time.perf_counter() - start)
+
+        return handle
+
+    def _wrap_streaming_response(self, behaviour: Behaviour, method: str) -> Behaviour:
+        def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            start = time.perf_counter()
+            try:
+                scope = self._prepare(method, context)
+                if scope is None:
+                    with calls.serving(context):
+                        yield from behaviour(request, context)
+                else:
+                    with scope, calls.serving(context):
+                        yield from behaviour(request, context)
+            except BaseException as error:
+                if not isinstance(error, Exception) and not _is_panic(error):
+                    raise
+                if context.code() is not None or not context.is_active():
+                    raise
+                _abort(context, method, error)
+            finally:
+                record_rpc(method, _code_name(context), time.perf_counter() - start)
+
+        return handle
 
     def intercept_service(
         self,
@@ -85,9 +170,15 @@ class RpcInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(_wrap_unary_response(handler.unary_unary, method), **codec)
+            return grpc.unary_unary_rpc_method_handler(self._wrap_unary_response(handler.unary_unary, method), **codec)
         if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(_wrap_unary_response(handler.stream_unary, method), **codec)
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary_response(handler.stream_unary, method), **codec
+            )
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(_wrap_streaming_response(handler.unary_stream, method), **codec)
-        return grpc.stream_stream_rpc_method_handler(_wrap_streaming_response(handler.stream_stream, method), **codec)
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_streaming_response(handler.unary_stream, method), **codec
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._wrap_streaming_response(handler.stream_stream, method), **codec
+        )

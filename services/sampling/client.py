@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 
 from driftlm.services.runtime.channel import ServiceClient
+from driftlm.services.runtime.security import PLAINTEXT, ChannelSecurity
 from driftlm.services.runtime.strategy import Strategy
 from driftlm.services.runtime.tensors import DEFAULT_CHUNK_BYTES, chunk_requests, tensor_to_array
 from driftlm.v1 import sampling_pb2, sampling_pb2_grpc
@@ -34,9 +35,10 @@ class SamplingClient(ServiceClient):
     """Calls a sampling service; errors surface as grpc.RpcError with the server's status."""
 
     def __init__(
-        self, target: str | grpc.Channel, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, timeout_s: float | None = 600.0
+        self, target: str | grpc.Channel, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, timeout_s: float | None = 600.0,
+        security: ChannelSecurity = PLAINTEXT,
     ) -> None:
-        super().__init__(target, timeout_s=timeout_s)
+        super().__init__(target, timeout_s=timeout_s, security=security)
         self._stub = sampling_pb2_grpc.SamplingServiceStub(self._channel)
         self._chunk_bytes = chunk_bytes
 
@@ -50,7 +52,7 @@ class SamplingClient(ServiceClient):
             {"old_rows": old_rows, "new_rows": new_rows},
             self._chunk_bytes,
         )
-        response = self._stub.ComputeCosineDistance(requests, timeout=self._timeout_s)
+        response = self._stub.ComputeCosineDistance(requests, timeout=self._timeout())
         return tensor_to_array(response.distances, "distances"), tensor_to_array(response.top_indices, "top_indices")
 
     def sampling_weights(self, scores: np.ndarray, lengths: np.ndarray, *, alpha: float = 0.5) -> np.ndarray:
@@ -61,7 +63,7 @@ class SamplingClient(ServiceClient):
             {"scores": scores, "lengths": lengths},
             self._chunk_bytes,
         )
-        return tensor_to_array(self._stub.ComputeSamplingWeights(requests, timeout=self._timeout_s).weights, "weights")
+        return tensor_to_array(self._stub.ComputeSamplingWeights(requests, timeout=self._timeout()).weights, "weights")
 
     def draw(self, weights: np.ndarray, *, k: int, replace: bool = False, seed: int = 0) -> np.ndarray:
         """(k,) indices drawn in proportion to the weights."""
@@ -71,7 +73,7 @@ class SamplingClient(ServiceClient):
             {"weights": weights},
             self._chunk_bytes,
         )
-        return tensor_to_array(self._stub.DrawSample(requests, timeout=self._timeout_s).indices, "indices")
+        return tensor_to_array(self._stub.DrawSample(requests, timeout=self._timeout()).indices, "indices")
 
     def select_sentences(
         self,
@@ -107,7 +109,7 @@ class SamplingClient(ServiceClient):
             "losses": losses,
         }
         requests = chunk_requests(sampling_pb2.SelectSentencesRequest, scalars, tensors, self._chunk_bytes)
-        response = self._stub.SelectSentences(requests, timeout=self._timeout_s)
+        response = self._stub.SelectSentences(requests, timeout=self._timeout())
         return SelectedSentences(
             indices=tensor_to_array(response.indices, "indices"),
             weights=tensor_to_array(response.weights, "weights"),

@@ -11,6 +11,7 @@ import grpc
 import numpy as np
 
 from driftlm.services.runtime.channel import ServiceClient
+from driftlm.services.runtime.security import PLAINTEXT, ChannelSecurity
 from driftlm.services.runtime.tensors import tensor_to_array
 from driftlm.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 
@@ -26,8 +27,10 @@ class RunFailedError(RuntimeError):
 class TrainerClient(ServiceClient):
     """Calls a trainer service."""
 
-    def __init__(self, target: str | grpc.Channel, *, timeout_s: float | None = 3600.0) -> None:
-        super().__init__(target, timeout_s=timeout_s)
+    def __init__(
+        self, target: str | grpc.Channel, *, timeout_s: float | None = 3600.0, security: ChannelSecurity = PLAINTEXT
+    ) -> None:
+        super().__init__(target, timeout_s=timeout_s, security=security)
         self._stub = trainer_pb2_grpc.TrainerServiceStub(self._channel)
 
     def import_model(
@@ -40,7 +43,7 @@ class TrainerClient(ServiceClient):
             seed=seed,
             display_name=display_name,
         )
-        response: trainer_pb2.CreateCheckpointResponse = self._stub.CreateCheckpoint(request, timeout=self._timeout_s)
+        response: trainer_pb2.CreateCheckpointResponse = self._stub.CreateCheckpoint(request, timeout=self._timeout())
         return response.checkpoint
 
     def train(
@@ -50,7 +53,7 @@ class TrainerClient(ServiceClient):
         on_progress: Callable[[trainer_pb2.RunStatus], None] | None = None,
     ) -> trainer_pb2.RunStatus:
         """Start a run and wait for its end, calling on_progress with every update."""
-        started: trainer_pb2.StartRunResponse = self._stub.StartRun(request, timeout=self._timeout_s)
+        started: trainer_pb2.StartRunResponse = self._stub.StartRun(request, timeout=self._timeout())
         run = started.run
         for update in self._stub.WatchRun(trainer_pb2.WatchRunRequest(run_id=run.run_id), timeout=None):
             run = update.run
@@ -77,7 +80,7 @@ class TrainerClient(ServiceClient):
             max_length=max_length,
             false_fire_rate=false_fire_rate,
         )
-        response: trainer_pb2.ScoreSliceResponse = self._stub.ScoreSlice(request, timeout=self._timeout_s)
+        response: trainer_pb2.ScoreSliceResponse = self._stub.ScoreSlice(request, timeout=self._timeout())
         return response
 
     def embed(self, checkpoint_id: str, texts: Sequence[str], *, max_length: int = 0) -> np.ndarray:
@@ -85,7 +88,7 @@ class TrainerClient(ServiceClient):
         request = trainer_pb2.ComputeEmbeddingsRequest(
             checkpoint_id=checkpoint_id, texts=list(texts), max_length=max_length
         )
-        response: trainer_pb2.ComputeEmbeddingsResponse = self._stub.ComputeEmbeddings(request, timeout=self._timeout_s)
+        response: trainer_pb2.ComputeEmbeddingsResponse = self._stub.ComputeEmbeddings(request, timeout=self._timeout())
         return tensor_to_array(response.embeddings, "embeddings")
 
     def pseudo_likelihood(
@@ -96,6 +99,6 @@ class TrainerClient(ServiceClient):
             checkpoint_id=checkpoint_id, texts=list(texts), max_length=max_length
         )
         response: trainer_pb2.ScorePseudoLikelihoodResponse = self._stub.ScorePseudoLikelihood(
-            request, timeout=self._timeout_s
+            request, timeout=self._timeout()
         )
         return response

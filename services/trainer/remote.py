@@ -7,7 +7,8 @@ from collections import OrderedDict
 
 import grpc
 
-from driftlm.services.runtime.errors import NotFoundError, UnavailableError
+from driftlm.services.runtime.errors import peer_failure
+from driftlm.services.runtime.security import PLAINTEXT, ChannelSecurity
 from driftlm.services.vocab.client import VocabClient
 from driftlm.services.vocab.wordpiece import SpecialTokens
 
@@ -20,9 +21,9 @@ _CACHED_VERSIONS = 32
 class RemoteVocab:
     """VocabPeer over gRPC: versions fetched once and kept, failures as driftlm errors."""
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, *, security: ChannelSecurity = PLAINTEXT, timeout_s: float = 120.0) -> None:
         self._endpoint = endpoint
-        self._client = VocabClient(endpoint)
+        self._client = VocabClient(endpoint, security=security, timeout_s=timeout_s)
         self._lock = threading.Lock()
         self._versions: OrderedDict[str, VocabVersion] = OrderedDict()
 
@@ -35,11 +36,7 @@ class RemoteVocab:
         try:
             message = self._client.get(version_id, include_tokenizer_json=True)
         except grpc.RpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                raise NotFoundError(str(error.details())) from error
-            raise UnavailableError(
-                f"the vocab service at {self._endpoint} failed: {error.code().name} {error.details()}"
-            ) from error
+            raise peer_failure("vocab", self._endpoint, error) from error
         special = message.special_tokens
         version = VocabVersion(
             version_id=message.version_id,
@@ -67,12 +64,12 @@ class RemoteVocab:
         self._client.close()
 
 
-def sampler_for(endpoint: str) -> Sampler:
+def sampler_for(endpoint: str, *, security: ChannelSecurity = PLAINTEXT, timeout_s: float = 600.0) -> Sampler:
     """The sampling service at `endpoint`, or its functions in-process (needs Numba) when it is empty."""
     if endpoint:
         from driftlm.services.sampling.client import SamplingClient
 
-        return SamplingClient(endpoint)
+        return SamplingClient(endpoint, security=security, timeout_s=timeout_s)
     from driftlm.services.sampling.local import LocalSampling
 
     return LocalSampling()

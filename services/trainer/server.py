@@ -33,8 +33,10 @@ def create_server(address: str = "127.0.0.1:0", config: ServeConfig | None = Non
             "the trainer needs the vocab service: --vocab-endpoint HOST:PORT (or DRIFTLM_VOCAB_ENDPOINT)"
         )
     torch.set_num_threads(usable_cpus())  # the container's CPU quota, not the host's cores
-    vocab = RemoteVocab(config.vocab_endpoint)
-    app = TrainerApp(config.store, vocab, sampler_for(config.sampling_endpoint), pick_device())
+    security = config.peer_security()
+    vocab = RemoteVocab(config.vocab_endpoint, security=security, timeout_s=config.peer_timeout_s)
+    sampler = sampler_for(config.sampling_endpoint, security=security, timeout_s=config.peer_timeout_s)
+    app = TrainerApp(config.store, vocab, sampler, pick_device())
     servicer = TrainerServicer(app, config.store)
     binding = ServiceBinding(
         SERVICE_NAME, lambda server: trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server)

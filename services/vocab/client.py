@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 
 from driftlm.services.runtime.channel import ServiceClient
+from driftlm.services.runtime.security import PLAINTEXT, ChannelSecurity
 from driftlm.services.runtime.tensors import DEFAULT_CHUNK_BYTES, tensor_to_array
 from driftlm.v1 import common_pb2, vocab_pb2, vocab_pb2_grpc
 
@@ -38,10 +39,16 @@ class VocabClient(ServiceClient):
     """Calls a vocab service; errors surface as grpc.RpcError with the server's status."""
 
     def __init__(
-        self, target: str | grpc.Channel, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, timeout_s: float | None = 3600.0
+        self, target: str | grpc.Channel, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, timeout_s: float | None = 3600.0,
+        security: ChannelSecurity = PLAINTEXT,
     ) -> None:
         # A version's tokenizer.json comes back whole (GetVersion): allow more than gRPC's 4 MiB.
-        super().__init__(target, timeout_s=timeout_s, options=[("grpc.max_receive_message_length", 256 << 20)])
+        super().__init__(
+            target,
+            timeout_s=timeout_s,
+            options=[("grpc.max_receive_message_length", 256 << 20)],
+            security=security,
+        )
         self._stub = vocab_pb2_grpc.VocabServiceStub(self._channel)
         self._chunk_bytes = chunk_bytes
 
@@ -50,7 +57,7 @@ class VocabClient(ServiceClient):
         request = vocab_pb2.CreateVocabularyRequest(
             tokenizer_dir=common_pb2.ArtifactRef(uri=str(directory)), display_name=display_name
         )
-        response: vocab_pb2.CreateVocabularyResponse = self._stub.CreateVocabulary(request, timeout=self._timeout_s)
+        response: vocab_pb2.CreateVocabularyResponse = self._stub.CreateVocabulary(request, timeout=self._timeout())
         return response.version
 
     def train(
@@ -61,7 +68,7 @@ class VocabClient(ServiceClient):
         request = vocab_pb2.CreateVocabularyRequest(
             training_corpus=corpus, vocab_size=vocab_size, cased=cased, display_name=display_name
         )
-        response: vocab_pb2.CreateVocabularyResponse = self._stub.CreateVocabulary(request, timeout=self._timeout_s)
+        response: vocab_pb2.CreateVocabularyResponse = self._stub.CreateVocabulary(request, timeout=self._timeout())
         return response.version
 
     def observe(
@@ -93,7 +100,7 @@ class VocabClient(ServiceClient):
                     corpus=common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=chunk))
                 )
 
-        response: vocab_pb2.ObserveSliceResponse = self._stub.ObserveSlice(requests(), timeout=self._timeout_s)
+        response: vocab_pb2.ObserveSliceResponse = self._stub.ObserveSlice(requests(), timeout=self._timeout())
         return response
 
     def propose(
@@ -113,19 +120,19 @@ class VocabClient(ServiceClient):
             min_count=min_count,
             protected_pieces=list(protected),
         )
-        response: vocab_pb2.ProposeUpdateResponse = self._stub.ProposeUpdate(request, timeout=self._timeout_s)
+        response: vocab_pb2.ProposeUpdateResponse = self._stub.ProposeUpdate(request, timeout=self._timeout())
         return response
 
     def commit(self, proposal_id: str, *, display_name: str = "") -> vocab_pb2.VocabVersion:
         """Commit a proposal as a new version."""
         request = vocab_pb2.CommitUpdateRequest(proposal_id=proposal_id, display_name=display_name)
-        response: vocab_pb2.CommitUpdateResponse = self._stub.CommitUpdate(request, timeout=self._timeout_s)
+        response: vocab_pb2.CommitUpdateResponse = self._stub.CommitUpdate(request, timeout=self._timeout())
         return response.version
 
     def get(self, version_id: str, *, include_tokenizer_json: bool = False) -> vocab_pb2.VocabVersion:
         """One version."""
         request = vocab_pb2.GetVersionRequest(version_id=version_id, include_tokenizer_json=include_tokenizer_json)
-        response: vocab_pb2.GetVersionResponse = self._stub.GetVersion(request, timeout=self._timeout_s)
+        response: vocab_pb2.GetVersionResponse = self._stub.GetVersion(request, timeout=self._timeout())
         return response.version
 
     def list_versions(self) -> list[vocab_pb2.VocabVersion]:
@@ -133,7 +140,7 @@ class VocabClient(ServiceClient):
         versions: list[vocab_pb2.VocabVersion] = []
         token = ""
         while True:
-            page = self._stub.ListVersions(vocab_pb2.ListVersionsRequest(page_token=token), timeout=self._timeout_s)
+            page = self._stub.ListVersions(vocab_pb2.ListVersionsRequest(page_token=token), timeout=self._timeout())
             versions.extend(page.versions)
             token = page.next_page_token
             if not token:
@@ -146,7 +153,7 @@ class VocabClient(ServiceClient):
         request = vocab_pb2.MeasureDriftRequest(
             before_observation_id=before_observation_id, after_observation_id=after_observation_id, top_n=top_n
         )
-        response: vocab_pb2.MeasureDriftResponse = self._stub.MeasureDrift(request, timeout=self._timeout_s)
+        response: vocab_pb2.MeasureDriftResponse = self._stub.MeasureDrift(request, timeout=self._timeout())
         return response
 
     def tokenize(
@@ -166,7 +173,7 @@ class VocabClient(ServiceClient):
             max_length=max_length,
             omit_special_tokens=not add_special_tokens,
         )
-        response = self._stub.TokenizeTexts(request, timeout=self._timeout_s)
+        response = self._stub.TokenizeTexts(request, timeout=self._timeout())
         return {
             name: tensor_to_array(getattr(response, name), name)
             for name in ("input_ids", "attention_mask", "lengths", "offsets")
@@ -177,4 +184,4 @@ class VocabClient(ServiceClient):
         request = vocab_pb2.ExportVersionRequest(
             version_id=version_id, destination=common_pb2.ArtifactRef(uri=str(destination))
         )
-        return str(self._stub.ExportVersion(request, timeout=self._timeout_s).directory.uri)
+        return str(self._stub.ExportVersion(request, timeout=self._timeout()).directory.uri)
