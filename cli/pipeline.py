@@ -154,10 +154,12 @@ def _services(options: PipelineOptions, console: Console) -> Iterator[dict[str, 
     started: list[LocalService] = []
     try:
         with console.status("starting the vocab, sampling and trainer services"):
-            for name in ("vocab", "sampling"):
-                started.append(start_service(name, options.store))
+            # The services may read the base model's directory besides their store (the slices are in it).
+            model_root = ("--read-root", str((options.base_model or _minilm()).resolve()))
+            started.append(start_service("vocab", options.store, extra_args=model_root))
+            started.append(start_service("sampling", options.store))
             peers = ("--vocab-endpoint", started[0].target, "--sampling-endpoint", started[1].target)
-            started.append(start_service("trainer", options.store, extra_args=peers))
+            started.append(start_service("trainer", options.store, extra_args=(*peers, *model_root)))
         for service in started:
             console.print(f"[dim]{service.name} service on {service.target}, log {service.log_path}[/dim]")
         yield {service.name: service.target for service in started}

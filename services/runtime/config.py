@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .limits import RequestLimits
 from .paths import FileRoots
 from .security import ChannelSecurity
 
@@ -83,6 +84,11 @@ class ServeConfig:
     vocab_endpoint: str = ""
     # host:port of the sampling service; empty means in-process (the trainer).
     sampling_endpoint: str = ""
+
+    @property
+    def limits(self) -> RequestLimits:
+        """The per-call size limits."""
+        return RequestLimits(self.max_message_bytes, self.max_stream_bytes)
 
     @property
     def roots(self) -> FileRoots:

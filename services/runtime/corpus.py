@@ -97,7 +97,9 @@ def _read_csv(path: Path, fields: Sequence[str]) -> Iterator[Record]:
     try:
         missing = [name for name in fields if name not in (reader.fieldnames or [])]
         if missing:
-            raise CorpusError(path, "line 1", f"no column {missing[0]!r} in the header {reader.fieldnames}")
+            raise CorpusError(  # the header is the file's content: not quoted back
+                path, "line 1", f"no column {missing[0]!r} among the header's {len(reader.fieldnames or ())} columns"
+            )
         for row in reader:
             yield _required({name: row.get(name) for name in fields}, fields, path, f"line {reader.line_num}")
     except csv.Error as error:
@@ -114,7 +116,7 @@ def _read_parquet(path: Path, fields: Sequence[str]) -> Iterator[Record]:
         raise CorpusError(path, "", f"not a Parquet file ({error})") from error
     missing = [name for name in fields if name not in parquet.schema_arrow.names]
     if missing:
-        raise CorpusError(path, "", f"no column {missing[0]!r}; columns are {parquet.schema_arrow.names}")
+        raise CorpusError(path, "", f"no column {missing[0]!r} among its {len(parquet.schema_arrow.names)} columns")
     row = 0
     for batch in parquet.iter_batches(columns=list(fields), batch_size=8192):
         columns = [batch.column(i).to_pylist() for i in range(len(fields))]

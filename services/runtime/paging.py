@@ -24,7 +24,8 @@ def page_of(items: Sequence[Item], page_size: int, page_token: str) -> tuple[Seq
         raise InvalidArgumentError(
             "page_size", f"must be in [1, {MAX_PAGE_SIZE}] (0 means {DEFAULT_PAGE_SIZE}), got {size}"
         )
-    if page_token and not page_token.isdigit():
+    # isdigit alone accepts "²" and other Unicode digits that int() refuses; tokens are short ASCII.
+    if page_token and not (len(page_token) <= 19 and page_token.isascii() and page_token.isdigit()):
         raise InvalidArgumentError("page_token", "is not a token this service returned")
     start = int(page_token or 0)
     return items[start : start + size], str(start + size) if start + size < len(items) else ""

@@ -35,7 +35,11 @@ class SamplingClient(ServiceClient):
     """Calls a sampling service; errors surface as grpc.RpcError with the server's status."""
 
     def __init__(
-        self, target: str | grpc.Channel, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, timeout_s: float | None = 600.0,
+        self,
+        target: str | grpc.Channel,
+        *,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        timeout_s: float | None = 600.0,
         security: ChannelSecurity = PLAINTEXT,
     ) -> None:
         super().__init__(target, timeout_s=timeout_s, security=security)

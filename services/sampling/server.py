@@ -19,8 +19,10 @@ def create_server(address: str = "127.0.0.1:0", config: ServeConfig | None = Non
     `config` supplies the limits (message and stream sizes, workers); its host and port are unused.
     """
     config = config or ServeConfig()
-    servicer = SamplingServicer(max_stream_bytes=config.max_stream_bytes)
+    servicer = SamplingServicer(config.limits)
     binding = ServiceBinding(
-        SERVICE_NAME, lambda server: sampling_pb2_grpc.add_SamplingServiceServicer_to_server(servicer, server)
+        SERVICE_NAME,
+        lambda server: sampling_pb2_grpc.add_SamplingServiceServicer_to_server(servicer, server),
+        heavy_methods=frozenset(sampling_pb2.DESCRIPTOR.services_by_name["SamplingService"].methods_by_name),
     )
     return build_server([binding], address, config)

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 
+from driftlm.services.runtime.errors import ResourceExhaustedError
+from driftlm.services.runtime.limits import RequestLimits
 from driftlm.services.runtime.strategy import Strategy
 from driftlm.services.runtime.tensors import array_to_tensor, collect_stream
 from driftlm.v1 import sampling_pb2, sampling_pb2_grpc
@@ -22,8 +24,10 @@ DEFAULT_ALPHA = 0.5
 class SamplingServicer(sampling_pb2_grpc.SamplingServiceServicer):
     """Stateless: every call carries all it needs."""
 
-    def __init__(self, max_stream_bytes: int) -> None:
-        self._max_stream_bytes = max_stream_bytes
+    def __init__(self, limits: RequestLimits) -> None:
+        self._max_stream_bytes = limits.max_stream_bytes
+        # Indices (int64) one answer can carry.
+        self._max_indices = limits.max_message_bytes // 8 - 1024
 
     def ComputeCosineDistance(
         self, request_iterator: Iterator[sampling_pb2.ComputeCosineDistanceRequest], context: grpc.ServicerContext
@@ -48,6 +52,7 @@ class SamplingServicer(sampling_pb2_grpc.SamplingServiceServicer):
         self, request_iterator: Iterator[sampling_pb2.DrawSampleRequest], context: grpc.ServicerContext
     ) -> sampling_pb2.DrawSampleResponse:
         first, arrays = collect_stream(request_iterator, ("weights",), self._max_stream_bytes)
+        _check_answer_size(first.k, self._max_indices)
         indices = draw_indices(require(arrays["weights"], "weights"), first.k, replace=first.replace, seed=first.seed)
         return sampling_pb2.DrawSampleResponse(indices=array_to_tensor(indices))
 
@@ -66,6 +71,7 @@ class SamplingServicer(sampling_pb2_grpc.SamplingServiceServicer):
             new_cls=arrays["new_cls"],
             losses=arrays["losses"],
         )
+        _check_answer_size(first.k, self._max_indices)
         selection = select_sentences(
             strategy,
             pool,
@@ -79,4 +85,13 @@ class SamplingServicer(sampling_pb2_grpc.SamplingServiceServicer):
             weights=array_to_tensor(selection.weights),
             eligible_count=selection.eligible_count,
             target_token_ids=array_to_tensor(selection.target_token_ids),
+        )
+
+
+def _check_answer_size(k: int, max_indices: int) -> None:
+    """k indices must fit one answer; checked before any is drawn (k=2**26 of one weight took 2 GB)."""
+    if k > max_indices:
+        raise ResourceExhaustedError(
+            f"k={k:,} indices do not fit one answer: at most {max_indices:,} (--max-message-mb); draw in parts",
+            reason="ANSWER_TOO_LARGE",
         )

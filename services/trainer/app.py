@@ -26,6 +26,7 @@ from driftlm.services.runtime.errors import (
     NotFoundError,
     ResourceExhaustedError,
 )
+from driftlm.services.runtime.paths import FileRoots
 
 from .checkpoints import CheckpointRecord, CheckpointStore, new_checkpoint_id, now
 from .data import tokenize_texts
@@ -95,9 +96,13 @@ class TrainerApp:
         device: torch.device,
         *,
         serve_runs: bool = True,
+        roots: FileRoots | None = None,
     ) -> None:
-        """serve_runs starts the run worker, which resumes the store's unfinished runs at once."""
+        """serve_runs starts the run worker, which resumes the store's unfinished runs at once.
+
+        `roots` are the directories calls may name files in (default: the store alone)."""
         self._store = store_root
+        self.roots = roots or FileRoots(store_root)
         self._vocab = vocab
         self._sampler = sampler
         self.device = device
@@ -131,7 +136,7 @@ class TrainerApp:
         version = self._vocab.version(vocab_version_id)
         torch.manual_seed(seed)  # a missing MLM head is initialised from this
         if source.model_dir:
-            directory = store.resolve_path(source.model_dir, self._store, "model_dir.uri")
+            directory = self.roots.readable(source.model_dir, "model_dir.uri", kind="directory")
             try:
                 model, new_head = import_model(directory)
             except (OSError, ValueError) as error:
@@ -260,7 +265,7 @@ class TrainerApp:
     def _texts(self, corpus: Corpus) -> list[str]:
         if not corpus.uri:
             return list(corpus.texts)
-        path = store.resolve_path(corpus.uri, self._store, "corpus.uri.uri")
+        path = self.roots.readable(corpus.uri, "corpus.uri.uri")
         try:
             return list(read_texts(path, text_field=corpus.text_field or "text"))
         except CorpusError as error:
@@ -346,7 +351,7 @@ class TrainerApp:
         """ONNX (fp32 and int8) with the tokenizer, in a new directory; empty means the store's exports."""
         record = self.checkpoints.record(checkpoint_id)
         target = (
-            store.resolve_path(destination, self._store, "destination.uri", must_exist=False)
+            self.roots.writable(destination, "destination.uri")
             if destination
             else self._store / "trainer" / "exports" / record.checkpoint_id
         )

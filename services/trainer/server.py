@@ -16,6 +16,10 @@ from .remote import RemoteVocab, sampler_for
 from .servicer import TrainerServicer
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
+# Calls that load or run a model; runs themselves train on the run worker, not on a call's thread.
+HEAVY_METHODS = frozenset(
+    {"CreateCheckpoint", "ScoreSlice", "ScorePseudoLikelihood", "ComputeEmbeddings", "ExportOnnx"}
+)
 
 
 def create_server(address: str = "127.0.0.1:0", config: ServeConfig | None = None) -> tuple[grpc.Server, int]:
@@ -36,10 +40,12 @@ def create_server(address: str = "127.0.0.1:0", config: ServeConfig | None = Non
     security = config.peer_security()
     vocab = RemoteVocab(config.vocab_endpoint, security=security, timeout_s=config.peer_timeout_s)
     sampler = sampler_for(config.sampling_endpoint, security=security, timeout_s=config.peer_timeout_s)
-    app = TrainerApp(config.store, vocab, sampler, pick_device())
-    servicer = TrainerServicer(app, config.store)
+    app = TrainerApp(config.store, vocab, sampler, pick_device(), roots=config.roots)
+    servicer = TrainerServicer(app)
     binding = ServiceBinding(
-        SERVICE_NAME, lambda server: trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server)
+        SERVICE_NAME,
+        lambda server: trainer_pb2_grpc.add_TrainerServiceServicer_to_server(servicer, server),
+        heavy_methods=HEAVY_METHODS,
     )
     try:
         return build_server([binding], address, config, closers=[app.close, lambda _grace_s: vocab.close()])

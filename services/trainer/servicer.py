@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 
@@ -89,9 +88,8 @@ def _corpus(source: common_pb2.CorpusSource) -> Corpus:
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     """Every RPC of TrainerService."""
 
-    def __init__(self, app: TrainerApp, store_root: Path) -> None:
+    def __init__(self, app: TrainerApp) -> None:
         self._app = app
-        self._store = store_root
 
     def CreateCheckpoint(
         self, request: trainer_pb2.CreateCheckpointRequest, context: grpc.ServicerContext
@@ -119,7 +117,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def StartRun(
         self, request: trainer_pb2.StartRunRequest, context: grpc.ServicerContext
     ) -> trainer_pb2.StartRunResponse:
-        record = self._app.start_run(run_spec(request, store=self._store))
+        record = self._app.start_run(run_spec(request, roots=self._app.roots))
         return trainer_pb2.StartRunResponse(run=_run_message(record))
 
     def WatchRun(

@@ -7,10 +7,9 @@ checked by the app when the run starts.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 from driftlm.services.runtime.errors import InvalidArgumentError
-from driftlm.services.runtime.store import resolve_path
+from driftlm.services.runtime.paths import FileRoots
 from driftlm.services.runtime.strategy import Strategy
 from driftlm.v1 import common_pb2, trainer_pb2
 
@@ -45,7 +44,7 @@ def _fraction(value: float, field: str, *, low: float, high: float, closed_high:
     return value
 
 
-def run_spec(request: trainer_pb2.StartRunRequest, *, store: Path) -> RunSpec:
+def run_spec(request: trainer_pb2.StartRunRequest, *, roots: FileRoots) -> RunSpec:
     """The validated spec; an empty vocab_version_id and a max_length of 0 are resolved by the app.
 
     Raises:
@@ -65,9 +64,9 @@ def run_spec(request: trainer_pb2.StartRunRequest, *, store: Path) -> RunSpec:
         raise InvalidArgumentError("embedding_init", f"must be one of {allowed}, got {request.embedding_init}")
     if not request.slices:
         raise InvalidArgumentError("slices", "name at least one corpus file to train on")
-    slices = tuple(str(resolve_path(ref.uri, store, f"slices[{i}].uri")) for i, ref in enumerate(request.slices))
+    slices = tuple(str(roots.readable(ref.uri, f"slices[{i}].uri")) for i, ref in enumerate(request.slices))
     replay = tuple(
-        str(resolve_path(ref.uri, store, f"replay_slices[{i}].uri")) for i, ref in enumerate(request.replay_slices)
+        str(roots.readable(ref.uri, f"replay_slices[{i}].uri")) for i, ref in enumerate(request.replay_slices)
     )
     if not (math.isfinite(request.learning_rate) and 0 < request.learning_rate <= 1):
         raise InvalidArgumentError("learning_rate", f"must be in (0, 1], got {request.learning_rate}")

@@ -39,7 +39,11 @@ class VocabClient(ServiceClient):
     """Calls a vocab service; errors surface as grpc.RpcError with the server's status."""
 
     def __init__(
-        self, target: str | grpc.Channel, *, chunk_bytes: int = DEFAULT_CHUNK_BYTES, timeout_s: float | None = 3600.0,
+        self,
+        target: str | grpc.Channel,
+        *,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        timeout_s: float | None = 3600.0,
         security: ChannelSecurity = PLAINTEXT,
     ) -> None:
         # A version's tokenizer.json comes back whole (GetVersion): allow more than gRPC's 4 MiB.

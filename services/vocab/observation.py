@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer, models, trainers
 
+from driftlm.services.runtime.calls import stop_if_abandoned
+
 from .wordpiece import WordPieceVocabulary
 
 # Texts tokenized per encode_batch call: many, to keep every core busy and to find repeated texts;
@@ -33,6 +35,10 @@ _MAX_HASHED_PIECES = 128
 _HASH_POWERS = np.cumprod(np.concatenate(([1], np.full(_MAX_HASHED_PIECES - 1, _HASH_BASE))).astype(np.uint64))
 # The slice model learns from this many times max_candidates of the most frequent fragmented words.
 _SLICE_MODEL_HEADROOM = 2
+# Longer words never become candidates: BERT's WordPiece turns a word over 100 characters into [UNK]
+# whole, no vocabulary has such pieces, and training on one is quadratic in its length (one
+# 128k-character [UNK] word took 14 s, 1 MB minutes).
+MAX_CANDIDATE_CHARS = 100
 
 
 @dataclass
@@ -167,7 +173,8 @@ class _SliceCounter:
                 run_ids = ids[start : start + int(run_lengths[run])].tolist()
                 word = pieces[run_ids[0]] + "".join(pieces[i][len(prefix) :] for i in run_ids[1:])
                 self._words_by_hash[key] = word
-            self.fragmented_words[word] += occurrence
+            if len(word) <= MAX_CANDIDATE_CHARS:
+                self.fragmented_words[word] += occurrence
 
     def _count_unknown_words(
         self, ids: np.ndarray, lengths: np.ndarray, multiplicity: np.ndarray, texts: list[str], encodings: list[Any]
@@ -181,6 +188,8 @@ class _SliceCounter:
         normalizer = self.tokenizer.normalizer
         for position, text_index in zip(unknown_positions.tolist(), text_of.tolist(), strict=True):
             start, end = encodings[text_index].offsets[position - int(first_token[text_index])]
+            if end - start > MAX_CANDIDATE_CHARS:
+                continue
             word = texts[text_index][start:end]
             self.fragmented_words[normalizer.normalize_str(word) if normalizer else word] += int(
                 multiplicity[text_index]
@@ -240,10 +249,13 @@ def observe_slice(
 
     `tokenizer` is the version's, without truncation or padding. The observation id is a hash of
     the version, the options and the texts, so the same slice observed twice has the same id.
+    Between batches it stops when the call it serves is cancelled or past its deadline.
     """
     counter = _SliceCounter(vocabulary, tokenizer)
     for batch in _batches(texts):
+        stop_if_abandoned()
         counter.add(batch)
+    stop_if_abandoned()
     words = counter.fragmented_words
     candidates = _slice_model_candidates(vocabulary, tokenizer, words, max_candidates) if words else Counter()
     for word, count in words.items():  # a frequent word may enter whole

@@ -126,6 +126,22 @@ class VocabRepository:
         self._thread_lock = threading.Lock()
         self._tokenizers: OrderedDict[str, tuple[WordPieceVocabulary, Tokenizer]] = OrderedDict()
         self._cache_lock = threading.Lock()
+        with self._exclusive():
+            self._drop_unpublished_claims()
+
+    def _drop_unpublished_claims(self) -> None:
+        """Remove child markers whose version was never published (the process died in between).
+
+        A commit claims its parent (writes the marker) before it publishes the child, so that no
+        instant exists where a published child is unclaimed and a second, different child could
+        commit. A claim without its version is a commit that never happened: no caller saw it.
+        """
+        for marker in self._children.iterdir():
+            if marker.name.startswith(store.TEMPORARY_PREFIX) or not marker.is_file():
+                continue
+            child = marker.read_text(encoding="utf-8").strip()
+            if not (self._versions / child / "version.json").is_file():
+                marker.unlink()
 
     # Versions -------------------------------------------------------------------------------
 
@@ -221,6 +237,8 @@ class VocabRepository:
             child = self.child_of(proposal.version_id)
             if child == version_id and (self._versions / version_id / "version.json").is_file():
                 return self.get(version_id)
+            if child is not None and not (self._versions / child / "version.json").is_file():
+                child = None  # a claim left by a commit that failed in this process: take it over
             if child is not None:
                 raise AbortedError(
                     f"vocab version {proposal.version_id} already has a child, {child}; observe the slice with {child} "
@@ -237,8 +255,14 @@ class VocabRepository:
                 removed=[piece.to_json() for piece in proposal.change.removed],
                 slice_labels=proposal.slice_labels,
             )
-            self._publish(record, tokenizer_json, recent_use)
-            store.write_bytes_atomically(self._children / proposal.version_id, version_id.encode())
+            # Claim the parent first, then publish: see _drop_unpublished_claims.
+            claim = self._children / proposal.version_id
+            store.write_bytes_atomically(claim, version_id.encode())
+            try:
+                self._publish(record, tokenizer_json, recent_use)
+            except BaseException:
+                claim.unlink(missing_ok=True)
+                raise
         return self.get(version_id)
 
     def _publish(self, record: VersionRecord, tokenizer_json: str, recent_use: np.ndarray | None = None) -> None:

@@ -12,13 +12,19 @@ from .repository import VocabRepository
 from .servicer import VocabServicer
 
 SERVICE_NAME = vocab_pb2.DESCRIPTOR.services_by_name["VocabService"].full_name
+# Calls that tokenize a corpus or write a directory; the rest read small records.
+HEAVY_METHODS = frozenset(
+    {"CreateVocabulary", "ObserveSlice", "ProposeUpdate", "CommitUpdate", "TokenizeTexts", "ExportVersion"}
+)
 
 
 def create_server(address: str = "127.0.0.1:0", config: ServeConfig | None = None) -> tuple[grpc.Server, int]:
     """A started vocab server on `address` over `config.store`; returns it and its port."""
     config = config or ServeConfig()
-    servicer = VocabServicer(VocabRepository(config.store), config.store)
+    servicer = VocabServicer(VocabRepository(config.store), config.roots, config.limits)
     binding = ServiceBinding(
-        SERVICE_NAME, lambda server: vocab_pb2_grpc.add_VocabServiceServicer_to_server(servicer, server)
+        SERVICE_NAME,
+        lambda server: vocab_pb2_grpc.add_VocabServiceServicer_to_server(servicer, server),
+        heavy_methods=HEAVY_METHODS,
     )
     return build_server([binding], address, config)

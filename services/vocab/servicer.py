@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import grpc
 
@@ -15,9 +14,11 @@ from driftlm.services.runtime.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
+    ResourceExhaustedError,
 )
+from driftlm.services.runtime.limits import RequestLimits
 from driftlm.services.runtime.paging import page_of
-from driftlm.services.runtime.store import resolve_path
+from driftlm.services.runtime.paths import FileRoots
 from driftlm.services.runtime.tensors import array_to_tensor
 from driftlm.v1 import common_pb2, vocab_pb2, vocab_pb2_grpc
 
@@ -25,11 +26,14 @@ from .drift import measure_drift
 from .export import export_directory
 from .observation import observe_slice
 from .repository import VersionRecord, VocabRepository
-from .tokenization import tokenize_batch
+from .tokenization import BYTES_PER_PIECE, BatchTooLargeError, tokenize_batch
 from .update import UpdateSizeError, propose_change
 from .wordpiece import DEFAULT_VOCAB_SIZE, VocabularyError, load_tokenizer_directory, train_tokenizer
 
 DEFAULT_MAX_CANDIDATES = 10_000
+# A base vocabulary's size: tokenizers panics (and aborts the process) on absurd sizes.
+MIN_VOCAB_SIZE = 100
+MAX_VOCAB_SIZE = 1_000_000
 DEFAULT_MIN_COUNT = 2
 MAX_TOKENIZE_TEXTS = 100_000
 _FORMATS = {
@@ -54,9 +58,10 @@ def _piece_count(piece: dict[str, object] | tuple[str, int], index: int = -1) ->
 class VocabServicer(vocab_pb2_grpc.VocabServiceServicer):
     """Every RPC of VocabService, over one VocabRepository."""
 
-    def __init__(self, repository: VocabRepository, store_root: Path) -> None:
+    def __init__(self, repository: VocabRepository, roots: FileRoots, limits: RequestLimits) -> None:
         self._repository = repository
-        self._store = store_root
+        self._roots = roots
+        self._limits = limits
 
     def _version_message(
         self, record: VersionRecord, *, include_tokenizer_json: bool = False
@@ -87,7 +92,7 @@ class VocabServicer(vocab_pb2_grpc.VocabServiceServicer):
 
     def _corpus_texts(self, corpus: common_pb2.CorpusSource, field: str) -> Iterator[str]:
         if corpus.WhichOneof("source") == "uri":
-            path = resolve_path(corpus.uri.uri, self._store, f"{field}.uri.uri")
+            path = self._roots.readable(corpus.uri.uri, f"{field}.uri.uri")
             return read_texts(path, text_field=corpus.text_field or "text", corpus_format=_FORMATS.get(corpus.format))
         return iter(corpus.texts.texts)
 
@@ -96,15 +101,18 @@ class VocabServicer(vocab_pb2_grpc.VocabServiceServicer):
     ) -> vocab_pb2.CreateVocabularyResponse:
         origin = request.WhichOneof("origin")
         if origin == "tokenizer_dir":
-            directory = resolve_path(request.tokenizer_dir.uri, self._store, "tokenizer_dir.uri")
+            directory = self._roots.readable(request.tokenizer_dir.uri, "tokenizer_dir.uri", kind="directory")
             try:
                 tokenizer_json = load_tokenizer_directory(directory)
             except VocabularyError as error:
                 raise InvalidArgumentError("tokenizer_dir", str(error)) from error
         elif origin == "training_corpus":
             vocab_size = request.vocab_size or DEFAULT_VOCAB_SIZE
-            if vocab_size < 100:
-                raise InvalidArgumentError("vocab_size", f"must be at least 100, got {vocab_size}")
+            if not MIN_VOCAB_SIZE <= vocab_size <= MAX_VOCAB_SIZE:
+                raise InvalidArgumentError(
+                    "vocab_size",
+                    f"must be in [{MIN_VOCAB_SIZE}, {MAX_VOCAB_SIZE}] (0 means {DEFAULT_VOCAB_SIZE}), got {vocab_size}",
+                )
             with _corpus_errors("training_corpus"):
                 texts = list(self._corpus_texts(request.training_corpus, "training_corpus"))
             if not any(text.strip() for text in texts):
@@ -130,7 +138,7 @@ class VocabServicer(vocab_pb2_grpc.VocabServiceServicer):
             raise InvalidArgumentError("min_candidate_count", f"must be >= 1 (0 means 2), got {min_count}")
         texts: Iterable[str] = itertools.chain(
             self._corpus_texts(first.corpus, "corpus"),
-            (text for message in request_iterator for text in message.corpus.texts.texts),
+            _streamed_texts(request_iterator, self._limits.max_stream_bytes - first.ByteSize()),
         )
         with _corpus_errors("corpus"):
             observation = observe_slice(
@@ -274,13 +282,17 @@ class VocabServicer(vocab_pb2_grpc.VocabServiceServicer):
                     "max_length", f"must leave room for text after the {specials} special tokens"
                 )
             tokenizer = self._repository.load_truncating(request.version_id, request.max_length)
-        batch = tokenize_batch(
-            tokenizer,
-            list(request.texts),
-            pad=request.pad,
-            add_special_tokens=not request.omit_special_tokens,
-            pad_id=vocabulary.piece_ids.get("[PAD]", 0),
-        )
+        try:
+            batch = tokenize_batch(
+                tokenizer,
+                list(request.texts),
+                pad=request.pad,
+                add_special_tokens=not request.omit_special_tokens,
+                pad_id=vocabulary.piece_ids.get("[PAD]", 0),
+                max_pieces=self._limits.max_message_bytes // BYTES_PER_PIECE,
+            )
+        except BatchTooLargeError as error:
+            raise ResourceExhaustedError(str(error), reason="ANSWER_TOO_LARGE") from error
         return vocab_pb2.TokenizeTextsResponse(
             input_ids=array_to_tensor(batch.input_ids),
             attention_mask=array_to_tensor(batch.attention_mask),
@@ -292,12 +304,34 @@ class VocabServicer(vocab_pb2_grpc.VocabServiceServicer):
         self, request: vocab_pb2.ExportVersionRequest, context: grpc.ServicerContext
     ) -> vocab_pb2.ExportVersionResponse:
         vocabulary, _ = self._repository.load(request.version_id)
-        destination = resolve_path(request.destination.uri, self._store, "destination.uri", must_exist=False)
+        destination = self._roots.writable(request.destination.uri, "destination.uri")
         try:
             written = export_directory(vocabulary, destination)
         except FileExistsError as error:
             raise AlreadyExistsError(f"destination.uri: {destination} exists; export to a new directory") from error
         return vocab_pb2.ExportVersionResponse(directory=common_pb2.ArtifactRef(uri=written.as_uri()))
+
+
+def _streamed_texts(requests: Iterator[vocab_pb2.ObserveSliceRequest], budget_bytes: int) -> Iterator[str]:
+    """The texts of the stream's later messages, within `budget_bytes` of messages in all.
+
+    Raises:
+        InvalidArgumentError: a later message names a corpus file (only the first may).
+        ResourceExhaustedError: the stream carries more than the budget (--max-stream-mb).
+    """
+    for index, message in enumerate(requests, start=1):
+        budget_bytes -= message.ByteSize()
+        if budget_bytes < 0:
+            raise ResourceExhaustedError(
+                "the request stream carries more text than this service takes in one call (--max-stream-mb); "
+                "observe the slice in parts, or name a corpus file",
+                reason="STREAM_TOO_LARGE",
+            )
+        if message.corpus.WhichOneof("source") == "uri":
+            raise InvalidArgumentError(
+                f"request[{index}].corpus.uri", "only the stream's first message may name a corpus file"
+            )
+        yield from message.corpus.texts.texts
 
 
 @contextmanager

@@ -193,8 +193,11 @@ def test_services_already_running_are_used_and_left_running(tmp_path: Path, tiny
     from driftlm.local_services import start_service
 
     store = tmp_path / "store"
-    vocab = start_service("vocab", store)
-    trainer = start_service("trainer", store, extra_args=("--vocab-endpoint", vocab.target))  # sampling in-process
+    model_root = ("--read-root", str(tiny_model))  # what an operator grants: the base model's directory
+    vocab = start_service("vocab", store, extra_args=model_root)
+    trainer = start_service(  # sampling in-process
+        "trainer", store, extra_args=("--vocab-endpoint", vocab.target, *model_root)
+    )
     try:
         data = write_stream(tmp_path / "stream.jsonl", periods=2, texts_per_period=150)
         options = _options(

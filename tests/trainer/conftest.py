@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -96,13 +98,13 @@ def run_request(stack: Stack, slices: list[common_pb2.ArtifactRef], **fields: ob
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
+def stack(tmp_path: Path, test_roots: dict[str, Any]) -> Iterator[Stack]:
     store = tmp_path / "store"
-    vocab_server, vocab_port = create_vocab_server("127.0.0.1:0", ServeConfig(store=store))
+    vocab_server, vocab_port = create_vocab_server("127.0.0.1:0", ServeConfig(store=store, **test_roots))
     sampling_server, sampling_port = create_sampling_server("127.0.0.1:0")
     vocab_target, sampling_target = f"127.0.0.1:{vocab_port}", f"127.0.0.1:{sampling_port}"
     trainer_server, trainer_port = create_trainer_server(
-        "127.0.0.1:0", ServeConfig(store=store, vocab_endpoint=vocab_target, sampling_endpoint=sampling_target)
+        "127.0.0.1:0", ServeConfig(store=store, vocab_endpoint=vocab_target, sampling_endpoint=sampling_target, **test_roots)
     )
     try:
         with (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,8 +23,8 @@ def vocab_store(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def vocab_stub(vocab_store: Path) -> Iterator[vocab_pb2_grpc.VocabServiceStub]:
-    server, port = create_server("127.0.0.1:0", ServeConfig(store=vocab_store))
+def vocab_stub(vocab_store: Path, test_roots: dict[str, Any]) -> Iterator[vocab_pb2_grpc.VocabServiceStub]:
+    server, port = create_server("127.0.0.1:0", ServeConfig(store=vocab_store, **test_roots))
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield vocab_pb2_grpc.VocabServiceStub(channel)
     server.stop(grace=None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import json
 import subprocess
 import sys
@@ -16,8 +18,8 @@ from driftlm.services.vocab.server import create_server
 from .planted import EMERGING, VANISHING, planted_base_directory, planted_slice
 
 
-def test_the_update_loop_through_the_client(tmp_path: Path) -> None:
-    server, port = create_server("127.0.0.1:0", ServeConfig(store=tmp_path / "store"))
+def test_the_update_loop_through_the_client(tmp_path: Path, test_roots: dict[str, Any]) -> None:
+    server, port = create_server("127.0.0.1:0", ServeConfig(store=tmp_path / "store", **test_roots))
     try:
         with VocabClient(f"127.0.0.1:{port}", chunk_bytes=2_000) as client:
             base = client.register_directory(planted_base_directory(tmp_path / "base"))

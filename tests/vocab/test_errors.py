@@ -119,7 +119,7 @@ def test_observation_of_another_version(vocab_stub: Stub, planted_base: vocab_pb
             vocab_pb2.CreateVocabularyRequest(
                 training_corpus=common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=["a b"])), vocab_size=50
             ),
-            "vocab_size: must be at least 100, got 50",
+            "vocab_size: must be in [100, 1000000] (0 means 30522), got 50",
         ),
         (
             vocab_pb2.CreateVocabularyRequest(

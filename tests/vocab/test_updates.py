@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import json
 import os
 import string
@@ -169,14 +171,14 @@ def test_drift_overlap_shrinks_as_the_gap_grows(vocab_stub: Stub, planted_base: 
     assert 0 < overlaps[1] < overlaps[0] < 1
 
 
-def test_versions_survive_a_restart(vocab_store: Path, tmp_path: Path) -> None:
-    server, port = create_server("127.0.0.1:0", ServeConfig(store=vocab_store))
+def test_versions_survive_a_restart(vocab_store: Path, tmp_path: Path, test_roots: dict[str, Any]) -> None:
+    server, port = create_server("127.0.0.1:0", ServeConfig(store=vocab_store, **test_roots))
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = Stub(channel)
         base = register(stub, planted_base_directory(tmp_path / "base"))
         updated = _update(stub, base, planted_slice(np.random.default_rng(8), EMERGING), k=4)
     server.stop(grace=None)
-    server, port = create_server("127.0.0.1:0", ServeConfig(store=vocab_store))
+    server, port = create_server("127.0.0.1:0", ServeConfig(store=vocab_store, **test_roots))
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = Stub(channel)
         listed = stub.ListVersions(vocab_pb2.ListVersionsRequest()).versions
