@@ -171,6 +171,10 @@ def peer_failure(peer: str, endpoint: str, error: grpc.RpcError) -> DriftlmError
     code, details = error.code(), error.details()
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFoundError(str(details))
+    if code == grpc.StatusCode.INVALID_ARGUMENT:  # what we passed on from our caller's request
+        return InvalidArgumentError("request", f"the {peer} service refused it: {details}")
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return FailedPreconditionError(f"the {peer} service at {endpoint}: {details}")
     if code in _TRANSIENT:
         return UnavailableError(f"the {peer} service at {endpoint} is unavailable: {code.name} {details}")
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):

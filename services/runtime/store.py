@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,6 +19,14 @@ from urllib.parse import unquote, urlparse
 from .errors import InvalidArgumentError, NotFoundError
 
 TEMPORARY_PREFIX = ".tmp-"
+# What the ids we mint look like (v-..., obs-..., ckpt-...): anything else names nothing, and is
+# never joined to a path (a 300-byte id failed with ENAMETOOLONG, "a/../b" would walk the store).
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def is_stored_id(value: str) -> bool:
+    """Whether `value` could be an id this store minted (safe to use as one file name)."""
+    return _ID.fullmatch(value) is not None and ".." not in value
 
 
 def resolve_path(uri: str, store: Path, field: str, *, must_exist: bool = True) -> Path:

@@ -8,6 +8,7 @@ concatenates them in order.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -49,6 +50,10 @@ def array_to_tensor(array: np.ndarray) -> common_pb2.Tensor:
     return common_pb2.Tensor(dtype=enum, shape=list(array.shape), data=data)
 
 
+# Far above any message gRPC carries (at most 2 GiB), far below where array sizes overflow.
+MAX_TENSOR_BYTES = 1 << 40
+
+
 def tensor_to_array(tensor: common_pb2.Tensor, field: str) -> np.ndarray:
     """Decode a Tensor into a read-only native-endian array.
 
@@ -61,7 +66,13 @@ def tensor_to_array(tensor: common_pb2.Tensor, field: str) -> np.ndarray:
     if any(dim < 0 for dim in tensor.shape):
         raise InvalidArgumentError(f"{field}.shape", f"dimensions must be >= 0, got {list(tensor.shape)}")
     dtype = _DTYPES[tensor.dtype]
-    expected = int(np.prod(tensor.shape, dtype=np.int64)) * dtype.itemsize
+    # Python integers: an int64 product wraps around, and [2**62, 4] would then claim 0 bytes.
+    if math.prod(dim for dim in tensor.shape if dim) * dtype.itemsize > MAX_TENSOR_BYTES:
+        raise InvalidArgumentError(
+            f"{field}.shape",
+            f"{list(tensor.shape)} describes more than {MAX_TENSOR_BYTES:,} bytes; no message carries that",
+        )
+    expected = math.prod(tensor.shape) * dtype.itemsize
     if len(tensor.data) != expected:
         raise InvalidArgumentError(
             f"{field}.data",

@@ -33,8 +33,16 @@ from .data import tokenize_texts
 from .distributed import Ranks
 from .export import ExportResult, export_onnx
 from .loss_memory import LossMemory
-from .memory_budget import check_fits
-from .models import import_model, mean_embeddings, model_from_config, on_device, parameter_count
+from .memory_budget import available_bytes, check_fits
+from .models import (
+    ModelConfigTooLargeError,
+    import_model,
+    is_hub_id,
+    mean_embeddings,
+    model_from_config,
+    on_device,
+    parameter_count,
+)
 from .peers import Sampler, VocabPeer
 from .pseudo_likelihood import CorpusScore, pseudo_log_likelihoods, summarise
 from .runs import RunManager, RunRecord
@@ -145,15 +153,28 @@ class TrainerApp:
                 ) from error
             origin = str(directory)
         elif source.hub_id:
+            if not is_hub_id(source.hub_id):
+                raise InvalidArgumentError(
+                    "hub_id", "must be a hub repository id (name or org/name); name a local directory with model_dir"
+                )
             try:
                 model, new_head = import_model(source.hub_id)
             except OSError as error:
                 raise NotFoundError(f"hub_id: cannot load {source.hub_id!r} ({error})") from error
+            except ValueError as error:
+                raise InvalidArgumentError(
+                    "hub_id", f"is not a masked-LM checkpoint transformers can load ({error})"
+                ) from error
             origin = source.hub_id
         elif source.config_json:
+            # fp32 weights, with room for a training step's copies: a quarter of what is free.
+            room = available_bytes(self.device) // (4 * 4)
             try:
-                model, new_head = model_from_config(source.config_json, vocab_size=version.size, seed=seed), True
-            except (ValueError, KeyError, TypeError) as error:
+                model = model_from_config(source.config_json, vocab_size=version.size, seed=seed, max_parameters=room)
+                new_head = True
+            except ModelConfigTooLargeError as error:
+                raise ResourceExhaustedError(f"model_config_json {error}", reason="MODEL_TOO_LARGE") from error
+            except (ValueError, KeyError, TypeError, AttributeError) as error:
                 first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
                 raise InvalidArgumentError(
                     "model_config_json", f"is not a transformers config ({first_line})"

@@ -93,8 +93,8 @@ class CheckpointStore:
     def directory(self, checkpoint_id: str) -> Path:
         """Where a checkpoint lives (NotFoundError when it does not exist)."""
         path = self.root / checkpoint_id
-        if not checkpoint_id or "/" in checkpoint_id or not (path / "checkpoint.json").is_file():
-            raise NotFoundError(f"checkpoint {checkpoint_id!r} does not exist; CreateCheckpoint imports a model")
+        if not store.is_stored_id(checkpoint_id) or not (path / "checkpoint.json").is_file():
+            raise NotFoundError(f"checkpoint {checkpoint_id[:200]!r} does not exist; CreateCheckpoint imports a model")
         return path
 
     def exists(self, checkpoint_id: str) -> bool:

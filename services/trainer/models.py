@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,9 +73,80 @@ def head_parameters(model: PreTrainedModel) -> list[nn.Parameter]:
     return [p for p in head.parameters() if p is not tied]
 
 
-def model_from_config(config_json: str, *, vocab_size: int, seed: int) -> PreTrainedModel:
-    """A freshly initialised masked LM from a transformers config (JSON with `model_type`)."""
-    settings: dict[str, Any] = json.loads(config_json)
+# The size fields of a BERT-like config and the largest each may be (well past any released model).
+_SIZE_LIMITS = {
+    "hidden_size": 16_384,
+    "num_hidden_layers": 128,
+    "num_attention_heads": 256,
+    "intermediate_size": 65_536,
+    "max_position_embeddings": 65_536,
+    "type_vocab_size": 64,
+}
+# A model that would not fit any machine this runs on: refused before torch allocates it.
+MAX_CONFIG_PARAMETERS = 20_000_000_000
+# Hugging Face repository ids: `name` or `org/name`, never a path.
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9][A-Za-z0-9_.-]{0,95})?")
+
+
+class ModelConfigError(ValueError):
+    """A model config that is not a JSON object of sane sizes."""
+
+
+class ModelConfigTooLargeError(ModelConfigError):
+    """A sane config whose model would not fit in the memory there is."""
+
+
+def checked_config(config_json: str, *, vocab_size: int, max_parameters: int = MAX_CONFIG_PARAMETERS) -> dict[str, Any]:
+    """The config as a dict, its sizes checked: positive integers within _SIZE_LIMITS, heads
+    dividing the hidden size, and fewer than MAX_CONFIG_PARAMETERS parameters in all.
+
+    Raises:
+        ModelConfigError: not JSON, not an object, or a size that is wrong or absurd.
+    """
+    try:
+        settings = json.loads(config_json)
+    except json.JSONDecodeError as error:
+        raise ModelConfigError(f"not JSON ({error.msg} at character {error.pos})") from None
+    if not isinstance(settings, dict):
+        raise ModelConfigError(f"must be a JSON object, got {type(settings).__name__}")
+    if not isinstance(settings.get("model_type", "bert"), str):
+        raise ModelConfigError('model_type must be a string such as "bert"')
+    for key, limit in _SIZE_LIMITS.items():
+        value = settings.get(key)
+        if value is None and key not in settings:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+            raise ModelConfigError(f"{key} must be an integer in [1, {limit}], got {value!r}")
+    hidden = settings.get("hidden_size", 768)
+    heads = settings.get("num_attention_heads", 12)
+    if hidden % heads:
+        raise ModelConfigError(f"hidden_size {hidden} must be a multiple of num_attention_heads {heads}")
+    layers = settings.get("num_hidden_layers", 12)
+    intermediate = settings.get("intermediate_size", 4 * hidden)
+    parameters = layers * (4 * hidden * hidden + 2 * hidden * intermediate) + vocab_size * hidden
+    if parameters > min(max_parameters, MAX_CONFIG_PARAMETERS):
+        raise ModelConfigTooLargeError(
+            f"describes about {parameters:,} parameters; this service has room for "
+            f"{min(max_parameters, MAX_CONFIG_PARAMETERS):,}"
+        )
+    return settings
+
+
+def is_hub_id(value: str) -> bool:
+    """Whether `value` is a hub repository id (`bert-base-uncased`, `org/name`), not a path."""
+    return _HUB_ID.fullmatch(value) is not None and ".." not in value
+
+
+def model_from_config(
+    config_json: str, *, vocab_size: int, seed: int, max_parameters: int = MAX_CONFIG_PARAMETERS
+) -> PreTrainedModel:
+    """A freshly initialised masked LM from a transformers config (JSON with `model_type`).
+
+    Raises:
+        ModelConfigError: see checked_config.
+        ValueError, KeyError, TypeError: transformers refuses the config.
+    """
+    settings = checked_config(config_json, vocab_size=vocab_size, max_parameters=max_parameters)
     model_type = settings.pop("model_type", "bert")
     config = AutoConfig.for_model(model_type, **{**settings, "vocab_size": vocab_size})
     torch.manual_seed(seed)

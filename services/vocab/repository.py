@@ -147,12 +147,11 @@ class VocabRepository:
 
     def version_directory(self, version_id: str) -> Path:
         """Where a version lives (NotFoundError when it does not exist)."""
-        directory = self._versions / version_id
-        if not version_id or "/" in version_id or not (directory / "version.json").is_file():
+        if not store.is_stored_id(version_id) or not (self._versions / version_id / "version.json").is_file():
             raise NotFoundError(
-                f"vocab version {version_id!r} does not exist; ListVersions shows the versions there are"
+                f"vocab version {version_id[:200]!r} does not exist; ListVersions shows the versions there are"
             )
-        return directory
+        return self._versions / version_id
 
     def get(self, version_id: str) -> VersionRecord:
         """A version's metadata."""
@@ -294,8 +293,10 @@ class VocabRepository:
     def load_observation(self, observation_id: str) -> Observation:
         """A stored observation (NotFoundError when there is none)."""
         path = self._observations / f"{observation_id}.json"
-        if not observation_id or "/" in observation_id or not path.is_file():
-            raise NotFoundError(f"observation {observation_id!r} does not exist; ObserveSlice returns observation ids")
+        if not store.is_stored_id(observation_id) or not path.is_file():
+            raise NotFoundError(
+                f"observation {observation_id[:200]!r} does not exist; ObserveSlice returns observation ids"
+            )
         return Observation.from_json(store.read_json(path))
 
     def recent_use(self, version_id: str) -> np.ndarray | None:
@@ -329,6 +330,6 @@ class VocabRepository:
     def load_proposal(self, proposal_id: str) -> Proposal:
         """A stored proposal (NotFoundError when there is none)."""
         path = self._proposals / f"{proposal_id}.json"
-        if not proposal_id or "/" in proposal_id or not path.is_file():
-            raise NotFoundError(f"proposal {proposal_id!r} does not exist; ProposeUpdate returns proposal ids")
+        if not store.is_stored_id(proposal_id) or not path.is_file():
+            raise NotFoundError(f"proposal {proposal_id[:200]!r} does not exist; ProposeUpdate returns proposal ids")
         return Proposal.from_json(store.read_json(path))

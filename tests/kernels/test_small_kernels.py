@@ -77,7 +77,11 @@ def test_max_target_score() -> None:
         (np.array([1, 2]), np.array([3]), "a sentence has 3 tokens but only 2 token ids were given"),
         (np.array([1, 2]), np.array([1, 0, 2]), "the lengths add up to 3 tokens but 2 token ids were given"),
         # Lengths whose int64 sum wraps around to the id count: once a SIGSEGV in the sampling service.
-        (np.array([1, 2]), np.array([2**62, 2**62, 2**62, 2**62 + 2]), "a sentence has 4611686018427387906 tokens but only 2 token ids were given"),
+        (
+            np.array([1, 2]),
+            np.array([2**62, 2**62, 2**62, 2**62 + 2]),
+            "a sentence has 4611686018427387906 tokens but only 2 token ids were given",
+        ),
         (np.array([1, 12]), np.array([2]), "token ids must lie in [0, 10), the vocabulary size; got ids from 1 to 12"),
         (np.array([1, 2]), np.array([3, -1]), "lengths must be a vector of non-negative token counts"),
     ],

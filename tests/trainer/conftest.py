@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -104,7 +103,8 @@ def stack(tmp_path: Path, test_roots: dict[str, Any]) -> Iterator[Stack]:
     sampling_server, sampling_port = create_sampling_server("127.0.0.1:0")
     vocab_target, sampling_target = f"127.0.0.1:{vocab_port}", f"127.0.0.1:{sampling_port}"
     trainer_server, trainer_port = create_trainer_server(
-        "127.0.0.1:0", ServeConfig(store=store, vocab_endpoint=vocab_target, sampling_endpoint=sampling_target, **test_roots)
+        "127.0.0.1:0",
+        ServeConfig(store=store, vocab_endpoint=vocab_target, sampling_endpoint=sampling_target, **test_roots),
     )
     try:
         with (

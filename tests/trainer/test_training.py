@@ -206,7 +206,8 @@ def test_in_process_sampling_gives_the_same_run(stack: Stack, tmp_path: Path) ->
     )
     remote = stack.run_to_end(request)
     server, port = create_server(
-        "127.0.0.1:0", ServeConfig(store=tmp_path / "local", vocab_endpoint=stack.vocab_target, read_roots=(stack.store.parent,))
+        "127.0.0.1:0",
+        ServeConfig(store=tmp_path / "local", vocab_endpoint=stack.vocab_target, read_roots=(stack.store.parent,)),
     )
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:

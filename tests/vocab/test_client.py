@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 

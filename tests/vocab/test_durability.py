@@ -45,7 +45,11 @@ def _commit_killed(store_dir: Path, proposal_id: str, pause: str) -> None:
     command = [sys.executable, "-c", _PAUSED_SERVE, "serve", "vocab", "--port", "0", "--no-metrics"]
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", "PAUSE": pause}
     with subprocess.Popen(
-        [*command, "--store", str(store_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment
+        [*command, "--store", str(store_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
     ) as paused:
         assert paused.stderr is not None and paused.stdout is not None
         port = next(json.loads(line)["port"] for line in paused.stderr if '"msg": "serving"' in line)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
 import os
 import string
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np

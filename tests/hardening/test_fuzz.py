@@ -1,0 +1,215 @@
+"""A hypothesis fuzz of every RPC of vocab, sampling and trainer, over real servers on 127.0.0.1.
+
+Each request is well-formed protobuf with hostile values (hostile.py). Whatever it holds, the
+answer must be a status a client can act on (never INTERNAL or UNKNOWN: those are our bugs), come
+within the deadline, and leave the server alive and SERVING.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf import descriptor as d
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from driftlm.services.runtime.config import ServeConfig
+from driftlm.services.runtime.tensors import array_to_tensor
+from driftlm.services.sampling.server import create_server as create_sampling_server
+from driftlm.services.trainer.server import create_server as create_trainer_server
+from driftlm.services.vocab.server import create_server as create_vocab_server
+from driftlm.v1 import (
+    common_pb2,
+    sampling_pb2,
+    sampling_pb2_grpc,
+    trainer_pb2,
+    trainer_pb2_grpc,
+    vocab_pb2,
+    vocab_pb2_grpc,
+)
+
+from ..trainer.conftest import TINY_BERT
+from ..vocab.planted import EMERGING, observe, planted_base_directory, planted_slice, register
+from .hostile import message
+
+# Generous for the slowest legitimate call on 2 cores; a hang runs into it and fails the test.
+CALL_TIMEOUT_S = 30.0
+EXAMPLES = 80
+
+
+@dataclass
+class Services:
+    channels: dict[str, grpc.Channel]
+    known_ids: dict[str, list[str]]
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    root = tmp_path_factory.mktemp("fuzz")
+    store = root / "store"
+    config = ServeConfig(store=store, max_message_bytes=8 << 20, max_stream_bytes=16 << 20, queue_timeout_s=5)
+    vocab_server, vocab_port = create_vocab_server("127.0.0.1:0", config)
+    sampling_server, sampling_port = create_sampling_server("127.0.0.1:0", config)
+    trainer_server, trainer_port = create_trainer_server(
+        "127.0.0.1:0",
+        ServeConfig(
+            store=store,
+            vocab_endpoint=f"127.0.0.1:{vocab_port}",
+            sampling_endpoint=f"127.0.0.1:{sampling_port}",
+            max_message_bytes=8 << 20,
+            queue_timeout_s=5,
+        ),
+    )
+    channels = {
+        name: grpc.insecure_channel(f"127.0.0.1:{port}")
+        for name, port in (("vocab", vocab_port), ("sampling", sampling_port), ("trainer", trainer_port))
+    }
+    try:
+        vocab = vocab_pb2_grpc.VocabServiceStub(channels["vocab"])
+        # The base tokenizer lives in the store: the only directory these services may read.
+        base = register(vocab, planted_base_directory(store / "planted-base"))
+        seen = observe(vocab, base.version_id, planted_slice(np.random.default_rng(0), EMERGING))
+        proposal = vocab.ProposeUpdate(
+            vocab_pb2.ProposeUpdateRequest(version_id=base.version_id, observation_ids=[seen.observation_id], k=2)
+        )
+        trainer = trainer_pb2_grpc.TrainerServiceStub(channels["trainer"])
+        checkpoint = trainer.CreateCheckpoint(
+            trainer_pb2.CreateCheckpointRequest(model_config_json=TINY_BERT, vocab_version_id=base.version_id)
+        ).checkpoint
+        (store / "slice.txt").write_text("a line of text\nanother line of text\n" * 20, encoding="utf-8")
+        run = trainer.StartRun(
+            trainer_pb2.StartRunRequest(
+                kind=trainer_pb2.RUN_KIND_MLM,
+                base_checkpoint_id=checkpoint.checkpoint_id,
+                strategy=common_pb2.SAMPLING_STRATEGY_UNIFORM,
+                slices=[common_pb2.ArtifactRef(uri="slice.txt")],
+                iterations=1,
+                steps_per_iteration=2,
+                batch_size=4,
+                learning_rate=1e-3,
+                max_length=16,
+            )
+        ).run
+        known = {
+            "version": [base.version_id],
+            "observation": [seen.observation_id],
+            "proposal": [proposal.proposal_id],
+            "checkpoint": [checkpoint.checkpoint_id],
+            "run": [run.run_id],
+            "uri": ["slice.txt", "planted-base", "exports/new", str(store / "slice.txt")],
+        }
+        yield Services(channels, known)
+    finally:
+        for channel in channels.values():
+            channel.close()
+        trainer_server.stop(grace=None)
+        sampling_server.stop(grace=None)
+        vocab_server.stop(grace=None)
+
+
+def _methods() -> list[tuple[str, d.MethodDescriptor]]:
+    found = []
+    for name, module, service in (
+        ("vocab", vocab_pb2, "VocabService"),
+        ("sampling", sampling_pb2, "SamplingService"),
+        ("trainer", trainer_pb2, "TrainerService"),
+    ):
+        for method in module.DESCRIPTOR.services_by_name[service].methods:
+            found.append((name, method))
+    return found
+
+
+def _call(channel: grpc.Channel, method: d.MethodDescriptor, requests: list[Any]) -> None:
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    codec = {"request_serializer": lambda m: m.SerializeToString(), "response_deserializer": lambda b: b}
+    if method.client_streaming and method.server_streaming:
+        list(channel.stream_stream(path, **codec)(iter(requests), timeout=CALL_TIMEOUT_S))
+    elif method.client_streaming:
+        channel.stream_unary(path, **codec)(iter(requests), timeout=CALL_TIMEOUT_S)
+    elif method.server_streaming:
+        for _ in channel.unary_stream(path, **codec)(requests[0], timeout=CALL_TIMEOUT_S):
+            pass
+    else:
+        channel.unary_unary(path, **codec)(requests[0], timeout=CALL_TIMEOUT_S)
+
+
+@pytest.mark.parametrize(("service", "method"), _methods(), ids=lambda v: getattr(v, "name", v))
+def test_no_request_crashes_or_hangs_a_service(services: Services, service: str, method: d.MethodDescriptor) -> None:
+    channel = services.channels[service]
+    requests = st.lists(message(method.input_type, services.known_ids), min_size=1, max_size=3)
+
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(batch=requests)
+    def fuzz(batch: list[Any]) -> None:
+        try:
+            _call(channel, method, batch)
+        except grpc.RpcError as error:
+            code = error.code()
+            assert code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), (code, error.details(), batch)
+            assert code != grpc.StatusCode.DEADLINE_EXCEEDED, ("hung", batch)
+            assert error.details(), "a refusal says why"
+
+    fuzz()
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+_HOSTILE_FLOATS = st.sampled_from([0.0, 1.0, 1e-320, 1e308, -1.0, float("nan"), float("inf"), 3e38, 1e-45])
+_HOSTILE_COUNTS = st.sampled_from([0, 1, 5, 2**31 - 1, 2**62, 2**63 - 1, -1, -(2**63)])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+@given(
+    weights=st.lists(_HOSTILE_FLOATS, min_size=1, max_size=8),
+    lengths=st.lists(_HOSTILE_COUNTS, min_size=1, max_size=5),
+    token_ids=st.lists(_HOSTILE_COUNTS, max_size=8),
+    k=_HOSTILE_COUNTS,
+    dtype=st.sampled_from([np.float32, np.float64]),
+    strategy=st.sampled_from([1, 2, 3, 4, 99]),
+)
+def test_well_shaped_sampling_requests_with_hostile_values(
+    services: Services,
+    weights: list[float],
+    lengths: list[int],
+    token_ids: list[int],
+    k: int,
+    dtype: type,
+    strategy: int,
+) -> None:
+    """Arrays of the right shapes (so that the kernels run) holding extremes: lengths whose sum wraps
+    around (once a SIGSEGV), weights near overflow or subnormal, ids past the vocabulary."""
+    stub = sampling_pb2_grpc.SamplingServiceStub(services.channels["sampling"])
+    with np.errstate(over="ignore"):  # 1e308 as float32 is inf: a hostile value too
+        values = np.asarray(weights, dtype=dtype)
+        losses = np.resize(np.asarray(weights, dtype=np.float32), len(lengths))
+    as_tensor = array_to_tensor
+    draws = [
+        sampling_pb2.DrawSampleRequest(weights=as_tensor(values), k=k, replace=r)
+        for r in (False, True)
+    ]
+    n = len(lengths)
+    select = sampling_pb2.SelectSentencesRequest(
+        strategy=strategy,  # type: ignore[arg-type]
+        k=k,
+        candidate_lengths=as_tensor(np.asarray(lengths, dtype=np.int64)),
+        candidate_token_ids=as_tensor(np.asarray(token_ids, dtype=np.int64)),
+        token_shift=as_tensor(np.resize(values, 8)),
+        old_cls=as_tensor(np.full((n, 2), values[0])),
+        new_cls=as_tensor(np.full((n, 2), values[-1])),
+        losses=as_tensor(losses),
+        target_token_ids=[t % (2**63) for t in token_ids[:2]],
+    )
+    for call, request in [*((stub.DrawSample, draw) for draw in draws), (stub.SelectSentences, select)]:
+        try:
+            call(iter([request]), timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as error:
+            assert error.code() not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), error.details()
+            assert error.code() != grpc.StatusCode.DEADLINE_EXCEEDED
+    health = health_pb2_grpc.HealthStub(services.channels["sampling"]).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
