@@ -7,11 +7,13 @@ new, never a mix. Temporaries start with `.tmp-`; readers skip them and a restar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -51,6 +53,20 @@ def resolve_path(uri: str, store: Path, field: str, *, must_exist: bool = True) 
     return path
 
 
+def _read_umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+# Read once at import (os.umask can only be read by setting it). mkstemp and mkdtemp create 0600 and
+# 0700, which a serving container under another uid cannot read: written files get the modes an
+# ordinary write would (0666 and 0777 less the umask).
+_UMASK = _read_umask()
+FILE_MODE = 0o666 & ~_UMASK
+DIRECTORY_MODE = 0o777 & ~_UMASK
+
+
 def fsync_directory(path: Path) -> None:
     """Make a rename or a new entry in `path` durable."""
     descriptor = os.open(path, os.O_RDONLY)
@@ -64,6 +80,7 @@ def write_bytes_atomically(path: Path, data: bytes) -> None:
     """Replace `path` with `data` all at once, durably."""
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, dir=path.parent)
+    os.fchmod(descriptor, FILE_MODE)
     try:
         with os.fdopen(descriptor, "wb") as file:
             file.write(data)
@@ -89,7 +106,23 @@ def read_json(path: Path) -> Any:
 def new_temporary_directory(parent: Path) -> Path:
     """An empty directory to fill before publish_directory makes it visible."""
     parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=TEMPORARY_PREFIX, dir=parent))
+    directory = Path(tempfile.mkdtemp(prefix=TEMPORARY_PREFIX, dir=parent))
+    directory.chmod(DIRECTORY_MODE)
+    return directory
+
+
+@contextlib.contextmanager
+def staged_directory(parent: Path) -> Iterator[Path]:
+    """A new temporary directory in `parent` to fill and publish; removed if the block fails.
+
+    A failed export or checkpoint (disk full, the destination taken meanwhile) leaves nothing behind.
+    """
+    temporary = new_temporary_directory(parent)
+    try:
+        yield temporary
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
 
 
 def publish_directory(temporary: Path, final: Path) -> None:

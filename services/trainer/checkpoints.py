@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -144,17 +143,17 @@ class CheckpointStore:
         """Write a checkpoint whole (temporary directory, fsync, rename); idempotent by id."""
         if self.exists(record.checkpoint_id):
             return self.record(record.checkpoint_id)
-        temporary = store.new_temporary_directory(self.root)
-        model.save_pretrained(temporary, safe_serialization=True)
-        (temporary / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
-        memory.save(temporary / "loss_memory.safetensors")
-        if optimizer_state is not None:
-            tensors, scalars = _optimizer_tensors(optimizer_state)
-            save_file(tensors, str(temporary / "optimizer.safetensors"))
-            (temporary / "optimizer.json").write_text(json.dumps(scalars), encoding="utf-8")
-        (temporary / "checkpoint.json").write_text(json.dumps(record.to_json()), encoding="utf-8")
         try:
-            store.publish_directory(temporary, self.root / record.checkpoint_id)
+            with store.staged_directory(self.root) as temporary:
+                model.save_pretrained(temporary, safe_serialization=True)
+                (temporary / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+                memory.save(temporary / "loss_memory.safetensors")
+                if optimizer_state is not None:
+                    tensors, scalars = _optimizer_tensors(optimizer_state)
+                    save_file(tensors, str(temporary / "optimizer.safetensors"))
+                    (temporary / "optimizer.json").write_text(json.dumps(scalars), encoding="utf-8")
+                (temporary / "checkpoint.json").write_text(json.dumps(record.to_json()), encoding="utf-8")
+                store.publish_directory(temporary, self.root / record.checkpoint_id)
         except FileExistsError:  # written meanwhile by the same run, resumed
-            shutil.rmtree(temporary, ignore_errors=True)
+            pass
         return self.record(record.checkpoint_id)

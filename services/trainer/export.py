@@ -109,18 +109,18 @@ def export_onnx(model: PreTrainedModel, tokenizer_json: str, destination: Path, 
                 agree += int((logits.argmax(-1) == reference.argmax(-1))[real].sum())
                 total += int(real.sum())
             results.append((worst, agree / total))
-        temporary = store.new_temporary_directory(destination.parent)
-        shutil.copy(fp32, temporary / "model.onnx")
-        shutil.copy(int8, temporary / "model.int8.onnx")
-    (temporary / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
-    report = {
-        "inputs": ["input_ids", "attention_mask"],
-        "outputs": ["logits", "cls_embedding"],
-        "opset": opset,
-        "max_abs_diff": results[0][0],
-        "quantized_max_abs_diff": results[1][0],
-        "quantized_top1_agreement": results[1][1],
-    }
-    (temporary / "export.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    store.publish_directory(temporary, destination)
+        report = {
+            "inputs": ["input_ids", "attention_mask"],
+            "outputs": ["logits", "cls_embedding"],
+            "opset": opset,
+            "max_abs_diff": results[0][0],
+            "quantized_max_abs_diff": results[1][0],
+            "quantized_top1_agreement": results[1][1],
+        }
+        with store.staged_directory(destination.parent) as temporary:
+            shutil.copy(fp32, temporary / "model.onnx")
+            shutil.copy(int8, temporary / "model.int8.onnx")
+            (temporary / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+            (temporary / "export.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+            store.publish_directory(temporary, destination)
     return ExportResult(destination, results[0][0], results[1][0], results[1][1])

@@ -35,10 +35,10 @@ def export_directory(vocabulary: WordPieceVocabulary, destination: Path, *, mode
         "clean_up_tokenization_spaces": True,
         **specials,
     }
-    temporary = store.new_temporary_directory(destination.parent)
-    (temporary / "tokenizer.json").write_text(vocabulary.tokenizer_json, encoding="utf-8")
-    (temporary / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    (temporary / "special_tokens_map.json").write_text(json.dumps(specials, indent=2), encoding="utf-8")
-    (temporary / "vocab.txt").write_text("".join(piece + "\n" for piece in vocabulary.pieces), encoding="utf-8")
-    store.publish_directory(temporary, destination)
+    with store.staged_directory(destination.parent) as temporary:
+        (temporary / "tokenizer.json").write_text(vocabulary.tokenizer_json, encoding="utf-8")
+        (temporary / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+        (temporary / "special_tokens_map.json").write_text(json.dumps(specials, indent=2), encoding="utf-8")
+        (temporary / "vocab.txt").write_text("".join(piece + "\n" for piece in vocabulary.pieces), encoding="utf-8")
+        store.publish_directory(temporary, destination)
     return destination

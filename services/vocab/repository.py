@@ -267,12 +267,12 @@ class VocabRepository:
     def _publish(self, record: VersionRecord, tokenizer_json: str, recent_use: np.ndarray | None = None) -> None:
         if (self._versions / record.version_id).exists():
             return
-        temporary = store.new_temporary_directory(self._versions)
-        (temporary / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
-        if recent_use is not None and recent_use.size:
-            (temporary / "recent_use.safetensors").write_bytes(save({"recent_use": recent_use}))
-        (temporary / "version.json").write_text(json.dumps(record.to_json(), ensure_ascii=False), encoding="utf-8")
-        store.publish_directory(temporary, self._versions / record.version_id)
+        with store.staged_directory(self._versions) as temporary:
+            (temporary / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
+            if recent_use is not None and recent_use.size:
+                (temporary / "recent_use.safetensors").write_bytes(save({"recent_use": recent_use}))
+            (temporary / "version.json").write_text(json.dumps(record.to_json(), ensure_ascii=False), encoding="utf-8")
+            store.publish_directory(temporary, self._versions / record.version_id)
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:

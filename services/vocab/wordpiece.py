@@ -28,7 +28,11 @@ class VocabularyError(ValueError):
 
 
 def canonical_tokenizer_json(tokenizer: Tokenizer) -> str:
-    """The library's own serialisation, without truncation or padding: those are per request."""
+    """The library's own serialisation, without truncation or padding: those are per request.
+
+    Raises:
+        VocabularyError: not WordPiece, or not a vocabulary a masked LM can use (see _check_pieces).
+    """
     tokenizer.no_truncation()
     tokenizer.no_padding()
     document = json.loads(tokenizer.to_str())
@@ -37,7 +41,33 @@ def canonical_tokenizer_json(tokenizer: Tokenizer) -> str:
         raise VocabularyError(
             f"driftlm manages WordPiece vocabularies; this tokenizer's model is {model.get('type')!r}"
         )
+    _check_pieces(model, document.get("added_tokens") or [])
     return tokenizer.to_str()
+
+
+def _check_pieces(model: dict[str, Any], added_tokens: list[dict[str, Any]]) -> None:
+    """Ids 0..V-1 each used once, an unknown token among the pieces, a mask token among the added.
+
+    Raises:
+        VocabularyError: what is missing or wrong, in words.
+    """
+    vocab: dict[str, int] = model.get("vocab") or {}
+    if not vocab:
+        raise VocabularyError("the vocabulary has no pieces")
+    ids = sorted(vocab.values())
+    if ids != list(range(len(ids))):
+        gap = next((i for i, value in enumerate(ids) if value != i), len(ids))
+        raise VocabularyError(
+            f"piece ids must be 0..{len(ids) - 1}, each once; id {gap} is missing or repeated "
+            "(embedding rows follow ids, so a gap has no row)"
+        )
+    unknown = model.get("unk_token")
+    if not unknown or unknown not in vocab:
+        raise VocabularyError(f"the unknown token {unknown!r} is not one of the pieces; WordPiece needs it")
+    if not any(str(token.get("content")) in _ROLE_PIECES["mask"] for token in added_tokens):
+        raise VocabularyError(
+            "there is no mask token ([MASK] or <mask>) among the special tokens; a masked LM cannot train without one"
+        )
 
 
 def load_tokenizer_directory(directory: Path) -> str:
@@ -47,23 +77,46 @@ def load_tokenizer_directory(directory: Path) -> str:
     lowercasing unless tokenizer_config.json says `do_lower_case: false`.
 
     Raises:
-        VocabularyError: neither file is there, or the tokenizer is not WordPiece.
+        VocabularyError: neither file is there, a file is malformed (not JSON, not UTF-8, empty), or
+            the tokenizer is not a WordPiece vocabulary a masked LM can use. The message names the
+            file, never its content.
     """
     tokenizer_file = directory / "tokenizer.json"
     if tokenizer_file.is_file():
         try:
             return canonical_tokenizer_json(Tokenizer.from_file(str(tokenizer_file)))
+        except VocabularyError:
+            raise
         except Exception as error:  # the Rust parser raises plain Exception for any bad JSON
-            if isinstance(error, VocabularyError):
-                raise
-            raise VocabularyError(f"{tokenizer_file} is not a tokenizers JSON file ({error})") from error
+            raise VocabularyError(f"{tokenizer_file.name} is not a tokenizers JSON file") from error
     vocab_file = directory / "vocab.txt"
     if not vocab_file.is_file():
         raise VocabularyError(f"{directory} has neither tokenizer.json nor vocab.txt")
-    config_file = directory / "tokenizer_config.json"
-    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
-    bert = BertWordPieceTokenizer(str(vocab_file), lowercase=bool(config.get("do_lower_case", True)))
+    try:
+        lines = vocab_file.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise VocabularyError(f"vocab.txt is not UTF-8 (byte {error.start})") from None
+    if not any(line.strip() for line in lines):
+        raise VocabularyError("vocab.txt is empty")
+    lowercase = _lowercase(directory / "tokenizer_config.json")
+    try:
+        bert = BertWordPieceTokenizer(str(vocab_file), lowercase=lowercase)
+    except Exception as error:  # tokenizers' own parse errors
+        raise VocabularyError("vocab.txt cannot be read as a WordPiece vocabulary") from error
     return canonical_tokenizer_json(bert._tokenizer)
+
+
+def _lowercase(config_file: Path) -> bool:
+    """tokenizer_config.json's do_lower_case (true when absent)."""
+    if not config_file.is_file():
+        return True
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise VocabularyError("tokenizer_config.json is not JSON") from None
+    if not isinstance(config, dict):
+        raise VocabularyError("tokenizer_config.json must hold a JSON object")
+    return bool(config.get("do_lower_case", True))
 
 
 def train_tokenizer(texts: Iterable[str], *, vocab_size: int, cased: bool) -> str:

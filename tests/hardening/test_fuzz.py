@@ -189,10 +189,7 @@ def test_well_shaped_sampling_requests_with_hostile_values(
         values = np.asarray(weights, dtype=dtype)
         losses = np.resize(np.asarray(weights, dtype=np.float32), len(lengths))
     as_tensor = array_to_tensor
-    draws = [
-        sampling_pb2.DrawSampleRequest(weights=as_tensor(values), k=k, replace=r)
-        for r in (False, True)
-    ]
+    draws = [sampling_pb2.DrawSampleRequest(weights=as_tensor(values), k=k, replace=r) for r in (False, True)]
     n = len(lengths)
     select = sampling_pb2.SelectSentencesRequest(
         strategy=strategy,  # type: ignore[arg-type]

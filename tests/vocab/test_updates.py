@@ -257,14 +257,6 @@ def test_a_version_states_its_special_tokens(vocab_stub: Stub, planted_base: voc
     assert fetched.special_tokens == planted
 
 
-def test_a_tokenizer_without_a_mask_token_says_so(vocab_stub: Stub, tmp_path: Path) -> None:
-    directory = tmp_path / "no-mask"
-    directory.mkdir()
-    (directory / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\nthe\nof\n", encoding="utf-8")
-    special = register(vocab_stub, directory).special_tokens
-    assert special.mask_id == -1 and special.unknown_id == 1 and list(special.reserved_ids) == [0, 1, 2, 3]
-
-
 def test_ten_updates_on_a_real_stream_never_remove_a_common_word(vocab_stub: Stub) -> None:
     """MiniLM updated ten times on real text (the prose of this Python installation's docs, dealt
     into ten slices), up to 400 swaps each: more than its ~1,000 slots that no text produces, so later
