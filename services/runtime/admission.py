@@ -73,7 +73,7 @@ class Admission:
                         f"the call's deadline passed while it waited for one of {self.heavy} heavy-call slots"
                     )
                 raise ResourceExhaustedError(
-                    f"the service is busy: all {self.heavy} heavy-call slots (--max-heavy-calls) stayed taken "
+                    f"the service is busy: all {self.heavy} heavy-call slots (--workers) stayed taken "
                     f"for {self.queue_timeout_s:g} s (--queue-timeout-s); retry with backoff",
                     reason="SERVER_BUSY",
                 )

@@ -83,8 +83,9 @@ class FileRoots:
         resolved = Path(os.path.realpath(path))
         if not _under(resolved, roots):
             allowed = ", ".join(str(root) for root in roots)
+            shown = str(path) if resolved == path else f"{path} (which resolves to {resolved})"
             raise PermissionDeniedError(
-                f"{field_name}: {path} is outside the directories this service may use ({allowed}); "
+                f"{field_name}: {shown} is outside the directories this service may use ({allowed}); "
                 f"the operator can allow more with {flag}",
                 reason="PATH_OUTSIDE_ROOTS",
             )

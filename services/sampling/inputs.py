@@ -11,6 +11,8 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 INT_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 # Largest k a draw may ask for: 2**27 int64 indices are 1 GiB.
 MAX_K = 1 << 27
+# Token ids lie below this (the largest vocabularies have a few hundred thousand pieces).
+MAX_VOCABULARY = 1 << 24
 
 
 def require(array: np.ndarray | None, field: str, *, needed_by: str = "this call") -> np.ndarray:

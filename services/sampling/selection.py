@@ -127,7 +127,12 @@ def _token_shift_scores(pool: CandidatePool, lengths: np.ndarray, top_x: int) ->
                 raise InvalidArgumentError("top_x", f"must be in [1, {vocab_size}] (the vocabulary size), got {top_x}")
             targets = kernels.top_k_largest(shift, top_x)
     else:
-        vocab_size = int(max(targets.max(), token_ids.max(initial=-1))) + 1
+        largest = int(max(targets.max(), token_ids.max(initial=-1)))
+        if largest >= inputs.MAX_VOCABULARY:  # the score table has a row per id: an id of 2**62 took all memory
+            raise InvalidArgumentError(
+                "target_token_ids", f"and candidate_token_ids must be below {inputs.MAX_VOCABULARY:,}, got {largest}"
+            )
+        vocab_size = largest + 1
         shift = np.ones(vocab_size)
     if targets.min() < 0 or targets.max() >= vocab_size:
         raise InvalidArgumentError("target_token_ids", f"must lie in [0, {vocab_size}), the vocabulary size")

@@ -21,6 +21,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForMaskedLM, PreTrainedModel
 from transformers.utils import logging as transformers_logging
 
+from driftlm.services.runtime.calls import stop_if_abandoned
+
 # A service logs JSON lines; transformers' tqdm bars (loading and writing shards) would garble them.
 transformers_logging.disable_progress_bar()
 
@@ -222,6 +224,7 @@ def mean_embeddings(
     model.eval()
     order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
     for start in range(0, len(order), batch_size):
+        stop_if_abandoned()  # the caller cancelled, or its deadline passed
         chunk = order[start : start + batch_size]
         width = max(len(encodings[i].ids) for i in chunk)
         ids = torch.zeros((len(chunk), width), dtype=torch.long)

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from transformers import PreTrainedModel
 
+from driftlm.services.runtime.calls import stop_if_abandoned
+
 from .models import autocast, masked_logits
 
 _ROWS_PER_BATCH = 256
@@ -82,6 +84,7 @@ def pseudo_log_likelihoods(
     sums = np.zeros((len(texts), 2))
     model.eval()
     for start in range(0, len(copies), _ROWS_PER_BATCH):
+        stop_if_abandoned()  # the caller cancelled, or its deadline passed
         chunk = copies[start : start + _ROWS_PER_BATCH]
         width = max(len(encodings[t].ids) for t, _, _ in chunk)
         input_ids = torch.zeros((len(chunk), width), dtype=torch.long)

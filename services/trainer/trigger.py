@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from driftlm.services.runtime.calls import stop_if_abandoned
 from driftlm.services.runtime.errors import InvalidArgumentError
 
 from .data import TokenizedPool
@@ -209,6 +210,7 @@ def token_losses(
     chosen = list(range(len(pool))) if rows is None else list(rows)
     ids, losses, texts = [], [], []
     for start in (start for _ in range(passes) for start in range(0, len(chosen), _BATCH)):
+        stop_if_abandoned()  # the caller cancelled, or its deadline passed
         batch = chosen[start : start + _BATCH]
         input_ids, attention = pool.batch(batch)
         masked = mask_batch(

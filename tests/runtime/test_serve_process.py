@@ -142,3 +142,62 @@ def test_the_sampling_client_needs_no_numba() -> None:
     """Other services talk to sampling through the client; it must not drag in the kernels."""
     code = "import sys, driftlm.services.sampling.client; assert 'numba' not in sys.modules, 'numba imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_sigterm_ends_a_call_that_outlives_the_grace(tmp_path: Path) -> None:
+    """A client stream that never ends: after --grace-s the call is cancelled and the process exits
+    (a long vocab call once kept it 23 s past a 5 s grace)."""
+    service = start_service("sampling", tmp_path, extra_args=("--grace-s", "1"))
+    sent = threading.Event()
+
+    def never_ending() -> Iterator[sampling_pb2.DrawSampleRequest]:
+        yield sampling_pb2.DrawSampleRequest(weights=array_to_tensor(np.ones(10)), k=1)
+        sent.set()
+        time.sleep(60)
+
+    try:
+        with grpc.insecure_channel(service.target) as channel:
+            future = sampling_pb2_grpc.SamplingServiceStub(channel).DrawSample.future(never_ending(), timeout=60)
+            assert sent.wait(30)
+            time.sleep(0.3)
+            started = time.monotonic()
+            service.process.send_signal(signal.SIGTERM)
+            assert service.process.wait(30) == 0
+            assert time.monotonic() - started < 1 + 5  # the grace, and a margin for a loaded machine
+            assert isinstance(future.exception(timeout=30), grpc.RpcError)
+    finally:
+        service.stop()
+
+
+def test_a_frozen_peer_costs_a_call_its_peer_timeout_and_health_keeps_answering(tmp_path: Path) -> None:
+    """The vocab service stopped (SIGSTOP) under a trainer: the trainer's call gives up after
+    --peer-timeout-s with UNAVAILABLE (worth a retry), and the trainer's health answers meanwhile."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from driftlm.v1 import trainer_pb2, trainer_pb2_grpc, vocab_pb2_grpc
+
+    from ..trainer.conftest import TINY_BERT
+    from ..vocab.planted import planted_base_directory, register
+
+    store = tmp_path / "store"
+    vocab = start_service("vocab", store, extra_args=("--read-root", str(tmp_path)))
+    trainer = start_service(
+        "trainer", store, extra_args=("--vocab-endpoint", vocab.target, "--peer-timeout-s", "2", "--grace-s", "2")
+    )
+    try:
+        with grpc.insecure_channel(vocab.target) as channel:
+            base = register(vocab_pb2_grpc.VocabServiceStub(channel), planted_base_directory(tmp_path / "base"))
+        vocab.process.send_signal(signal.SIGSTOP)
+        with grpc.insecure_channel(trainer.target) as channel:
+            request = trainer_pb2.CreateCheckpointRequest(model_config_json=TINY_BERT, vocab_version_id=base.version_id)
+            future = trainer_pb2_grpc.TrainerServiceStub(channel).CreateCheckpoint.future(request, timeout=60)
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            started = time.monotonic()
+            error = future.exception(timeout=60)
+            assert isinstance(error, grpc.RpcError) and error.code() == grpc.StatusCode.UNAVAILABLE, error
+            assert time.monotonic() - started < 2 + 8
+    finally:
+        vocab.process.send_signal(signal.SIGCONT)
+        trainer.stop()
+        vocab.stop()
