@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup test bench protos lint typecheck run clean
+.PHONY: help setup test bench load protos lint typecheck run clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -25,6 +25,9 @@ test: setup ## run the test suite
 
 bench: setup ## run benchmarks/, write benchmarks/results/*.json, print the tables
 	$(BIN)/python -m benchmarks
+
+load: setup ## 16 clients for 30 s against sampling and vocab processes; write benchmarks/results/load.json
+	$(BIN)/python -m benchmarks.load
 
 protos: setup ## regenerate the Python stubs from protos/
 	$(BIN)/python protos/generate.py

@@ -65,7 +65,7 @@ def _add_serve(subcommands: argparse._SubParsersAction[argparse.ArgumentParser])
     serve.add_argument(
         "--max-stream-mb",
         type=int,
-        default=int(_env("MAX_STREAM_MB", "2048") or 2048),
+        default=int(_env("MAX_STREAM_MB", "512") or 512),
         help="largest total of tensors in one request stream, MiB (env DRIFTLM_MAX_STREAM_MB)",
     )
     serve.add_argument(

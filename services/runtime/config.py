@@ -50,8 +50,9 @@ class ServeConfig:
     metrics_port: int | None = None
     # Largest single gRPC message, each way.
     max_message_bytes: int = 64 * MIB
-    # Largest total of tensor bytes in one client stream.
-    max_stream_bytes: int = 2048 * MIB
+    # Largest total of one request stream (tensors; texts for ObserveSlice). Assembling a stream costs
+    # about twice its size: 512 MiB fits the sampling container's 4 GiB limit (deploy/).
+    max_stream_bytes: int = 512 * MIB
     # Seconds in-flight calls get to finish after SIGTERM or SIGINT.
     grace_s: float = 30.0
     # Heavy calls (tokenize, train, score, export) worked on at once; more wait for a slot.

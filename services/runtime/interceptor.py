@@ -64,6 +64,44 @@ def as_domain_error(error: BaseException) -> DriftlmError | None:
     return None
 
 
+class _Undecodable:
+    """What the request deserializer gives for bytes that are no valid message (see _lenient)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _lenient(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """A deserializer that returns _Undecodable instead of raising.
+
+    grpcio answers a deserializer's exception with INTERNAL ("Exception deserializing request"),
+    which tells the client it hit our bug. Handing the handler a marker lets it answer
+    INVALID_ARGUMENT instead.
+    """
+    if deserialize is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as error:  # noqa: BLE001  # any decoding failure is the caller's bytes
+            return _Undecodable(error)
+
+    return decode
+
+
+def _undecodable_error() -> InvalidArgumentError:
+    return InvalidArgumentError("request", "is not a valid protobuf message of this method's request type")
+
+
+def _checked(requests: Iterator[Any]) -> Iterator[Any]:
+    """A request stream that raises INVALID_ARGUMENT at the first message that did not decode."""
+    for request in requests:
+        if isinstance(request, _Undecodable):
+            raise _undecodable_error()
+        yield request
+
+
 def _is_panic(error: BaseException) -> bool:
     """A Rust panic surfaced by pyo3 (pyo3_runtime.PanicException derives from BaseException)."""
     return type(error).__name__ == "PanicException"
@@ -82,6 +120,16 @@ def _abort(context: grpc.ServicerContext, method: str, error: BaseException) -> 
 def _code_name(context: grpc.ServicerContext) -> str:
     code = context.code()
     return code.name if isinstance(code, grpc.StatusCode) else "OK"
+
+
+def _decoded(request: Any) -> Any:
+    """The request, or for a stream an iterator that checks each message; INVALID_ARGUMENT for bytes
+    that did not decode."""
+    if isinstance(request, _Undecodable):
+        raise _undecodable_error()
+    if isinstance(request, Iterator):
+        return _checked(request)
+    return request
 
 
 class RpcInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
@@ -116,6 +164,7 @@ class RpcInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
             start = time.perf_counter()
             try:
+                request = _decoded(request)
                 scope = self._prepare(method, context)
                 if scope is None:
                     with calls.serving(context):
@@ -138,6 +187,7 @@ class RpcInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             start = time.perf_counter()
             try:
+                request = _decoded(request)
                 scope = self._prepare(method, context)
                 if scope is None:
                     with calls.serving(context):
@@ -166,7 +216,7 @@ class RpcInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             return None
         method = handler_call_details.method
         codec = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": _lenient(handler.request_deserializer),
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:

@@ -210,3 +210,23 @@ def test_well_shaped_sampling_requests_with_hostile_values(
             assert error.code() != grpc.StatusCode.DEADLINE_EXCEEDED
     health = health_pb2_grpc.HealthStub(services.channels["sampling"]).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.mark.parametrize(("service", "method"), _methods()[::3], ids=lambda v: getattr(v, "name", v))
+def test_bytes_that_are_no_message_are_invalid_argument(
+    services: Services, service: str, method: d.MethodDescriptor
+) -> None:
+    """grpcio answers a request it cannot decode with INTERNAL; ours say INVALID_ARGUMENT."""
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    garbage = b"\xff\xff\xff\xff\x0f"  # a varint longer than protobuf allows
+    codec = {"request_serializer": lambda b: b, "response_deserializer": lambda b: b}
+    channel = services.channels[service]
+    with pytest.raises(grpc.RpcError) as raised:
+        if method.client_streaming:
+            channel.stream_unary(path, **codec)(iter([garbage]), timeout=CALL_TIMEOUT_S)
+        elif method.server_streaming:
+            list(channel.unary_stream(path, **codec)(garbage, timeout=CALL_TIMEOUT_S))
+        else:
+            channel.unary_unary(path, **codec)(garbage, timeout=CALL_TIMEOUT_S)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
+    assert "not a valid protobuf message" in raised.value.details()
