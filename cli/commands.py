@@ -270,6 +270,10 @@ def _add_run(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="the services' store and the loop's state (env DRIFTLM_STORE)",
     )
     run.add_argument("--endpoints", default=None, help="use running services: vocab=HOST:PORT,trainer=HOST:PORT")
+    run.add_argument("--tls-ca", type=Path, default=None, help="with --endpoints: the CA of the services' certificates")
+    run.add_argument("--tls-cert", type=Path, default=None, help="with --endpoints: client certificate (mutual TLS)")
+    run.add_argument("--tls-key", type=Path, default=None, help="with --endpoints: the client certificate's key")
+    run.add_argument("--token-file", type=Path, default=None, help="with --endpoints: bearer token (first line)")
     run.add_argument("--steps", type=int, default=24, help="training steps per slice and arm (default: 24)")
     run.add_argument(
         "--task-data",
@@ -327,6 +331,7 @@ def _run(args: argparse.Namespace) -> int:
     from driftlm.dated_corpus import DatasetError
     from driftlm.pipeline import PipelineOptions, run_pipeline
     from driftlm.report import print_summary
+    from driftlm.services.runtime.security import ChannelSecurity
 
     console = Console()
     endpoints = dict(item.split("=", 1) for item in args.endpoints.split(",") if "=" in item) if args.endpoints else {}
@@ -356,6 +361,9 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         fresh=args.fresh,
         endpoints=endpoints,
+        security=ChannelSecurity.from_files(
+            root_ca=args.tls_ca, client_cert=args.tls_cert, client_key=args.tls_key, token_file=args.token_file
+        ),
     )
     try:
         report = run_pipeline(options, console)

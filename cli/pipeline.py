@@ -38,6 +38,7 @@ from driftlm.local_services import LocalService, start_service
 from driftlm.probe import probe_score
 from driftlm.provenance import provenance
 from driftlm.services.runtime import store as atomic
+from driftlm.services.runtime.security import PLAINTEXT, ChannelSecurity
 from driftlm.services.runtime.strategy import Strategy
 from driftlm.services.trainer.client import TrainerClient
 from driftlm.services.vocab.client import VocabClient
@@ -110,6 +111,8 @@ class PipelineOptions:
     seed: int = 0
     fresh: bool = False
     endpoints: dict[str, str] = field(default_factory=dict)
+    # How to reach the --endpoints services (TLS, client certificate, token); not part of the results.
+    security: ChannelSecurity = PLAINTEXT
     # A labelled dated set for the downstream check (a linear probe per slice and arm), or None.
     task_data: Path | None = None
     task_label_field: str = "label"
@@ -118,7 +121,9 @@ class PipelineOptions:
 
     def key(self) -> str:
         """What identifies this loop's state: the data and every option that changes results."""
-        relevant = {k: str(v) for k, v in asdict(self).items() if k not in ("out", "store", "fresh", "endpoints")}
+        relevant = {
+            k: str(v) for k, v in asdict(self).items() if k not in ("out", "store", "fresh", "endpoints", "security")
+        }
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -477,8 +482,8 @@ def run_pipeline(options: PipelineOptions, console: Console) -> dict[str, Any]:
     started = time.perf_counter()
     with (
         _services(options, console) as targets,
-        VocabClient(targets["vocab"]) as vocab,
-        TrainerClient(targets["trainer"]) as trainer,
+        VocabClient(targets["vocab"], security=options.security) as vocab,
+        TrainerClient(targets["trainer"], security=options.security) as trainer,
     ):
         loop = _Loop(options, vocab, trainer, console, task)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -499,7 +504,11 @@ def run_pipeline(options: PipelineOptions, console: Console) -> dict[str, Any]:
         "provenance": provenance(),
         "data": str(data),
         "options": {
-            **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items() if k != "endpoints"},
+            **{
+                k: str(v) if isinstance(v, Path) else v
+                for k, v in asdict(options).items()
+                if k not in ("endpoints", "security")
+            },
             "strategies": [s.short_name for s in options.strategies],
         },
         "arms": arm_names(options.strategies, options.scratch),

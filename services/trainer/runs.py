@@ -26,6 +26,7 @@ from google.rpc import code_pb2
 
 from driftlm.services.runtime import store
 from driftlm.services.runtime.errors import DriftlmError, NotFoundError
+from driftlm.services.runtime.interceptor import as_domain_error
 
 from .checkpoints import now
 from .spec import RunSpec
@@ -243,12 +244,16 @@ class RunManager:
         # The boundary of a run, like the interceptor is of a call: whatever else a run raises fails
         # that run (logged with its traceback), never the worker that runs the next ones.
         except Exception as error:  # noqa: BLE001 (see above)
+            # Out of memory (NumPy's MemoryError too), a full disk: the status a call would get.
+            domain = as_domain_error(error)
             out_of_memory = "out of memory" in str(error) or "can't allocate memory" in str(error)
-            _LOG.exception("run failed", extra={"run_id": record.run_id})
+            if domain is None:
+                _LOG.exception("run failed", extra={"run_id": record.run_id})
+            code = domain.code.value[0] if domain else code_pb2.INTERNAL
             outcome = {
                 "state": FAILED,
-                "error_code": code_pb2.RESOURCE_EXHAUSTED if out_of_memory else code_pb2.INTERNAL,
-                "error_message": f"{type(error).__name__}: {error}",
+                "error_code": code_pb2.RESOURCE_EXHAUSTED if out_of_memory else code,
+                "error_message": domain.message if domain else f"{type(error).__name__}: {error}",
             }
         with self._changed:  # one step, so that CancelRun never sees a running run without its context
             self._contexts.pop(record.run_id, None)

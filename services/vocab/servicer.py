@@ -93,6 +93,10 @@ class VocabServicer(vocab_pb2_grpc.VocabServiceServicer):
     def _corpus_texts(self, corpus: common_pb2.CorpusSource, field: str) -> Iterator[str]:
         if corpus.WhichOneof("source") == "uri":
             path = self._roots.readable(corpus.uri.uri, f"{field}.uri.uri")
+            if corpus.format not in _FORMATS and corpus.format != common_pb2.CORPUS_FORMAT_UNSPECIFIED:
+                raise InvalidArgumentError(
+                    f"{field}.format", f"is not a CorpusFormat this service knows: {corpus.format}"
+                )
             return read_texts(path, text_field=corpus.text_field or "text", corpus_format=_FORMATS.get(corpus.format))
         return iter(corpus.texts.texts)
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import torch
@@ -191,17 +192,25 @@ def test_running_again_continues_after_the_last_finished_slice(tmp_path: Path, t
 
 def test_services_already_running_are_used_and_left_running(tmp_path: Path, tiny_model: Path) -> None:
     from driftlm.local_services import start_service
+    from driftlm.services.runtime.security import ChannelSecurity
 
     store = tmp_path / "store"
-    model_root = ("--read-root", str(tiny_model))  # what an operator grants: the base model's directory
-    vocab = start_service("vocab", store, extra_args=model_root)
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("pipeline-token\n", encoding="utf-8")
+    # What an operator grants: the base model's directory, and a token every caller must present.
+    secured = ("--read-root", str(tiny_model), "--auth-token-file", str(tokens))
+    vocab = start_service("vocab", store, extra_args=secured)
     trainer = start_service(  # sampling in-process
-        "trainer", store, extra_args=("--vocab-endpoint", vocab.target, *model_root)
+        "trainer", store, extra_args=("--vocab-endpoint", vocab.target, "--peer-token-file", str(tokens), *secured)
     )
     try:
         data = write_stream(tmp_path / "stream.jsonl", periods=2, texts_per_period=150)
+        endpoints = {"vocab": vocab.target, "trainer": trainer.target}
+        with pytest.raises(grpc.RpcError) as refused:  # no token
+            run_pipeline(_options(tmp_path, tiny_model, data=data, endpoints=endpoints), Console(quiet=True))
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         options = _options(
-            tmp_path, tiny_model, data=data, endpoints={"vocab": vocab.target, "trainer": trainer.target}
+            tmp_path, tiny_model, data=data, endpoints=endpoints, security=ChannelSecurity(token="pipeline-token")
         )
         report = run_pipeline(options, Console(quiet=True))
         assert len(report["slices"]) == 2
