@@ -10,11 +10,12 @@ Anything else is a bug: logged with its traceback, answered INTERNAL; the server
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import time
 from collections.abc import Callable, Collection, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from grpc_status import rpc_status
@@ -117,6 +118,16 @@ def _abort(context: grpc.ServicerContext, method: str, error: BaseException) -> 
     context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(error).__name__}; see the server log")
 
 
+def _fail(context: grpc.ServicerContext, method: str, error: BaseException) -> NoReturn:
+    """The boundary of every call: whatever a handler raised becomes a status here."""
+    if not isinstance(error, Exception) and not _is_panic(error):
+        raise error  # SystemExit, KeyboardInterrupt, GeneratorExit
+    if context.code() is not None or not context.is_active():
+        raise error  # the handler aborted already, or the client went away: nothing to report
+    _abort(context, method, error)
+    raise error  # not reached: abort raises
+
+
 def _code_name(context: grpc.ServicerContext) -> str:
     code = context.code()
     return code.name if isinstance(code, grpc.StatusCode) else "OK"
@@ -152,32 +163,28 @@ class RpcInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         """Health is always open (probes carry no token); reflection when configured so."""
         return method.startswith(HEALTH_PREFIX) or (self._open_reflection and method.startswith(REFLECTION_PREFIX))
 
-    def _prepare(self, method: str, context: grpc.ServicerContext) -> Any:
-        """Authenticate; return the admission scope the call runs in."""
+    @contextlib.contextmanager
+    def _serving(self, method: str, context: grpc.ServicerContext) -> Iterator[None]:
+        """Authenticate, admit, and record the call's context for the block."""
         if self._tokens and not self._is_open(method):
             check_bearer(context.invocation_metadata() or (), self._tokens)
-        if self._admission is None or method.startswith((HEALTH_PREFIX, REFLECTION_PREFIX)):
-            return None
-        return self._admission.admitted(heavy=method in self._heavy, time_remaining_s=context.time_remaining())
+        exempt = self._admission is None or method.startswith((HEALTH_PREFIX, REFLECTION_PREFIX))
+        admitted = (
+            contextlib.nullcontext()
+            if exempt or self._admission is None
+            else self._admission.admitted(heavy=method in self._heavy, time_remaining_s=context.time_remaining())
+        )
+        with admitted, calls.serving(context):
+            yield
 
     def _wrap_unary_response(self, behaviour: Behaviour, method: str) -> Behaviour:
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
             start = time.perf_counter()
             try:
-                request = _decoded(request)
-                scope = self._prepare(method, context)
-                if scope is None:
-                    with calls.serving(context):
-                        return behaviour(request, context)
-                with scope, calls.serving(context):
-                    return behaviour(request, context)
-            # The boundary of every call: whatever a handler raised becomes a status here.
-            except BaseException as error:
-                if not isinstance(error, Exception) and not _is_panic(error):
-                    raise  # SystemExit, KeyboardInterrupt, GeneratorExit
-                if context.code() is not None or not context.is_active():
-                    raise  # the handler aborted already, or the client went away: nothing to report
-                _abort(context, method, error)
+                with self._serving(method, context):
+                    return behaviour(_decoded(request), context)
+            except BaseException as error:  # noqa: BLE001  # _fail answers with a status or re-raises
+                _fail(context, method, error)
             finally:
                 record_rpc(method, _code_name(context), time.perf_counter() - start)
 
@@ -187,20 +194,10 @@ class RpcInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             start = time.perf_counter()
             try:
-                request = _decoded(request)
-                scope = self._prepare(method, context)
-                if scope is None:
-                    with calls.serving(context):
-                        yield from behaviour(request, context)
-                else:
-                    with scope, calls.serving(context):
-                        yield from behaviour(request, context)
-            except BaseException as error:
-                if not isinstance(error, Exception) and not _is_panic(error):
-                    raise
-                if context.code() is not None or not context.is_active():
-                    raise
-                _abort(context, method, error)
+                with self._serving(method, context):
+                    yield from behaviour(_decoded(request), context)
+            except BaseException as error:  # noqa: BLE001  # _fail answers with a status or re-raises
+                _fail(context, method, error)
             finally:
                 record_rpc(method, _code_name(context), time.perf_counter() - start)
 

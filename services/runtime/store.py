@@ -16,9 +16,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
-
-from .errors import InvalidArgumentError, NotFoundError
 
 TEMPORARY_PREFIX = ".tmp-"
 # What the ids we mint look like (v-..., obs-..., ckpt-...): anything else names nothing, and is
@@ -29,28 +26,6 @@ _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 def is_stored_id(value: str) -> bool:
     """Whether `value` could be an id this store minted (safe to use as one file name)."""
     return _ID.fullmatch(value) is not None and ".." not in value
-
-
-def resolve_path(uri: str, store: Path, field: str, *, must_exist: bool = True) -> Path:
-    """The local path an ArtifactRef URI names: `file:///abs`, `/abs`, or relative to `store`.
-
-    Raises:
-        InvalidArgumentError: an empty URI or a scheme this service cannot read.
-        NotFoundError: must_exist and nothing is there.
-    """
-    if not uri:
-        raise InvalidArgumentError(field, "is empty; give a path or a file:// URI")
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        path = Path(unquote(parsed.path))
-    elif parsed.scheme and len(parsed.scheme) > 1:  # one letter is a Windows drive, not a scheme
-        raise InvalidArgumentError(field, f"scheme {parsed.scheme!r} is not supported; use a path or a file:// URI")
-    else:
-        path = Path(uri).expanduser()
-    path = path if path.is_absolute() else store / path
-    if must_exist and not path.exists():
-        raise NotFoundError(f"{field}: nothing at {path}")
-    return path
 
 
 def _read_umask() -> int:

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from driftlm.services.runtime import store
-from driftlm.services.runtime.errors import InvalidArgumentError, NotFoundError
 
 
 def test_write_replaces_whole_and_leaves_no_temporaries(tmp_path: Path) -> None:
@@ -46,20 +45,3 @@ def test_publish_directory_is_all_or_nothing(tmp_path: Path) -> None:
     again = store.new_temporary_directory(tmp_path)
     with pytest.raises(FileExistsError):
         store.publish_directory(again, tmp_path / "final")
-
-
-@pytest.mark.parametrize(
-    ("uri", "expected"),
-    [("file:///abs/x%20y", Path("/abs/x y")), ("/abs/p", Path("/abs/p")), ("rel/p", None)],
-)
-def test_resolve_path(tmp_path: Path, uri: str, expected: Path | None) -> None:
-    assert store.resolve_path(uri, tmp_path, "f", must_exist=False) == (expected or tmp_path / uri)
-
-
-def test_resolve_path_errors(tmp_path: Path) -> None:
-    with pytest.raises(InvalidArgumentError, match="f: scheme 's3' is not supported"):
-        store.resolve_path("s3://bucket/key", tmp_path, "f")
-    with pytest.raises(InvalidArgumentError, match="f: is empty"):
-        store.resolve_path("", tmp_path, "f")
-    with pytest.raises(NotFoundError, match="f: nothing at"):
-        store.resolve_path("missing", tmp_path, "f")
