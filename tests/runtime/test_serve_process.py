@@ -201,3 +201,38 @@ def test_a_frozen_peer_costs_a_call_its_peer_timeout_and_health_keeps_answering(
         vocab.process.send_signal(signal.SIGCONT)
         trainer.stop()
         vocab.stop()
+
+
+# `driftlm serve vocab` whose ListVersions is stuck in a call that never looks at its cancellation,
+# like a long Rust call inside a library.
+_STUCK_SERVE = """
+import sys, time
+from driftlm.services.vocab.servicer import VocabServicer
+VocabServicer.ListVersions = lambda self, request, context: time.sleep(120)
+from driftlm.commands import main
+main(sys.argv[1:])
+"""
+
+
+def test_sigterm_does_not_wait_for_a_handler_stuck_in_a_library(tmp_path: Path) -> None:
+    """The grace bounds shutdown even when a handler never returns: the process exits 0 once the
+    grace and a second for cancelled handlers have passed."""
+    from driftlm.v1 import vocab_pb2, vocab_pb2_grpc
+
+    command = [sys.executable, "-c", _STUCK_SERVE, "serve", "vocab", "--port", "0", "--no-metrics", "--grace-s", "1"]
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(
+        [*command, "--store", str(tmp_path)], stderr=subprocess.PIPE, text=True, env=environment
+    ) as process:
+        assert process.stderr is not None
+        port = next(int(line.split('"port": ')[1].split(",")[0]) for line in process.stderr if '"serving"' in line)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stuck = vocab_pb2_grpc.VocabServiceStub(channel).ListVersions.future(
+                vocab_pb2.ListVersionsRequest(), timeout=120
+            )
+            time.sleep(0.5)
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(60) == 0
+            assert time.monotonic() - started < 1 + 1 + 4  # grace, the second for cancelled handlers, a margin
+            assert isinstance(stuck.exception(timeout=30), grpc.RpcError)
