@@ -51,6 +51,12 @@ def _add_serve(subcommands: argparse._SubParsersAction[argparse.ArgumentParser])
         help="Prometheus port, 0 for a free one (env DRIFTLM_METRICS_PORT; default: the service's own)",
     )
     serve.add_argument(
+        "--metrics-host",
+        default=_env("METRICS_HOST", None),
+        help="interface for /metrics, e.g. 127.0.0.1 to keep it off the network (env DRIFTLM_METRICS_HOST; "
+        "default: --host)",
+    )
+    serve.add_argument(
         "--no-metrics",
         action="store_true",
         default=_env("NO_METRICS", "") == "1",
@@ -207,7 +213,9 @@ def _serve(args: argparse.Namespace) -> int:
         try:
             server, port = module.create_server(config.address, config)
             metrics_port = (
-                None if config.metrics_port is None else start_metrics_server(config.host, config.metrics_port)
+                None
+                if config.metrics_port is None
+                else start_metrics_server(args.metrics_host or config.host, config.metrics_port)
             )
         except (RuntimeError, OSError, ValueError) as error:
             print(f"driftlm serve {args.service}: {error}", file=sys.stderr)

@@ -25,7 +25,7 @@ from driftlm.v1 import sampling_pb2, sampling_pb2_grpc
 
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[LocalService]:
-    running = start_service("sampling", tmp_path, extra_args=("--grace-s", "20"))
+    running = start_service("sampling", tmp_path, extra_args=("--grace-s", "20", "--metrics-host", "127.0.0.1"))
     yield running
     running.stop()
 
