@@ -40,6 +40,19 @@ class SampleSizeError(ValueError):
 _CHUNKS = 64
 
 
+# From this many weights on, a draw without replacement keeps only the keys: the k-th smallest is
+# found by partitioning them in place, and the indices at or below it by computing their keys again
+# (a pure function of the seed and the index). No index array as long as the weights: a draw over
+# 256 MiB of float64 weights peaks at about twice their size instead of three times.
+LEAN_FROM = 4_000_000
+
+
+@numba.njit(inline="always")
+def _key(w: float, stream: np.uint64, i: int) -> float:
+    # E = -log(1 - u) with u in [0, 1): finite, so no positive weight gets an infinite key.
+    return np.log(-np.log1p(-uniform_at(stream, i))) - np.log(w)
+
+
 def _exponential_keys(weights: np.ndarray, stream: np.uint64, keys: np.ndarray) -> tuple[int, int]:
     """keys[i] = log(E_i / w_i) (inf where w_i == 0); returns (positive count, invalid count).
 
@@ -51,14 +64,47 @@ def _exponential_keys(weights: np.ndarray, stream: np.uint64, keys: np.ndarray) 
     for i in numba.prange(weights.shape[0]):
         w = np.float64(weights[i])
         if w > 0.0 and w < np.inf:
-            # E = -log(1 - u) with u in [0, 1): finite, so no positive weight gets an infinite key.
-            keys[i] = np.log(-np.log1p(-uniform_at(stream, i))) - np.log(w)
+            keys[i] = _key(w, stream, i)
             positive += 1
         else:
             keys[i] = np.inf
             if w != 0.0:  # negative, NaN or inf
                 invalid += 1
     return positive, invalid
+
+
+def _count_at_most(
+    weights: np.ndarray, stream: np.uint64, threshold: float, bounds: np.ndarray, counts: np.ndarray
+) -> None:
+    """Per chunk, how many positive weights have a key <= threshold."""
+    for c in numba.prange(bounds.shape[0] - 1):
+        count = 0
+        for i in range(bounds[c], bounds[c + 1]):
+            w = np.float64(weights[i])
+            if w > 0.0 and w < np.inf and _key(w, stream, i) <= threshold:
+                count += 1
+        counts[c] = count
+
+
+def _indices_at_most(
+    weights: np.ndarray, stream: np.uint64, threshold: float, bounds: np.ndarray, starts: np.ndarray, out: np.ndarray
+) -> None:
+    """The indices counted by _count_at_most, chunk c's written from starts[c] on."""
+    for c in numba.prange(bounds.shape[0] - 1):
+        j = starts[c]
+        for i in range(bounds[c], bounds[c + 1]):
+            w = np.float64(weights[i])
+            if w > 0.0 and w < np.inf and _key(w, stream, i) <= threshold:
+                out[j] = i
+                j += 1
+
+
+@numba.njit(cache=True)
+def _keys_of(weights: np.ndarray, stream: np.uint64, indices: np.ndarray) -> np.ndarray:
+    keys = np.empty(indices.shape[0])
+    for j in range(indices.shape[0]):
+        keys[j] = _key(np.float64(weights[indices[j]]), stream, indices[j])
+    return keys
 
 
 def _chunk_maxima(weights: np.ndarray, bounds: np.ndarray, maxima: np.ndarray) -> tuple[int, int]:
@@ -142,6 +188,23 @@ _EXPONENTIAL_KEYS = Twin(_exponential_keys)
 _CHUNK_MAXIMA = Twin(_chunk_maxima)
 _CHUNK_SUMS = Twin(_chunk_sums)
 _MERGE_WALK = Twin(_merge_walk)
+_COUNT_AT_MOST = Twin(_count_at_most)
+_INDICES_AT_MOST = Twin(_indices_at_most)
+
+
+def _smallest_keys_lean(weights: np.ndarray, stream: np.uint64, keys: np.ndarray, k: int) -> np.ndarray:
+    """The k indices of smallest key in key order; `keys` is partitioned in place (see LEAN_FROM)."""
+    n = weights.shape[0]
+    keys.partition(k - 1)
+    threshold = float(keys[k - 1])
+    bounds = np.linspace(0, n, min(_CHUNKS, n) + 1).astype(np.int64)
+    counts = np.empty(bounds.shape[0] - 1, dtype=np.int64)
+    _COUNT_AT_MOST(n, weights, stream, threshold, bounds, counts)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    chosen = np.empty(int(counts.sum()), dtype=np.int64)
+    _INDICES_AT_MOST(n, weights, stream, threshold, bounds, starts, chosen)
+    # Keys tied at the threshold could bring more than k: keep the k first in key order.
+    return chosen[np.argsort(_keys_of(weights, stream, chosen), kind="stable")[:k]]
 
 
 def _check_weights(weights: np.ndarray, k: int) -> np.ndarray:
@@ -183,7 +246,8 @@ def draw_without_replacement(weights: np.ndarray, k: int, seed: int) -> np.ndarr
     weights = _check_weights(weights, k)
     keys = np.empty(weights.shape[0])
     n = weights.shape[0]
-    positive, invalid = _EXPONENTIAL_KEYS(n, weights, stream_for(seed, PURPOSE_EXPONENTIAL_KEYS), keys)
+    stream = stream_for(seed, PURPOSE_EXPONENTIAL_KEYS)
+    positive, invalid = _EXPONENTIAL_KEYS(n, weights, stream, keys)
     if invalid:
         raise _invalid_weights_error(invalid)
     if positive == 0:
@@ -192,7 +256,9 @@ def draw_without_replacement(weights: np.ndarray, k: int, seed: int) -> np.ndarr
         raise SampleSizeError(
             f"k={k} exceeds the {positive} items of positive weight; without replacement k can be at most {positive}"
         )
-    chosen = np.argpartition(keys, k - 1)[:k] if k < keys.shape[0] else np.arange(k)
+    if n >= LEAN_FROM and k < n:
+        return _smallest_keys_lean(weights, stream, keys, k)
+    chosen = np.argpartition(keys, k - 1)[:k] if k < n else np.arange(k)
     return chosen[np.argsort(keys[chosen])].astype(np.int64, copy=False)
 
 

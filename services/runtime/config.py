@@ -51,7 +51,7 @@ class ServeConfig:
     # Largest single gRPC message, each way.
     max_message_bytes: int = 64 * MIB
     # Largest total of one request stream (tensors; texts for ObserveSlice). A draw over a stream
-    # peaks at about 3.4 times its size: 512 MiB fits the sampling container's 4 GiB limit (deploy/).
+    # peaks at about 2.4 times its size: 512 MiB fits the sampling container's 4 GiB limit (deploy/).
     max_stream_bytes: int = 512 * MIB
     # Seconds in-flight calls get to finish after SIGTERM or SIGINT.
     grace_s: float = 30.0

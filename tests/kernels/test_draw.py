@@ -187,3 +187,17 @@ def test_the_serial_and_parallel_compilations_draw_the_same(size: int) -> None:
     for name, out in sums.items():
         getattr(draw._CHUNK_SUMS, name)(weights, bounds, float(weights.max()), out)
     np.testing.assert_array_equal(sums["parallel"], sums["serial"])
+
+
+@pytest.mark.parametrize(("k", "seed"), [(1, 0), (37, 1), (9_000, 2)])
+def test_the_lean_path_for_large_inputs_draws_the_same(monkeypatch: pytest.MonkeyPatch, k: int, seed: int) -> None:
+    """Large draws keep only the keys (no index array as long as the weights); the indices and
+    their order must be exactly those of the ordinary path."""
+    from driftlm.kernels import draw
+
+    weights = np.random.default_rng(seed).random(20_000)
+    weights[::5] = 0.0
+    weights[1] = 1e-320
+    ordinary = draw_without_replacement(weights, k, seed=seed)
+    monkeypatch.setattr(draw, "LEAN_FROM", 0)
+    np.testing.assert_array_equal(draw_without_replacement(weights, k, seed=seed), ordinary)
