@@ -50,7 +50,7 @@ LEAN_FROM = 4_000_000
 @numba.njit(inline="always")
 def _key(w: float, stream: np.uint64, i: int) -> float:
     # E = -log(1 - u) with u in [0, 1): finite, so no positive weight gets an infinite key.
-    return np.log(-np.log1p(-uniform_at(stream, i))) - np.log(w)
+    return float(np.log(-np.log1p(-uniform_at(stream, i))) - np.log(w))
 
 
 def _exponential_keys(weights: np.ndarray, stream: np.uint64, keys: np.ndarray) -> tuple[int, int]:
