@@ -5,6 +5,7 @@ however many heavy calls are open. A Rust panic or an out-of-memory in a handler
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ class _HeldStream:
     def __init__(self, version_id: str) -> None:
         self.version_id = version_id
         self.release = threading.Event()
+        self.call: Any = None  # the future of the call this stream feeds
 
     def __iter__(self) -> Iterator[vocab_pb2.ObserveSliceRequest]:
         yield vocab_pb2.ObserveSliceRequest(
@@ -44,6 +46,17 @@ def _server(tmp_path: Path, test_roots: dict[str, Any], **limits: Any) -> tuple[
     return server, target, base.version_id
 
 
+def _first_done(calls: list[grpc.Future], within_s: float) -> int | None:
+    """The index of the first call to finish, or None if none does in time."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        for index, call in enumerate(calls):
+            if call.done():
+                return index
+        time.sleep(0.02)
+    return None
+
+
 def _healthy(channel: grpc.Channel) -> bool:
     answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
     return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
@@ -55,20 +68,24 @@ def test_heavy_calls_wait_then_are_refused_and_health_answers(tmp_path: Path, te
     try:
         with grpc.insecure_channel(target) as channel:
             stub = vocab_pb2_grpc.VocabServiceStub(channel)
-            first = stub.ObserveSlice.future(iter(held), timeout=30)  # takes the one heavy slot
-            second_stream = _HeldStream(version)
-            second = stub.ObserveSlice.future(iter(second_stream), timeout=30)  # waits, then refused
-            assert second.exception(timeout=10).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "--workers" in second.exception().details() and "--queue-timeout-s" in second.exception().details()
+            # Two heavy calls, one slot: whichever the server admits first holds it, the other waits
+            # out the queue timeout and is refused.
+            streams = [held, _HeldStream(version)]
+            calls = [stub.ObserveSlice.future(iter(stream), timeout=30) for stream in streams]
+            refused = _first_done(calls, within_s=10)
+            assert refused is not None, "neither call was refused within 10 s"
+            error = calls[refused].exception()
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "--workers" in error.details() and "--queue-timeout-s" in error.details()
             # A deadline shorter than the queue's wait ends as DEADLINE_EXCEEDED.
             short = stub.ObserveSlice.future(iter(_HeldStream(version)), timeout=0.2)
             assert short.exception(timeout=10).code() == grpc.StatusCode.DEADLINE_EXCEEDED
             assert _healthy(channel)
             # Light calls are not held up by the heavy slot.
             assert stub.GetVersion(vocab_pb2.GetVersionRequest(version_id=version), timeout=5).version.size
-            held.release.set()
-            assert first.result(timeout=30).observation_id
-            second_stream.release.set()
+            for stream in streams:
+                stream.release.set()
+            assert calls[1 - refused].result(timeout=30).observation_id
     finally:
         held.release.set()
         server.stop(grace=None)
@@ -76,28 +93,30 @@ def test_heavy_calls_wait_then_are_refused_and_health_answers(tmp_path: Path, te
 
 def test_calls_past_the_in_flight_bound_are_refused_at_once(tmp_path: Path, test_roots: dict[str, Any]) -> None:
     server, target, version = _server(tmp_path, test_roots, workers=1, max_in_flight=1, queue_timeout_s=10)
-    held = _HeldStream(version)
+    held: list[_HeldStream] = []
     try:
         with grpc.insecure_channel(target) as channel:
             stub = vocab_pb2_grpc.VocabServiceStub(channel)
-            first = stub.ObserveSlice.future(iter(held), timeout=30)
-            with pytest.raises(grpc.RpcError) as refused:
-                _wait_until_admitted(stub, version)
-            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "--max-in-flight" in refused.value.details()
+            refused = None
+            for _ in range(100):  # until the held call is in: then a light call is refused at once
+                if not held or held[-1].call.done():  # refused itself (a light call was in): hold again
+                    held.append(_HeldStream(version))
+                    held[-1].call = stub.ObserveSlice.future(iter(held[-1]), timeout=30)
+                try:
+                    stub.GetVersion(vocab_pb2.GetVersionRequest(version_id=version), timeout=5)
+                except grpc.RpcError as error:
+                    refused = error
+                    break
+                time.sleep(0.05)
+            assert refused is not None and refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "--max-in-flight" in refused.details()
             assert _healthy(channel)
-            held.release.set()
-            first.result(timeout=30)
+            held[-1].release.set()
+            assert held[-1].call.result(timeout=30).observation_id
     finally:
-        held.release.set()
+        for stream in held:
+            stream.release.set()
         server.stop(grace=None)
-
-
-def _wait_until_admitted(stub: vocab_pb2_grpc.VocabServiceStub, version: str) -> None:
-    """A light call, tried until the held call has been admitted (then it is refused)."""
-    for _ in range(100):
-        stub.GetVersion(vocab_pb2.GetVersionRequest(version_id=version), timeout=5)
-        threading.Event().wait(0.05)
 
 
 def test_eight_long_observations_do_not_starve_health(tmp_path: Path, test_roots: dict[str, Any]) -> None:
