@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -42,7 +43,7 @@ from driftlm.services.runtime.security import PLAINTEXT, ChannelSecurity
 from driftlm.services.runtime.strategy import Strategy
 from driftlm.services.trainer.client import TrainerClient
 from driftlm.services.vocab.client import VocabClient
-from driftlm.v1 import common_pb2, trainer_pb2
+from driftlm.v1 import common_pb2, trainer_pb2, vocab_pb2
 
 TOP_N = 1000
 # Peak learning rate of a new head's warm-up (at least; the loop's own when higher).
@@ -191,6 +192,23 @@ class _Loop:
         self.console = console
         self.directory = options.store / "pipeline" / options.key()
         self.state_path = self.directory / "state.json"
+
+    def _commit(self, parent: str, proposal_id: str, label: str) -> vocab_pb2.VocabVersion:
+        """Commit the update; a store that already holds a different one of `parent` stops the run.
+
+        Vocabulary versions form one chain per base (a version has one child), so a run whose
+        options or data lead to another update of the same version cannot share the store.
+        """
+        try:
+            return self.vocab.commit(proposal_id, display_name=label)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.ABORTED:
+                raise
+            raise SystemExit(
+                f"the store {self.options.store} already holds a different vocabulary update of {parent}, "
+                "made by a run with other options or data; vocabulary versions form one chain per base, "
+                "so give this experiment its own store: --store DIR (or DRIFTLM_STORE)"
+            ) from error
 
     # State ------------------------------------------------------------------------------------
 
@@ -377,7 +395,7 @@ class _Loop:
         if fired:
             seen = self.vocab.observe(state["vocab_version"], item.train, slice_label=item.label)
             proposal = self.vocab.propose(state["vocab_version"], [seen.observation_id], k=options.vocab_k)
-            version = self.vocab.commit(proposal.proposal_id, display_name=item.label)
+            version = self._commit(state["vocab_version"], proposal.proposal_id, item.label)
             state["vocab_version"] = version.version_id
             vocab_record.update(
                 version=version.version_id,

@@ -340,3 +340,12 @@ def test_slicing_by_quarter_month_day_and_count(tmp_path: Path) -> None:
     assert cut["month"] == ["2020-01", "2020-02", "2020-04"]
     assert cut["day"][:2] == ["2020-01-01", "2020-01-02"] and len(cut["day"]) == 6
     assert cut["40"][0] == "2020-01-01..2020-01-02" and len(cut["40"]) == 3
+
+
+def test_a_run_whose_update_differs_from_the_stores_says_to_use_its_own_store(tmp_path: Path, tiny_model: Path) -> None:
+    """A version has one child: a second experiment that would update the same version differently
+    (here another --vocab-k) stops with what to do, not with the vocab service's ABORTED."""
+    first = run_pipeline(_options(tmp_path, tiny_model), Console(quiet=True))
+    assert any(s["vocab"]["added"] for s in first["slices"])  # the first run did update the vocabulary
+    with pytest.raises(SystemExit, match="give this experiment its own store: --store DIR"):
+        run_pipeline(_options(tmp_path, tiny_model, vocab_k=7), Console(quiet=True))
