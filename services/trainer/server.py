@@ -30,6 +30,7 @@ def create_server(address: str = "127.0.0.1:0", config: ServeConfig | None = Non
 
     Raises:
         RuntimeError: no vocab endpoint configured, or the address cannot be bound.
+        ValueError, OSError: see build_server (TLS and token files).
     """
     config = config or ServeConfig()
     if not config.vocab_endpoint:
@@ -49,7 +50,7 @@ def create_server(address: str = "127.0.0.1:0", config: ServeConfig | None = Non
     )
     try:
         return build_server([binding], address, config, closers=[app.close, lambda _grace_s: vocab.close()])
-    except RuntimeError:
+    except (RuntimeError, ValueError, OSError):  # no port, half a TLS configuration, unreadable files
         app.close(0)
         vocab.close()
         raise
