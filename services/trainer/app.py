@@ -34,6 +34,7 @@ from .distributed import Ranks
 from .export import ExportResult, export_onnx
 from .loss_memory import LossMemory
 from .memory_budget import available_bytes, check_fits
+from .model_repository import ModelShapeMismatchError, is_model_name
 from .models import (
     ModelConfigTooLargeError,
     import_model,
@@ -91,6 +92,10 @@ class ScoredSlice:
 
     score: SliceScore
     pieces: dict[int, str]
+
+
+# The model an export goes to when the request names none.
+DEFAULT_MODEL_NAME = "driftlm"
 
 
 class TrainerApp:
@@ -368,19 +373,34 @@ class TrainerApp:
 
     # Export ----------------------------------------------------------------------------------
 
-    def export_onnx(self, checkpoint_id: str, destination: str = "") -> ExportResult:
-        """ONNX (fp32 and int8) with the tokenizer, in a new directory; empty means the store's exports."""
-        record = self.checkpoints.record(checkpoint_id)
+    def export_onnx(
+        self, checkpoint_id: str, repository: str = "", model_name: str = "", version: int = 0
+    ) -> ExportResult:
+        """ONNX (fp32 and int8) with the tokenizer, as a new version in a model repository (Triton's
+        layout); an empty repository means the store's, an empty name `driftlm`, version 0 the next."""
+        name = model_name or DEFAULT_MODEL_NAME
+        if not is_model_name(name):
+            raise InvalidArgumentError(
+                "model_name", "must be letters, digits, '_', '.' or '-' (at most 64), not a path"
+            )
+        if version < 0:
+            raise InvalidArgumentError("version", f"must be >= 0 (0 means the next), got {version}")
         target = (
-            self.roots.writable(destination, "destination.uri")
-            if destination
-            else self._store / "trainer" / "exports" / record.checkpoint_id
+            self.roots.writable(repository, "destination.uri") if repository else self._store / "trainer" / "models"
         )
         try:
             return export_onnx(
-                self.checkpoints.model(checkpoint_id), self.checkpoints.tokenizer_json(checkpoint_id), target
+                self.checkpoints.model(checkpoint_id),
+                self.checkpoints.tokenizer_json(checkpoint_id),
+                target,
+                name,
+                version,
             )
         except FileExistsError as error:
-            raise AlreadyExistsError(f"destination.uri: {target} exists; export to a new directory") from error
+            raise AlreadyExistsError(
+                f"version {version} of model {name} exists in {target}; versions are never rewritten (0 takes the next)"
+            ) from error
+        except ModelShapeMismatchError as error:
+            raise FailedPreconditionError(str(error), reason="MODEL_SHAPE_MISMATCH") from error
         except MemoryError as error:
             raise ResourceExhaustedError(f"out of memory while exporting {checkpoint_id}") from error

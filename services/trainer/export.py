@@ -1,8 +1,9 @@
-"""ONNX export: fp32 for exactness, a dynamically quantised int8 copy for CPU serving.
+"""ONNX export into a model repository: fp32 for exactness, a dynamically quantised int8 copy for
+CPU serving, as two models of the repository (`<name>` and `<name>_int8`) at the same version.
 
 The exported graph takes input_ids and attention_mask (int64, dynamic batch and sequence) and
 returns every position's logits and the [CLS] hidden state. Both files are checked against
-PyTorch on sample inputs before the directory is published.
+PyTorch on sample inputs before a version is published (model_repository.py has the layout).
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from driftlm.services.runtime import store
+from driftlm.services.vocab.export import write_tokenizer_files
+from driftlm.services.vocab.wordpiece import WordPieceVocabulary
 
+from .model_repository import ModelShape, prepare_model, versions
 from .models import encode, mlm_head
 
 
@@ -44,10 +48,23 @@ class _ExportedModel(nn.Module):
 class ExportResult:
     """What was written and how close it is to PyTorch."""
 
-    directory: Path
+    repository: Path
+    model_name: str
+    quantized_model_name: str
+    version: int
     max_abs_diff: float
     quantized_max_abs_diff: float
     quantized_top1_agreement: float
+
+    @property
+    def directory(self) -> Path:
+        """The fp32 version's directory."""
+        return self.repository / self.model_name / str(self.version)
+
+    @property
+    def quantized_directory(self) -> Path:
+        """The int8 version's directory."""
+        return self.repository / self.quantized_model_name / str(self.version)
 
 
 def _sample_inputs(vocab_size: int, seed: int, shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,16 +75,25 @@ def _sample_inputs(vocab_size: int, seed: int, shape: tuple[int, int]) -> tuple[
     return input_ids, attention_mask
 
 
-def export_onnx(model: PreTrainedModel, tokenizer_json: str, destination: Path, *, opset: int = 17) -> ExportResult:
-    """Write model.onnx, model.int8.onnx, tokenizer.json and export.json to `destination` (new).
+def export_onnx(
+    model: PreTrainedModel, tokenizer_json: str, repository: Path, name: str, version: int = 0, *, opset: int = 17
+) -> ExportResult:
+    """Publish version `version` (0: the next) of models `name` (fp32) and `name`_int8 in `repository`.
 
-    Raises FileExistsError when destination exists.
+    Raises:
+        FileExistsError: that version exists already.
+        ModelShapeMismatchError: the models hold versions of another vocabulary or hidden size.
     """
     import onnxruntime
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    if destination.exists():
-        raise FileExistsError(destination)
+    shape = ModelShape(vocab_size=int(model.config.vocab_size), hidden_size=int(model.config.hidden_size))
+    names = (name, f"{name}_int8")
+    for model_name in names:
+        prepare_model(repository, model_name, shape)
+    version = version or max((v for n in names for v in versions(repository, n)), default=0) + 1
+    if any((repository / model_name / str(version)).exists() for model_name in names):
+        raise FileExistsError(repository / name / str(version))
     model = model.cpu().eval()
     wrapped = _ExportedModel(model).eval()
     input_ids, attention_mask = _sample_inputs(model.config.vocab_size, seed=0, shape=(3, 17))
@@ -117,10 +143,13 @@ def export_onnx(model: PreTrainedModel, tokenizer_json: str, destination: Path, 
             "quantized_max_abs_diff": results[1][0],
             "quantized_top1_agreement": results[1][1],
         }
-        with store.staged_directory(destination.parent) as temporary:
-            shutil.copy(fp32, temporary / "model.onnx")
-            shutil.copy(int8, temporary / "model.int8.onnx")
-            (temporary / "tokenizer.json").write_text(tokenizer_json, encoding="utf-8")
-            (temporary / "export.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-            store.publish_directory(temporary, destination)
-    return ExportResult(destination, results[0][0], results[1][0], results[1][1])
+        vocabulary = WordPieceVocabulary(tokenizer_json)
+        positions = int(getattr(model.config, "max_position_embeddings", 512))
+        for model_name, onnx_file in zip(names, (fp32, int8), strict=True):
+            with store.staged_directory(repository / model_name) as temporary:
+                shutil.copy(onnx_file, temporary / "model.onnx")
+                write_tokenizer_files(vocabulary, temporary, model_max_length=positions)
+                model.config.to_json_file(str(temporary / "config.json"))
+                (temporary / "export.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+                store.publish_directory(temporary, repository / model_name / str(version))
+    return ExportResult(repository, names[0], names[1], version, results[0][0], results[1][0], results[1][1])

@@ -220,12 +220,18 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def ExportOnnx(
         self, request: trainer_pb2.ExportOnnxRequest, context: grpc.ServicerContext
     ) -> trainer_pb2.ExportOnnxResponse:
-        result = self._app.export_onnx(request.checkpoint_id, request.destination.uri)
+        result = self._app.export_onnx(
+            request.checkpoint_id, request.destination.uri, request.model_name, request.version
+        )
         return trainer_pb2.ExportOnnxResponse(
             directory=common_pb2.ArtifactRef(uri=result.directory.as_uri()),
             model=common_pb2.ArtifactRef(uri=(result.directory / "model.onnx").as_uri()),
-            quantized_model=common_pb2.ArtifactRef(uri=(result.directory / "model.int8.onnx").as_uri()),
+            quantized_model=common_pb2.ArtifactRef(uri=(result.quantized_directory / "model.onnx").as_uri()),
             max_abs_diff=result.max_abs_diff,
             quantized_max_abs_diff=result.quantized_max_abs_diff,
             quantized_top1_agreement=result.quantized_top1_agreement,
+            repository=common_pb2.ArtifactRef(uri=result.repository.as_uri()),
+            model_name=result.model_name,
+            quantized_model_name=result.quantized_model_name,
+            version=result.version,
         )

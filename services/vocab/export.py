@@ -19,13 +19,9 @@ _ROLES = {
 }
 
 
-def export_directory(vocabulary: WordPieceVocabulary, destination: Path, *, model_max_length: int = 512) -> Path:
-    """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json and vocab.txt.
-
-    The directory appears whole or not at all. Raises FileExistsError when it exists.
-    """
-    if destination.exists():
-        raise FileExistsError(destination)
+def write_tokenizer_files(vocabulary: WordPieceVocabulary, directory: Path, *, model_max_length: int = 512) -> None:
+    """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json and vocab.txt into
+    `directory` (which exists): what `AutoTokenizer.from_pretrained` needs offline."""
     normalizer = vocabulary.document.get("normalizer") or {}
     specials = {role: token for role, token in _ROLES.items() if token in vocabulary.piece_ids}
     config = {
@@ -35,10 +31,20 @@ def export_directory(vocabulary: WordPieceVocabulary, destination: Path, *, mode
         "clean_up_tokenization_spaces": True,
         **specials,
     }
+    (directory / "tokenizer.json").write_text(vocabulary.tokenizer_json, encoding="utf-8")
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    (directory / "special_tokens_map.json").write_text(json.dumps(specials, indent=2), encoding="utf-8")
+    (directory / "vocab.txt").write_text("".join(piece + "\n" for piece in vocabulary.pieces), encoding="utf-8")
+
+
+def export_directory(vocabulary: WordPieceVocabulary, destination: Path, *, model_max_length: int = 512) -> Path:
+    """The tokenizer files in a new directory, which appears whole or not at all.
+
+    Raises FileExistsError when it exists.
+    """
+    if destination.exists():
+        raise FileExistsError(destination)
     with store.staged_directory(destination.parent) as temporary:
-        (temporary / "tokenizer.json").write_text(vocabulary.tokenizer_json, encoding="utf-8")
-        (temporary / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-        (temporary / "special_tokens_map.json").write_text(json.dumps(specials, indent=2), encoding="utf-8")
-        (temporary / "vocab.txt").write_text("".join(piece + "\n" for piece in vocabulary.pieces), encoding="utf-8")
+        write_tokenizer_files(vocabulary, temporary, model_max_length=model_max_length)
         store.publish_directory(temporary, destination)
     return destination

@@ -111,14 +111,19 @@ def test_exports_go_only_under_the_write_roots_and_fail_whole(stack: Stack, tmp_
         ),
     )
     assert outside.code() == CODE.PERMISSION_DENIED and "--write-root" in outside.details()
-    taken = tmp_path / "taken"
-    taken.mkdir()
+    (tmp_path / "models" / "driftlm" / "3").mkdir(parents=True)  # a version that exists
     exists = _fails(
         stack.trainer.ExportOnnx,
-        trainer_pb2.ExportOnnxRequest(checkpoint_id=checkpoint, destination=common_pb2.ArtifactRef(uri=str(taken))),
+        trainer_pb2.ExportOnnxRequest(
+            checkpoint_id=checkpoint, destination=common_pb2.ArtifactRef(uri=str(tmp_path / "models")), version=3
+        ),
     )
     assert exists.code() == CODE.ALREADY_EXISTS
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    leftovers = [p for p in (tmp_path / "models").rglob(".tmp-*")]
+    assert not leftovers
+    for name in ("../x", "a/b", "", "."):
+        request = trainer_pb2.ExportOnnxRequest(checkpoint_id=checkpoint, model_name=name or "x" * 65)
+        assert _fails(stack.trainer.ExportOnnx, request).code() == CODE.INVALID_ARGUMENT, name
 
 
 def test_a_model_too_large_for_memory_is_resource_exhausted_not_internal(stack: Stack) -> None:

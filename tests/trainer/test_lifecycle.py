@@ -164,15 +164,25 @@ def test_export_writes_onnx_that_matches_pytorch(stack: Stack, tmp_path: Path) -
     trained = stack.run_to_end(
         run_request(stack, [stack.slice_file("old", old_slice(17))], iterations=1, steps_per_iteration=5)
     )
-    destination = tmp_path / "export"
+    repository = tmp_path / "models"
     exported = stack.trainer.ExportOnnx(
         trainer_pb2.ExportOnnxRequest(
-            checkpoint_id=trained.checkpoint_id, destination=common_pb2.ArtifactRef(uri=str(destination))
+            checkpoint_id=trained.checkpoint_id, destination=common_pb2.ArtifactRef(uri=str(repository))
         )
     )
     assert exported.max_abs_diff < 1e-4 and exported.quantized_top1_agreement > 0.9
-    assert {p.name for p in destination.iterdir()} == {"model.onnx", "model.int8.onnx", "tokenizer.json", "export.json"}
-    session = onnxruntime.InferenceSession(str(destination / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert (exported.model_name, exported.quantized_model_name, exported.version) == ("driftlm", "driftlm_int8", 1)
+    version = repository / "driftlm" / "1"
+    assert {p.name for p in version.iterdir()} == {
+        "model.onnx",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "vocab.txt",
+        "config.json",
+        "export.json",
+    }
+    session = onnxruntime.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
     ids = np.array([[2, 100, 101, 102, 3], [2, 103, 3, 0, 0]], dtype=np.int64)
     mask = (ids != 0).astype(np.int64)
     logits, cls = session.run(None, {"input_ids": ids, "attention_mask": mask})
@@ -180,7 +190,7 @@ def test_export_writes_onnx_that_matches_pytorch(stack: Stack, tmp_path: Path) -
     with pytest.raises(grpc.RpcError) as again:
         stack.trainer.ExportOnnx(
             trainer_pb2.ExportOnnxRequest(
-                checkpoint_id=trained.checkpoint_id, destination=common_pb2.ArtifactRef(uri=str(destination))
+                checkpoint_id=trained.checkpoint_id, destination=common_pb2.ArtifactRef(uri=str(repository)), version=1
             )
         )
     assert again.value.code() == grpc.StatusCode.ALREADY_EXISTS

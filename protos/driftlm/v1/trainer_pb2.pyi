@@ -1141,21 +1141,31 @@ class ExportOnnxRequest(_message.Message):
 
     CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
     DESTINATION_FIELD_NUMBER: _builtins.int
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     checkpoint_id: _builtins.str
     """The checkpoint."""
+    model_name: _builtins.str
+    """The model: fp32 goes to `<model_name>`, int8 to `<model_name>_int8`. Empty means "driftlm"."""
+    version: _builtins.int
+    """The version to publish (a positive integer, never rewritten); 0 means the next free one."""
     @_builtins.property
     def destination(self) -> _common_pb2.ArtifactRef:
-        """The directory to write (must not exist); empty means `<store>/trainer/exports/<checkpoint>`."""
+        """The model repository to publish into (created when missing; the layout NVIDIA Triton reads);
+        empty means `<store>/trainer/models`. Must lie under the store or a --write-root.
+        """
 
     def __init__(
         self,
         *,
         checkpoint_id: _builtins.str = ...,
         destination: _common_pb2.ArtifactRef | None = ...,
+        model_name: _builtins.str = ...,
+        version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "destination", b"destination"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "destination", b"destination", "model_name", b"model_name", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1163,7 +1173,7 @@ Global___ExportOnnxRequest: _TypeAlias = ExportOnnxRequest  # noqa: Y015
 
 @_typing.final
 class ExportOnnxResponse(_message.Message):
-    """The exported model."""
+    """The exported model: one new version of two models in a model repository."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1173,15 +1183,25 @@ class ExportOnnxResponse(_message.Message):
     MAX_ABS_DIFF_FIELD_NUMBER: _builtins.int
     QUANTIZED_MAX_ABS_DIFF_FIELD_NUMBER: _builtins.int
     QUANTIZED_TOP1_AGREEMENT_FIELD_NUMBER: _builtins.int
+    REPOSITORY_FIELD_NUMBER: _builtins.int
+    MODEL_NAME_FIELD_NUMBER: _builtins.int
+    QUANTIZED_MODEL_NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     max_abs_diff: _builtins.float
     """Largest absolute logit difference between ONNX Runtime (fp32) and PyTorch on sample inputs."""
     quantized_max_abs_diff: _builtins.float
     """The same for the int8 copy."""
     quantized_top1_agreement: _builtins.float
     """Fraction of sample positions where the int8 copy's top-1 piece equals PyTorch's."""
+    model_name: _builtins.str
+    """The fp32 model's name."""
+    quantized_model_name: _builtins.str
+    """The int8 model's name (`<model_name>_int8`)."""
+    version: _builtins.int
+    """The version published (the same for both models)."""
     @_builtins.property
     def directory(self) -> _common_pb2.ArtifactRef:
-        """The written directory: model.onnx, model.int8.onnx, tokenizer.json and export.json."""
+        """The fp32 version's directory: model.onnx, the tokenizer files, config.json, export.json."""
 
     @_builtins.property
     def model(self) -> _common_pb2.ArtifactRef:
@@ -1191,7 +1211,11 @@ class ExportOnnxResponse(_message.Message):
 
     @_builtins.property
     def quantized_model(self) -> _common_pb2.ArtifactRef:
-        """The int8 copy (onnxruntime dynamic quantisation, per channel)."""
+        """The int8 copy (onnxruntime dynamic quantisation, per channel), model `<model_name>_int8`."""
+
+    @_builtins.property
+    def repository(self) -> _common_pb2.ArtifactRef:
+        """The model repository."""
 
     def __init__(
         self,
@@ -1202,10 +1226,14 @@ class ExportOnnxResponse(_message.Message):
         max_abs_diff: _builtins.float = ...,
         quantized_max_abs_diff: _builtins.float = ...,
         quantized_top1_agreement: _builtins.float = ...,
+        repository: _common_pb2.ArtifactRef | None = ...,
+        model_name: _builtins.str = ...,
+        quantized_model_name: _builtins.str = ...,
+        version: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["directory", b"directory", "model", b"model", "quantized_model", b"quantized_model"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["directory", b"directory", "model", b"model", "quantized_model", b"quantized_model", "repository", b"repository"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["directory", b"directory", "max_abs_diff", b"max_abs_diff", "model", b"model", "quantized_max_abs_diff", b"quantized_max_abs_diff", "quantized_model", b"quantized_model", "quantized_top1_agreement", b"quantized_top1_agreement"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["directory", b"directory", "max_abs_diff", b"max_abs_diff", "model", b"model", "model_name", b"model_name", "quantized_max_abs_diff", b"quantized_max_abs_diff", "quantized_model", b"quantized_model", "quantized_model_name", b"quantized_model_name", "quantized_top1_agreement", b"quantized_top1_agreement", "repository", b"repository", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
