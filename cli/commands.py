@@ -109,11 +109,54 @@ def _add_serve(subcommands: argparse._SubParsersAction[argparse.ArgumentParser])
         default=_env("SAMPLING_ENDPOINT", ""),
         help="host:port of the sampling service, for the trainer; empty: in-process (env DRIFTLM_SAMPLING_ENDPOINT)",
     )
+    _add_inference(serve)
     serve.add_argument(
         "--log-level",
         default=_env("LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error"],
         help="(env DRIFTLM_LOG_LEVEL)",
+    )
+
+
+def _add_inference(serve: argparse.ArgumentParser) -> None:
+    """Flags of the inference service (README: Inference)."""
+    serve.add_argument(
+        "--model-repository",
+        type=Path,
+        default=_optional_path("MODEL_REPOSITORY"),
+        help="the Triton-layout model repository to serve (env DRIFTLM_MODEL_REPOSITORY; default: "
+        "<store>/trainer/models, where the trainer's ExportOnnx writes)",
+    )
+    serve.add_argument(
+        "--ort-threads",
+        type=int,
+        default=int(_env("ORT_THREADS", "0") or 0),
+        help="ONNX Runtime threads per run, 0 for one per core (env DRIFTLM_ORT_THREADS)",
+    )
+    serve.add_argument(
+        "--ort-optimization",
+        choices=["disable", "basic", "extended", "all"],
+        default=_env("ORT_OPTIMIZATION", "all"),
+        help="ONNX Runtime graph optimisation level (env DRIFTLM_ORT_OPTIMIZATION)",
+    )
+    serve.add_argument(
+        "--ort-provider",
+        choices=["auto", "cpu", "cuda"],
+        default=_env("ORT_PROVIDER", "auto"),
+        help="execution provider; auto takes CUDA when onnxruntime-gpu sees a GPU (env DRIFTLM_ORT_PROVIDER)",
+    )
+    serve.add_argument(
+        "--no-dynamic-batching",
+        action="store_true",
+        default=_env("NO_DYNAMIC_BATCHING", "") == "1",
+        help="run each inference request alone (env DRIFTLM_NO_DYNAMIC_BATCHING=1)",
+    )
+    serve.add_argument(
+        "--repository-poll-s",
+        type=float,
+        default=float(_env("REPOSITORY_POLL_S", "0") or 0),
+        help="seconds between looks for new model versions, swapped in as they appear; 0: only on "
+        "RepositoryModelLoad / LoadModel (env DRIFTLM_REPOSITORY_POLL_S)",
     )
 
 
@@ -199,6 +242,12 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         vocab_endpoint=args.vocab_endpoint,
         sampling_endpoint=args.sampling_endpoint,
+        model_repository=args.model_repository,
+        ort_threads=args.ort_threads,
+        ort_optimization=args.ort_optimization,
+        ort_provider=args.ort_provider,
+        dynamic_batching=not args.no_dynamic_batching,
+        repository_poll_s=args.repository_poll_s,
     )
     try:
         module = importlib.import_module(f"driftlm.services.{args.service}.server")

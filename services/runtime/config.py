@@ -85,6 +85,18 @@ class ServeConfig:
     vocab_endpoint: str = ""
     # host:port of the sampling service; empty means in-process (the trainer).
     sampling_endpoint: str = ""
+    # The inference service's model repository (Triton's layout); None: the trainer's default
+    # export destination in the store, <store>/trainer/models.
+    model_repository: Path | None = None
+    # ONNX Runtime (inference): threads per run (0: one per core), graph optimisation level
+    # (disable, basic, extended, all), execution provider (auto, cpu, cuda).
+    ort_threads: int = 0
+    ort_optimization: str = "all"
+    ort_provider: str = "auto"
+    # Merge concurrent inference requests as each model's config.pbtxt allows.
+    dynamic_batching: bool = True
+    # Seconds between looks at the model repository for new versions; 0: only when asked.
+    repository_poll_s: float = 0.0
 
     @property
     def limits(self) -> RequestLimits:
@@ -104,6 +116,11 @@ class ServeConfig:
             client_key=self.peer_tls_key,
             token_file=self.peer_token_file,
         )
+
+    @property
+    def inference_repository(self) -> Path:
+        """The model repository the inference service serves."""
+        return self.model_repository or self.store / "trainer" / "models"
 
     @property
     def address(self) -> str:

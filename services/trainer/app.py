@@ -27,6 +27,7 @@ from driftlm.services.runtime.errors import (
     ResourceExhaustedError,
 )
 from driftlm.services.runtime.paths import FileRoots
+from driftlm.services.runtime.pseudo_likelihood import CorpusScore, summarise
 
 from .checkpoints import CheckpointRecord, CheckpointStore, new_checkpoint_id, now
 from .data import tokenize_texts
@@ -45,7 +46,7 @@ from .models import (
     parameter_count,
 )
 from .peers import Sampler, VocabPeer
-from .pseudo_likelihood import CorpusScore, pseudo_log_likelihoods, summarise
+from .pseudo_likelihood import pseudo_log_likelihoods
 from .runs import RunManager, RunRecord
 from .spec import RunSpec
 from .training import IterationSelection, Progress, RunContext, Vocabulary, execute_run, vocab_hops, vocabulary_of

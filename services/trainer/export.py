@@ -24,24 +24,26 @@ from driftlm.services.runtime import store
 from driftlm.services.vocab.export import write_tokenizer_files
 from driftlm.services.vocab.wordpiece import WordPieceVocabulary
 
-from .model_repository import ModelShape, prepare_model, versions
+from .model_repository import INPUTS, OUTPUTS, ModelShape, prepare_model, versions
 from .models import encode, mlm_head
 
 
 class _ExportedModel(nn.Module):
-    """(input_ids, attention_mask) -> (logits (B, T, V), cls_embedding (B, H))."""
+    """(input_ids, attention_mask) -> (logits (B, T, V), cls_embedding (B, H), last_hidden_state (B, T, H))."""
 
     def __init__(self, model: PreTrainedModel) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         hidden = encode(self.model, input_ids, attention_mask)
         head = mlm_head(self.model)
         logits = (
             head(hidden) if head is not None else self.model(input_ids=input_ids, attention_mask=attention_mask).logits
         )
-        return logits, hidden[:, 0]
+        return logits, hidden[:, 0], hidden
 
 
 @dataclass(frozen=True)
@@ -107,13 +109,14 @@ def export_onnx(
                 wrapped,
                 (input_ids, attention_mask),
                 str(fp32),
-                input_names=["input_ids", "attention_mask"],
-                output_names=["logits", "cls_embedding"],
+                input_names=list(INPUTS),
+                output_names=list(OUTPUTS),
                 dynamic_axes={
                     "input_ids": {0: "batch", 1: "sequence"},
                     "attention_mask": {0: "batch", 1: "sequence"},
                     "logits": {0: "batch", 1: "sequence"},
                     "cls_embedding": {0: "batch"},
+                    "last_hidden_state": {0: "batch", 1: "sequence"},
                 },
                 opset_version=opset,
                 dynamo=False,
@@ -136,8 +139,8 @@ def export_onnx(
                 total += int(real.sum())
             results.append((worst, agree / total))
         report = {
-            "inputs": ["input_ids", "attention_mask"],
-            "outputs": ["logits", "cls_embedding"],
+            "inputs": list(INPUTS),
+            "outputs": list(OUTPUTS),
             "opset": opset,
             "max_abs_diff": results[0][0],
             "quantized_max_abs_diff": results[1][0],

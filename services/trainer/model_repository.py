@@ -24,6 +24,9 @@ _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 # Requests merged by the dynamic batcher, and the longest a request waits for company.
 MAX_BATCH_SIZE = 32
 MAX_QUEUE_DELAY_US = 2000
+# The graph's inputs and outputs, in order (export.py writes them; the inference service checks them).
+INPUTS = ("input_ids", "attention_mask")
+OUTPUTS = ("logits", "cls_embedding", "last_hidden_state")
 
 
 class ModelShapeMismatchError(ValueError):
@@ -45,18 +48,20 @@ def is_model_name(name: str) -> bool:
 
 def config_pbtxt(name: str, shape: ModelShape) -> str:
     """The model's Triton configuration: batched int64 ids and mask in (sequence length dynamic),
-    fp32 logits (B, T, V) and [CLS] embedding (B, H) out, dynamic batching, every version served."""
+    fp32 logits (B, T, V), [CLS] embedding (B, H) and last hidden state (B, T, H) out, dynamic
+    batching; the newest version is served, so loading a new one retires the old (hot swap)."""
     return f"""name: "{name}"
 platform: "onnxruntime_onnx"
 max_batch_size: {MAX_BATCH_SIZE}
-version_policy: {{ all: {{ }} }}
+version_policy: {{ latest: {{ num_versions: 1 }} }}
 input [
   {{ name: "input_ids", data_type: TYPE_INT64, dims: [ -1 ] }},
   {{ name: "attention_mask", data_type: TYPE_INT64, dims: [ -1 ] }}
 ]
 output [
   {{ name: "logits", data_type: TYPE_FP32, dims: [ -1, {shape.vocab_size} ] }},
-  {{ name: "cls_embedding", data_type: TYPE_FP32, dims: [ {shape.hidden_size} ] }}
+  {{ name: "cls_embedding", data_type: TYPE_FP32, dims: [ {shape.hidden_size} ] }},
+  {{ name: "last_hidden_state", data_type: TYPE_FP32, dims: [ -1, {shape.hidden_size} ] }}
 ]
 dynamic_batching {{ max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US} }}
 """

@@ -185,7 +185,7 @@ def test_export_writes_onnx_that_matches_pytorch(stack: Stack, tmp_path: Path) -
     session = onnxruntime.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
     ids = np.array([[2, 100, 101, 102, 3], [2, 103, 3, 0, 0]], dtype=np.int64)
     mask = (ids != 0).astype(np.int64)
-    logits, cls = session.run(None, {"input_ids": ids, "attention_mask": mask})
+    logits, cls, _hidden = session.run(None, {"input_ids": ids, "attention_mask": mask})
     assert logits.shape == (2, 5, stack.base_version.size) and cls.shape == (2, 32)
     with pytest.raises(grpc.RpcError) as again:
         stack.trainer.ExportOnnx(

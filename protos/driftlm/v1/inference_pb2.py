@@ -25,39 +25,57 @@ _sym_db = _symbol_database.Default()
 from driftlm.v1 import common_pb2 as driftlm_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64riftlm/v1/inference.proto\x12\ndriftlm.v1\x1a\x17\x64riftlm/v1/common.proto\"Q\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x12\n\nis_default\x18\x03 \x01(\x08\x12\x11\n\tquantized\x18\x04 \x01(\x08\"\x83\x01\n\x10LoadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\'\n\x06source\x18\x03 \x01(\x0b\x32\x17.driftlm.v1.ArtifactRef\x12\x11\n\tquantized\x18\x04 \x01(\x08\x12\x14\n\x0cmake_default\x18\x05 \x01(\x08\"9\n\x11LoadModelResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.driftlm.v1.ModelInfo\"3\n\x12UnloadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\";\n\x13UnloadModelResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.driftlm.v1.ModelInfo\"!\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.driftlm.v1.ModelInfo\"N\n\x0f\x46illMaskRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05texts\x18\x03 \x03(\t\x12\r\n\x05top_k\x18\x04 \x01(\x05\"E\n\rMaskCandidate\x12\r\n\x05piece\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\x03\x12\x13\n\x0bprobability\x18\x03 \x01(\x01\"h\n\x0eMaskPrediction\x12\x12\n\ntext_index\x18\x01 \x01(\x05\x12\x13\n\x0b\x63har_offset\x18\x02 \x01(\x05\x12-\n\ncandidates\x18\x03 \x03(\x0b\x32\x19.driftlm.v1.MaskCandidate\"C\n\x10\x46illMaskResponse\x12/\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x1a.driftlm.v1.MaskPrediction\"A\n\x11\x45mbedTextsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05texts\x18\x03 \x03(\t\"<\n\x12\x45mbedTextsResponse\x12&\n\nembeddings\x18\x01 \x01(\x0b\x32\x12.driftlm.v1.Tensor2\x8d\x03\n\x10InferenceService\x12H\n\tLoadModel\x12\x1c.driftlm.v1.LoadModelRequest\x1a\x1d.driftlm.v1.LoadModelResponse\x12N\n\x0bUnloadModel\x12\x1e.driftlm.v1.UnloadModelRequest\x1a\x1f.driftlm.v1.UnloadModelResponse\x12K\n\nListModels\x12\x1d.driftlm.v1.ListModelsRequest\x1a\x1e.driftlm.v1.ListModelsResponse\x12\x45\n\x08\x46illMask\x12\x1b.driftlm.v1.FillMaskRequest\x1a\x1c.driftlm.v1.FillMaskResponse\x12K\n\nEmbedTexts\x12\x1d.driftlm.v1.EmbedTextsRequest\x1a\x1e.driftlm.v1.EmbedTextsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64riftlm/v1/inference.proto\x12\ndriftlm.v1\x1a\x17\x64riftlm/v1/common.proto\"\xb2\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x12\n\nis_default\x18\x03 \x01(\x08\x12%\n\x05state\x18\x04 \x01(\x0e\x32\x16.driftlm.v1.ModelState\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x12\n\nvocab_size\x18\x06 \x01(\x03\x12\x13\n\x0bhidden_size\x18\x07 \x01(\x03\x12\x12\n\nmax_length\x18\x08 \x01(\x05\"`\n\x10LoadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x14\n\x0cmake_default\x18\x03 \x01(\x08\x12\x17\n\x0funload_previous\x18\x04 \x01(\x08\"9\n\x11LoadModelResponse\x12$\n\x05model\x18\x01 \x01(\x0b\x32\x15.driftlm.v1.ModelInfo\"3\n\x12UnloadModelRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"<\n\x13UnloadModelResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.driftlm.v1.ModelInfo\"!\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\";\n\x12ListModelsResponse\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.driftlm.v1.ModelInfo\">\n\x0bModelTarget\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x10\n\x08truncate\x18\x03 \x01(\x08\"W\n\x0f\x46illMaskRequest\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.driftlm.v1.ModelTarget\x12\r\n\x05texts\x18\x02 \x03(\t\x12\r\n\x05top_k\x18\x03 \x01(\x05\"E\n\rMaskCandidate\x12\r\n\x05piece\x18\x01 \x01(\t\x12\x10\n\x08token_id\x18\x02 \x01(\x03\x12\x13\n\x0bprobability\x18\x03 \x01(\x01\"z\n\x0eMaskPrediction\x12\x12\n\ntext_index\x18\x01 \x01(\x05\x12\x13\n\x0b\x63har_offset\x18\x02 \x01(\x05\x12\x10\n\x08position\x18\x03 \x01(\x05\x12-\n\ncandidates\x18\x04 \x03(\x0b\x32\x19.driftlm.v1.MaskCandidate\"T\n\x10\x46illMaskResponse\x12/\n\x0bpredictions\x18\x01 \x03(\x0b\x32\x1a.driftlm.v1.MaskPrediction\x12\x0f\n\x07version\x18\x02 \x01(\x03\"p\n\x11\x45mbedTextsRequest\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.driftlm.v1.ModelTarget\x12\r\n\x05texts\x18\x02 \x03(\t\x12$\n\x07pooling\x18\x03 \x01(\x0e\x32\x13.driftlm.v1.Pooling\"M\n\x12\x45mbedTextsResponse\x12&\n\nembeddings\x18\x01 \x01(\x0b\x32\x12.driftlm.v1.Tensor\x12\x0f\n\x07version\x18\x02 \x01(\x03\"P\n\x17\x43omputeTokenLossRequest\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.driftlm.v1.ModelTarget\x12\r\n\x05texts\x18\x02 \x03(\t\"\xae\x01\n\rTextTokenLoss\x12\x11\n\ttoken_ids\x18\x01 \x03(\x03\x12\x0e\n\x06losses\x18\x02 \x03(\x01\x12\x0e\n\x06scored\x18\x03 \x03(\x08\x12\x16\n\x0elog_likelihood\x18\x04 \x01(\x01\x12\x1f\n\x17word_l2r_log_likelihood\x18\x05 \x01(\x01\x12\x0e\n\x06pieces\x18\x06 \x01(\x05\x12\r\n\x05words\x18\x07 \x01(\x05\x12\x12\n\ncharacters\x18\x08 \x01(\x05\"\x90\x02\n\x18\x43omputeTokenLossResponse\x12(\n\x05texts\x18\x01 \x03(\x0b\x32\x19.driftlm.v1.TextTokenLoss\x12\x1f\n\x17log_likelihood_per_word\x18\x02 \x01(\x01\x12$\n\x1clog_likelihood_per_character\x18\x03 \x01(\x01\x12(\n word_l2r_log_likelihood_per_word\x18\x04 \x01(\x01\x12-\n%word_l2r_log_likelihood_per_character\x18\x05 \x01(\x01\x12\x19\n\x11pseudo_perplexity\x18\x06 \x01(\x01\x12\x0f\n\x07version\x18\x07 \x01(\x03\"0\n\rTextPositions\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\tpositions\x18\x02 \x03(\x05\"h\n\x14\x43omputeLogitsRequest\x12&\n\x05model\x18\x01 \x01(\x0b\x32\x17.driftlm.v1.ModelTarget\x12(\n\x05texts\x18\x02 \x03(\x0b\x32\x19.driftlm.v1.TextPositions\"\xc4\x01\n\x15\x43omputeLogitsResponse\x12\"\n\x06logits\x18\x01 \x01(\x0b\x32\x12.driftlm.v1.Tensor\x12(\n\x0ctext_indices\x18\x02 \x01(\x0b\x32\x12.driftlm.v1.Tensor\x12%\n\tpositions\x18\x03 \x01(\x0b\x32\x12.driftlm.v1.Tensor\x12%\n\ttoken_ids\x18\x04 \x01(\x0b\x32\x12.driftlm.v1.Tensor\x12\x0f\n\x07version\x18\x05 \x01(\x03*\x91\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x15\n\x11MODEL_STATE_READY\x10\x02\x12\x19\n\x15MODEL_STATE_UNLOADING\x10\x03\x12\x1b\n\x17MODEL_STATE_UNAVAILABLE\x10\x04*E\n\x07Pooling\x12\x17\n\x13POOLING_UNSPECIFIED\x10\x00\x12\x0f\n\x0bPOOLING_CLS\x10\x01\x12\x10\n\x0cPOOLING_MEAN\x10\x02\x32\xc2\x04\n\x10InferenceService\x12H\n\tLoadModel\x12\x1c.driftlm.v1.LoadModelRequest\x1a\x1d.driftlm.v1.LoadModelResponse\x12N\n\x0bUnloadModel\x12\x1e.driftlm.v1.UnloadModelRequest\x1a\x1f.driftlm.v1.UnloadModelResponse\x12K\n\nListModels\x12\x1d.driftlm.v1.ListModelsRequest\x1a\x1e.driftlm.v1.ListModelsResponse\x12\x45\n\x08\x46illMask\x12\x1b.driftlm.v1.FillMaskRequest\x1a\x1c.driftlm.v1.FillMaskResponse\x12K\n\nEmbedTexts\x12\x1d.driftlm.v1.EmbedTextsRequest\x1a\x1e.driftlm.v1.EmbedTextsResponse\x12]\n\x10\x43omputeTokenLoss\x12#.driftlm.v1.ComputeTokenLossRequest\x1a$.driftlm.v1.ComputeTokenLossResponse\x12T\n\rComputeLogits\x12 .driftlm.v1.ComputeLogitsRequest\x1a!.driftlm.v1.ComputeLogitsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'driftlm.v1.inference_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELINFO']._serialized_start=67
-  _globals['_MODELINFO']._serialized_end=148
-  _globals['_LOADMODELREQUEST']._serialized_start=151
-  _globals['_LOADMODELREQUEST']._serialized_end=282
-  _globals['_LOADMODELRESPONSE']._serialized_start=284
-  _globals['_LOADMODELRESPONSE']._serialized_end=341
-  _globals['_UNLOADMODELREQUEST']._serialized_start=343
-  _globals['_UNLOADMODELREQUEST']._serialized_end=394
-  _globals['_UNLOADMODELRESPONSE']._serialized_start=396
-  _globals['_UNLOADMODELRESPONSE']._serialized_end=455
-  _globals['_LISTMODELSREQUEST']._serialized_start=457
-  _globals['_LISTMODELSREQUEST']._serialized_end=490
-  _globals['_LISTMODELSRESPONSE']._serialized_start=492
-  _globals['_LISTMODELSRESPONSE']._serialized_end=551
-  _globals['_FILLMASKREQUEST']._serialized_start=553
-  _globals['_FILLMASKREQUEST']._serialized_end=631
-  _globals['_MASKCANDIDATE']._serialized_start=633
-  _globals['_MASKCANDIDATE']._serialized_end=702
-  _globals['_MASKPREDICTION']._serialized_start=704
-  _globals['_MASKPREDICTION']._serialized_end=808
-  _globals['_FILLMASKRESPONSE']._serialized_start=810
-  _globals['_FILLMASKRESPONSE']._serialized_end=877
-  _globals['_EMBEDTEXTSREQUEST']._serialized_start=879
-  _globals['_EMBEDTEXTSREQUEST']._serialized_end=944
-  _globals['_EMBEDTEXTSRESPONSE']._serialized_start=946
-  _globals['_EMBEDTEXTSRESPONSE']._serialized_end=1006
-  _globals['_INFERENCESERVICE']._serialized_start=1009
-  _globals['_INFERENCESERVICE']._serialized_end=1406
+  _globals['_MODELSTATE']._serialized_start=2133
+  _globals['_MODELSTATE']._serialized_end=2278
+  _globals['_POOLING']._serialized_start=2280
+  _globals['_POOLING']._serialized_end=2349
+  _globals['_MODELINFO']._serialized_start=68
+  _globals['_MODELINFO']._serialized_end=246
+  _globals['_LOADMODELREQUEST']._serialized_start=248
+  _globals['_LOADMODELREQUEST']._serialized_end=344
+  _globals['_LOADMODELRESPONSE']._serialized_start=346
+  _globals['_LOADMODELRESPONSE']._serialized_end=403
+  _globals['_UNLOADMODELREQUEST']._serialized_start=405
+  _globals['_UNLOADMODELREQUEST']._serialized_end=456
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=458
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=518
+  _globals['_LISTMODELSREQUEST']._serialized_start=520
+  _globals['_LISTMODELSREQUEST']._serialized_end=553
+  _globals['_LISTMODELSRESPONSE']._serialized_start=555
+  _globals['_LISTMODELSRESPONSE']._serialized_end=614
+  _globals['_MODELTARGET']._serialized_start=616
+  _globals['_MODELTARGET']._serialized_end=678
+  _globals['_FILLMASKREQUEST']._serialized_start=680
+  _globals['_FILLMASKREQUEST']._serialized_end=767
+  _globals['_MASKCANDIDATE']._serialized_start=769
+  _globals['_MASKCANDIDATE']._serialized_end=838
+  _globals['_MASKPREDICTION']._serialized_start=840
+  _globals['_MASKPREDICTION']._serialized_end=962
+  _globals['_FILLMASKRESPONSE']._serialized_start=964
+  _globals['_FILLMASKRESPONSE']._serialized_end=1048
+  _globals['_EMBEDTEXTSREQUEST']._serialized_start=1050
+  _globals['_EMBEDTEXTSREQUEST']._serialized_end=1162
+  _globals['_EMBEDTEXTSRESPONSE']._serialized_start=1164
+  _globals['_EMBEDTEXTSRESPONSE']._serialized_end=1241
+  _globals['_COMPUTETOKENLOSSREQUEST']._serialized_start=1243
+  _globals['_COMPUTETOKENLOSSREQUEST']._serialized_end=1323
+  _globals['_TEXTTOKENLOSS']._serialized_start=1326
+  _globals['_TEXTTOKENLOSS']._serialized_end=1500
+  _globals['_COMPUTETOKENLOSSRESPONSE']._serialized_start=1503
+  _globals['_COMPUTETOKENLOSSRESPONSE']._serialized_end=1775
+  _globals['_TEXTPOSITIONS']._serialized_start=1777
+  _globals['_TEXTPOSITIONS']._serialized_end=1825
+  _globals['_COMPUTELOGITSREQUEST']._serialized_start=1827
+  _globals['_COMPUTELOGITSREQUEST']._serialized_end=1931
+  _globals['_COMPUTELOGITSRESPONSE']._serialized_start=1934
+  _globals['_COMPUTELOGITSRESPONSE']._serialized_end=2130
+  _globals['_INFERENCESERVICE']._serialized_start=2352
+  _globals['_INFERENCESERVICE']._serialized_end=2930
 # @@protoc_insertion_point(module_scope)

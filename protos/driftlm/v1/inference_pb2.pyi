@@ -8,6 +8,7 @@ from driftlm.v1 import common_pb2 as _common_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,35 +20,109 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ModelState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ModelStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ModelState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MODEL_STATE_UNSPECIFIED: _ModelState.ValueType  # 0
+    """Not set."""
+    MODEL_STATE_LOADING: _ModelState.ValueType  # 1
+    """Being loaded; not yet served."""
+    MODEL_STATE_READY: _ModelState.ValueType  # 2
+    """Served."""
+    MODEL_STATE_UNLOADING: _ModelState.ValueType  # 3
+    """No longer routed to; waiting for its requests in flight, then unloaded."""
+    MODEL_STATE_UNAVAILABLE: _ModelState.ValueType  # 4
+    """Failed to load (see reason); the versions that were serving keep serving."""
+
+class ModelState(_ModelState, metaclass=_ModelStateEnumTypeWrapper):
+    """Where a model version is in its life."""
+
+MODEL_STATE_UNSPECIFIED: ModelState.ValueType  # 0
+"""Not set."""
+MODEL_STATE_LOADING: ModelState.ValueType  # 1
+"""Being loaded; not yet served."""
+MODEL_STATE_READY: ModelState.ValueType  # 2
+"""Served."""
+MODEL_STATE_UNLOADING: ModelState.ValueType  # 3
+"""No longer routed to; waiting for its requests in flight, then unloaded."""
+MODEL_STATE_UNAVAILABLE: ModelState.ValueType  # 4
+"""Failed to load (see reason); the versions that were serving keep serving."""
+Global___ModelState: _TypeAlias = ModelState  # noqa: Y015
+
+class _Pooling:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PoolingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Pooling.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    POOLING_UNSPECIFIED: _Pooling.ValueType  # 0
+    """Not set: the [CLS] hidden state."""
+    POOLING_CLS: _Pooling.ValueType  # 1
+    """The last hidden state at [CLS]."""
+    POOLING_MEAN: _Pooling.ValueType  # 2
+    """The mean of the last hidden states of the text's pieces, special tokens excluded."""
+
+class Pooling(_Pooling, metaclass=_PoolingEnumTypeWrapper):
+    """How a text becomes one vector."""
+
+POOLING_UNSPECIFIED: Pooling.ValueType  # 0
+"""Not set: the [CLS] hidden state."""
+POOLING_CLS: Pooling.ValueType  # 1
+"""The last hidden state at [CLS]."""
+POOLING_MEAN: Pooling.ValueType  # 2
+"""The mean of the last hidden states of the text's pieces, special tokens excluded."""
+Global___Pooling: _TypeAlias = Pooling  # noqa: Y015
+
 @_typing.final
 class ModelInfo(_message.Message):
-    """A loaded model."""
+    """A model version the server knows."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     IS_DEFAULT_FIELD_NUMBER: _builtins.int
-    QUANTIZED_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    VOCAB_SIZE_FIELD_NUMBER: _builtins.int
+    HIDDEN_SIZE_FIELD_NUMBER: _builtins.int
+    MAX_LENGTH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The model's name in the repository."""
-    version: _builtins.str
-    """Its version."""
+    version: _builtins.int
+    """Its version (a positive integer, the directory's name)."""
     is_default: _builtins.bool
-    """Whether requests without a version go to it."""
-    quantized: _builtins.bool
-    """Whether the int8 copy is served."""
+    """Whether requests that name no version go to it."""
+    state: Global___ModelState.ValueType
+    """Its state."""
+    reason: _builtins.str
+    """Why it is not ready, when it is not (a corrupt file, inputs that do not match, a tokenizer
+    whose size differs from the model's vocabulary...).
+    """
+    vocab_size: _builtins.int
+    """Pieces in its vocabulary (the logits' last dimension)."""
+    hidden_size: _builtins.int
+    """Width of its hidden states (the embeddings' dimension)."""
+    max_length: _builtins.int
+    """Longest text it takes, in pieces, specials included."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
-        version: _builtins.str = ...,
+        version: _builtins.int = ...,
         is_default: _builtins.bool = ...,
-        quantized: _builtins.bool = ...,
+        state: Global___ModelState.ValueType = ...,
+        reason: _builtins.str = ...,
+        vocab_size: _builtins.int = ...,
+        hidden_size: _builtins.int = ...,
+        max_length: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["is_default", b"is_default", "name", b"name", "quantized", b"quantized", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hidden_size", b"hidden_size", "is_default", b"is_default", "max_length", b"max_length", "name", b"name", "reason", b"reason", "state", b"state", "version", b"version", "vocab_size", b"vocab_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -55,39 +130,35 @@ Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
 
 @_typing.final
 class LoadModelRequest(_message.Message):
-    """Loads a model."""
+    """Loads a model version."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
-    SOURCE_FIELD_NUMBER: _builtins.int
-    QUANTIZED_FIELD_NUMBER: _builtins.int
     MAKE_DEFAULT_FIELD_NUMBER: _builtins.int
+    UNLOAD_PREVIOUS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """The model's name."""
-    version: _builtins.str
-    """The version; empty means the newest."""
-    quantized: _builtins.bool
-    """Serve the int8 copy."""
+    """The model's name (a directory of the repository)."""
+    version: _builtins.int
+    """The version; 0 means the newest in the repository."""
     make_default: _builtins.bool
-    """Make it the default version of its name."""
-    @_builtins.property
-    def source(self) -> _common_pb2.ArtifactRef:
-        """The exported directory, when not yet in the repository."""
-
+    """Make it the default version of its name once it is ready. A model's first loaded version is
+    its default whatever this says.
+    """
+    unload_previous: _builtins.bool
+    """Drain and unload the version that was the default (with make_default)."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
-        version: _builtins.str = ...,
-        source: _common_pb2.ArtifactRef | None = ...,
-        quantized: _builtins.bool = ...,
+        version: _builtins.int = ...,
         make_default: _builtins.bool = ...,
+        unload_previous: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["make_default", b"make_default", "name", b"name", "quantized", b"quantized", "source", b"source", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["make_default", b"make_default", "name", b"name", "unload_previous", b"unload_previous", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -95,14 +166,14 @@ Global___LoadModelRequest: _TypeAlias = LoadModelRequest  # noqa: Y015
 
 @_typing.final
 class LoadModelResponse(_message.Message):
-    """The loaded model."""
+    """The loaded model version."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     MODEL_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def model(self) -> Global___ModelInfo:
-        """The model."""
+        """The version, READY."""
 
     def __init__(
         self,
@@ -119,7 +190,7 @@ Global___LoadModelResponse: _TypeAlias = LoadModelResponse  # noqa: Y015
 
 @_typing.final
 class UnloadModelRequest(_message.Message):
-    """Unloads a model."""
+    """Unloads a model version."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -127,13 +198,13 @@ class UnloadModelRequest(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The model's name."""
-    version: _builtins.str
-    """The version."""
+    version: _builtins.int
+    """The version; 0 means every version of the model."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
-        version: _builtins.str = ...,
+        version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -145,23 +216,23 @@ Global___UnloadModelRequest: _TypeAlias = UnloadModelRequest  # noqa: Y015
 
 @_typing.final
 class UnloadModelResponse(_message.Message):
-    """The unloaded model."""
+    """The unloaded model versions."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    MODEL_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def model(self) -> Global___ModelInfo:
-        """The model as it was."""
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelInfo]:
+        """The versions as they were before unloading."""
 
     def __init__(
         self,
         *,
-        model: Global___ModelInfo | None = ...,
+        models: _abc.Iterable[Global___ModelInfo] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["models", b"models"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -169,13 +240,13 @@ Global___UnloadModelResponse: _TypeAlias = UnloadModelResponse  # noqa: Y015
 
 @_typing.final
 class ListModelsRequest(_message.Message):
-    """Lists models."""
+    """Lists model versions."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Only this name; empty means all."""
+    """Only this model; empty means all."""
     def __init__(
         self,
         *,
@@ -191,14 +262,14 @@ Global___ListModelsRequest: _TypeAlias = ListModelsRequest  # noqa: Y015
 
 @_typing.final
 class ListModelsResponse(_message.Message):
-    """The loaded models."""
+    """The model versions."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     MODELS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelInfo]:
-        """The models."""
+        """By name, then version."""
 
     def __init__(
         self,
@@ -214,36 +285,66 @@ class ListModelsResponse(_message.Message):
 Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
 
 @_typing.final
-class FillMaskRequest(_message.Message):
-    """Fills masks."""
+class ModelTarget(_message.Message):
+    """Which model version a request goes to, and how its texts are cut."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
-    TEXTS_FIELD_NUMBER: _builtins.int
-    TOP_K_FIELD_NUMBER: _builtins.int
+    TRUNCATE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The model's name."""
-    version: _builtins.str
-    """The version; empty means the default."""
-    top_k: _builtins.int
-    """Candidates per mask, >= 1."""
-    @_builtins.property
-    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Texts with one or more [MASK] pieces."""
-
+    version: _builtins.int
+    """The version; 0 means the model's default version."""
+    truncate: _builtins.bool
+    """A text longer than the model's max_length: cut to its first pieces when true, refused with
+    INVALID_ARGUMENT when false (the default).
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
-        version: _builtins.str = ...,
-        texts: _abc.Iterable[_builtins.str] | None = ...,
-        top_k: _builtins.int = ...,
+        version: _builtins.int = ...,
+        truncate: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "texts", b"texts", "top_k", b"top_k", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "truncate", b"truncate", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelTarget: _TypeAlias = ModelTarget  # noqa: Y015
+
+@_typing.final
+class FillMaskRequest(_message.Message):
+    """Fills masks."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
+    TOP_K_FIELD_NUMBER: _builtins.int
+    top_k: _builtins.int
+    """Candidates per mask, 1..100; 0 means 5."""
+    @_builtins.property
+    def model(self) -> Global___ModelTarget:
+        """The model version."""
+
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Texts with one or more mask tokens ([MASK] in BERT's vocabularies); at most 256."""
+
+    def __init__(
+        self,
+        *,
+        model: Global___ModelTarget | None = ...,
+        texts: _abc.Iterable[_builtins.str] | None = ...,
+        top_k: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "texts", b"texts", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -263,7 +364,7 @@ class MaskCandidate(_message.Message):
     token_id: _builtins.int
     """Its id."""
     probability: _builtins.float
-    """Its probability."""
+    """Its probability (softmax over the vocabulary at the mask)."""
     def __init__(
         self,
         *,
@@ -287,11 +388,14 @@ class MaskPrediction(_message.Message):
 
     TEXT_INDEX_FIELD_NUMBER: _builtins.int
     CHAR_OFFSET_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
     CANDIDATES_FIELD_NUMBER: _builtins.int
     text_index: _builtins.int
     """Index of the text in the request."""
     char_offset: _builtins.int
     """Character offset of the mask in the text."""
+    position: _builtins.int
+    """Position of the mask among the text's pieces (specials included)."""
     @_builtins.property
     def candidates(self) -> _containers.RepeatedCompositeFieldContainer[Global___MaskCandidate]:
         """The candidates, most likely first."""
@@ -301,11 +405,12 @@ class MaskPrediction(_message.Message):
         *,
         text_index: _builtins.int = ...,
         char_offset: _builtins.int = ...,
+        position: _builtins.int = ...,
         candidates: _abc.Iterable[Global___MaskCandidate] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "char_offset", b"char_offset", "text_index", b"text_index"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["candidates", b"candidates", "char_offset", b"char_offset", "position", b"position", "text_index", b"text_index"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -318,18 +423,22 @@ class FillMaskResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PREDICTIONS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The version that answered."""
     @_builtins.property
     def predictions(self) -> _containers.RepeatedCompositeFieldContainer[Global___MaskPrediction]:
-        """One entry per mask, in text order."""
+        """One entry per mask, in text order, then position order."""
 
     def __init__(
         self,
         *,
         predictions: _abc.Iterable[Global___MaskPrediction] | None = ...,
+        version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["predictions", b"predictions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["predictions", b"predictions", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -341,27 +450,29 @@ class EmbedTextsRequest(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    NAME_FIELD_NUMBER: _builtins.int
-    VERSION_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     TEXTS_FIELD_NUMBER: _builtins.int
-    name: _builtins.str
-    """The model's name."""
-    version: _builtins.str
-    """The version; empty means the default."""
+    POOLING_FIELD_NUMBER: _builtins.int
+    pooling: Global___Pooling.ValueType
+    """How a text becomes one vector; unspecified means [CLS]."""
+    @_builtins.property
+    def model(self) -> Global___ModelTarget:
+        """The model version."""
+
     @_builtins.property
     def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The texts."""
+        """The texts; at most 256."""
 
     def __init__(
         self,
         *,
-        name: _builtins.str = ...,
-        version: _builtins.str = ...,
+        model: Global___ModelTarget | None = ...,
         texts: _abc.Iterable[_builtins.str] | None = ...,
+        pooling: Global___Pooling.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "texts", b"texts", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "pooling", b"pooling", "texts", b"texts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -374,19 +485,261 @@ class EmbedTextsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EMBEDDINGS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The version that answered."""
     @_builtins.property
     def embeddings(self) -> _common_pb2.Tensor:
-        """(B, H) float32 [CLS] hidden states."""
+        """(N, H) float32, one row per text."""
 
     def __init__(
         self,
         *,
         embeddings: _common_pb2.Tensor | None = ...,
+        version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["embeddings", b"embeddings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["embeddings", b"embeddings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["embeddings", b"embeddings", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EmbedTextsResponse: _TypeAlias = EmbedTextsResponse  # noqa: Y015
+
+@_typing.final
+class ComputeTokenLossRequest(_message.Message):
+    """Scores texts by masked-LM loss."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model(self) -> Global___ModelTarget:
+        """The model version."""
+
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The texts; at most 256. Each costs two forward passes per piece (one alone, one l2r)."""
+
+    def __init__(
+        self,
+        *,
+        model: Global___ModelTarget | None = ...,
+        texts: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "texts", b"texts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComputeTokenLossRequest: _TypeAlias = ComputeTokenLossRequest  # noqa: Y015
+
+@_typing.final
+class TextTokenLoss(_message.Message):
+    """One text's pieces and losses."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    LOSSES_FIELD_NUMBER: _builtins.int
+    SCORED_FIELD_NUMBER: _builtins.int
+    LOG_LIKELIHOOD_FIELD_NUMBER: _builtins.int
+    WORD_L2R_LOG_LIKELIHOOD_FIELD_NUMBER: _builtins.int
+    PIECES_FIELD_NUMBER: _builtins.int
+    WORDS_FIELD_NUMBER: _builtins.int
+    CHARACTERS_FIELD_NUMBER: _builtins.int
+    log_likelihood: _builtins.float
+    """Summed log-probability of the scored pieces, each masked in turn (PLL), in nats (<= 0)."""
+    word_l2r_log_likelihood: _builtins.float
+    """PLL-word-l2r (Kauf & Ivanova 2023): the later pieces of the same word masked too, in nats."""
+    pieces: _builtins.int
+    """Pieces scored."""
+    words: _builtins.int
+    """Whitespace-separated words in the scored prefix."""
+    characters: _builtins.int
+    """Characters in the scored prefix."""
+    @_builtins.property
+    def token_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The text's piece ids, specials included."""
+
+    @_builtins.property
+    def losses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Per piece: -log p(piece) with that piece masked, in nats; 0 for specials (not scored)."""
+
+    @_builtins.property
+    def scored(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]:
+        """Per piece: whether it is scored (not a special token)."""
+
+    def __init__(
+        self,
+        *,
+        token_ids: _abc.Iterable[_builtins.int] | None = ...,
+        losses: _abc.Iterable[_builtins.float] | None = ...,
+        scored: _abc.Iterable[_builtins.bool] | None = ...,
+        log_likelihood: _builtins.float = ...,
+        word_l2r_log_likelihood: _builtins.float = ...,
+        pieces: _builtins.int = ...,
+        words: _builtins.int = ...,
+        characters: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["characters", b"characters", "log_likelihood", b"log_likelihood", "losses", b"losses", "pieces", b"pieces", "scored", b"scored", "token_ids", b"token_ids", "word_l2r_log_likelihood", b"word_l2r_log_likelihood", "words", b"words"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TextTokenLoss: _TypeAlias = TextTokenLoss  # noqa: Y015
+
+@_typing.final
+class ComputeTokenLossResponse(_message.Message):
+    """Token losses and pseudo-log-likelihoods."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXTS_FIELD_NUMBER: _builtins.int
+    LOG_LIKELIHOOD_PER_WORD_FIELD_NUMBER: _builtins.int
+    LOG_LIKELIHOOD_PER_CHARACTER_FIELD_NUMBER: _builtins.int
+    WORD_L2R_LOG_LIKELIHOOD_PER_WORD_FIELD_NUMBER: _builtins.int
+    WORD_L2R_LOG_LIKELIHOOD_PER_CHARACTER_FIELD_NUMBER: _builtins.int
+    PSEUDO_PERPLEXITY_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    log_likelihood_per_word: _builtins.float
+    """Sum of log_likelihood over sum of words, in nats per word."""
+    log_likelihood_per_character: _builtins.float
+    """Sum of log_likelihood over sum of characters, in nats per character."""
+    word_l2r_log_likelihood_per_word: _builtins.float
+    """Sum of word_l2r_log_likelihood over sum of words, in nats per word (the headline)."""
+    word_l2r_log_likelihood_per_character: _builtins.float
+    """Sum of word_l2r_log_likelihood over sum of characters, in nats per character."""
+    pseudo_perplexity: _builtins.float
+    """exp(-sum of log_likelihood / sum of pieces); NaN when no piece is scored."""
+    version: _builtins.int
+    """The version that answered."""
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedCompositeFieldContainer[Global___TextTokenLoss]:
+        """One entry per text, in request order."""
+
+    def __init__(
+        self,
+        *,
+        texts: _abc.Iterable[Global___TextTokenLoss] | None = ...,
+        log_likelihood_per_word: _builtins.float = ...,
+        log_likelihood_per_character: _builtins.float = ...,
+        word_l2r_log_likelihood_per_word: _builtins.float = ...,
+        word_l2r_log_likelihood_per_character: _builtins.float = ...,
+        pseudo_perplexity: _builtins.float = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["log_likelihood_per_character", b"log_likelihood_per_character", "log_likelihood_per_word", b"log_likelihood_per_word", "pseudo_perplexity", b"pseudo_perplexity", "texts", b"texts", "version", b"version", "word_l2r_log_likelihood_per_character", b"word_l2r_log_likelihood_per_character", "word_l2r_log_likelihood_per_word", b"word_l2r_log_likelihood_per_word"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComputeTokenLossResponse: _TypeAlias = ComputeTokenLossResponse  # noqa: Y015
+
+@_typing.final
+class TextPositions(_message.Message):
+    """Positions of one text whose logits are wanted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    POSITIONS_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """The text."""
+    @_builtins.property
+    def positions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Piece positions, specials included ([CLS] is 0); empty means the text's mask tokens."""
+
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        positions: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["positions", b"positions", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TextPositions: _TypeAlias = TextPositions  # noqa: Y015
+
+@_typing.final
+class ComputeLogitsRequest(_message.Message):
+    """Asks for logits."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model(self) -> Global___ModelTarget:
+        """The model version."""
+
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedCompositeFieldContainer[Global___TextPositions]:
+        """The texts and positions; at most 256 texts and 4,096 positions in all."""
+
+    def __init__(
+        self,
+        *,
+        model: Global___ModelTarget | None = ...,
+        texts: _abc.Iterable[Global___TextPositions] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "texts", b"texts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComputeLogitsRequest: _TypeAlias = ComputeLogitsRequest  # noqa: Y015
+
+@_typing.final
+class ComputeLogitsResponse(_message.Message):
+    """Logits at the asked positions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOGITS_FIELD_NUMBER: _builtins.int
+    TEXT_INDICES_FIELD_NUMBER: _builtins.int
+    POSITIONS_FIELD_NUMBER: _builtins.int
+    TOKEN_IDS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The version that answered."""
+    @_builtins.property
+    def logits(self) -> _common_pb2.Tensor:
+        """(P, V) float32: one row per position, texts in request order, positions in request order."""
+
+    @_builtins.property
+    def text_indices(self) -> _common_pb2.Tensor:
+        """(P,) int32: the text each row belongs to."""
+
+    @_builtins.property
+    def positions(self) -> _common_pb2.Tensor:
+        """(P,) int32: the piece position of each row."""
+
+    @_builtins.property
+    def token_ids(self) -> _common_pb2.Tensor:
+        """(P,) int64: the piece id at each row's position (the mask token's id at a mask)."""
+
+    def __init__(
+        self,
+        *,
+        logits: _common_pb2.Tensor | None = ...,
+        text_indices: _common_pb2.Tensor | None = ...,
+        positions: _common_pb2.Tensor | None = ...,
+        token_ids: _common_pb2.Tensor | None = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["logits", b"logits", "positions", b"positions", "text_indices", b"text_indices", "token_ids", b"token_ids"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["logits", b"logits", "positions", b"positions", "text_indices", b"text_indices", "token_ids", b"token_ids", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComputeLogitsResponse: _TypeAlias = ComputeLogitsResponse  # noqa: Y015

@@ -26,11 +26,11 @@ if _version_not_supported:
 
 
 class InferenceServiceStub:
-    """Serves exported ONNX models from a model repository with ONNX Runtime (no torch).
+    """Serves exported ONNX models of a model repository (Triton's layout) with ONNX Runtime, no torch.
 
-    Draft: the contract is written; the service arrives with the inference issue. The same server
-    will also implement the KServe / Triton Open Inference Protocol v2 (`inference.GRPCInferenceService`)
-    so existing clients work.
+    Texts are tokenized with the served version's own vocabulary. The same server also speaks the
+    Open Inference Protocol (`inference.GRPCInferenceService`, grpc_predict_v2.proto) over the same
+    loaded models, so Triton and KServe clients work unchanged.
     """
 
     def __init__(self, channel):
@@ -64,46 +64,72 @@ class InferenceServiceStub:
                 request_serializer=driftlm_dot_v1_dot_inference__pb2.EmbedTextsRequest.SerializeToString,
                 response_deserializer=driftlm_dot_v1_dot_inference__pb2.EmbedTextsResponse.FromString,
                 _registered_method=True)
+        self.ComputeTokenLoss = channel.unary_unary(
+                '/driftlm.v1.InferenceService/ComputeTokenLoss',
+                request_serializer=driftlm_dot_v1_dot_inference__pb2.ComputeTokenLossRequest.SerializeToString,
+                response_deserializer=driftlm_dot_v1_dot_inference__pb2.ComputeTokenLossResponse.FromString,
+                _registered_method=True)
+        self.ComputeLogits = channel.unary_unary(
+                '/driftlm.v1.InferenceService/ComputeLogits',
+                request_serializer=driftlm_dot_v1_dot_inference__pb2.ComputeLogitsRequest.SerializeToString,
+                response_deserializer=driftlm_dot_v1_dot_inference__pb2.ComputeLogitsResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
-    """Serves exported ONNX models from a model repository with ONNX Runtime (no torch).
+    """Serves exported ONNX models of a model repository (Triton's layout) with ONNX Runtime, no torch.
 
-    Draft: the contract is written; the service arrives with the inference issue. The same server
-    will also implement the KServe / Triton Open Inference Protocol v2 (`inference.GRPCInferenceService`)
-    so existing clients work.
+    Texts are tokenized with the served version's own vocabulary. The same server also speaks the
+    Open Inference Protocol (`inference.GRPCInferenceService`, grpc_predict_v2.proto) over the same
+    loaded models, so Triton and KServe clients work unchanged.
     """
 
     def LoadModel(self, request, context):
-        """Loads a model version from the repository.
+        """Loads a version of a model of the repository while the others keep serving; with
+        make_default, requests that name no version go to it from then on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UnloadModel(self, request, context):
-        """Unloads a model version.
+        """Stops routing to a version, waits for its requests in flight, and unloads it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListModels(self, request, context):
-        """Lists loaded model versions.
+        """Lists the model versions the server knows: loaded, loading, and those that failed to load.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def FillMask(self, request, context):
-        """Predicts the most likely pieces at each [MASK].
+        """Predicts the most likely pieces at each mask token of each text.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def EmbedTexts(self, request, context):
-        """Returns [CLS] embeddings of texts.
+        """Returns one embedding per text: the [CLS] hidden state or the mean of the pieces' states.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ComputeTokenLoss(self, request, context):
+        """Scores texts by masked-LM loss: each piece masked in turn (pseudo-log-likelihood), the same
+        figures the trainer's ScorePseudoLikelihood gives for the same model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ComputeLogits(self, request, context):
+        """Returns the vocabulary logits at chosen positions of each text (what the compare service needs).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -137,6 +163,16 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     request_deserializer=driftlm_dot_v1_dot_inference__pb2.EmbedTextsRequest.FromString,
                     response_serializer=driftlm_dot_v1_dot_inference__pb2.EmbedTextsResponse.SerializeToString,
             ),
+            'ComputeTokenLoss': grpc.unary_unary_rpc_method_handler(
+                    servicer.ComputeTokenLoss,
+                    request_deserializer=driftlm_dot_v1_dot_inference__pb2.ComputeTokenLossRequest.FromString,
+                    response_serializer=driftlm_dot_v1_dot_inference__pb2.ComputeTokenLossResponse.SerializeToString,
+            ),
+            'ComputeLogits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ComputeLogits,
+                    request_deserializer=driftlm_dot_v1_dot_inference__pb2.ComputeLogitsRequest.FromString,
+                    response_serializer=driftlm_dot_v1_dot_inference__pb2.ComputeLogitsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'driftlm.v1.InferenceService', rpc_method_handlers)
@@ -146,11 +182,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class InferenceService:
-    """Serves exported ONNX models from a model repository with ONNX Runtime (no torch).
+    """Serves exported ONNX models of a model repository (Triton's layout) with ONNX Runtime, no torch.
 
-    Draft: the contract is written; the service arrives with the inference issue. The same server
-    will also implement the KServe / Triton Open Inference Protocol v2 (`inference.GRPCInferenceService`)
-    so existing clients work.
+    Texts are tokenized with the served version's own vocabulary. The same server also speaks the
+    Open Inference Protocol (`inference.GRPCInferenceService`, grpc_predict_v2.proto) over the same
+    loaded models, so Triton and KServe clients work unchanged.
     """
 
     @staticmethod
@@ -278,6 +314,60 @@ class InferenceService:
             '/driftlm.v1.InferenceService/EmbedTexts',
             driftlm_dot_v1_dot_inference__pb2.EmbedTextsRequest.SerializeToString,
             driftlm_dot_v1_dot_inference__pb2.EmbedTextsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ComputeTokenLoss(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/driftlm.v1.InferenceService/ComputeTokenLoss',
+            driftlm_dot_v1_dot_inference__pb2.ComputeTokenLossRequest.SerializeToString,
+            driftlm_dot_v1_dot_inference__pb2.ComputeTokenLossResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ComputeLogits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/driftlm.v1.InferenceService/ComputeLogits',
+            driftlm_dot_v1_dot_inference__pb2.ComputeLogitsRequest.SerializeToString,
+            driftlm_dot_v1_dot_inference__pb2.ComputeLogitsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,11 +27,11 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class InferenceServiceStub:
-    """Serves exported ONNX models from a model repository with ONNX Runtime (no torch).
+    """Serves exported ONNX models of a model repository (Triton's layout) with ONNX Runtime, no torch.
 
-    Draft: the contract is written; the service arrives with the inference issue. The same server
-    will also implement the KServe / Triton Open Inference Protocol v2 (`inference.GRPCInferenceService`)
-    so existing clients work.
+    Texts are tokenized with the served version's own vocabulary. The same server also speaks the
+    Open Inference Protocol (`inference.GRPCInferenceService`, grpc_predict_v2.proto) over the same
+    loaded models, so Triton and KServe clients work unchanged.
     """
 
     @_typing.overload
@@ -39,43 +39,59 @@ class InferenceServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> InferenceServiceAsyncStub: ...
     LoadModel: _grpc.UnaryUnaryMultiCallable[_inference_pb2.LoadModelRequest, _inference_pb2.LoadModelResponse]
-    """Loads a model version from the repository."""
+    """Loads a version of a model of the repository while the others keep serving; with
+    make_default, requests that name no version go to it from then on.
+    """
     UnloadModel: _grpc.UnaryUnaryMultiCallable[_inference_pb2.UnloadModelRequest, _inference_pb2.UnloadModelResponse]
-    """Unloads a model version."""
+    """Stops routing to a version, waits for its requests in flight, and unloads it."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ListModelsRequest, _inference_pb2.ListModelsResponse]
-    """Lists loaded model versions."""
+    """Lists the model versions the server knows: loaded, loading, and those that failed to load."""
     FillMask: _grpc.UnaryUnaryMultiCallable[_inference_pb2.FillMaskRequest, _inference_pb2.FillMaskResponse]
-    """Predicts the most likely pieces at each [MASK]."""
+    """Predicts the most likely pieces at each mask token of each text."""
     EmbedTexts: _grpc.UnaryUnaryMultiCallable[_inference_pb2.EmbedTextsRequest, _inference_pb2.EmbedTextsResponse]
-    """Returns [CLS] embeddings of texts."""
+    """Returns one embedding per text: the [CLS] hidden state or the mean of the pieces' states."""
+    ComputeTokenLoss: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ComputeTokenLossRequest, _inference_pb2.ComputeTokenLossResponse]
+    """Scores texts by masked-LM loss: each piece masked in turn (pseudo-log-likelihood), the same
+    figures the trainer's ScorePseudoLikelihood gives for the same model.
+    """
+    ComputeLogits: _grpc.UnaryUnaryMultiCallable[_inference_pb2.ComputeLogitsRequest, _inference_pb2.ComputeLogitsResponse]
+    """Returns the vocabulary logits at chosen positions of each text (what the compare service needs)."""
 
 @_typing.type_check_only
 class InferenceServiceAsyncStub(InferenceServiceStub):
-    """Serves exported ONNX models from a model repository with ONNX Runtime (no torch).
+    """Serves exported ONNX models of a model repository (Triton's layout) with ONNX Runtime, no torch.
 
-    Draft: the contract is written; the service arrives with the inference issue. The same server
-    will also implement the KServe / Triton Open Inference Protocol v2 (`inference.GRPCInferenceService`)
-    so existing clients work.
+    Texts are tokenized with the served version's own vocabulary. The same server also speaks the
+    Open Inference Protocol (`inference.GRPCInferenceService`, grpc_predict_v2.proto) over the same
+    loaded models, so Triton and KServe clients work unchanged.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     LoadModel: _aio.UnaryUnaryMultiCallable[_inference_pb2.LoadModelRequest, _inference_pb2.LoadModelResponse]  # type: ignore[assignment]
-    """Loads a model version from the repository."""
+    """Loads a version of a model of the repository while the others keep serving; with
+    make_default, requests that name no version go to it from then on.
+    """
     UnloadModel: _aio.UnaryUnaryMultiCallable[_inference_pb2.UnloadModelRequest, _inference_pb2.UnloadModelResponse]  # type: ignore[assignment]
-    """Unloads a model version."""
+    """Stops routing to a version, waits for its requests in flight, and unloads it."""
     ListModels: _aio.UnaryUnaryMultiCallable[_inference_pb2.ListModelsRequest, _inference_pb2.ListModelsResponse]  # type: ignore[assignment]
-    """Lists loaded model versions."""
+    """Lists the model versions the server knows: loaded, loading, and those that failed to load."""
     FillMask: _aio.UnaryUnaryMultiCallable[_inference_pb2.FillMaskRequest, _inference_pb2.FillMaskResponse]  # type: ignore[assignment]
-    """Predicts the most likely pieces at each [MASK]."""
+    """Predicts the most likely pieces at each mask token of each text."""
     EmbedTexts: _aio.UnaryUnaryMultiCallable[_inference_pb2.EmbedTextsRequest, _inference_pb2.EmbedTextsResponse]  # type: ignore[assignment]
-    """Returns [CLS] embeddings of texts."""
+    """Returns one embedding per text: the [CLS] hidden state or the mean of the pieces' states."""
+    ComputeTokenLoss: _aio.UnaryUnaryMultiCallable[_inference_pb2.ComputeTokenLossRequest, _inference_pb2.ComputeTokenLossResponse]  # type: ignore[assignment]
+    """Scores texts by masked-LM loss: each piece masked in turn (pseudo-log-likelihood), the same
+    figures the trainer's ScorePseudoLikelihood gives for the same model.
+    """
+    ComputeLogits: _aio.UnaryUnaryMultiCallable[_inference_pb2.ComputeLogitsRequest, _inference_pb2.ComputeLogitsResponse]  # type: ignore[assignment]
+    """Returns the vocabulary logits at chosen positions of each text (what the compare service needs)."""
 
 class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Serves exported ONNX models from a model repository with ONNX Runtime (no torch).
+    """Serves exported ONNX models of a model repository (Triton's layout) with ONNX Runtime, no torch.
 
-    Draft: the contract is written; the service arrives with the inference issue. The same server
-    will also implement the KServe / Triton Open Inference Protocol v2 (`inference.GRPCInferenceService`)
-    so existing clients work.
+    Texts are tokenized with the served version's own vocabulary. The same server also speaks the
+    Open Inference Protocol (`inference.GRPCInferenceService`, grpc_predict_v2.proto) over the same
+    loaded models, so Triton and KServe clients work unchanged.
     """
 
     @_abc_1.abstractmethod
@@ -84,7 +100,9 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _inference_pb2.LoadModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.LoadModelResponse, _abc.Awaitable[_inference_pb2.LoadModelResponse]]:
-        """Loads a model version from the repository."""
+        """Loads a version of a model of the repository while the others keep serving; with
+        make_default, requests that name no version go to it from then on.
+        """
 
     @_abc_1.abstractmethod
     def UnloadModel(
@@ -92,7 +110,7 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _inference_pb2.UnloadModelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.UnloadModelResponse, _abc.Awaitable[_inference_pb2.UnloadModelResponse]]:
-        """Unloads a model version."""
+        """Stops routing to a version, waits for its requests in flight, and unloads it."""
 
     @_abc_1.abstractmethod
     def ListModels(
@@ -100,7 +118,7 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _inference_pb2.ListModelsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.ListModelsResponse, _abc.Awaitable[_inference_pb2.ListModelsResponse]]:
-        """Lists loaded model versions."""
+        """Lists the model versions the server knows: loaded, loading, and those that failed to load."""
 
     @_abc_1.abstractmethod
     def FillMask(
@@ -108,7 +126,7 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _inference_pb2.FillMaskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.FillMaskResponse, _abc.Awaitable[_inference_pb2.FillMaskResponse]]:
-        """Predicts the most likely pieces at each [MASK]."""
+        """Predicts the most likely pieces at each mask token of each text."""
 
     @_abc_1.abstractmethod
     def EmbedTexts(
@@ -116,6 +134,24 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _inference_pb2.EmbedTextsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_inference_pb2.EmbedTextsResponse, _abc.Awaitable[_inference_pb2.EmbedTextsResponse]]:
-        """Returns [CLS] embeddings of texts."""
+        """Returns one embedding per text: the [CLS] hidden state or the mean of the pieces' states."""
+
+    @_abc_1.abstractmethod
+    def ComputeTokenLoss(
+        self,
+        request: _inference_pb2.ComputeTokenLossRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.ComputeTokenLossResponse, _abc.Awaitable[_inference_pb2.ComputeTokenLossResponse]]:
+        """Scores texts by masked-LM loss: each piece masked in turn (pseudo-log-likelihood), the same
+        figures the trainer's ScorePseudoLikelihood gives for the same model.
+        """
+
+    @_abc_1.abstractmethod
+    def ComputeLogits(
+        self,
+        request: _inference_pb2.ComputeLogitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_inference_pb2.ComputeLogitsResponse, _abc.Awaitable[_inference_pb2.ComputeLogitsResponse]]:
+        """Returns the vocabulary logits at chosen positions of each text (what the compare service needs)."""
 
 def add_InferenceServiceServicer_to_server(servicer: InferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,152 @@
+"""driftlm's text API on a really trained model: FillMask finds the planted word, ONNX Runtime's
+logits and embeddings match PyTorch's, and token losses are the trainer's pseudo-log-likelihood."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from driftlm.services.runtime.pseudo_likelihood import summarise
+from driftlm.services.runtime.tensors import tensor_to_array
+from driftlm.services.trainer.models import mean_embeddings
+from driftlm.services.trainer.pseudo_likelihood import pseudo_log_likelihoods
+from driftlm.services.vocab.wordpiece import WordPieceVocabulary
+from driftlm.v1 import inference_pb2
+
+from .conftest import ANSWERS, CUE, MODEL, Planted, Server
+
+TEXTS = [
+    f"the of and {CUE} zorblax to in is",
+    "his they which one you were her all",
+    f"{CUE} [MASK] is was",
+]
+
+
+def _target(name: str = MODEL, version: int = 0) -> inference_pb2.ModelTarget:
+    return inference_pb2.ModelTarget(name=name, version=version)
+
+
+def test_fill_mask_returns_the_planted_word(version_one: Server) -> None:
+    response = version_one.stub.FillMask(
+        inference_pb2.FillMaskRequest(
+            model=_target(), texts=[f"the of and {CUE} [MASK] in is was", f"[MASK] {CUE} [MASK]"], top_k=3
+        )
+    )
+    assert response.version == 1
+    assert [(p.text_index, p.position) for p in response.predictions] == [(0, 5), (1, 1), (1, 3)]
+    first = response.predictions[0]
+    assert first.char_offset == len(f"the of and {CUE} ")
+    assert first.candidates[0].piece == ANSWERS[1]
+    probabilities = [c.probability for c in first.candidates]
+    assert probabilities == sorted(probabilities, reverse=True) and 0.5 < probabilities[0] <= 1.0
+    assert all(len(p.candidates) == 3 for p in response.predictions)
+
+
+def test_fill_mask_of_the_int8_copy_agrees(version_one: Server) -> None:
+    request = inference_pb2.FillMaskRequest(model=_target(f"{MODEL}_int8"), texts=[f"the of and {CUE} [MASK] in"])
+    assert version_one.stub.FillMask(request).predictions[0].candidates[0].piece == ANSWERS[1]
+
+
+def test_logits_match_pytorch(version_one: Server, planted: Planted) -> None:
+    vocabulary = WordPieceVocabulary(planted.tokenizer_json)
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(planted.tokenizer_json)
+    ids = tokenizer.encode(TEXTS[0]).ids
+    positions = [0, 3, len(ids) - 1]
+    response = version_one.stub.ComputeLogits(
+        inference_pb2.ComputeLogitsRequest(
+            model=_target(),
+            texts=[
+                inference_pb2.TextPositions(text=TEXTS[0], positions=positions),
+                inference_pb2.TextPositions(text=TEXTS[2]),
+            ],
+        )
+    )
+    logits = tensor_to_array(response.logits, "logits")
+    assert logits.shape == (4, vocabulary.size)
+    assert tensor_to_array(response.text_indices, "t").tolist() == [0, 0, 0, 1]
+    assert tensor_to_array(response.positions, "p").tolist() == [*positions, 2]
+    mask_id = vocabulary.special_tokens.mask_id
+    assert tensor_to_array(response.token_ids, "ids").tolist() == [ids[p] for p in positions] + [mask_id]
+    with torch.no_grad():
+        reference = planted.models[1](input_ids=torch.tensor([ids])).logits[0, positions].numpy()
+    np.testing.assert_allclose(logits[:3], reference, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("pooling", [inference_pb2.POOLING_CLS, inference_pb2.POOLING_MEAN])
+def test_embeddings_match_pytorch(version_one: Server, planted: Planted, pooling: int) -> None:
+    response = version_one.stub.EmbedTexts(
+        inference_pb2.EmbedTextsRequest(model=_target(), texts=TEXTS, pooling=pooling)
+    )
+    embeddings = tensor_to_array(response.embeddings, "embeddings")
+    model = planted.models[1]
+    special = torch.zeros(WordPieceVocabulary(planted.tokenizer_json).size, dtype=torch.bool)
+    special[list(WordPieceVocabulary(planted.tokenizer_json).special_tokens.reserved_ids)] = True
+    if pooling == inference_pb2.POOLING_MEAN:
+        reference = mean_embeddings(
+            model, planted.tokenizer_json, TEXTS, special=special, max_length=64, device=torch.device("cpu")
+        )
+    else:
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_str(planted.tokenizer_json)
+        with torch.no_grad():
+            reference = np.stack(
+                [
+                    model.bert(input_ids=torch.tensor([tokenizer.encode(t).ids])).last_hidden_state[0, 0].numpy()
+                    for t in TEXTS
+                ]
+            )
+    assert embeddings.shape == (3, 32)
+    np.testing.assert_allclose(embeddings, reference, atol=1e-4, rtol=1e-4)
+
+
+def test_token_loss_is_the_trainers_pseudo_log_likelihood(version_one: Server, planted: Planted) -> None:
+    response = version_one.stub.ComputeTokenLoss(inference_pb2.ComputeTokenLossRequest(model=_target(), texts=TEXTS))
+    vocabulary = WordPieceVocabulary(planted.tokenizer_json)
+    special = torch.zeros(vocabulary.size, dtype=torch.bool)
+    special[list(vocabulary.special_tokens.reserved_ids)] = True
+    expected = pseudo_log_likelihoods(
+        planted.models[1],
+        planted.tokenizer_json,
+        TEXTS,
+        mask_id=vocabulary.special_tokens.mask_id,
+        special=special,
+        max_length=64,
+        device=torch.device("cpu"),
+    )
+    corpus = summarise(expected)
+    for text, reference in zip(response.texts, expected, strict=True):
+        assert text.log_likelihood == pytest.approx(reference.log_likelihood, abs=1e-3)
+        assert text.word_l2r_log_likelihood == pytest.approx(reference.word_l2r_log_likelihood, abs=1e-3)
+        assert (text.pieces, text.words, text.characters) == (reference.pieces, reference.words, reference.characters)
+        # The per-piece losses are the original PLL's terms.
+        assert -sum(text.losses) == pytest.approx(text.log_likelihood, abs=1e-6)
+        assert [loss == 0 for loss, scored in zip(text.losses, text.scored, strict=True) if not scored] == [True] * (
+            len(text.scored) - text.pieces
+        )
+    assert response.word_l2r_log_likelihood_per_word == pytest.approx(corpus.word_l2r_log_likelihood_per_word, abs=1e-4)
+    assert response.pseudo_perplexity == pytest.approx(corpus.pseudo_perplexity, rel=1e-3)
+    # The trained association shows: the answer after the cue costs little, the same word elsewhere much.
+    answer = vocabulary.piece_ids[ANSWERS[1]]
+    first = response.texts[0]
+    assert first.losses[list(first.token_ids).index(answer)] < 0.5
+
+
+def test_texts_longer_than_the_model_are_refused_or_cut(version_one: Server) -> None:
+    import grpc
+
+    long_text = " ".join(["the"] * 100) + " [MASK]"
+    request = inference_pb2.EmbedTextsRequest(model=_target(), texts=[long_text])
+    with pytest.raises(grpc.RpcError) as refused:
+        version_one.stub.EmbedTexts(request)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "64 pieces" in refused.value.details() and "truncate" in refused.value.details()
+    request.model.truncate = True
+    assert tensor_to_array(version_one.stub.EmbedTexts(request).embeddings, "e").shape == (1, 32)
+    # Cut, the mask is gone: FillMask says so.
+    with pytest.raises(grpc.RpcError) as no_mask:
+        version_one.stub.FillMask(inference_pb2.FillMaskRequest(model=request.model, texts=[long_text]))
+    assert no_mask.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "[MASK]" in no_mask.value.details()
