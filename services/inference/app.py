@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +19,8 @@ from .model import LoadedModel
 from .registry import ModelRegistry, VersionInfo
 
 _LOG = logging.getLogger("driftlm.inference")
+# (the serving version's model, its max_batch_size) -> (B, T) ids and mask, checked against them.
+ReadInputs = Callable[[LoadedModel, int], tuple[np.ndarray, np.ndarray]]
 # Room in an answer for everything but the logits.
 _ANSWER_OVERHEAD = 1 << 20
 
@@ -95,24 +97,24 @@ class InferenceApp:
 
     # The Open Inference Protocol -----------------------------------------------------------------
 
-    def model(self, name: str, version: int) -> tuple[int, LoadedModel, int]:
-        """A ready version's number, model and max_batch_size (for checking a request against it)."""
+    def model(self, name: str, version: int) -> tuple[int, LoadedModel]:
+        """A ready version's number and model (for its metadata)."""
         with self.registry.lease(name, version) as served:
             assert served.model is not None
-            return served.version, served.model, served.max_batch_size
+            return served.version, served.model
 
-    def infer(
-        self, name: str, version: int, input_ids: np.ndarray, attention_mask: np.ndarray, outputs: Sequence[str]
-    ) -> Inferred:
-        """Run the graph on (B, T) ids and mask; `outputs` empty means all of them.
+    def infer(self, name: str, version: int, read_inputs: ReadInputs, outputs: Sequence[str]) -> Inferred:
+        """Run the graph on the (B, T) ids and mask `read_inputs` gives for the version that serves
+        the request (it checks them against that version's limits); `outputs` empty means all.
 
         Raises:
-            InvalidArgumentError: an output the model does not have.
+            InvalidArgumentError: an output the model does not have (and what read_inputs raises).
             ResourceExhaustedError: the outputs would not fit in one answer.
         """
         with self.registry.lease(name, version) as served:
             model = served.model
             assert model is not None
+            input_ids, attention_mask = read_inputs(model, served.max_batch_size)
             wanted = tuple(outputs) or model.output_names
             for output in wanted:
                 if output not in model.output_names:

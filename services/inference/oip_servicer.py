@@ -4,6 +4,7 @@ clients call the same loaded versions as driftlm's text API."""
 from __future__ import annotations
 
 import grpc
+import numpy as np
 
 from driftlm import __version__
 from driftlm.services.runtime.errors import InvalidArgumentError, NotFoundError
@@ -12,6 +13,7 @@ from driftlm.v1 import grpc_predict_v2_pb2 as oip
 from driftlm.v1 import grpc_predict_v2_pb2_grpc as oip_grpc
 
 from .app import InferenceApp
+from .model import LoadedModel
 from .oip_tensors import INPUT_DATATYPE, OUTPUT_DATATYPE, output_tensors, parse_version, read_inputs
 from .registry import State
 
@@ -53,7 +55,7 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     def ModelMetadata(
         self, request: oip.ModelMetadataRequest, context: grpc.ServicerContext
     ) -> oip.ModelMetadataResponse:
-        _version, model, _batch = self._app.model(request.name, parse_version(request.version))
+        _version, model = self._app.model(request.name, parse_version(request.version))
         ready = [str(info.version) for info in self._app.list_models(request.name) if info.state is State.READY]
         return oip.ModelMetadataResponse(
             name=request.name,
@@ -74,12 +76,15 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     def ModelInfer(self, request: oip.ModelInferRequest, context: grpc.ServicerContext) -> oip.ModelInferResponse:
         if not request.model_name:
             raise InvalidArgumentError("model_name", "is empty; name a model of the repository")
-        version, model, max_batch_size = self._app.model(request.model_name, parse_version(request.model_version))
-        inputs = read_inputs(
-            request, max_batch_size=max_batch_size, max_length=model.max_length, vocab_size=model.vocab_size
-        )
+
+        def inputs(model: LoadedModel, max_batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+            read = read_inputs(
+                request, max_batch_size=max_batch_size, max_length=model.max_length, vocab_size=model.vocab_size
+            )
+            return read.input_ids, read.attention_mask
+
         result = self._app.infer(
-            request.model_name, version, inputs.input_ids, inputs.attention_mask, [o.name for o in request.outputs]
+            request.model_name, parse_version(request.model_version), inputs, [o.name for o in request.outputs]
         )
         tensors, raw = output_tensors(result.outputs)
         return oip.ModelInferResponse(

@@ -80,10 +80,14 @@ def tensors(draw: st.DrawFn) -> Message:
 
 # Which existing ids suit a field, by its name.
 _ID_KINDS = ("version", "checkpoint", "observation", "proposal", "run", "uri")
+# Inference fields that name a served thing: a model, a tensor, a datatype.
+_NAME_KINDS = {"name": "name", "model_name": "name", "datatype": "datatype"}
 
 
 def _id_kind(field: d.FieldDescriptor) -> str | None:
     name = field.name
+    if name in _NAME_KINDS:
+        return _NAME_KINDS[name]
     if not (name.endswith(("_id", "_ids")) or name == "uri"):
         return None
     return next((kind for kind in _ID_KINDS if kind in name), None)

@@ -1,4 +1,4 @@
-"""A hypothesis fuzz of every RPC of vocab, sampling and trainer, over real servers on 127.0.0.1.
+"""A hypothesis fuzz of every RPC of vocab, sampling, trainer and inference (both contracts), over real servers on 127.0.0.1.
 
 Each request is well-formed protobuf with hostile values (hostile.py). Whatever it holds, the
 answer must be a status a client can act on (never INTERNAL or UNKNOWN: those are our bugs), come
@@ -19,13 +19,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from driftlm.services.inference.server import create_server as create_inference_server
 from driftlm.services.runtime.config import ServeConfig
 from driftlm.services.runtime.tensors import array_to_tensor
 from driftlm.services.sampling.server import create_server as create_sampling_server
+from driftlm.services.trainer.export import export_onnx
 from driftlm.services.trainer.server import create_server as create_trainer_server
 from driftlm.services.vocab.server import create_server as create_vocab_server
+from driftlm.services.vocab.wordpiece import load_tokenizer_directory
 from driftlm.v1 import (
     common_pb2,
+    grpc_predict_v2_pb2,
+    inference_pb2,
     sampling_pb2,
     sampling_pb2_grpc,
     trainer_pb2,
@@ -34,6 +39,7 @@ from driftlm.v1 import (
     vocab_pb2_grpc,
 )
 
+from ..inference.conftest import ANSWERS, MODEL, train_planted
 from ..trainer.conftest import TINY_BERT
 from ..vocab.planted import EMERGING, observe, planted_base_directory, planted_slice, register
 from .hostile import message
@@ -66,9 +72,21 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
             queue_timeout_s=5,
         ),
     )
+    tokenizer_json = load_tokenizer_directory(planted_base_directory(root / "inference-tokenizer"))
+    repository = root / "models"
+    export_onnx(train_planted(tokenizer_json, ANSWERS[1], seed=1), tokenizer_json, repository, MODEL)
+    inference_server, inference_port = create_inference_server(
+        "127.0.0.1:0",
+        ServeConfig(store=store, model_repository=repository, max_message_bytes=8 << 20, queue_timeout_s=5),
+    )
     channels = {
         name: grpc.insecure_channel(f"127.0.0.1:{port}")
-        for name, port in (("vocab", vocab_port), ("sampling", sampling_port), ("trainer", trainer_port))
+        for name, port in (
+            ("vocab", vocab_port),
+            ("sampling", sampling_port),
+            ("trainer", trainer_port),
+            ("inference", inference_port),
+        )
     }
     try:
         vocab = vocab_pb2_grpc.VocabServiceStub(channels["vocab"])
@@ -103,11 +121,14 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
             "checkpoint": [checkpoint.checkpoint_id],
             "run": [run.run_id],
             "uri": ["slice.txt", "planted-base", "exports/new", str(store / "slice.txt")],
+            "name": [MODEL, f"{MODEL}_int8", "input_ids", "attention_mask", "logits", "cls_embedding"],
+            "datatype": ["INT64", "INT32", "FP32", "BYTES"],
         }
         yield Services(channels, known)
     finally:
         for channel in channels.values():
             channel.close()
+        inference_server.stop(grace=None)
         trainer_server.stop(grace=None)
         sampling_server.stop(grace=None)
         vocab_server.stop(grace=None)
@@ -119,6 +140,8 @@ def _methods() -> list[tuple[str, d.MethodDescriptor]]:
         ("vocab", vocab_pb2, "VocabService"),
         ("sampling", sampling_pb2, "SamplingService"),
         ("trainer", trainer_pb2, "TrainerService"),
+        ("inference", inference_pb2, "InferenceService"),
+        ("inference", grpc_predict_v2_pb2, "GRPCInferenceService"),
     ):
         for method in module.DESCRIPTOR.services_by_name[service].methods:
             found.append((name, method))
