@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-SUITES = ("sampling", "vocab", "trainer")
+SUITES = ("sampling", "vocab", "trainer", "inference")
 
 
 def main() -> None:

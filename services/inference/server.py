@@ -25,9 +25,14 @@ _DRIFTLM = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"]
 _OIP = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 SERVICE_NAME = _DRIFTLM.full_name
 OIP_SERVICE_NAME = _OIP.full_name
-# Calls that run a model or load one: they take a heavy-call slot.
-_HEAVY_DRIFTLM = frozenset({"LoadModel", "FillMask", "EmbedTexts", "ComputeTokenLoss", "ComputeLogits"})
-_HEAVY_OIP = frozenset({"ModelInfer", "RepositoryModelLoad"})
+# Calls that load a model take a heavy-call slot; so do calls that run one when each runs alone.
+# With dynamic batching the batcher's one thread per version bounds the graph runs, and the heavy
+# slots would only cap how many requests can merge: there, the in-flight bound is the limit.
+_LOADS_DRIFTLM, _RUNS_DRIFTLM = (
+    frozenset({"LoadModel"}),
+    frozenset({"FillMask", "EmbedTexts", "ComputeTokenLoss", "ComputeLogits"}),
+)
+_LOADS_OIP, _RUNS_OIP = frozenset({"RepositoryModelLoad"}), frozenset({"ModelInfer"})
 
 
 def create_server(address: str = "127.0.0.1:0", config: ServeConfig | None = None) -> tuple[grpc.Server, int]:
@@ -49,12 +54,12 @@ def create_server(address: str = "127.0.0.1:0", config: ServeConfig | None = Non
         ServiceBinding(
             SERVICE_NAME,
             lambda server: inference_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(app), server),
-            heavy_methods=_HEAVY_DRIFTLM,
+            heavy_methods=_LOADS_DRIFTLM if config.dynamic_batching else _LOADS_DRIFTLM | _RUNS_DRIFTLM,
         ),
         ServiceBinding(
             OIP_SERVICE_NAME,
             lambda server: oip_grpc.add_GRPCInferenceServiceServicer_to_server(OpenInferenceServicer(app), server),
-            heavy_methods=_HEAVY_OIP,
+            heavy_methods=_LOADS_OIP if config.dynamic_batching else _LOADS_OIP | _RUNS_OIP,
         ),
     ]
     try:

@@ -150,3 +150,20 @@ def test_texts_longer_than_the_model_are_refused_or_cut(version_one: Server) -> 
     with pytest.raises(grpc.RpcError) as no_mask:
         version_one.stub.FillMask(inference_pb2.FillMaskRequest(model=request.model, texts=[long_text]))
     assert no_mask.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "[MASK]" in no_mask.value.details()
+
+
+def test_the_python_client(version_one: Server) -> None:
+    from driftlm.services.inference.client import InferenceClient
+
+    with InferenceClient(version_one.target) as inference:
+        assert [(m.name, m.version, m.is_default) for m in inference.list_models()] == [
+            (MODEL, 1, True),
+            (f"{MODEL}_int8", 1, True),
+        ]
+        fills = inference.fill_mask(MODEL, [f"the of and {CUE} [MASK] in"], top_k=2)
+        assert fills[0].candidates[0].piece == ANSWERS[1] and len(fills[0].candidates) == 2
+        assert inference.embed(MODEL, TEXTS, mean=True).shape == (3, 32)
+        assert len(inference.token_loss(MODEL, TEXTS).texts) == 3
+        at_masks = inference.logits(MODEL, [TEXTS[2]])
+        assert at_masks.logits.shape == (1, 162) and at_masks.positions.tolist() == [2] and at_masks.version == 1
+        assert [m.version for m in inference.unload_model(f"{MODEL}_int8")] == [1]
