@@ -86,9 +86,7 @@ class InferenceClient(ServiceClient):
     ) -> inference_pb2.ComputeTokenLossResponse:
         """Per-piece MLM losses and the texts' pseudo-log-likelihoods (original and word-l2r)."""
         request = inference_pb2.ComputeTokenLossRequest(model=self._target(name, version, truncate), texts=texts)
-        response: inference_pb2.ComputeTokenLossResponse = self._stub.ComputeTokenLoss(
-            request, timeout=self._timeout()
-        )
+        response: inference_pb2.ComputeTokenLossResponse = self._stub.ComputeTokenLoss(request, timeout=self._timeout())
         return response
 
     def logits(
