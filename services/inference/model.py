@@ -55,7 +55,8 @@ class RuntimeOptions:
         """Options from configuration strings.
 
         Raises:
-            ValueError: an unknown level or provider, or negative threads.
+            ValueError: an unknown level or provider, negative threads, or `cuda` where ONNX
+                Runtime has no CUDA provider (ModelLoadError is a ValueError).
         """
         if optimization not in _OPTIMIZATION:
             raise ValueError(
@@ -65,7 +66,9 @@ class RuntimeOptions:
             raise ValueError(f"the execution provider must be auto, cpu or cuda, not {provider!r}")
         if intra_op_threads < 0:
             raise ValueError("ONNX Runtime threads must be >= 0 (0: one per core)")
-        return cls(intra_op_threads, cast(Optimization, optimization), cast(Provider, provider))
+        options = cls(intra_op_threads, cast(Optimization, optimization), cast(Provider, provider))
+        options.providers()  # a GPU asked for on a host without one fails here, before any model
+        return options
 
     def providers(self) -> list[str]:
         """ONNX Runtime execution providers, best first."""
