@@ -20,6 +20,8 @@ import numpy as np
 
 from driftlm.services.runtime.errors import UnavailableError
 
+from .metrics import VersionMetrics
+
 # (ids (B, T), mask (B, T), output names) -> output name -> array (the model's run).
 RunGraph = Callable[[np.ndarray, np.ndarray, tuple[str, ...]], dict[str, np.ndarray]]
 # Per row: logits (P, V) or (T, V), cls_embedding (H,), last_hidden_state (T, H), as asked.
@@ -44,7 +46,13 @@ class Row:
 
 
 def run_rows(
-    run: RunGraph, rows: Sequence[Row], outputs: tuple[str, ...], *, max_rows: int, vocab_size: int
+    run: RunGraph,
+    rows: Sequence[Row],
+    outputs: tuple[str, ...],
+    *,
+    max_rows: int,
+    vocab_size: int,
+    metrics: VersionMetrics | None = None,
 ) -> list[RowOutputs]:
     """Run `rows` shortest first, in batches of at most `max_rows` rows and MAX_LOGITS_BYTES of
     logits, padded to each batch's longest row; returns each row's outputs in the rows' order."""
@@ -65,7 +73,10 @@ def run_rows(
         for line, row in enumerate(batch):
             ids[line, : len(row.ids)] = row.ids
             mask[line, : len(row.ids)] = 1 if row.mask is None else row.mask
+        started = time.perf_counter()
         values = run(ids, mask, outputs)
+        if metrics is not None:
+            metrics.ran(len(batch), time.perf_counter() - started)
         for line, (index, row) in enumerate(zip(order[start:stop], batch, strict=True)):
             results[index] = _row_outputs(values, line, row)
         start = stop
@@ -98,9 +109,10 @@ class DynamicBatcher:
     """One model version's queue and the thread that empties it (started here, stopped by close)."""
 
     def __init__(
-        self, run: RunGraph, *, max_batch_size: int, max_queue_delay_s: float, vocab_size: int, name: str
+        self, run: RunGraph, *, max_batch_size: int, max_queue_delay_s: float, vocab_size: int, metrics: VersionMetrics
     ) -> None:
         self._run = run
+        self._metrics = metrics
         self._max_batch_size = max_batch_size
         self._max_queue_delay_s = max_queue_delay_s
         self._vocab_size = vocab_size
@@ -108,7 +120,9 @@ class DynamicBatcher:
         self._queued_rows = 0
         self._closed = False
         self._wake = threading.Condition()
-        self._thread = threading.Thread(target=self._serve, name=f"batcher-{name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._serve, name=f"batcher-{metrics.model}-{metrics.version}", daemon=True
+        )
         self._thread.start()
 
     def run(self, rows: Sequence[Row], outputs: tuple[str, ...]) -> list[RowOutputs]:
@@ -163,13 +177,23 @@ class DynamicBatcher:
                 taken.append(request)
                 rows += len(request.rows)
             self._queued_rows -= rows
-            return taken
+        now = time.monotonic()
+        for request in taken:
+            self._metrics.waited(now - request.arrived)
+        return taken
 
     def _execute(self, requests: list[_Request]) -> None:
         rows = [row for request in requests for row in request.rows]
         outputs = tuple(sorted({name for request in requests for name in request.outputs}))
         try:
-            results = run_rows(self._run, rows, outputs, max_rows=self._max_batch_size, vocab_size=self._vocab_size)
+            results = run_rows(
+                self._run,
+                rows,
+                outputs,
+                max_rows=self._max_batch_size,
+                vocab_size=self._vocab_size,
+                metrics=self._metrics,
+            )
         except BaseException as error:  # noqa: BLE001  # handed to every waiting caller; the thread keeps serving
             for request in requests:
                 request.future.set_exception(error)

@@ -24,6 +24,7 @@ from driftlm.services.runtime.errors import (
 )
 
 from .batching import DynamicBatcher, Row, RowOutputs, run_rows
+from .metrics import VersionMetrics
 from .model import LoadedModel, ModelLoadError, RuntimeOptions
 from .repository import ModelConfigError, ModelRepository, ModelSettings
 
@@ -77,7 +78,12 @@ class ServedVersion:
         if self.batcher is not None:
             return self.batcher.run(rows, outputs)
         return run_rows(
-            self.model.run, rows, outputs, max_rows=self.settings.max_batch_size, vocab_size=self.model.vocab_size
+            self.model.run,
+            rows,
+            outputs,
+            max_rows=self.settings.max_batch_size,
+            vocab_size=self.model.vocab_size,
+            metrics=VersionMetrics(self.name, self.version),
         )
 
 
@@ -306,7 +312,7 @@ class ModelRegistry:
                 max_batch_size=settings.max_batch_size,
                 max_queue_delay_s=settings.max_queue_delay_s,
                 vocab_size=model.vocab_size,
-                name=f"{name}-{version}",
+                metrics=VersionMetrics(name, version),
             )
             if self._options.dynamic_batching and settings.dynamic_batching
             else None

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from driftlm.services.inference.batching import DynamicBatcher, Row, run_rows
+from driftlm.services.inference.metrics import VersionMetrics
 from driftlm.services.inference.model import ModelLoadError, RuntimeOptions
 from driftlm.services.inference.repository import ModelConfigError, ModelSettings, parse_settings
 from driftlm.services.trainer.model_repository import ModelShape, config_pbtxt
@@ -109,7 +111,9 @@ def test_the_batcher_merges_concurrent_requests_and_answers_each_its_own() -> No
         calls.append(len(ids))
         return _echo(ids, mask, outputs)
 
-    batcher = DynamicBatcher(counting, max_batch_size=32, max_queue_delay_s=0.2, vocab_size=3, name="test")
+    batcher = DynamicBatcher(
+        counting, max_batch_size=32, max_queue_delay_s=0.2, vocab_size=3, metrics=VersionMetrics("echo", 1)
+    )
     answers: dict[int, float] = {}
 
     def ask(n: int) -> None:
@@ -123,6 +127,9 @@ def test_the_batcher_merges_concurrent_requests_and_answers_each_its_own() -> No
     batcher.close()
     assert answers == {n: n * (n + 1) / 2 for n in range(8)}
     assert sum(calls) == 8 and len(calls) < 8  # merged, each row once
+    runs = REGISTRY.get_sample_value("driftlm_inference_batch_rows_count", {"model": "echo", "version": "1"})
+    waits = REGISTRY.get_sample_value("driftlm_inference_queue_seconds_count", {"model": "echo", "version": "1"})
+    assert (runs, waits) == (len(calls), 8)
 
 
 def test_concurrent_text_requests_of_different_lengths_match_their_lone_answers(version_one: Server) -> None:
