@@ -59,7 +59,10 @@ class InferenceApp:
     def _poll(self, interval_s: float) -> None:
         """Reload every model now and then: new versions are swapped in as they are exported."""
         while not self._stop.wait(interval_s):
-            self.load_repository()
+            try:
+                self.load_repository()
+            except Exception:  # noqa: BLE001  # a bug must not stop the swaps that follow; it is logged
+                _LOG.exception("repository poll failed")
 
     def close(self, timeout_s: float | None = None) -> None:
         """Stop polling and unload every version (after their requests in flight)."""
