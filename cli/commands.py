@@ -109,6 +109,11 @@ def _add_serve(subcommands: argparse._SubParsersAction[argparse.ArgumentParser])
         default=_env("SAMPLING_ENDPOINT", ""),
         help="host:port of the sampling service, for the trainer; empty: in-process (env DRIFTLM_SAMPLING_ENDPOINT)",
     )
+    serve.add_argument(
+        "--inference-endpoint",
+        default=_env("INFERENCE_ENDPOINT", ""),
+        help="host:port of the inference service, for compare (env DRIFTLM_INFERENCE_ENDPOINT)",
+    )
     _add_inference(serve)
     serve.add_argument(
         "--log-level",
@@ -242,6 +247,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         vocab_endpoint=args.vocab_endpoint,
         sampling_endpoint=args.sampling_endpoint,
+        inference_endpoint=args.inference_endpoint,
         model_repository=args.model_repository,
         ort_threads=args.ort_threads,
         ort_optimization=args.ort_optimization,

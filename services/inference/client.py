@@ -39,9 +39,17 @@ class InferenceClient(ServiceClient):
     """
 
     def __init__(
-        self, target: str | grpc.Channel, *, timeout_s: float | None = 600.0, security: ChannelSecurity = PLAINTEXT
+        self,
+        target: str | grpc.Channel,
+        *,
+        timeout_s: float | None = 600.0,
+        security: ChannelSecurity = PLAINTEXT,
+        max_message_bytes: int = 64 << 20,
     ) -> None:
-        super().__init__(target, timeout_s=timeout_s, security=security)
+        # Logits are large ((P, V) float32): accept answers as big as the server may send (its
+        # --max-message-mb), not gRPC's default 4 MiB.
+        options = [("grpc.max_receive_message_length", max_message_bytes)]
+        super().__init__(target, timeout_s=timeout_s, options=options, security=security)
         self._stub = inference_pb2_grpc.InferenceServiceStub(self._channel)
 
     def load_model(
@@ -97,12 +105,17 @@ class InferenceClient(ServiceClient):
         *,
         version: int = 0,
         truncate: bool = False,
+        mask_fraction: float = 0.0,
+        seed: int = 0,
     ) -> Logits:
-        """Vocabulary logits at each text's positions (None or empty: at its mask tokens)."""
+        """Vocabulary logits at each text's positions; where none are given, at a seeded
+        `mask_fraction` of its pieces, masked (token_ids: the original pieces), else at its masks."""
         wanted = positions if positions is not None else [[] for _ in texts]
         request = inference_pb2.ComputeLogitsRequest(
             model=self._target(name, version, truncate),
             texts=[inference_pb2.TextPositions(text=t, positions=p) for t, p in zip(texts, wanted, strict=True)],
+            mask_fraction=mask_fraction,
+            seed=seed,
         )
         response = self._stub.ComputeLogits(request, timeout=self._timeout())
         return Logits(

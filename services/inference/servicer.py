@@ -149,6 +149,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             [item.text for item in request.texts],
             [list(item.positions) for item in request.texts],
             truncate=request.model.truncate,
+            mask_fraction=request.mask_fraction,
+            seed=request.seed,
         )
         return inference_pb2.ComputeLogitsResponse(
             version=version,

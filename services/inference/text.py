@@ -7,6 +7,7 @@ task needs (the logits at its masks, its [CLS] state...), so a request's memory 
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -223,27 +224,61 @@ class PositionLogits:
     token_ids: np.ndarray
 
 
+def drawn_positions(ids: np.ndarray, special: np.ndarray, text: str, fraction: float, seed: int) -> np.ndarray:
+    """A seeded `fraction` (at least one) of the text's non-special positions, ascending.
+
+    The draw depends on the seed, the text and its piece count only, so models that share a
+    vocabulary mask the same positions whichever request or batch the text arrives in.
+    """
+    candidates = np.flatnonzero(~special[ids])
+    if candidates.size == 0:
+        return candidates
+    count = max(1, round(fraction * candidates.size))
+    rng = np.random.default_rng([seed, zlib.crc32(text.encode("utf-8")), candidates.size])
+    return np.sort(rng.choice(candidates, size=count, replace=False))
+
+
 def logits_at(
-    served: Served, texts: Sequence[str], positions: Sequence[Sequence[int]], *, truncate: bool, max_bytes: int
+    served: Served,
+    texts: Sequence[str],
+    positions: Sequence[Sequence[int]],
+    *,
+    truncate: bool,
+    max_bytes: int,
+    mask_fraction: float = 0.0,
+    seed: int = 0,
 ) -> PositionLogits:
-    """The vocabulary logits at each text's positions (empty: at its mask tokens).
+    """The vocabulary logits at each text's positions: those given; else, with `mask_fraction`, a
+    drawn share of its pieces, masked (token_ids then holds the original pieces); else its masks.
 
     Raises:
-        InvalidArgumentError: a position outside its text, a text without positions or masks.
+        InvalidArgumentError: a position outside its text, a text without positions or masks, a
+            mask_fraction outside [0, 1).
         ResourceExhaustedError: more rows than MAX_POSITIONS or than fit in `max_bytes`.
     """
     model = _model(served)
+    if not 0.0 <= mask_fraction < 1.0:  # NaN fails too
+        raise InvalidArgumentError("mask_fraction", f"is {mask_fraction}; give a fraction in (0, 1), or 0 for none")
     encodings = encode(model, texts, truncate=truncate)
-    picks = []
-    for index, (encoding, wanted) in enumerate(zip(encodings, positions, strict=True)):
+    rows, picks = [], []
+    for index, (text, encoding, wanted) in enumerate(zip(texts, encodings, positions, strict=True)):
         ids = _ids(encoding)
-        pick = np.asarray(wanted, dtype=np.int64) if len(wanted) else np.flatnonzero(ids == model.mask_id)
-        if pick.size == 0:
-            raise InvalidArgumentError("texts", f"text {index} names no position and has no {model.mask_token}")
-        if pick.min() < 0 or pick.max() >= len(ids):
+        if len(wanted):
+            pick = np.asarray(wanted, dtype=np.int64)
+        elif mask_fraction > 0:
+            pick = drawn_positions(ids, model.special, text, mask_fraction, seed)
+        else:
+            pick = np.flatnonzero(ids == model.mask_id)
+            if pick.size == 0:
+                raise InvalidArgumentError("texts", f"text {index} names no position and has no {model.mask_token}")
+        if pick.size and (pick.min() < 0 or pick.max() >= len(ids)):
             raise InvalidArgumentError(
                 "texts", f"text {index} has {len(ids)} pieces; its positions must be in 0..{len(ids) - 1}"
             )
+        shown = ids.copy()
+        if mask_fraction > 0 and not len(wanted):
+            shown[pick] = model.mask_id
+        rows.append(Row(shown, pick=pick))
         picks.append(pick)
     total = sum(len(pick) for pick in picks)
     size = total * model.vocab_size * 4
@@ -253,11 +288,12 @@ def logits_at(
             f"{MAX_POSITIONS} positions and {max_bytes / 2**20:.0f} MiB (the server's --max-message-mb): "
             "split the request"
         )
-    rows = [Row(_ids(encoding), pick=pick) for encoding, pick in zip(encodings, picks, strict=True)]
-    results = _run_in_chunks(served, rows, ("logits",), _chunk(served))
+    wanted_rows = [i for i, pick in enumerate(picks) if pick.size]
+    results = _run_in_chunks(served, [rows[i] for i in wanted_rows], ("logits",), _chunk(served))
+    logits = [result["logits"] for result in results]
     return PositionLogits(
-        logits=np.concatenate([result["logits"] for result in results]).astype(np.float32),
+        logits=np.concatenate(logits).astype(np.float32) if logits else np.zeros((0, model.vocab_size), np.float32),
         text_indices=np.concatenate([np.full(len(p), i, dtype=np.int32) for i, p in enumerate(picks)]),
         positions=np.concatenate(picks).astype(np.int32),
-        token_ids=np.concatenate([row.ids[row.pick] for row in rows if row.pick is not None]),
+        token_ids=np.concatenate([_ids(e)[p] for e, p in zip(encodings, picks, strict=True)]).astype(np.int64),
     )

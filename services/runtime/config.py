@@ -85,6 +85,8 @@ class ServeConfig:
     vocab_endpoint: str = ""
     # host:port of the sampling service; empty means in-process (the trainer).
     sampling_endpoint: str = ""
+    # host:port of the inference service, for the compare service.
+    inference_endpoint: str = ""
     # The inference service's model repository (Triton's layout); None: the trainer's default
     # export destination in the store, <store>/trainer/models.
     model_repository: Path | None = None

@@ -188,3 +188,19 @@ def text_of(record: Record, field: str, path: Path) -> str:
     if not isinstance(value, str):
         raise CorpusError(path, record.location, f"field {field!r} is a {type(value).__name__}, not a string")
     return value
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Texts sent in a request, or a corpus file on the service's machine (when uri is set)."""
+
+    texts: tuple[str, ...] = ()
+    uri: str = ""
+    text_field: str = "text"
+
+
+def corpus_from_message(source: Any) -> Corpus:
+    """A request's driftlm.v1.CorpusSource as a Corpus."""
+    if source.WhichOneof("source") == "uri":
+        return Corpus(uri=source.uri.uri, text_field=source.text_field or "text")
+    return Corpus(texts=tuple(source.texts.texts))

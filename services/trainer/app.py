@@ -18,7 +18,7 @@ import torch
 from transformers import PreTrainedModel
 
 from driftlm.services.runtime import store
-from driftlm.services.runtime.corpus import CorpusError, read_texts
+from driftlm.services.runtime.corpus import Corpus, CorpusError, read_texts
 from driftlm.services.runtime.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -66,15 +66,6 @@ class ModelSource:
     hub_id: str = ""
     # A transformers config as JSON, for a fresh model.
     config_json: str = ""
-
-
-@dataclass(frozen=True)
-class Corpus:
-    """Texts sent in a request, or a corpus file on this machine (when uri is set)."""
-
-    texts: tuple[str, ...] = ()
-    uri: str = ""
-    text_field: str = "text"
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,12 @@ from collections.abc import Iterator
 
 import grpc
 
+from driftlm.services.runtime.corpus import corpus_from_message
 from driftlm.services.runtime.paging import page_of
 from driftlm.services.runtime.tensors import array_to_tensor
 from driftlm.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 
-from .app import CheckpointInfo, Corpus, ModelSource, TrainerApp
+from .app import CheckpointInfo, ModelSource, TrainerApp
 from .runs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, RunRecord
 from .spec import RunKind
 from .training import IterationSelection
@@ -77,12 +78,6 @@ def _selection_message(selection: IterationSelection) -> trainer_pb2.Selection:
         topped_up_indices=selection.topped_up_indices,
         target_token_ids=selection.target_token_ids,
     )
-
-
-def _corpus(source: common_pb2.CorpusSource) -> Corpus:
-    if source.WhichOneof("source") == "uri":
-        return Corpus(uri=source.uri.uri, text_field=source.text_field or "text")
-    return Corpus(texts=tuple(source.texts.texts))
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
@@ -162,7 +157,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             min_token_count=request.min_token_count,
             spike_z=request.spike_z,
         )
-        scored = self._app.score_slice(request.checkpoint_id, _corpus(request.corpus), options)
+        scored = self._app.score_slice(request.checkpoint_id, corpus_from_message(request.corpus), options)
         score = scored.score
         return trainer_pb2.ScoreSliceResponse(
             slice_loss=score.slice_loss,

@@ -1,4 +1,4 @@
-"""A hypothesis fuzz of every RPC of vocab, sampling, trainer and inference (both contracts), over real servers on 127.0.0.1.
+"""A hypothesis fuzz of every RPC of vocab, sampling, trainer, inference (both contracts) and compare, over real servers on 127.0.0.1.
 
 Each request is well-formed protobuf with hostile values (hostile.py). Whatever it holds, the
 answer must be a status a client can act on (never INTERNAL or UNKNOWN: those are our bugs), come
@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from driftlm.services.compare.server import create_server as create_compare_server
 from driftlm.services.inference.server import create_server as create_inference_server
 from driftlm.services.runtime.config import ServeConfig
 from driftlm.services.runtime.tensors import array_to_tensor
@@ -29,6 +30,7 @@ from driftlm.services.vocab.server import create_server as create_vocab_server
 from driftlm.services.vocab.wordpiece import load_tokenizer_directory
 from driftlm.v1 import (
     common_pb2,
+    compare_pb2,
     grpc_predict_v2_pb2,
     inference_pb2,
     sampling_pb2,
@@ -79,6 +81,15 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
         "127.0.0.1:0",
         ServeConfig(store=store, model_repository=repository, max_message_bytes=8 << 20, queue_timeout_s=5),
     )
+    compare_server, compare_port = create_compare_server(
+        "127.0.0.1:0",
+        ServeConfig(
+            store=store,
+            inference_endpoint=f"127.0.0.1:{inference_port}",
+            max_message_bytes=8 << 20,
+            queue_timeout_s=5,
+        ),
+    )
     channels = {
         name: grpc.insecure_channel(f"127.0.0.1:{port}")
         for name, port in (
@@ -86,6 +97,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
             ("sampling", sampling_port),
             ("trainer", trainer_port),
             ("inference", inference_port),
+            ("compare", compare_port),
         )
     }
     try:
@@ -128,6 +140,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
     finally:
         for channel in channels.values():
             channel.close()
+        compare_server.stop(grace=None)
         inference_server.stop(grace=None)
         trainer_server.stop(grace=None)
         sampling_server.stop(grace=None)
@@ -142,6 +155,7 @@ def _methods() -> list[tuple[str, d.MethodDescriptor]]:
         ("trainer", trainer_pb2, "TrainerService"),
         ("inference", inference_pb2, "InferenceService"),
         ("inference", grpc_predict_v2_pb2, "GRPCInferenceService"),
+        ("compare", compare_pb2, "CompareService"),
     ):
         for method in module.DESCRIPTOR.services_by_name[service].methods:
             found.append((name, method))

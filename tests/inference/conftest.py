@@ -92,9 +92,8 @@ class Planted:
         return target
 
 
-@pytest.fixture(scope="session")
-def planted(tmp_path_factory: pytest.TempPathFactory) -> Planted:
-    root = tmp_path_factory.mktemp("planted")
+def build_planted(root: Path) -> Planted:
+    """Train versions 1 and 2 and export them into `root`/repository (the session's `planted` fixture)."""
     tokenizer_json = load_tokenizer_directory(planted_base_directory(root / "tokenizer"))
     repository = root / "repository"
     models = {}

@@ -166,4 +166,58 @@ def test_the_python_client(version_one: Server) -> None:
         assert len(inference.token_loss(MODEL, TEXTS).texts) == 3
         at_masks = inference.logits(MODEL, [TEXTS[2]])
         assert at_masks.logits.shape == (1, 162) and at_masks.positions.tolist() == [2] and at_masks.version == 1
+        many = inference.logits(MODEL, [TEXTS[2]] * 256, [list(range(6))] * 256)
+        assert many.logits.shape == (256 * 6, 162)
         assert [m.version for m in inference.unload_model(f"{MODEL}_int8")] == [1]
+
+
+def test_drawn_masks_are_the_same_for_every_model_of_a_vocabulary(version_one: Server, planted: Planted) -> None:
+    from tokenizers import Tokenizer
+
+    texts = [TEXTS[0], "", TEXTS[1]]
+
+    def drawn(name: str, order: list[str]) -> dict[str, tuple[list[int], list[int]]]:
+        response = version_one.stub.ComputeLogits(
+            inference_pb2.ComputeLogitsRequest(
+                model=_target(name),
+                texts=[inference_pb2.TextPositions(text=t) for t in order],
+                mask_fraction=0.3,
+                seed=5,
+            )
+        )
+        rows = tensor_to_array(response.text_indices, "t").tolist()
+        positions = tensor_to_array(response.positions, "p").tolist()
+        labels = tensor_to_array(response.token_ids, "ids").tolist()
+        return {
+            order[i]: (
+                [p for r, p in zip(rows, positions, strict=True) if r == i],
+                [x for r, x in zip(rows, labels, strict=True) if r == i],
+            )
+            for i in range(len(order))
+        }
+
+    fp32, int8, reordered = drawn(MODEL, texts), drawn(f"{MODEL}_int8", texts), drawn(MODEL, texts[::-1])
+    assert fp32 == int8 == reordered
+    assert fp32[""] == ([], [])
+    tokenizer = Tokenizer.from_str(planted.tokenizer_json)
+    ids = tokenizer.encode(TEXTS[0]).ids
+    positions, labels = fp32[TEXTS[0]]
+    assert labels == [ids[p] for p in positions] and len(positions) == round(0.3 * (len(ids) - 2))
+    # The logits are those of the text with the drawn pieces masked.
+    masked = list(ids)
+    for p in positions:
+        masked[p] = tokenizer.token_to_id("[MASK]")
+    response = version_one.stub.ComputeLogits(
+        inference_pb2.ComputeLogitsRequest(
+            model=_target(), texts=[inference_pb2.TextPositions(text=TEXTS[0])], mask_fraction=0.3, seed=5
+        )
+    )
+    with torch.no_grad():
+        reference = planted.models[1](input_ids=torch.tensor([masked])).logits[0, positions].numpy()
+    np.testing.assert_allclose(tensor_to_array(response.logits, "l"), reference, atol=1e-4, rtol=1e-4)
+    other_seed = version_one.stub.ComputeLogits(
+        inference_pb2.ComputeLogitsRequest(
+            model=_target(), texts=[inference_pb2.TextPositions(text=TEXTS[1])], mask_fraction=0.3, seed=6
+        )
+    )
+    assert tensor_to_array(other_seed.positions, "p").tolist() != fp32[TEXTS[1]][0]

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from driftlm.v1 import common_pb2 as driftlm_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64riftlm/v1/compare.proto\x12\ndriftlm.v1\x1a\x17\x64riftlm/v1/common.proto\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\"\xc8\x01\n\x14\x43ompareModelsRequest\x12&\n\x08teachers\x18\x01 \x03(\x0b\x32\x14.driftlm.v1.ModelRef\x12%\n\x07student\x18\x02 \x01(\x0b\x32\x14.driftlm.v1.ModelRef\x12(\n\x07heldout\x18\x03 \x01(\x0b\x32\x17.driftlm.v1.ArtifactRef\x12\x12\n\ntext_field\x18\x04 \x01(\t\x12\x15\n\rmask_fraction\x18\x05 \x01(\x01\x12\x0c\n\x04seed\x18\x06 \x01(\x04\"\x96\x01\n\x15\x43ompareModelsResponse\x12\x15\n\revaluation_id\x18\x01 \x01(\t\x12\x16\n\x0etop1_agreement\x18\x02 \x01(\x01\x12\x1a\n\x12kl_teacher_student\x18\x03 \x01(\x01\x12\x18\n\x10student_accuracy\x18\x04 \x01(\x01\x12\x18\n\x10teacher_accuracy\x18\x05 \x01(\x01\"|\n\x18\x45valuateBehaviourRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.driftlm.v1.ModelRef\x12(\n\x07prompts\x18\x02 \x01(\x0b\x32\x17.driftlm.v1.ArtifactRef\x12\x11\n\ttop_words\x18\x03 \x01(\x05\"K\n\rCategoryScore\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x15\n\rmean_toxicity\x18\x02 \x01(\x01\x12\x11\n\ttop_words\x18\x03 \x03(\t\"a\n\x19\x45valuateBehaviourResponse\x12\x15\n\revaluation_id\x18\x01 \x01(\t\x12-\n\ncategories\x18\x02 \x03(\x0b\x32\x19.driftlm.v1.CategoryScore\"-\n\x14GetEvaluationRequest\x12\x15\n\revaluation_id\x18\x01 \x01(\t\"@\n\x15GetEvaluationResponse\x12\'\n\x06record\x18\x01 \x01(\x0b\x32\x17.driftlm.v1.ArtifactRef2\x9e\x02\n\x0e\x43ompareService\x12T\n\rCompareModels\x12 .driftlm.v1.CompareModelsRequest\x1a!.driftlm.v1.CompareModelsResponse\x12`\n\x11\x45valuateBehaviour\x12$.driftlm.v1.EvaluateBehaviourRequest\x1a%.driftlm.v1.EvaluateBehaviourResponse\x12T\n\rGetEvaluation\x12 .driftlm.v1.GetEvaluationRequest\x1a!.driftlm.v1.GetEvaluationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x64riftlm/v1/compare.proto\x12\ndriftlm.v1\x1a\x17\x64riftlm/v1/common.proto\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"G\n\x0cHeldOutSlice\x12\r\n\x05label\x18\x01 \x01(\t\x12(\n\x06\x63orpus\x18\x02 \x01(\x0b\x32\x18.driftlm.v1.CorpusSource\"\x9d\x01\n\rPromotionGate\x12\x1f\n\x12min_top1_agreement\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x13\n\x06max_kl\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x1e\n\x11max_accuracy_drop\x18\x03 \x01(\x01H\x02\x88\x01\x01\x42\x15\n\x13_min_top1_agreementB\t\n\x07_max_klB\x14\n\x12_max_accuracy_drop\"\xde\x02\n\x14\x43ompareModelsRequest\x12&\n\x08teachers\x18\x01 \x03(\x0b\x32\x14.driftlm.v1.ModelRef\x12%\n\x07student\x18\x02 \x01(\x0b\x32\x14.driftlm.v1.ModelRef\x12(\n\x06slices\x18\x03 \x03(\x0b\x32\x18.driftlm.v1.HeldOutSlice\x12\x15\n\rmask_fraction\x18\x04 \x01(\x01\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12\x1b\n\x13max_texts_per_slice\x18\x06 \x01(\x05\x12\x31\n\x13independent_student\x18\x07 \x01(\x0b\x32\x14.driftlm.v1.ModelRef\x12\'\n\x04gate\x18\x08 \x01(\x0b\x32\x19.driftlm.v1.PromotionGate\x12\x19\n\x11\x62ootstrap_samples\x18\t \x01(\x05\x12\x14\n\x0c\x64isplay_name\x18\n \x01(\t\"4\n\x08\x45stimate\x12\r\n\x05value\x18\x01 \x01(\x01\x12\x0b\n\x03low\x18\x02 \x01(\x01\x12\x0c\n\x04high\x18\x03 \x01(\x01\"\xc7\x01\n\x0cModelQuality\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.driftlm.v1.ModelRef\x12+\n\rtop1_accuracy\x18\x02 \x01(\x0b\x32\x14.driftlm.v1.Estimate\x12+\n\rtop5_accuracy\x18\x03 \x01(\x0b\x32\x14.driftlm.v1.Estimate\x12\x38\n\x1a\x65xpected_calibration_error\x18\x04 \x01(\x0b\x32\x14.driftlm.v1.Estimate\"\xa7\x03\n\x0fSliceComparison\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x01(\x03\x12\x11\n\tpositions\x18\x03 \x01(\x03\x12,\n\x0etop1_agreement\x18\x04 \x01(\x0b\x32\x14.driftlm.v1.Estimate\x12\x30\n\x12kl_teacher_student\x18\x05 \x01(\x0b\x32\x14.driftlm.v1.Estimate\x12)\n\x07teacher\x18\x06 \x01(\x0b\x32\x18.driftlm.v1.ModelQuality\x12)\n\x07student\x18\x07 \x01(\x0b\x32\x18.driftlm.v1.ModelQuality\x12\x38\n\x1aindependent_top1_agreement\x18\x08 \x01(\x0b\x32\x14.driftlm.v1.Estimate\x12<\n\x1eindependent_kl_teacher_student\x18\t \x01(\x0b\x32\x14.driftlm.v1.Estimate\x12\x35\n\x13independent_student\x18\n \x01(\x0b\x32\x18.driftlm.v1.ModelQuality\"/\n\x0cGateDecision\x12\x0e\n\x06passed\x18\x01 \x01(\x08\x12\x0f\n\x07reasons\x18\x02 \x03(\t\"\xf7\x02\n\nComparison\x12\x15\n\rcomparison_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x12\n\ncreated_at\x18\x03 \x01(\t\x12&\n\x08teachers\x18\x04 \x03(\x0b\x32\x14.driftlm.v1.ModelRef\x12%\n\x07student\x18\x05 \x01(\x0b\x32\x14.driftlm.v1.ModelRef\x12\x31\n\x13independent_student\x18\x06 \x01(\x0b\x32\x14.driftlm.v1.ModelRef\x12\x15\n\rmask_fraction\x18\x07 \x01(\x01\x12\x0c\n\x04seed\x18\x08 \x01(\x04\x12+\n\x06slices\x18\t \x03(\x0b\x32\x1b.driftlm.v1.SliceComparison\x12,\n\x07overall\x18\n \x01(\x0b\x32\x1b.driftlm.v1.SliceComparison\x12&\n\x04gate\x18\x0b \x01(\x0b\x32\x18.driftlm.v1.GateDecision\"C\n\x15\x43ompareModelsResponse\x12*\n\ncomparison\x18\x01 \x01(\x0b\x32\x16.driftlm.v1.Comparison\"-\n\x14GetComparisonRequest\x12\x15\n\rcomparison_id\x18\x01 \x01(\t\"C\n\x15GetComparisonResponse\x12*\n\ncomparison\x18\x01 \x01(\x0b\x32\x16.driftlm.v1.Comparison\"?\n\x16ListComparisonsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"_\n\x17ListComparisonsResponse\x12+\n\x0b\x63omparisons\x18\x01 \x03(\x0b\x32\x16.driftlm.v1.Comparison\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x98\x02\n\x0e\x43ompareService\x12T\n\rCompareModels\x12 .driftlm.v1.CompareModelsRequest\x1a!.driftlm.v1.CompareModelsResponse\x12T\n\rGetComparison\x12 .driftlm.v1.GetComparisonRequest\x1a!.driftlm.v1.GetComparisonResponse\x12Z\n\x0fListComparisons\x12\".driftlm.v1.ListComparisonsRequest\x1a#.driftlm.v1.ListComparisonsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,20 +34,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELREF']._serialized_start=65
   _globals['_MODELREF']._serialized_end=106
-  _globals['_COMPAREMODELSREQUEST']._serialized_start=109
-  _globals['_COMPAREMODELSREQUEST']._serialized_end=309
-  _globals['_COMPAREMODELSRESPONSE']._serialized_start=312
-  _globals['_COMPAREMODELSRESPONSE']._serialized_end=462
-  _globals['_EVALUATEBEHAVIOURREQUEST']._serialized_start=464
-  _globals['_EVALUATEBEHAVIOURREQUEST']._serialized_end=588
-  _globals['_CATEGORYSCORE']._serialized_start=590
-  _globals['_CATEGORYSCORE']._serialized_end=665
-  _globals['_EVALUATEBEHAVIOURRESPONSE']._serialized_start=667
-  _globals['_EVALUATEBEHAVIOURRESPONSE']._serialized_end=764
-  _globals['_GETEVALUATIONREQUEST']._serialized_start=766
-  _globals['_GETEVALUATIONREQUEST']._serialized_end=811
-  _globals['_GETEVALUATIONRESPONSE']._serialized_start=813
-  _globals['_GETEVALUATIONRESPONSE']._serialized_end=877
-  _globals['_COMPARESERVICE']._serialized_start=880
-  _globals['_COMPARESERVICE']._serialized_end=1166
+  _globals['_HELDOUTSLICE']._serialized_start=108
+  _globals['_HELDOUTSLICE']._serialized_end=179
+  _globals['_PROMOTIONGATE']._serialized_start=182
+  _globals['_PROMOTIONGATE']._serialized_end=339
+  _globals['_COMPAREMODELSREQUEST']._serialized_start=342
+  _globals['_COMPAREMODELSREQUEST']._serialized_end=692
+  _globals['_ESTIMATE']._serialized_start=694
+  _globals['_ESTIMATE']._serialized_end=746
+  _globals['_MODELQUALITY']._serialized_start=749
+  _globals['_MODELQUALITY']._serialized_end=948
+  _globals['_SLICECOMPARISON']._serialized_start=951
+  _globals['_SLICECOMPARISON']._serialized_end=1374
+  _globals['_GATEDECISION']._serialized_start=1376
+  _globals['_GATEDECISION']._serialized_end=1423
+  _globals['_COMPARISON']._serialized_start=1426
+  _globals['_COMPARISON']._serialized_end=1801
+  _globals['_COMPAREMODELSRESPONSE']._serialized_start=1803
+  _globals['_COMPAREMODELSRESPONSE']._serialized_end=1870
+  _globals['_GETCOMPARISONREQUEST']._serialized_start=1872
+  _globals['_GETCOMPARISONREQUEST']._serialized_end=1917
+  _globals['_GETCOMPARISONRESPONSE']._serialized_start=1919
+  _globals['_GETCOMPARISONRESPONSE']._serialized_end=1986
+  _globals['_LISTCOMPARISONSREQUEST']._serialized_start=1988
+  _globals['_LISTCOMPARISONSREQUEST']._serialized_end=2051
+  _globals['_LISTCOMPARISONSRESPONSE']._serialized_start=2053
+  _globals['_LISTCOMPARISONSRESPONSE']._serialized_end=2148
+  _globals['_COMPARESERVICE']._serialized_start=2151
+  _globals['_COMPARESERVICE']._serialized_end=2431
 # @@protoc_insertion_point(module_scope)

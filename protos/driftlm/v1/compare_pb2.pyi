@@ -21,21 +21,21 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class ModelRef(_message.Message):
-    """A model served by the inference service."""
+    """A model version served by the inference service."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """The model's name."""
-    version: _builtins.str
-    """The version; empty means the default."""
+    """The model's name in the inference service's repository."""
+    version: _builtins.int
+    """The version; 0 means the model's default version (the one actually used is recorded)."""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
-        version: _builtins.str = ...,
+        version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -46,227 +46,517 @@ class ModelRef(_message.Message):
 Global___ModelRef: _TypeAlias = ModelRef  # noqa: Y015
 
 @_typing.final
+class HeldOutSlice(_message.Message):
+    """One held-out slice."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABEL_FIELD_NUMBER: _builtins.int
+    CORPUS_FIELD_NUMBER: _builtins.int
+    label: _builtins.str
+    """A label for reports (a period, say); empty means its position."""
+    @_builtins.property
+    def corpus(self) -> _common_pb2.CorpusSource:
+        """Its texts: inline, or a corpus file on the compare service's machine."""
+
+    def __init__(
+        self,
+        *,
+        label: _builtins.str = ...,
+        corpus: _common_pb2.CorpusSource | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["corpus", b"corpus"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["corpus", b"corpus", "label", b"label"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeldOutSlice: _TypeAlias = HeldOutSlice  # noqa: Y015
+
+@_typing.final
+class PromotionGate(_message.Message):
+    """Thresholds a student must meet to replace the served model; unset ones are not checked."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIN_TOP1_AGREEMENT_FIELD_NUMBER: _builtins.int
+    MAX_KL_FIELD_NUMBER: _builtins.int
+    MAX_ACCURACY_DROP_FIELD_NUMBER: _builtins.int
+    min_top1_agreement: _builtins.float
+    """Lowest acceptable top-1 agreement with the teacher, in [0, 1]."""
+    max_kl: _builtins.float
+    """Highest acceptable mean KL(teacher || student), in nats, >= 0."""
+    max_accuracy_drop: _builtins.float
+    """Largest acceptable drop of top-1 accuracy from teacher to student, in [0, 1]."""
+    def __init__(
+        self,
+        *,
+        min_top1_agreement: _builtins.float | None = ...,
+        max_kl: _builtins.float | None = ...,
+        max_accuracy_drop: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop", "_max_kl", b"_max_kl", "_min_top1_agreement", b"_min_top1_agreement", "max_accuracy_drop", b"max_accuracy_drop", "max_kl", b"max_kl", "min_top1_agreement", b"min_top1_agreement"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop", "_max_kl", b"_max_kl", "_min_top1_agreement", b"_min_top1_agreement", "max_accuracy_drop", b"max_accuracy_drop", "max_kl", b"max_kl", "min_top1_agreement", b"min_top1_agreement"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_accuracy_drop: _TypeAlias = _typing.Literal["max_accuracy_drop"]  # noqa: Y015
+    _WhichOneofArgType__max_accuracy_drop: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop"]  # noqa: Y015
+    _WhichOneofReturnType__max_kl: _TypeAlias = _typing.Literal["max_kl"]  # noqa: Y015
+    _WhichOneofArgType__max_kl: _TypeAlias = _typing.Literal["_max_kl", b"_max_kl"]  # noqa: Y015
+    _WhichOneofReturnType__min_top1_agreement: _TypeAlias = _typing.Literal["min_top1_agreement"]  # noqa: Y015
+    _WhichOneofArgType__min_top1_agreement: _TypeAlias = _typing.Literal["_min_top1_agreement", b"_min_top1_agreement"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_accuracy_drop) -> _WhichOneofReturnType__max_accuracy_drop | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_kl) -> _WhichOneofReturnType__max_kl | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_top1_agreement) -> _WhichOneofReturnType__min_top1_agreement | None: ...
+
+Global___PromotionGate: _TypeAlias = PromotionGate  # noqa: Y015
+
+@_typing.final
 class CompareModelsRequest(_message.Message):
-    """Compares two models."""
+    """Compares models."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     TEACHERS_FIELD_NUMBER: _builtins.int
     STUDENT_FIELD_NUMBER: _builtins.int
-    HELDOUT_FIELD_NUMBER: _builtins.int
-    TEXT_FIELD_FIELD_NUMBER: _builtins.int
+    SLICES_FIELD_NUMBER: _builtins.int
     MASK_FRACTION_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
-    text_field: _builtins.str
-    """Field of the text; empty means `text`."""
+    MAX_TEXTS_PER_SLICE_FIELD_NUMBER: _builtins.int
+    INDEPENDENT_STUDENT_FIELD_NUMBER: _builtins.int
+    GATE_FIELD_NUMBER: _builtins.int
+    BOOTSTRAP_SAMPLES_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     mask_fraction: _builtins.float
-    """Fraction of pieces masked, in (0, 1); 0 means 0.15."""
+    """Fraction of each text's pieces masked, in (0, 1); 0 means 0.15. The same positions are masked
+    for every model.
+    """
     seed: _builtins.int
-    """Seed of the masking."""
+    """Seed of the masking and of the bootstrap."""
+    max_texts_per_slice: _builtins.int
+    """Texts used per slice, at most 20,000; 0 means 2,000 (a slice's first texts)."""
+    bootstrap_samples: _builtins.int
+    """Bootstrap resamples of the texts for the intervals, 0 means 1,000; at most 10,000."""
+    display_name: _builtins.str
+    """A label for the comparison."""
     @_builtins.property
     def teachers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelRef]:
-        """The teachers; several form an ensemble whose probabilities are averaged."""
+        """The teachers, 1 to 8; several form an ensemble whose predictive distribution is the mean of
+        their softmaxes (not of their logits). Every model must share one vocabulary.
+        """
 
     @_builtins.property
     def student(self) -> Global___ModelRef:
         """The student."""
 
     @_builtins.property
-    def heldout(self) -> _common_pb2.ArtifactRef:
-        """Held-out texts (JSONL, CSV, Parquet or text)."""
+    def slices(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeldOutSlice]:
+        """The held-out slices, 1 to 50; each is reported on its own and all together."""
+
+    @_builtins.property
+    def independent_student(self) -> Global___ModelRef:
+        """Optional: a student distilled from an independently trained teacher. Its agreement with the
+        teachers tells fidelity apart from accuracy: two good models agree on what is easy anyway.
+        """
+
+    @_builtins.property
+    def gate(self) -> Global___PromotionGate:
+        """The promotion gate."""
 
     def __init__(
         self,
         *,
         teachers: _abc.Iterable[Global___ModelRef] | None = ...,
         student: Global___ModelRef | None = ...,
-        heldout: _common_pb2.ArtifactRef | None = ...,
-        text_field: _builtins.str = ...,
+        slices: _abc.Iterable[Global___HeldOutSlice] | None = ...,
         mask_fraction: _builtins.float = ...,
         seed: _builtins.int = ...,
+        max_texts_per_slice: _builtins.int = ...,
+        independent_student: Global___ModelRef | None = ...,
+        gate: Global___PromotionGate | None = ...,
+        bootstrap_samples: _builtins.int = ...,
+        display_name: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heldout", b"heldout", "student", b"student"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gate", b"gate", "independent_student", b"independent_student", "student", b"student"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heldout", b"heldout", "mask_fraction", b"mask_fraction", "seed", b"seed", "student", b"student", "teachers", b"teachers", "text_field", b"text_field"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bootstrap_samples", b"bootstrap_samples", "display_name", b"display_name", "gate", b"gate", "independent_student", b"independent_student", "mask_fraction", b"mask_fraction", "max_texts_per_slice", b"max_texts_per_slice", "seed", b"seed", "slices", b"slices", "student", b"student", "teachers", b"teachers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CompareModelsRequest: _TypeAlias = CompareModelsRequest  # noqa: Y015
 
 @_typing.final
-class CompareModelsResponse(_message.Message):
-    """Fidelity and accuracy."""
+class Estimate(_message.Message):
+    """A figure and its 95% bootstrap interval (texts resampled with replacement)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    EVALUATION_ID_FIELD_NUMBER: _builtins.int
-    TOP1_AGREEMENT_FIELD_NUMBER: _builtins.int
-    KL_TEACHER_STUDENT_FIELD_NUMBER: _builtins.int
-    STUDENT_ACCURACY_FIELD_NUMBER: _builtins.int
-    TEACHER_ACCURACY_FIELD_NUMBER: _builtins.int
-    evaluation_id: _builtins.str
-    """Id of the stored evaluation."""
-    top1_agreement: _builtins.float
-    """Fraction of masked positions where the student's top-1 equals the teacher's."""
-    kl_teacher_student: _builtins.float
-    """Mean KL(teacher || student) of the predictive distributions at masked positions, in nats."""
-    student_accuracy: _builtins.float
-    """Student's top-1 accuracy against the original pieces."""
-    teacher_accuracy: _builtins.float
-    """Teacher's top-1 accuracy against the original pieces."""
+    VALUE_FIELD_NUMBER: _builtins.int
+    LOW_FIELD_NUMBER: _builtins.int
+    HIGH_FIELD_NUMBER: _builtins.int
+    value: _builtins.float
+    """The figure over all positions."""
+    low: _builtins.float
+    """The interval's lower end."""
+    high: _builtins.float
+    """The interval's upper end."""
     def __init__(
         self,
         *,
-        evaluation_id: _builtins.str = ...,
-        top1_agreement: _builtins.float = ...,
-        kl_teacher_student: _builtins.float = ...,
-        student_accuracy: _builtins.float = ...,
-        teacher_accuracy: _builtins.float = ...,
+        value: _builtins.float = ...,
+        low: _builtins.float = ...,
+        high: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluation_id", b"evaluation_id", "kl_teacher_student", b"kl_teacher_student", "student_accuracy", b"student_accuracy", "teacher_accuracy", b"teacher_accuracy", "top1_agreement", b"top1_agreement"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["high", b"high", "low", b"low", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Estimate: _TypeAlias = Estimate  # noqa: Y015
+
+@_typing.final
+class ModelQuality(_message.Message):
+    """How well one model predicts the masked pieces."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    TOP1_ACCURACY_FIELD_NUMBER: _builtins.int
+    TOP5_ACCURACY_FIELD_NUMBER: _builtins.int
+    EXPECTED_CALIBRATION_ERROR_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model(self) -> Global___ModelRef:
+        """The model, with the version that answered."""
+
+    @_builtins.property
+    def top1_accuracy(self) -> Global___Estimate:
+        """Fraction of masked positions whose original piece is the model's most likely."""
+
+    @_builtins.property
+    def top5_accuracy(self) -> Global___Estimate:
+        """Fraction whose original piece is among the model's five most likely."""
+
+    @_builtins.property
+    def expected_calibration_error(self) -> Global___Estimate:
+        """Expected calibration error: the positions binned by the top-1 probability into 15 equal bins
+        of [0, 1]; the sum over bins of (bin's share of positions) x |its accuracy - its mean
+        probability|.
+        """
+
+    def __init__(
+        self,
+        *,
+        model: Global___ModelRef | None = ...,
+        top1_accuracy: Global___Estimate | None = ...,
+        top5_accuracy: Global___Estimate | None = ...,
+        expected_calibration_error: Global___Estimate | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expected_calibration_error", b"expected_calibration_error", "model", b"model", "top1_accuracy", b"top1_accuracy", "top5_accuracy", b"top5_accuracy"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_calibration_error", b"expected_calibration_error", "model", b"model", "top1_accuracy", b"top1_accuracy", "top5_accuracy", b"top5_accuracy"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelQuality: _TypeAlias = ModelQuality  # noqa: Y015
+
+@_typing.final
+class SliceComparison(_message.Message):
+    """How a student compares with the teachers on one slice (or all of them)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABEL_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
+    POSITIONS_FIELD_NUMBER: _builtins.int
+    TOP1_AGREEMENT_FIELD_NUMBER: _builtins.int
+    KL_TEACHER_STUDENT_FIELD_NUMBER: _builtins.int
+    TEACHER_FIELD_NUMBER: _builtins.int
+    STUDENT_FIELD_NUMBER: _builtins.int
+    INDEPENDENT_TOP1_AGREEMENT_FIELD_NUMBER: _builtins.int
+    INDEPENDENT_KL_TEACHER_STUDENT_FIELD_NUMBER: _builtins.int
+    INDEPENDENT_STUDENT_FIELD_NUMBER: _builtins.int
+    label: _builtins.str
+    """The slice's label ("all" for the whole)."""
+    texts: _builtins.int
+    """Texts compared (those with at least one piece)."""
+    positions: _builtins.int
+    """Masked positions compared."""
+    @_builtins.property
+    def top1_agreement(self) -> Global___Estimate:
+        """Fraction of positions where the student's most likely piece is the teachers'."""
+
+    @_builtins.property
+    def kl_teacher_student(self) -> Global___Estimate:
+        """Mean KL(teacher || student) of the predictive distributions, in nats."""
+
+    @_builtins.property
+    def teacher(self) -> Global___ModelQuality:
+        """The teachers' (ensemble's) quality."""
+
+    @_builtins.property
+    def student(self) -> Global___ModelQuality:
+        """The student's quality."""
+
+    @_builtins.property
+    def independent_top1_agreement(self) -> Global___Estimate:
+        """With an independent student: its agreement with the teachers, its KL, its quality."""
+
+    @_builtins.property
+    def independent_kl_teacher_student(self) -> Global___Estimate:
+        """Mean KL(teacher || independent student), in nats."""
+
+    @_builtins.property
+    def independent_student(self) -> Global___ModelQuality:
+        """The independent student's quality."""
+
+    def __init__(
+        self,
+        *,
+        label: _builtins.str = ...,
+        texts: _builtins.int = ...,
+        positions: _builtins.int = ...,
+        top1_agreement: Global___Estimate | None = ...,
+        kl_teacher_student: Global___Estimate | None = ...,
+        teacher: Global___ModelQuality | None = ...,
+        student: Global___ModelQuality | None = ...,
+        independent_top1_agreement: Global___Estimate | None = ...,
+        independent_kl_teacher_student: Global___Estimate | None = ...,
+        independent_student: Global___ModelQuality | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["independent_kl_teacher_student", b"independent_kl_teacher_student", "independent_student", b"independent_student", "independent_top1_agreement", b"independent_top1_agreement", "kl_teacher_student", b"kl_teacher_student", "student", b"student", "teacher", b"teacher", "top1_agreement", b"top1_agreement"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["independent_kl_teacher_student", b"independent_kl_teacher_student", "independent_student", b"independent_student", "independent_top1_agreement", b"independent_top1_agreement", "kl_teacher_student", b"kl_teacher_student", "label", b"label", "positions", b"positions", "student", b"student", "teacher", b"teacher", "texts", b"texts", "top1_agreement", b"top1_agreement"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SliceComparison: _TypeAlias = SliceComparison  # noqa: Y015
+
+@_typing.final
+class GateDecision(_message.Message):
+    """What the gate decided."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PASSED_FIELD_NUMBER: _builtins.int
+    REASONS_FIELD_NUMBER: _builtins.int
+    passed: _builtins.bool
+    """True when every set threshold is met on all slices together."""
+    @_builtins.property
+    def reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """One line per threshold, met or not, with the figure and the threshold."""
+
+    def __init__(
+        self,
+        *,
+        passed: _builtins.bool = ...,
+        reasons: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["passed", b"passed", "reasons", b"reasons"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GateDecision: _TypeAlias = GateDecision  # noqa: Y015
+
+@_typing.final
+class Comparison(_message.Message):
+    """A stored comparison."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPARISON_ID_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    TEACHERS_FIELD_NUMBER: _builtins.int
+    STUDENT_FIELD_NUMBER: _builtins.int
+    INDEPENDENT_STUDENT_FIELD_NUMBER: _builtins.int
+    MASK_FRACTION_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    SLICES_FIELD_NUMBER: _builtins.int
+    OVERALL_FIELD_NUMBER: _builtins.int
+    GATE_FIELD_NUMBER: _builtins.int
+    comparison_id: _builtins.str
+    """Id (`cmp-` + 16 hex digits)."""
+    display_name: _builtins.str
+    """The request's label."""
+    created_at: _builtins.str
+    """When it was made, RFC 3339."""
+    mask_fraction: _builtins.float
+    """The masking."""
+    seed: _builtins.int
+    """The seed."""
+    @_builtins.property
+    def teachers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelRef]:
+        """The teachers, with the versions that answered."""
+
+    @_builtins.property
+    def student(self) -> Global___ModelRef:
+        """The student, with the version that answered."""
+
+    @_builtins.property
+    def independent_student(self) -> Global___ModelRef:
+        """The independent student, when one was given."""
+
+    @_builtins.property
+    def slices(self) -> _containers.RepeatedCompositeFieldContainer[Global___SliceComparison]:
+        """Per slice, in request order."""
+
+    @_builtins.property
+    def overall(self) -> Global___SliceComparison:
+        """All slices together."""
+
+    @_builtins.property
+    def gate(self) -> Global___GateDecision:
+        """The gate's decision (passed, with no reasons, when no threshold is set)."""
+
+    def __init__(
+        self,
+        *,
+        comparison_id: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        created_at: _builtins.str = ...,
+        teachers: _abc.Iterable[Global___ModelRef] | None = ...,
+        student: Global___ModelRef | None = ...,
+        independent_student: Global___ModelRef | None = ...,
+        mask_fraction: _builtins.float = ...,
+        seed: _builtins.int = ...,
+        slices: _abc.Iterable[Global___SliceComparison] | None = ...,
+        overall: Global___SliceComparison | None = ...,
+        gate: Global___GateDecision | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gate", b"gate", "independent_student", b"independent_student", "overall", b"overall", "student", b"student"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comparison_id", b"comparison_id", "created_at", b"created_at", "display_name", b"display_name", "gate", b"gate", "independent_student", b"independent_student", "mask_fraction", b"mask_fraction", "overall", b"overall", "seed", b"seed", "slices", b"slices", "student", b"student", "teachers", b"teachers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Comparison: _TypeAlias = Comparison  # noqa: Y015
+
+@_typing.final
+class CompareModelsResponse(_message.Message):
+    """The comparison."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPARISON_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def comparison(self) -> Global___Comparison:
+        """As stored."""
+
+    def __init__(
+        self,
+        *,
+        comparison: Global___Comparison | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["comparison", b"comparison"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comparison", b"comparison"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CompareModelsResponse: _TypeAlias = CompareModelsResponse  # noqa: Y015
 
 @_typing.final
-class EvaluateBehaviourRequest(_message.Message):
-    """Evaluates behaviour."""
+class GetComparisonRequest(_message.Message):
+    """Gets a comparison."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    MODEL_FIELD_NUMBER: _builtins.int
-    PROMPTS_FIELD_NUMBER: _builtins.int
-    TOP_WORDS_FIELD_NUMBER: _builtins.int
-    top_words: _builtins.int
-    """Most frequent words reported per category."""
-    @_builtins.property
-    def model(self) -> Global___ModelRef:
-        """The model."""
-
-    @_builtins.property
-    def prompts(self) -> _common_pb2.ArtifactRef:
-        """Prompts with a `category` and a `text` field."""
-
-    def __init__(
-        self,
-        *,
-        model: Global___ModelRef | None = ...,
-        prompts: _common_pb2.ArtifactRef | None = ...,
-        top_words: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "prompts", b"prompts"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "prompts", b"prompts", "top_words", b"top_words"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___EvaluateBehaviourRequest: _TypeAlias = EvaluateBehaviourRequest  # noqa: Y015
-
-@_typing.final
-class CategoryScore(_message.Message):
-    """Behaviour scores of one category."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    CATEGORY_FIELD_NUMBER: _builtins.int
-    MEAN_TOXICITY_FIELD_NUMBER: _builtins.int
-    TOP_WORDS_FIELD_NUMBER: _builtins.int
-    category: _builtins.str
-    """The category."""
-    mean_toxicity: _builtins.float
-    """Mean toxicity in [0, 1] from the classifier."""
-    @_builtins.property
-    def top_words(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The most frequent words of the model's completions."""
-
-    def __init__(
-        self,
-        *,
-        category: _builtins.str = ...,
-        mean_toxicity: _builtins.float = ...,
-        top_words: _abc.Iterable[_builtins.str] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "mean_toxicity", b"mean_toxicity", "top_words", b"top_words"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___CategoryScore: _TypeAlias = CategoryScore  # noqa: Y015
-
-@_typing.final
-class EvaluateBehaviourResponse(_message.Message):
-    """Behaviour scores."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    EVALUATION_ID_FIELD_NUMBER: _builtins.int
-    CATEGORIES_FIELD_NUMBER: _builtins.int
-    evaluation_id: _builtins.str
-    """Id of the stored evaluation."""
-    @_builtins.property
-    def categories(self) -> _containers.RepeatedCompositeFieldContainer[Global___CategoryScore]:
-        """Per category."""
-
-    def __init__(
-        self,
-        *,
-        evaluation_id: _builtins.str = ...,
-        categories: _abc.Iterable[Global___CategoryScore] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "evaluation_id", b"evaluation_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___EvaluateBehaviourResponse: _TypeAlias = EvaluateBehaviourResponse  # noqa: Y015
-
-@_typing.final
-class GetEvaluationRequest(_message.Message):
-    """Gets an evaluation."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    EVALUATION_ID_FIELD_NUMBER: _builtins.int
-    evaluation_id: _builtins.str
+    COMPARISON_ID_FIELD_NUMBER: _builtins.int
+    comparison_id: _builtins.str
     """Its id."""
     def __init__(
         self,
         *,
-        evaluation_id: _builtins.str = ...,
+        comparison_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluation_id", b"evaluation_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comparison_id", b"comparison_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetEvaluationRequest: _TypeAlias = GetEvaluationRequest  # noqa: Y015
+Global___GetComparisonRequest: _TypeAlias = GetComparisonRequest  # noqa: Y015
 
 @_typing.final
-class GetEvaluationResponse(_message.Message):
-    """A stored evaluation."""
+class GetComparisonResponse(_message.Message):
+    """A comparison."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    RECORD_FIELD_NUMBER: _builtins.int
+    COMPARISON_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def record(self) -> _common_pb2.ArtifactRef:
-        """Its JSON record in the store."""
+    def comparison(self) -> Global___Comparison:
+        """As stored."""
 
     def __init__(
         self,
         *,
-        record: _common_pb2.ArtifactRef | None = ...,
+        comparison: Global___Comparison | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["comparison", b"comparison"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comparison", b"comparison"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetEvaluationResponse: _TypeAlias = GetEvaluationResponse  # noqa: Y015
+Global___GetComparisonResponse: _TypeAlias = GetComparisonResponse  # noqa: Y015
+
+@_typing.final
+class ListComparisonsRequest(_message.Message):
+    """Lists comparisons."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many, 1 to 1,000; 0 means 100."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token; empty means the first page."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListComparisonsRequest: _TypeAlias = ListComparisonsRequest  # noqa: Y015
+
+@_typing.final
+class ListComparisonsResponse(_message.Message):
+    """A page of comparisons."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPARISONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass to get the next page; empty on the last."""
+    @_builtins.property
+    def comparisons(self) -> _containers.RepeatedCompositeFieldContainer[Global___Comparison]:
+        """Newest first."""
+
+    def __init__(
+        self,
+        *,
+        comparisons: _abc.Iterable[Global___Comparison] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comparisons", b"comparisons", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListComparisonsResponse: _TypeAlias = ListComparisonsResponse  # noqa: Y015

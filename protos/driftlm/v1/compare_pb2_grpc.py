@@ -26,10 +26,9 @@ if _version_not_supported:
 
 
 class CompareServiceStub:
-    """Compares models: distillation fidelity (does the student agree with the teacher?) beside
-    accuracy, and behaviour scores after values-targeted fine-tuning (PALMS).
-
-    Draft: the contract is written; the service arrives with the compare issue.
+    """Compares models served by the inference service: distillation fidelity (does the student agree
+    with its teacher?) beside accuracy and calibration (Stanton et al., "Does Knowledge Distillation
+    Really Work?", NeurIPS 2021), per held-out slice with bootstrap intervals, and a promotion gate.
     """
 
     def __init__(self, channel):
@@ -43,41 +42,41 @@ class CompareServiceStub:
                 request_serializer=driftlm_dot_v1_dot_compare__pb2.CompareModelsRequest.SerializeToString,
                 response_deserializer=driftlm_dot_v1_dot_compare__pb2.CompareModelsResponse.FromString,
                 _registered_method=True)
-        self.EvaluateBehaviour = channel.unary_unary(
-                '/driftlm.v1.CompareService/EvaluateBehaviour',
-                request_serializer=driftlm_dot_v1_dot_compare__pb2.EvaluateBehaviourRequest.SerializeToString,
-                response_deserializer=driftlm_dot_v1_dot_compare__pb2.EvaluateBehaviourResponse.FromString,
+        self.GetComparison = channel.unary_unary(
+                '/driftlm.v1.CompareService/GetComparison',
+                request_serializer=driftlm_dot_v1_dot_compare__pb2.GetComparisonRequest.SerializeToString,
+                response_deserializer=driftlm_dot_v1_dot_compare__pb2.GetComparisonResponse.FromString,
                 _registered_method=True)
-        self.GetEvaluation = channel.unary_unary(
-                '/driftlm.v1.CompareService/GetEvaluation',
-                request_serializer=driftlm_dot_v1_dot_compare__pb2.GetEvaluationRequest.SerializeToString,
-                response_deserializer=driftlm_dot_v1_dot_compare__pb2.GetEvaluationResponse.FromString,
+        self.ListComparisons = channel.unary_unary(
+                '/driftlm.v1.CompareService/ListComparisons',
+                request_serializer=driftlm_dot_v1_dot_compare__pb2.ListComparisonsRequest.SerializeToString,
+                response_deserializer=driftlm_dot_v1_dot_compare__pb2.ListComparisonsResponse.FromString,
                 _registered_method=True)
 
 
 class CompareServiceServicer:
-    """Compares models: distillation fidelity (does the student agree with the teacher?) beside
-    accuracy, and behaviour scores after values-targeted fine-tuning (PALMS).
-
-    Draft: the contract is written; the service arrives with the compare issue.
+    """Compares models served by the inference service: distillation fidelity (does the student agree
+    with its teacher?) beside accuracy and calibration (Stanton et al., "Does Knowledge Distillation
+    Really Work?", NeurIPS 2021), per held-out slice with bootstrap intervals, and a promotion gate.
     """
 
     def CompareModels(self, request, context):
-        """Compares a student with its teacher (or ensemble) on held-out texts.
+        """Compares a student with its teacher (or an ensemble of teachers) on held-out slices; the
+        comparison is stored and returned with the gate's decision.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def EvaluateBehaviour(self, request, context):
-        """Scores a model's behaviour on a prompt set: toxicity and most frequent words per category.
+    def GetComparison(self, request, context):
+        """Returns a stored comparison.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetEvaluation(self, request, context):
-        """Returns a stored evaluation.
+    def ListComparisons(self, request, context):
+        """Lists stored comparisons, newest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -91,15 +90,15 @@ def add_CompareServiceServicer_to_server(servicer, server):
                     request_deserializer=driftlm_dot_v1_dot_compare__pb2.CompareModelsRequest.FromString,
                     response_serializer=driftlm_dot_v1_dot_compare__pb2.CompareModelsResponse.SerializeToString,
             ),
-            'EvaluateBehaviour': grpc.unary_unary_rpc_method_handler(
-                    servicer.EvaluateBehaviour,
-                    request_deserializer=driftlm_dot_v1_dot_compare__pb2.EvaluateBehaviourRequest.FromString,
-                    response_serializer=driftlm_dot_v1_dot_compare__pb2.EvaluateBehaviourResponse.SerializeToString,
+            'GetComparison': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetComparison,
+                    request_deserializer=driftlm_dot_v1_dot_compare__pb2.GetComparisonRequest.FromString,
+                    response_serializer=driftlm_dot_v1_dot_compare__pb2.GetComparisonResponse.SerializeToString,
             ),
-            'GetEvaluation': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetEvaluation,
-                    request_deserializer=driftlm_dot_v1_dot_compare__pb2.GetEvaluationRequest.FromString,
-                    response_serializer=driftlm_dot_v1_dot_compare__pb2.GetEvaluationResponse.SerializeToString,
+            'ListComparisons': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListComparisons,
+                    request_deserializer=driftlm_dot_v1_dot_compare__pb2.ListComparisonsRequest.FromString,
+                    response_serializer=driftlm_dot_v1_dot_compare__pb2.ListComparisonsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -110,10 +109,9 @@ def add_CompareServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class CompareService:
-    """Compares models: distillation fidelity (does the student agree with the teacher?) beside
-    accuracy, and behaviour scores after values-targeted fine-tuning (PALMS).
-
-    Draft: the contract is written; the service arrives with the compare issue.
+    """Compares models served by the inference service: distillation fidelity (does the student agree
+    with its teacher?) beside accuracy and calibration (Stanton et al., "Does Knowledge Distillation
+    Really Work?", NeurIPS 2021), per held-out slice with bootstrap intervals, and a promotion gate.
     """
 
     @staticmethod
@@ -144,7 +142,7 @@ class CompareService:
             _registered_method=True)
 
     @staticmethod
-    def EvaluateBehaviour(request,
+    def GetComparison(request,
             target,
             options=(),
             channel_credentials=None,
@@ -157,9 +155,9 @@ class CompareService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/driftlm.v1.CompareService/EvaluateBehaviour',
-            driftlm_dot_v1_dot_compare__pb2.EvaluateBehaviourRequest.SerializeToString,
-            driftlm_dot_v1_dot_compare__pb2.EvaluateBehaviourResponse.FromString,
+            '/driftlm.v1.CompareService/GetComparison',
+            driftlm_dot_v1_dot_compare__pb2.GetComparisonRequest.SerializeToString,
+            driftlm_dot_v1_dot_compare__pb2.GetComparisonResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -171,7 +169,7 @@ class CompareService:
             _registered_method=True)
 
     @staticmethod
-    def GetEvaluation(request,
+    def ListComparisons(request,
             target,
             options=(),
             channel_credentials=None,
@@ -184,9 +182,9 @@ class CompareService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/driftlm.v1.CompareService/GetEvaluation',
-            driftlm_dot_v1_dot_compare__pb2.GetEvaluationRequest.SerializeToString,
-            driftlm_dot_v1_dot_compare__pb2.GetEvaluationResponse.FromString,
+            '/driftlm.v1.CompareService/ListComparisons',
+            driftlm_dot_v1_dot_compare__pb2.ListComparisonsRequest.SerializeToString,
+            driftlm_dot_v1_dot_compare__pb2.ListComparisonsResponse.FromString,
             options,
             channel_credentials,
             insecure,

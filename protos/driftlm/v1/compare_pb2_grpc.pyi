@@ -27,10 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class CompareServiceStub:
-    """Compares models: distillation fidelity (does the student agree with the teacher?) beside
-    accuracy, and behaviour scores after values-targeted fine-tuning (PALMS).
-
-    Draft: the contract is written; the service arrives with the compare issue.
+    """Compares models served by the inference service: distillation fidelity (does the student agree
+    with its teacher?) beside accuracy and calibration (Stanton et al., "Does Knowledge Distillation
+    Really Work?", NeurIPS 2021), per held-out slice with bootstrap intervals, and a promotion gate.
     """
 
     @_typing.overload
@@ -38,33 +37,35 @@ class CompareServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> CompareServiceAsyncStub: ...
     CompareModels: _grpc.UnaryUnaryMultiCallable[_compare_pb2.CompareModelsRequest, _compare_pb2.CompareModelsResponse]
-    """Compares a student with its teacher (or ensemble) on held-out texts."""
-    EvaluateBehaviour: _grpc.UnaryUnaryMultiCallable[_compare_pb2.EvaluateBehaviourRequest, _compare_pb2.EvaluateBehaviourResponse]
-    """Scores a model's behaviour on a prompt set: toxicity and most frequent words per category."""
-    GetEvaluation: _grpc.UnaryUnaryMultiCallable[_compare_pb2.GetEvaluationRequest, _compare_pb2.GetEvaluationResponse]
-    """Returns a stored evaluation."""
+    """Compares a student with its teacher (or an ensemble of teachers) on held-out slices; the
+    comparison is stored and returned with the gate's decision.
+    """
+    GetComparison: _grpc.UnaryUnaryMultiCallable[_compare_pb2.GetComparisonRequest, _compare_pb2.GetComparisonResponse]
+    """Returns a stored comparison."""
+    ListComparisons: _grpc.UnaryUnaryMultiCallable[_compare_pb2.ListComparisonsRequest, _compare_pb2.ListComparisonsResponse]
+    """Lists stored comparisons, newest first."""
 
 @_typing.type_check_only
 class CompareServiceAsyncStub(CompareServiceStub):
-    """Compares models: distillation fidelity (does the student agree with the teacher?) beside
-    accuracy, and behaviour scores after values-targeted fine-tuning (PALMS).
-
-    Draft: the contract is written; the service arrives with the compare issue.
+    """Compares models served by the inference service: distillation fidelity (does the student agree
+    with its teacher?) beside accuracy and calibration (Stanton et al., "Does Knowledge Distillation
+    Really Work?", NeurIPS 2021), per held-out slice with bootstrap intervals, and a promotion gate.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CompareModels: _aio.UnaryUnaryMultiCallable[_compare_pb2.CompareModelsRequest, _compare_pb2.CompareModelsResponse]  # type: ignore[assignment]
-    """Compares a student with its teacher (or ensemble) on held-out texts."""
-    EvaluateBehaviour: _aio.UnaryUnaryMultiCallable[_compare_pb2.EvaluateBehaviourRequest, _compare_pb2.EvaluateBehaviourResponse]  # type: ignore[assignment]
-    """Scores a model's behaviour on a prompt set: toxicity and most frequent words per category."""
-    GetEvaluation: _aio.UnaryUnaryMultiCallable[_compare_pb2.GetEvaluationRequest, _compare_pb2.GetEvaluationResponse]  # type: ignore[assignment]
-    """Returns a stored evaluation."""
+    """Compares a student with its teacher (or an ensemble of teachers) on held-out slices; the
+    comparison is stored and returned with the gate's decision.
+    """
+    GetComparison: _aio.UnaryUnaryMultiCallable[_compare_pb2.GetComparisonRequest, _compare_pb2.GetComparisonResponse]  # type: ignore[assignment]
+    """Returns a stored comparison."""
+    ListComparisons: _aio.UnaryUnaryMultiCallable[_compare_pb2.ListComparisonsRequest, _compare_pb2.ListComparisonsResponse]  # type: ignore[assignment]
+    """Lists stored comparisons, newest first."""
 
 class CompareServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Compares models: distillation fidelity (does the student agree with the teacher?) beside
-    accuracy, and behaviour scores after values-targeted fine-tuning (PALMS).
-
-    Draft: the contract is written; the service arrives with the compare issue.
+    """Compares models served by the inference service: distillation fidelity (does the student agree
+    with its teacher?) beside accuracy and calibration (Stanton et al., "Does Knowledge Distillation
+    Really Work?", NeurIPS 2021), per held-out slice with bootstrap intervals, and a promotion gate.
     """
 
     @_abc_1.abstractmethod
@@ -73,22 +74,24 @@ class CompareServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _compare_pb2.CompareModelsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_compare_pb2.CompareModelsResponse, _abc.Awaitable[_compare_pb2.CompareModelsResponse]]:
-        """Compares a student with its teacher (or ensemble) on held-out texts."""
+        """Compares a student with its teacher (or an ensemble of teachers) on held-out slices; the
+        comparison is stored and returned with the gate's decision.
+        """
 
     @_abc_1.abstractmethod
-    def EvaluateBehaviour(
+    def GetComparison(
         self,
-        request: _compare_pb2.EvaluateBehaviourRequest,
+        request: _compare_pb2.GetComparisonRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_compare_pb2.EvaluateBehaviourResponse, _abc.Awaitable[_compare_pb2.EvaluateBehaviourResponse]]:
-        """Scores a model's behaviour on a prompt set: toxicity and most frequent words per category."""
+    ) -> _typing.Union[_compare_pb2.GetComparisonResponse, _abc.Awaitable[_compare_pb2.GetComparisonResponse]]:
+        """Returns a stored comparison."""
 
     @_abc_1.abstractmethod
-    def GetEvaluation(
+    def ListComparisons(
         self,
-        request: _compare_pb2.GetEvaluationRequest,
+        request: _compare_pb2.ListComparisonsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_compare_pb2.GetEvaluationResponse, _abc.Awaitable[_compare_pb2.GetEvaluationResponse]]:
-        """Returns a stored evaluation."""
+    ) -> _typing.Union[_compare_pb2.ListComparisonsResponse, _abc.Awaitable[_compare_pb2.ListComparisonsResponse]]:
+        """Lists stored comparisons, newest first."""
 
 def add_CompareServiceServicer_to_server(servicer: CompareServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

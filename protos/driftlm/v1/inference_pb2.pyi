@@ -676,6 +676,16 @@ class ComputeLogitsRequest(_message.Message):
 
     MODEL_FIELD_NUMBER: _builtins.int
     TEXTS_FIELD_NUMBER: _builtins.int
+    MASK_FRACTION_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    mask_fraction: _builtins.float
+    """When > 0, in (0, 1): for each text without positions, this fraction of its non-special
+    pieces (at least one) is drawn, replaced by the mask token, and predicted; token_ids then holds
+    the original pieces (the labels). The draw depends only on the seed, the text and its piece
+    count, so models of one vocabulary mask the same positions.
+    """
+    seed: _builtins.int
+    """Seed of that draw."""
     @_builtins.property
     def model(self) -> Global___ModelTarget:
         """The model version."""
@@ -689,10 +699,12 @@ class ComputeLogitsRequest(_message.Message):
         *,
         model: Global___ModelTarget | None = ...,
         texts: _abc.Iterable[Global___TextPositions] | None = ...,
+        mask_fraction: _builtins.float = ...,
+        seed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "texts", b"texts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mask_fraction", b"mask_fraction", "model", b"model", "seed", b"seed", "texts", b"texts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -725,7 +737,9 @@ class ComputeLogitsResponse(_message.Message):
 
     @_builtins.property
     def token_ids(self) -> _common_pb2.Tensor:
-        """(P,) int64: the piece id at each row's position (the mask token's id at a mask)."""
+        """(P,) int64: the piece id at each row's position (the mask token's id at a mask the text
+        carries; the original piece at one drawn by mask_fraction).
+        """
 
     def __init__(
         self,

@@ -1,0 +1,62 @@
+"""CompareService over gRPC: unpack the request, call the app, store and return the record."""
+
+from __future__ import annotations
+
+import grpc
+
+from driftlm.services.runtime.corpus import corpus_from_message
+from driftlm.services.runtime.paging import page_of
+from driftlm.v1 import compare_pb2, compare_pb2_grpc
+
+from .app import CompareApp, ComparisonSpec, Gate, ModelKey, Slice
+from .records import ComparisonStore, to_message
+
+
+def _key(ref: compare_pb2.ModelRef) -> ModelKey:
+    return ModelKey(ref.name, ref.version)
+
+
+def _gate(gate: compare_pb2.PromotionGate) -> Gate:
+    return Gate(
+        min_top1_agreement=gate.min_top1_agreement if gate.HasField("min_top1_agreement") else None,
+        max_kl=gate.max_kl if gate.HasField("max_kl") else None,
+        max_accuracy_drop=gate.max_accuracy_drop if gate.HasField("max_accuracy_drop") else None,
+    )
+
+
+class CompareServicer(compare_pb2_grpc.CompareServiceServicer):
+    """Maps messages to CompareApp calls and the store."""
+
+    def __init__(self, app: CompareApp, records: ComparisonStore) -> None:
+        self._app = app
+        self._records = records
+
+    def CompareModels(
+        self, request: compare_pb2.CompareModelsRequest, context: grpc.ServicerContext
+    ) -> compare_pb2.CompareModelsResponse:
+        spec = ComparisonSpec(
+            teachers=tuple(_key(t) for t in request.teachers),
+            student=_key(request.student),
+            slices=tuple(Slice(s.label, corpus_from_message(s.corpus)) for s in request.slices),
+            mask_fraction=request.mask_fraction,
+            seed=request.seed,
+            max_texts_per_slice=request.max_texts_per_slice,
+            independent_student=_key(request.independent_student) if request.HasField("independent_student") else None,
+            gate=_gate(request.gate),
+            bootstrap_samples=request.bootstrap_samples,
+            display_name=request.display_name,
+        )
+        comparison = to_message(self._app.compare(spec))
+        self._records.save(comparison)
+        return compare_pb2.CompareModelsResponse(comparison=comparison)
+
+    def GetComparison(
+        self, request: compare_pb2.GetComparisonRequest, context: grpc.ServicerContext
+    ) -> compare_pb2.GetComparisonResponse:
+        return compare_pb2.GetComparisonResponse(comparison=self._records.get(request.comparison_id))
+
+    def ListComparisons(
+        self, request: compare_pb2.ListComparisonsRequest, context: grpc.ServicerContext
+    ) -> compare_pb2.ListComparisonsResponse:
+        page, token = page_of(self._records.all(), request.page_size, request.page_token)
+        return compare_pb2.ListComparisonsResponse(comparisons=list(page), next_page_token=token)
