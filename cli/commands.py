@@ -332,7 +332,11 @@ def _add_run(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default=default_store(),
         help="the services' store and the loop's state (env DRIFTLM_STORE)",
     )
-    run.add_argument("--endpoints", default=None, help="use running services: vocab=HOST:PORT,trainer=HOST:PORT")
+    run.add_argument(
+        "--endpoints",
+        default=None,
+        help="use running services: vocab=HOST:PORT,trainer=HOST:PORT, and to serve inference=...,compare=...",
+    )
     run.add_argument("--tls-ca", type=Path, default=None, help="with --endpoints: the CA of the services' certificates")
     run.add_argument("--tls-cert", type=Path, default=None, help="with --endpoints: client certificate (mutual TLS)")
     run.add_argument("--tls-key", type=Path, default=None, help="with --endpoints: the client certificate's key")
@@ -384,6 +388,28 @@ def _add_run(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     run.add_argument("--seed", type=int, default=0, help="seed of everything random")
     run.add_argument(
+        "--no-serve",
+        action="store_true",
+        help="stop after training: no student, comparison or serving (the inference and compare services)",
+    )
+    run.add_argument("--distill-steps", type=int, default=24, help="distillation steps per served slice (default: 24)")
+    run.add_argument(
+        "--student-layers", type=int, default=0, help="layers of the student; 0: half the base model's (default)"
+    )
+    run.add_argument(
+        "--gate-min-agreement",
+        type=float,
+        default=0.5,
+        help="serve a student only if its top-1 agreement with its teacher is at least this (default: 0.5)",
+    )
+    run.add_argument("--gate-max-kl", type=float, default=None, help="... and its KL(teacher || student) at most this")
+    run.add_argument(
+        "--gate-max-accuracy-drop",
+        type=float,
+        default=None,
+        help="... and its top-1 accuracy at most this below the teacher's",
+    )
+    run.add_argument(
         "--fresh", action="store_true", help="start over instead of continuing after the last finished slice"
     )
 
@@ -423,6 +449,12 @@ def _run(args: argparse.Namespace) -> int:
         scratch=args.scratch,
         seed=args.seed,
         fresh=args.fresh,
+        serve=not args.no_serve,
+        distill_steps=args.distill_steps,
+        student_layers=args.student_layers,
+        gate_min_agreement=args.gate_min_agreement,
+        gate_max_kl=args.gate_max_kl,
+        gate_max_accuracy_drop=args.gate_max_accuracy_drop,
         endpoints=endpoints,
         security=ChannelSecurity.from_files(
             root_ca=args.tls_ca, client_cert=args.tls_cert, client_key=args.tls_key, token_file=args.token_file

@@ -17,6 +17,7 @@ same command continues after the last finished slice; --fresh starts over.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -37,7 +38,10 @@ from driftlm.drifting_stream import write_stream
 from driftlm.intervals import paired_difference_interval, ratio_interval
 from driftlm.local_services import LocalService, start_service
 from driftlm.probe import probe_score
+from driftlm.promotion import GateOptions, Promotion, student_base_directory
 from driftlm.provenance import provenance
+from driftlm.services.compare.client import CompareClient
+from driftlm.services.inference.client import InferenceClient
 from driftlm.services.runtime import store as atomic
 from driftlm.services.runtime.security import PLAINTEXT, ChannelSecurity
 from driftlm.services.runtime.strategy import Strategy
@@ -119,6 +123,14 @@ class PipelineOptions:
     task_label_field: str = "label"
     # Field of the task set's text; empty: text_field.
     task_text_field: str = ""
+    # Close the loop: distil, compare, and serve what passes the gate (inference and compare services).
+    serve: bool = True
+    distill_steps: int = 24
+    # Layers of the student; 0: half the base model's.
+    student_layers: int = 0
+    gate_min_agreement: float | None = 0.5
+    gate_max_kl: float | None = None
+    gate_max_accuracy_drop: float | None = None
 
     def key(self) -> str:
         """What identifies this loop's state: the data and every option that changes results."""
@@ -148,7 +160,8 @@ def _minilm() -> Path:
 
 @contextmanager
 def _services(options: PipelineOptions, console: Console) -> Iterator[dict[str, str]]:
-    """The endpoints given, or vocab, sampling and trainer started as local processes."""
+    """The endpoints given, or vocab, sampling and trainer (and, to serve, inference and compare)
+    started as local processes."""
     if options.endpoints:
         missing = {"vocab", "trainer"} - options.endpoints.keys()
         if missing:
@@ -159,13 +172,18 @@ def _services(options: PipelineOptions, console: Console) -> Iterator[dict[str, 
         return
     started: list[LocalService] = []
     try:
-        with console.status("starting the vocab, sampling and trainer services"):
+        with console.status("starting the services"):
             # The services may read the base model's directory besides their store (the slices are in it).
             model_root = ("--read-root", str((options.base_model or _minilm()).resolve()))
             started.append(start_service("vocab", options.store, extra_args=model_root))
             started.append(start_service("sampling", options.store))
             peers = ("--vocab-endpoint", started[0].target, "--sampling-endpoint", started[1].target)
             started.append(start_service("trainer", options.store, extra_args=(*peers, *model_root)))
+            if options.serve:
+                # Inference serves the trainer's repository (<store>/trainer/models, the same store).
+                started.append(start_service("inference", options.store))
+                inference = ("--inference-endpoint", started[-1].target)
+                started.append(start_service("compare", options.store, extra_args=inference))
         for service in started:
             console.print(f"[dim]{service.name} service on {service.target}, log {service.log_path}[/dim]")
         yield {service.name: service.target for service in started}
@@ -184,8 +202,10 @@ class _Loop:
         trainer: TrainerClient,
         console: Console,
         task: dict[str, list[DatedText]] | None = None,
+        promotion: Promotion | None = None,
     ) -> None:
         self.options = options
+        self.promotion = promotion
         self.task = task or {}
         self.vocab = vocab
         self.trainer = trainer
@@ -440,6 +460,7 @@ class _Loop:
                     "train_tokens": run.train_tokens + (0 if scratch else arms[name]["train_tokens"]),
                     "wall_s": run.wall_s + arms[name]["wall_s"],
                 }
+        serving = self.serve(state, item, progress, trained=fired, vocab_version=state["vocab_version"])
         state["previous_observation"] = drift_observation.observation_id
         state["slices"].append(
             {
@@ -461,8 +482,75 @@ class _Loop:
                 "vocab": vocab_record,
                 "arms": figures,
                 "comparisons": comparisons(evaluations, seed=options.seed),
+                "serving": serving,
             }
         )
+
+    def serve(
+        self, state: dict[str, Any], item: Slice, progress: Progress, *, trained: bool, vocab_version: str
+    ) -> dict[str, Any] | None:
+        """Distil the adaptive arm's new checkpoint into the student, compare them, and serve them if
+        the gate passes (promotion.py); None when the loop does not serve."""
+        if self.promotion is None:
+            return None
+        served = state.get("served")
+        if not trained:
+            return {"promoted": False, "served": served, "gate": ["the trigger did not fire: nothing new to serve"]}
+        options = self.options
+        teacher = state["arms"][arm_names(options.strategies, options.scratch)[2]]["checkpoint"]
+        student = (
+            state.get("student")
+            or self.trainer.import_model(
+                str(
+                    student_base_directory(
+                        options.base_model or _minilm(), self.directory / "student-base", options.student_layers
+                    )
+                ),
+                state["base"]["vocab_version"],
+                seed=options.seed,
+                display_name="student base",
+            ).checkpoint_id
+        )
+
+        def train(label: str, **fields: Any) -> trainer_pb2.RunStatus:
+            return self.train(progress, label, **fields)
+
+        student = self.promotion.distil(
+            train,
+            f"{item.label} student",
+            student,
+            teacher,
+            vocab_version,
+            self.slice_file(item),
+            options.distill_steps,
+        )
+        state["student"] = student
+        with self.console.status(f"{item.label}: export, compare, serve"):
+            record = self.promotion.promote(teacher, student, item.heldout, item.label, served)
+        state["served"] = record["served"]
+        return record
+
+
+def _promotion(
+    options: PipelineOptions,
+    targets: dict[str, str],
+    trainer: TrainerClient,
+    console: Console,
+    stack: contextlib.ExitStack,
+) -> Promotion | None:
+    """The serving half of the loop, when asked for and its services are there."""
+    if not options.serve:
+        return None
+    missing = {"inference", "compare"} - targets.keys()
+    if missing:
+        console.print(
+            f"not serving: --endpoints gives no {' or '.join(sorted(missing))}= (the loop stops after training)"
+        )
+        return None
+    inference = stack.enter_context(InferenceClient(targets["inference"], security=options.security))
+    compare = stack.enter_context(CompareClient(targets["compare"], security=options.security))
+    gate = GateOptions(options.gate_min_agreement, options.gate_max_kl, options.gate_max_accuracy_drop)
+    return Promotion(trainer, inference, compare, gate=gate, seed=options.seed)
 
 
 def run_pipeline(options: PipelineOptions, console: Console) -> dict[str, Any]:
@@ -499,11 +587,13 @@ def run_pipeline(options: PipelineOptions, console: Console) -> dict[str, Any]:
 
     started = time.perf_counter()
     with (
+        contextlib.ExitStack() as stack,
         _services(options, console) as targets,
         VocabClient(targets["vocab"], security=options.security) as vocab,
         TrainerClient(targets["trainer"], security=options.security) as trainer,
     ):
-        loop = _Loop(options, vocab, trainer, console, task)
+        promotion = _promotion(options, targets, trainer, console, stack)
+        loop = _Loop(options, vocab, trainer, console, task, promotion)
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=False) as progress:
             state = loop.load_state()
@@ -532,6 +622,7 @@ def run_pipeline(options: PipelineOptions, console: Console) -> dict[str, Any]:
         "arms": arm_names(options.strategies, options.scratch),
         "base": state["base"],
         "final_checkpoints": {name: arm["checkpoint"] for name, arm in state["arms"].items()},
+        "served": state.get("served"),
         "slices": state["slices"],
         "wall_s": time.perf_counter() - started,
     }

@@ -124,6 +124,42 @@ def _plot_compute(report: dict[str, Any]) -> Figure:
     return figure
 
 
+def _compared(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Slices where a student was compared with its teacher."""
+    return [s for s in report["slices"] if (s.get("serving") or {}).get("top1_agreement")]
+
+
+def _plot_fidelity(report: dict[str, Any]) -> Figure:
+    """Agreement and KL of each slice's student with its teacher, with their 95% intervals."""
+    figure, agreement_axis = plt.subplots(figsize=(7, 3.5))
+    slices = _compared(report)
+    labels = [s["slice"] for s in slices]
+
+    def bars(metric: str) -> tuple[list[float], list[list[float]]]:
+        values = [s["serving"][metric]["value"] for s in slices]
+        lows = [v - s["serving"][metric]["low"] for v, s in zip(values, slices, strict=True)]
+        highs = [s["serving"][metric]["high"] - v for v, s in zip(values, slices, strict=True)]
+        return values, [lows, highs]
+
+    values, errors = bars("top1_agreement")
+    agreement_axis.errorbar(
+        labels, values, yerr=errors, marker="o", capsize=3, color="tab:blue", label="top-1 agreement"
+    )
+    for label, value, s in zip(labels, values, slices, strict=True):
+        agreement_axis.annotate("served" if s["serving"]["promoted"] else "kept", (label, value), fontsize=8)
+    agreement_axis.set(
+        title="Student against teacher on each slice's held-out texts", ylabel="top-1 agreement", ylim=(0, 1.05)
+    )
+    kl_axis = agreement_axis.twinx()
+    values, errors = bars("kl_teacher_student")
+    kl_axis.errorbar(
+        labels, values, yerr=errors, marker="s", capsize=3, color="tab:red", label="KL(teacher || student)"
+    )
+    kl_axis.set(ylabel="KL, nats")
+    figure.legend(loc="lower left")
+    return figure
+
+
 PLOTS = {
     "overlap.png": ("Vocabulary drift", _plot_overlap),
     "vocabulary.png": ("Vocabulary updates", _plot_vocabulary),
@@ -143,6 +179,11 @@ PLOTS = {
 def _plots(report: dict[str, Any]) -> dict[str, tuple[str, Any]]:
     """The plots this report has: the task plot only when a task set was given."""
     plots = dict(PLOTS)
+    if _compared(report):
+        plots["fidelity.png"] = (
+            "Distillation fidelity: the student against its teacher, with 95% bootstrap intervals",
+            _plot_fidelity,
+        )
     if any("task_macro_f1" in figures for s in _evaluated(report) for figures in s["arms"].values()):
         plots["task.png"] = (
             "Downstream check: linear probe macro-F1 with 95% bootstrap intervals (higher is better)",
@@ -276,7 +317,54 @@ def _tables(report: dict[str, Any]) -> list[_Table]:
             if "task_macro_f1" in f
         ],
     )
-    return [slices, comparisons, *([task] if task.rows else [])]
+
+    def interval(figure: dict[str, float]) -> str:
+        return f"{figure['value']:.3f} [{figure['low']:.3f}, {figure['high']:.3f}]"
+
+    def ratio(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    serving = _Table(
+        "Serving",
+        "On every slice that trained, the adaptive arm's model (the teacher) is distilled into a smaller "
+        "student; both are compared on the slice's held-out texts (CompareModels: the same masked "
+        "positions for both, 95% bootstrap intervals over texts), and served only if the gate passes. "
+        "Size: the student's ONNX file over the teacher's; speed: the teacher's embedding time over "
+        "the student's.",
+        [
+            "slice",
+            "candidate",
+            "agreement",
+            "KL",
+            "teacher top-1",
+            "student top-1",
+            "teacher ECE",
+            "student ECE",
+            "size",
+            "speed",
+            "gate",
+            "served",
+        ],
+        [
+            [
+                s["slice"],
+                f"{v['candidate']['teacher']}/{v['candidate']['student']}",
+                interval(v["top1_agreement"]),
+                interval(v["kl_teacher_student"]),
+                interval(v["teacher_top1"]),
+                interval(v["student_top1"]),
+                interval(v["teacher_ece"]),
+                interval(v["student_ece"]),
+                ratio(v["size_ratio"]),
+                ratio(v["speed_ratio"]),
+                ("passed: " if v["promoted"] else "failed: ") + "; ".join(v["gate"]),
+                "-" if not v["served"] else f"{v['served']['teacher']}/{v['served']['student']}",
+            ]
+            for s in _compared(report)
+            for v in [s["serving"]]
+        ],
+    )
+    return [slices, comparisons, *([task] if task.rows else []), *([serving] if serving.rows else [])]
 
 
 _HTML = jinja2.Environment(autoescape=True).from_string(

@@ -29,6 +29,8 @@ def _options(tmp_path: Path, model: Path, **changes: object) -> PipelineOptions:
         "learning_rate": 3e-3,
         "max_length": 32,
         "vocab_k": 20,
+        # Serving (distil, compare, promote) has tests of its own: test_serving.py.
+        "serve": False,
     }
     return PipelineOptions(**{**values, **changes})  # type: ignore[arg-type]
 

@@ -1206,7 +1206,7 @@ class ExportOnnxResponse(_message.Message):
     @_builtins.property
     def model(self) -> _common_pb2.ArtifactRef:
         """model.onnx: inputs input_ids and attention_mask (int64, dynamic batch and sequence), outputs
-        logits (B, T, V) and cls_embedding (B, H).
+        logits (B, T, V), cls_embedding (B, H) and last_hidden_state (B, T, H).
         """
 
     @_builtins.property

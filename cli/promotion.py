@@ -1,0 +1,166 @@
+"""Closing the loop: after the adaptive arm trains on a slice, distil a smaller student from it,
+export both, compare them on the slice's held-out texts, and serve the student (and its teacher)
+only when the fidelity gate passes; otherwise keep serving what was served and say why.
+
+    teacher ckpt --ExportOnnx--> driftlm/<v>          student ckpt --ExportOnnx--> driftlm-student/<w>
+                 \\__ StartRun(kind=distill) from the previous student (first: the base's lower layers)
+    inference.LoadModel(both) -> compare.CompareModels(teacher, student, held-out) -> gate
+    passed: LoadModel(make_default, unload_previous) for both; failed: UnloadModel the candidates
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+from driftlm.services.compare.client import CompareClient
+from driftlm.services.inference.client import InferenceClient
+from driftlm.services.runtime.strategy import Strategy
+from driftlm.services.trainer.client import TrainerClient
+from driftlm.v1 import compare_pb2, trainer_pb2
+
+TEACHER_MODEL = "driftlm"
+STUDENT_MODEL = "driftlm-student"
+
+
+@dataclass(frozen=True)
+class GateOptions:
+    """The promotion gate's thresholds; None: not checked."""
+
+    min_top1_agreement: float | None = 0.5
+    max_kl: float | None = None
+    max_accuracy_drop: float | None = None
+
+
+def student_base_directory(base_model: Path, directory: Path, layers: int) -> Path:
+    """A copy of the base model cut to its first `layers` layers (0: half of them, at least one):
+    the first student's start, as DistilBERT starts from its teacher's layers. The weights file is
+    the base's; transformers loads the first layers from it and ignores the rest."""
+    config = json.loads((base_model / "config.json").read_text(encoding="utf-8"))
+    config["num_hidden_layers"] = layers or max(1, int(config.get("num_hidden_layers", 2)) // 2)
+    if not (directory / "config.json").exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if (base_model / name).exists():
+                shutil.copyfile(base_model / name, directory / name)
+        (directory / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return directory
+
+
+def _estimate(message: compare_pb2.Estimate) -> dict[str, float]:
+    return {"value": message.value, "low": message.low, "high": message.high}
+
+
+def _seconds(call: Any) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+class Promotion:
+    """The serving half of the loop, over the trainer, inference and compare services."""
+
+    def __init__(
+        self,
+        trainer: TrainerClient,
+        inference: InferenceClient,
+        compare: CompareClient,
+        *,
+        gate: GateOptions,
+        seed: int,
+    ) -> None:
+        self.trainer = trainer
+        self.inference = inference
+        self.compare = compare
+        self.gate = gate
+        self.seed = seed
+
+    def distil(
+        self, train: Any, label: str, student: str, teacher: str, vocab_version: str, slice_ref: Any, steps: int
+    ) -> str:
+        """Distil the student (moved to the teacher's vocabulary) from the teacher on the slice; the new checkpoint."""
+        run: trainer_pb2.RunStatus = train(
+            label,
+            kind=trainer_pb2.RUN_KIND_DISTILL,
+            base_checkpoint_id=student,
+            vocab_version_id=vocab_version,
+            teacher_checkpoint_ids=[teacher],
+            slices=[slice_ref],
+            strategy=Strategy.UNIFORM.proto,
+            steps=steps,
+        )
+        return run.checkpoint_id
+
+    def promote(
+        self, teacher: str, student: str, heldout: list[str], label: str, served: dict[str, int] | None
+    ) -> dict[str, Any]:
+        """Export both, load them beside what is served, compare, and serve them if the gate passes.
+
+        `served` is what is served now ({"teacher": v, "student": w}) or None; the returned record
+        says what is served afterwards and why.
+        """
+        exported = {
+            "teacher": self.trainer.export_onnx(teacher, model_name=TEACHER_MODEL),
+            "student": self.trainer.export_onnx(student, model_name=STUDENT_MODEL),
+        }
+        candidate = {role: int(answer.version) for role, answer in exported.items()}
+        names = {"teacher": TEACHER_MODEL, "student": STUDENT_MODEL}
+        for role, name in names.items():
+            self.inference.load_model(name, candidate[role])
+        comparison = self.compare.compare(
+            [(TEACHER_MODEL, candidate["teacher"])],
+            (STUDENT_MODEL, candidate["student"]),
+            {label: heldout},
+            min_top1_agreement=self.gate.min_top1_agreement,
+            max_kl=self.gate.max_kl,
+            max_accuracy_drop=self.gate.max_accuracy_drop,
+            seed=self.seed,
+            display_name=f"{label}: student {candidate['student']} against teacher {candidate['teacher']}",
+        )
+        speeds = {
+            role: _seconds(
+                lambda name=name, role=role: self.inference.embed(name, heldout, version=candidate[role], truncate=True)
+            )
+            for role, name in names.items()
+        }
+        sizes = {role: _file_size(answer.model.uri) for role, answer in exported.items()}
+        if comparison.gate.passed:
+            for role, name in names.items():
+                self.inference.load_model(name, candidate[role], make_default=True, unload_previous=True)
+            now_served: dict[str, int] | None = candidate
+        else:
+            for role, name in names.items():
+                if served is None or served[role] != candidate[role]:
+                    self.inference.unload_model(name, candidate[role])
+            now_served = served
+        overall = comparison.overall
+        return {
+            "candidate": candidate,
+            "served": now_served,
+            "promoted": comparison.gate.passed,
+            "gate": list(comparison.gate.reasons) or ["no threshold set"],
+            "comparison_id": comparison.comparison_id,
+            "positions": overall.positions,
+            "top1_agreement": _estimate(overall.top1_agreement),
+            "kl_teacher_student": _estimate(overall.kl_teacher_student),
+            "teacher_top1": _estimate(overall.teacher.top1_accuracy),
+            "student_top1": _estimate(overall.student.top1_accuracy),
+            "teacher_ece": _estimate(overall.teacher.expected_calibration_error),
+            "student_ece": _estimate(overall.student.expected_calibration_error),
+            "size_ratio": sizes["student"] / sizes["teacher"] if sizes["teacher"] and sizes["student"] else None,
+            "speed_ratio": speeds["teacher"] / speeds["student"] if speeds["student"] else None,
+        }
+
+
+def _file_size(uri: str) -> int:
+    """Bytes of an exported file (a file:// URI); 0 when it is not on this machine (services elsewhere)."""
+    try:
+        return Path(url2pathname(urlparse(uri).path)).stat().st_size
+    except OSError:
+        return 0

@@ -1,0 +1,129 @@
+"""The loop closed: after the adaptive arm trains, a student is distilled from it, both are exported,
+compared by the compare service through the inference service, and served only when the gate
+passes; when it fails, what was served stays served. Real servers and processes throughout."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from rich.console import Console
+
+from driftlm.drifting_stream import write_stream
+from driftlm.pipeline import PipelineOptions, run_pipeline
+from driftlm.promotion import STUDENT_MODEL, TEACHER_MODEL, GateOptions, Promotion
+from driftlm.services.compare.client import CompareClient
+from driftlm.services.compare.server import create_server as create_compare_server
+from driftlm.services.inference.client import InferenceClient
+from driftlm.services.inference.server import create_server as create_inference_server
+from driftlm.services.runtime.config import ServeConfig
+from driftlm.services.trainer.client import TrainerClient
+from driftlm.v1 import trainer_pb2
+
+from ..trainer.conftest import TINY_BERT, Stack, old_slice, stack  # noqa: F401  # `stack` is a fixture
+
+
+def _drifted(tmp_path: Path) -> Path:
+    """Two slices: 2016, then 2021's texts dated 2017 (the trigger fires on the second)."""
+    records = [json.loads(line) for line in write_stream(tmp_path / "full.jsonl", seed=5).read_text().splitlines()]
+    data = tmp_path / "two.jsonl"
+    data.write_text(
+        "\n".join(
+            json.dumps(r if r["time"].startswith("2016") else dict(r, time=r["time"].replace("2021", "2017")))
+            for r in records
+            if r["time"][:4] in ("2016", "2021")
+        )
+    )
+    return data
+
+
+def test_the_loop_serves_a_student_that_passes_the_gate(tmp_path: Path, tiny_model: Path) -> None:
+    options = PipelineOptions(
+        out=tmp_path / "out",
+        store=tmp_path / "store",
+        base_model=tiny_model,
+        data=_drifted(tmp_path),
+        steps=12,
+        first_steps=120,
+        learning_rate=5e-3,
+        max_length=32,
+        vocab_k=20,
+        distill_steps=12,
+        gate_min_agreement=0.0,
+    )
+    report = run_pipeline(options, Console(quiet=True))
+    served = report["slices"][1]["serving"]
+    assert report["slices"][1]["trigger"]["fired"]
+    assert served["promoted"] and served["served"] == served["candidate"] == {"teacher": 1, "student": 1}
+    assert report["served"] == {"teacher": 1, "student": 1}
+    assert served["gate"] == ["top-1 agreement " + f"{served['top1_agreement']['value']:.4f} meets >= 0.0000"]
+    assert served["positions"] > 0 and 0 < served["size_ratio"] < 1  # the student has half the layers
+    for figure in ("top1_agreement", "kl_teacher_student", "teacher_top1", "student_top1", "student_ece"):
+        assert served[figure]["low"] <= served[figure]["value"] <= served[figure]["high"]
+    # What the services kept: the two models' first versions, the comparison record.
+    repository = tmp_path / "store" / "trainer" / "models"
+    assert {p.name for p in repository.iterdir()} == {
+        TEACHER_MODEL,
+        f"{TEACHER_MODEL}_int8",
+        STUDENT_MODEL,
+        f"{STUDENT_MODEL}_int8",
+    }
+    stored = list((tmp_path / "store" / "compare" / "comparisons").glob("cmp-*.json"))
+    assert [p.stem for p in stored] == [served["comparison_id"]]
+    assert (tmp_path / "out" / "plots" / "fidelity.png").exists()
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "<h2>Serving</h2>" in html and "passed: top-1 agreement" in html
+
+
+@pytest.fixture
+def serving(stack: Stack) -> Iterator[tuple[Promotion, InferenceClient]]:  # noqa: F811
+    inference_server, inference_port = create_inference_server("127.0.0.1:0", ServeConfig(store=stack.store))
+    compare_server, compare_port = create_compare_server(
+        "127.0.0.1:0", ServeConfig(store=stack.store, inference_endpoint=f"127.0.0.1:{inference_port}")
+    )
+    try:
+        with (
+            TrainerClient(stack.trainer_target) as trainer,
+            InferenceClient(f"127.0.0.1:{inference_port}") as inference,
+            CompareClient(f"127.0.0.1:{compare_port}") as compare,
+        ):
+            yield Promotion(trainer, inference, compare, gate=GateOptions(), seed=0), inference
+    finally:
+        compare_server.stop(grace=None)
+        inference_server.stop(grace=None)
+
+
+def test_a_failing_gate_keeps_serving_the_previous_version(
+    stack: Stack,  # noqa: F811  # the fixture imported above
+    serving: tuple[Promotion, InferenceClient],
+) -> None:
+    promotion, inference = serving
+    teacher = stack.base_checkpoint.checkpoint_id
+    student = stack.trainer.CreateCheckpoint(
+        trainer_pb2.CreateCheckpointRequest(
+            model_config_json=json.dumps({**json.loads(TINY_BERT), "num_hidden_layers": 1}),
+            vocab_version_id=stack.base_version.version_id,
+            seed=2,
+        )
+    ).checkpoint.checkpoint_id
+    heldout = old_slice(3, texts=20)
+    promotion.gate = GateOptions(min_top1_agreement=0.0)
+    first = promotion.promote(teacher, student, heldout, "first", None)
+    assert first["promoted"] and first["served"] == {"teacher": 1, "student": 1}
+    # A gate no student can pass: an independent student never has the teacher's exact distribution.
+    promotion.gate = GateOptions(min_top1_agreement=None, max_kl=0.0)
+    second = promotion.promote(teacher, student, heldout, "second", first["served"])
+    assert not second["promoted"] and second["candidate"] == {"teacher": 2, "student": 2}
+    assert second["served"] == {"teacher": 1, "student": 1}
+    assert "fails <= 0.0000" in second["gate"][0]
+    models = {
+        (m.name, m.version): m.is_default for m in inference.list_models() if m.name in (TEACHER_MODEL, STUDENT_MODEL)
+    }
+    assert models == {(TEACHER_MODEL, 1): True, (STUDENT_MODEL, 1): True}  # the candidates were unloaded
+    assert len(inference.fill_mask(STUDENT_MODEL, ["the [MASK]"])) == 1  # the default still answers
+    with pytest.raises(grpc.RpcError) as gone:
+        inference.fill_mask(STUDENT_MODEL, ["the [MASK]"], version=2)
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
