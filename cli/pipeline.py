@@ -38,7 +38,7 @@ from driftlm.drifting_stream import write_stream
 from driftlm.intervals import paired_difference_interval, ratio_interval
 from driftlm.local_services import LocalService, start_service
 from driftlm.probe import probe_score
-from driftlm.promotion import GateOptions, Promotion, student_base_directory
+from driftlm.promotion import GateOptions, Promotion, cut_model_directory, local_directory
 from driftlm.provenance import provenance
 from driftlm.services.compare.client import CompareClient
 from driftlm.services.inference.client import InferenceClient
@@ -486,6 +486,18 @@ class _Loop:
             }
         )
 
+    def first_student(self, teacher: str, vocab_version: str, base_version: str) -> str:
+        """The first student: the teacher cut to fewer layers (its trained MLM head kept); when the
+        trainer's store is not on this machine, the base model cut (on the base vocabulary: the
+        distillation moves it to the teacher's)."""
+        options = self.options
+        source, version = local_directory(self.trainer.checkpoint(teacher).directory.uri), vocab_version
+        if source is None:
+            source, version = options.base_model or _minilm(), base_version
+        directory = cut_model_directory(source, self.directory / "student-base", options.student_layers)
+        checkpoint = self.trainer.import_model(str(directory), version, seed=options.seed, display_name="student")
+        return checkpoint.checkpoint_id
+
     def serve(
         self, state: dict[str, Any], item: Slice, progress: Progress, *, trained: bool, vocab_version: str
     ) -> dict[str, Any] | None:
@@ -498,19 +510,7 @@ class _Loop:
             return {"promoted": False, "served": served, "gate": ["the trigger did not fire: nothing new to serve"]}
         options = self.options
         teacher = state["arms"][arm_names(options.strategies, options.scratch)[2]]["checkpoint"]
-        student = (
-            state.get("student")
-            or self.trainer.import_model(
-                str(
-                    student_base_directory(
-                        options.base_model or _minilm(), self.directory / "student-base", options.student_layers
-                    )
-                ),
-                state["base"]["vocab_version"],
-                seed=options.seed,
-                display_name="student base",
-            ).checkpoint_id
-        )
+        student = state.get("student") or self.first_student(teacher, vocab_version, state["base"]["vocab_version"])
 
         def train(label: str, **fields: Any) -> trainer_pb2.RunStatus:
             return self.train(progress, label, **fields)

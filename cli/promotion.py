@@ -38,19 +38,24 @@ class GateOptions:
     max_accuracy_drop: float | None = None
 
 
-def student_base_directory(base_model: Path, directory: Path, layers: int) -> Path:
-    """A copy of the base model cut to its first `layers` layers (0: half of them, at least one):
-    the first student's start, as DistilBERT starts from its teacher's layers. The weights file is
-    the base's; transformers loads the first layers from it and ignores the rest."""
-    config = json.loads((base_model / "config.json").read_text(encoding="utf-8"))
+def cut_model_directory(source: Path, directory: Path, layers: int) -> Path:
+    """A copy of a model directory cut to its first `layers` layers (0: half of them, at least one):
+    the first student's start, as DistilBERT starts from its teacher's layers (and its MLM head).
+    The weights file is the source's; transformers loads the first layers and ignores the rest."""
+    config = json.loads((source / "config.json").read_text(encoding="utf-8"))
     config["num_hidden_layers"] = layers or max(1, int(config.get("num_hidden_layers", 2)) // 2)
-    if not (directory / "config.json").exists():
-        directory.mkdir(parents=True, exist_ok=True)
-        for name in ("model.safetensors", "pytorch_model.bin"):
-            if (base_model / name).exists():
-                shutil.copyfile(base_model / name, directory / name)
-        (directory / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (source / name).exists():
+            shutil.copyfile(source / name, directory / name)
+    (directory / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     return directory
+
+
+def local_directory(uri: str) -> Path | None:
+    """The directory a file:// URI names, when it is on this machine."""
+    path = Path(url2pathname(urlparse(uri).path))
+    return path if (path / "config.json").is_file() else None
 
 
 def _estimate(message: compare_pb2.Estimate) -> dict[str, float]:

@@ -130,33 +130,35 @@ def _compared(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _plot_fidelity(report: dict[str, Any]) -> Figure:
-    """Agreement and KL of each slice's student with its teacher, with their 95% intervals."""
-    figure, agreement_axis = plt.subplots(figsize=(7, 3.5))
+    """Agreement and KL of each slice's student with its teacher, with their 95% intervals; each
+    point says whether the student was served or the previous model kept."""
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     slices = _compared(report)
     labels = [s["slice"] for s in slices]
-
-    def bars(metric: str) -> tuple[list[float], list[list[float]]]:
+    panels = (
+        ("top1_agreement", "Top-1 agreement with the teacher", "agreement", "tab:blue"),
+        ("kl_teacher_student", "KL(teacher || student)", "nats", "tab:red"),
+    )
+    for axis, (metric, title, ylabel, colour) in zip(axes, panels, strict=True):
         values = [s["serving"][metric]["value"] for s in slices]
-        lows = [v - s["serving"][metric]["low"] for v, s in zip(values, slices, strict=True)]
-        highs = [s["serving"][metric]["high"] - v for v, s in zip(values, slices, strict=True)]
-        return values, [lows, highs]
-
-    values, errors = bars("top1_agreement")
-    agreement_axis.errorbar(
-        labels, values, yerr=errors, marker="o", capsize=3, color="tab:blue", label="top-1 agreement"
-    )
-    for label, value, s in zip(labels, values, slices, strict=True):
-        agreement_axis.annotate("served" if s["serving"]["promoted"] else "kept", (label, value), fontsize=8)
-    agreement_axis.set(
-        title="Student against teacher on each slice's held-out texts", ylabel="top-1 agreement", ylim=(0, 1.05)
-    )
-    kl_axis = agreement_axis.twinx()
-    values, errors = bars("kl_teacher_student")
-    kl_axis.errorbar(
-        labels, values, yerr=errors, marker="s", capsize=3, color="tab:red", label="KL(teacher || student)"
-    )
-    kl_axis.set(ylabel="KL, nats")
-    figure.legend(loc="lower left")
+        errors = [
+            [v - s["serving"][metric]["low"] for v, s in zip(values, slices, strict=True)],
+            [s["serving"][metric]["high"] - v for v, s in zip(values, slices, strict=True)],
+        ]
+        axis.errorbar(labels, values, yerr=errors, marker="o", capsize=4, color=colour, linestyle="-")
+        for label, value, s in zip(labels, values, slices, strict=True):
+            axis.annotate(
+                "served" if s["serving"]["promoted"] else "kept previous",
+                (label, value),
+                textcoords="offset points",
+                xytext=(6, 4),
+                fontsize=8,
+            )
+        axis.set(title=title, ylabel=ylabel)
+        axis.margins(x=0.3)
+    axes[0].set_ylim(0, 1.05)
+    figure.suptitle("The student against its teacher on each trained slice's held-out texts")
+    figure.tight_layout()
     return figure
 
 

@@ -63,7 +63,15 @@ class TrainerClient(ServiceClient):
             raise RunFailedError(run)
         return run
 
-    def export_onnx(self, checkpoint_id: str, *, model_name: str = "", version: int = 0) -> trainer_pb2.ExportOnnxResponse:
+    def checkpoint(self, checkpoint_id: str) -> trainer_pb2.Checkpoint:
+        """A checkpoint's record (its directory on the trainer's machine among it)."""
+        request = trainer_pb2.GetCheckpointRequest(checkpoint_id=checkpoint_id)
+        response: trainer_pb2.GetCheckpointResponse = self._stub.GetCheckpoint(request, timeout=self._timeout())
+        return response.checkpoint
+
+    def export_onnx(
+        self, checkpoint_id: str, *, model_name: str = "", version: int = 0
+    ) -> trainer_pb2.ExportOnnxResponse:
         """Publish the checkpoint as a new version (0: the next) of `model_name` in the trainer's model
         repository (fp32, and int8 as `<model_name>_int8`)."""
         request = trainer_pb2.ExportOnnxRequest(checkpoint_id=checkpoint_id, model_name=model_name, version=version)
