@@ -397,6 +397,11 @@ def _add_run(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--student-layers", type=int, default=0, help="layers of the student; 0: half the base model's (default)"
     )
     run.add_argument(
+        "--ensemble-teachers",
+        action="store_true",
+        help="distil from the ensemble of the new teacher and the previous one (moved to the new vocabulary)",
+    )
+    run.add_argument(
         "--gate-min-agreement",
         type=float,
         default=0.5,
@@ -452,6 +457,7 @@ def _run(args: argparse.Namespace) -> int:
         serve=not args.no_serve,
         distill_steps=args.distill_steps,
         student_layers=args.student_layers,
+        ensemble_teachers=args.ensemble_teachers,
         gate_min_agreement=args.gate_min_agreement,
         gate_max_kl=args.gate_max_kl,
         gate_max_accuracy_drop=args.gate_max_accuracy_drop,

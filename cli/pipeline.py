@@ -128,6 +128,8 @@ class PipelineOptions:
     distill_steps: int = 24
     # Layers of the student; 0: half the base model's.
     student_layers: int = 0
+    # Distil from the ensemble of the new teacher and the previous one (moved to the new vocabulary).
+    ensemble_teachers: bool = False
     gate_min_agreement: float | None = 0.5
     gate_max_kl: float | None = None
     gate_max_accuracy_drop: float | None = None

@@ -27,6 +27,12 @@ from driftlm.v1 import compare_pb2, trainer_pb2
 
 TEACHER_MODEL = "driftlm"
 STUDENT_MODEL = "driftlm-student"
+# With --ensemble-teachers: the previous teacher, moved to the new vocabulary, served for the
+# comparison only (the ensemble's second member).
+PREVIOUS_TEACHER_MODEL = "driftlm-previous-teacher"
+# A run that only moves a checkpoint to a new vocabulary: one step at a learning rate that changes
+# no weight measurably (the trainer moves embeddings as a run starts).
+_MOVE_LEARNING_RATE = 1e-12
 
 
 @dataclass(frozen=True)
@@ -86,16 +92,39 @@ class Promotion:
         self.gate = gate
         self.seed = seed
 
+    def moved(self, train: Any, label: str, checkpoint: str, vocab_version: str, slice_ref: Any) -> str:
+        """The checkpoint on `vocab_version` (itself when it is on it already)."""
+        if self.trainer.checkpoint(checkpoint).vocab_version_id == vocab_version:
+            return checkpoint
+        run: trainer_pb2.RunStatus = train(
+            label,
+            base_checkpoint_id=checkpoint,
+            vocab_version_id=vocab_version,
+            slices=[slice_ref],
+            strategy=Strategy.UNIFORM.proto,
+            steps=1,
+            learning_rate=_MOVE_LEARNING_RATE,
+        )
+        return run.checkpoint_id
+
     def distil(
-        self, train: Any, label: str, student: str, teacher: str, vocab_version: str, slice_ref: Any, steps: int
+        self,
+        train: Any,
+        label: str,
+        student: str,
+        teachers: list[str],
+        vocab_version: str,
+        slice_ref: Any,
+        steps: int,
     ) -> str:
-        """Distil the student (moved to the teacher's vocabulary) from the teacher on the slice; the new checkpoint."""
+        """Distil the student (moved to the teachers' vocabulary) from the teachers (an ensemble:
+        the mean of their probabilities) on the slice; the new checkpoint."""
         run: trainer_pb2.RunStatus = train(
             label,
             kind=trainer_pb2.RUN_KIND_DISTILL,
             base_checkpoint_id=student,
             vocab_version_id=vocab_version,
-            teacher_checkpoint_ids=[teacher],
+            teacher_checkpoint_ids=teachers,
             slices=[slice_ref],
             strategy=Strategy.UNIFORM.proto,
             steps=steps,
@@ -103,12 +132,19 @@ class Promotion:
         return run.checkpoint_id
 
     def promote(
-        self, teacher: str, student: str, heldout: list[str], label: str, served: dict[str, int] | None
+        self,
+        teacher: str,
+        student: str,
+        heldout: list[str],
+        label: str,
+        served: dict[str, int] | None,
+        previous_teacher: str | None = None,
     ) -> dict[str, Any]:
         """Export both, load them beside what is served, compare, and serve them if the gate passes.
 
         `served` is what is served now ({"teacher": v, "student": w}) or None; the returned record
-        says what is served afterwards and why.
+        says what is served afterwards and why. With `previous_teacher` (on the teacher's
+        vocabulary) the student is compared with the ensemble of both teachers, as it was distilled.
         """
         exported = {
             "teacher": self.trainer.export_onnx(teacher, model_name=TEACHER_MODEL),
@@ -118,8 +154,13 @@ class Promotion:
         names = {"teacher": TEACHER_MODEL, "student": STUDENT_MODEL}
         for role, name in names.items():
             self.inference.load_model(name, candidate[role])
+        teachers: list[tuple[str, int]] = [(TEACHER_MODEL, candidate["teacher"])]
+        if previous_teacher is not None:
+            member = int(self.trainer.export_onnx(previous_teacher, model_name=PREVIOUS_TEACHER_MODEL).version)
+            self.inference.load_model(PREVIOUS_TEACHER_MODEL, member)
+            teachers.append((PREVIOUS_TEACHER_MODEL, member))
         comparison = self.compare.compare(
-            [(TEACHER_MODEL, candidate["teacher"])],
+            teachers,
             (STUDENT_MODEL, candidate["student"]),
             {label: heldout},
             min_top1_agreement=self.gate.min_top1_agreement,
@@ -135,6 +176,8 @@ class Promotion:
             for role, name in names.items()
         }
         sizes = {role: _file_size(answer.model.uri) for role, answer in exported.items()}
+        if previous_teacher is not None:
+            self.inference.unload_model(*teachers[1])  # compared with, never served
         if comparison.gate.passed:
             for role, name in names.items():
                 self.inference.load_model(name, candidate[role], make_default=True, unload_previous=True)
@@ -147,6 +190,7 @@ class Promotion:
         overall = comparison.overall
         return {
             "candidate": candidate,
+            "teachers": [f"{name}/{version}" for name, version in teachers],
             "served": now_served,
             "promoted": comparison.gate.passed,
             "gate": list(comparison.gate.reasons) or ["no threshold set"],

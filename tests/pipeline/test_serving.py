@@ -20,10 +20,11 @@ from driftlm.services.compare.server import create_server as create_compare_serv
 from driftlm.services.inference.client import InferenceClient
 from driftlm.services.inference.server import create_server as create_inference_server
 from driftlm.services.runtime.config import ServeConfig
+from driftlm.services.runtime.strategy import Strategy
 from driftlm.services.trainer.client import TrainerClient
 from driftlm.v1 import trainer_pb2
 
-from ..trainer.conftest import TINY_BERT, Stack, old_slice, stack  # noqa: F401  # `stack` is a fixture
+from ..trainer.conftest import TINY_BERT, Stack, new_slice, old_slice, stack  # noqa: F401  # `stack` is a fixture
 
 
 def _drifted(tmp_path: Path) -> Path:
@@ -127,3 +128,44 @@ def test_a_failing_gate_keeps_serving_the_previous_version(
     with pytest.raises(grpc.RpcError) as gone:
         inference.fill_mask(STUDENT_MODEL, ["the [MASK]"], version=2)
     assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_an_ensemble_of_the_new_and_the_moved_previous_teacher(
+    stack: Stack,  # noqa: F811  # the fixture imported above
+    serving: tuple[Promotion, InferenceClient],
+) -> None:
+    promotion, inference = serving
+    updated = stack.updated_version.version_id
+    slice_ref = stack.slice_file("new", new_slice(4, texts=64))
+
+    def train(label: str, **fields: object) -> trainer_pb2.RunStatus:
+        defaults: dict[str, object] = {
+            "kind": trainer_pb2.RUN_KIND_MLM,
+            "iterations": 1,
+            "batch_size": 8,
+            "max_length": 32,
+            "learning_rate": 1e-3,
+            "seed": 1,
+            "display_name": label,
+        }
+        steps = fields.pop("steps")
+        request = trainer_pb2.StartRunRequest(**{**defaults, **fields, "steps_per_iteration": steps})  # type: ignore[arg-type]
+        return promotion.trainer.train(request)
+
+    previous = stack.base_checkpoint.checkpoint_id  # on the base vocabulary
+    moved = promotion.moved(train, "move", previous, updated, slice_ref)
+    assert moved != previous and promotion.trainer.checkpoint(moved).vocab_version_id == updated
+    assert promotion.moved(train, "again", moved, updated, slice_ref) == moved  # already there: no run
+    uniform = Strategy.UNIFORM.proto
+    teacher = train("teacher", base_checkpoint_id=moved, slices=[slice_ref], strategy=uniform, steps=4).checkpoint_id
+    student = promotion.distil(train, "student", previous, [teacher, moved], updated, slice_ref, 4)
+    assert promotion.trainer.checkpoint(student).vocab_version_id == updated
+    promotion.gate = GateOptions(min_top1_agreement=0.0)
+    record = promotion.promote(teacher, student, new_slice(5, texts=20), "ensemble", None, moved)
+    assert record["teachers"] == [f"{TEACHER_MODEL}/1", "driftlm-previous-teacher/1"]
+    assert record["promoted"]
+    comparison = promotion.compare.get(record["comparison_id"])
+    assert [(t.name, t.version) for t in comparison.teachers] == [(TEACHER_MODEL, 1), ("driftlm-previous-teacher", 1)]
+    assert comparison.overall.teacher.model.name == "ensemble"
+    # The second member was served for the comparison only.
+    assert "driftlm-previous-teacher" not in {m.name for m in inference.list_models()}
