@@ -517,18 +517,23 @@ class _Loop:
         def train(label: str, **fields: Any) -> trainer_pb2.RunStatus:
             return self.train(progress, label, **fields)
 
+        previous = state.get("teacher") if options.ensemble_teachers else None
+        if previous is not None:
+            moved = f"{item.label} previous teacher, moved to the new vocabulary"
+            previous = self.promotion.moved(train, moved, previous, vocab_version, self.slice_file(item))
+        teachers: list[str] = [teacher, *([previous] if previous else [])]
         student = self.promotion.distil(
             train,
             f"{item.label} student",
             student,
-            teacher,
+            teachers,
             vocab_version,
             self.slice_file(item),
             options.distill_steps,
         )
-        state["student"] = student
+        state["student"], state["teacher"] = student, teacher
         with self.console.status(f"{item.label}: export, compare, serve"):
-            record = self.promotion.promote(teacher, student, item.heldout, item.label, served)
+            record = self.promotion.promote(teacher, student, item.heldout, item.label, served, previous)
         state["served"] = record["served"]
         return record
 

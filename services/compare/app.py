@@ -22,7 +22,7 @@ from driftlm.services.runtime.errors import (
 )
 from driftlm.services.runtime.paths import FileRoots
 
-from .fidelity import Figures, Layout, bootstrap, figures, position_rows
+from .fidelity import Figures, Layout, bootstrap, figures, percentile_figures, position_rows
 from .peers import InferencePeer
 
 DEFAULT_MASK_FRACTION = 0.15
@@ -113,36 +113,6 @@ class ComparisonResult:
     gate: GateResult
 
 
-def _percentile_figures(samples: list[Figures], q: float, point: Figures) -> Figures:
-    """The q-th percentile of every figure over the samples (NaN ones skipped)."""
-
-    def pick(get: object) -> float:
-        values = np.array([get(s) for s in samples], dtype=np.float64)  # type: ignore[operator]
-        values = values[~np.isnan(values)]
-        return float(np.percentile(values, q)) if values.size else math.nan
-
-    def model(which: str) -> object:
-        from .fidelity import ModelFigures
-
-        return ModelFigures(
-            pick(lambda s: getattr(s, which).top1_accuracy),
-            pick(lambda s: getattr(s, which).top5_accuracy),
-            pick(lambda s: getattr(s, which).expected_calibration_error),
-        )
-
-    independent = point.independent_student is not None
-    return Figures(
-        positions=point.positions,
-        top1_agreement=pick(lambda s: s.top1_agreement),
-        kl_teacher_student=pick(lambda s: s.kl_teacher_student),
-        teacher=model("teacher"),  # type: ignore[arg-type]
-        student=model("student"),  # type: ignore[arg-type]
-        independent_top1_agreement=pick(lambda s: s.independent_top1_agreement) if independent else None,
-        independent_kl_teacher_student=pick(lambda s: s.independent_kl_teacher_student) if independent else None,
-        independent_student=model("independent_student") if independent else None,  # type: ignore[arg-type]
-    )
-
-
 def estimate(layout: Layout, label: str, rows: np.ndarray, samples: int, seed: int) -> Estimated:
     """Figures of the texts' tally rows (only texts with a masked position count) and intervals."""
     rows = rows[rows[:, 0] > 0]
@@ -152,8 +122,8 @@ def estimate(layout: Layout, label: str, rows: np.ndarray, samples: int, seed: i
         label,
         len(rows),
         point,
-        _percentile_figures(resampled, 2.5, point),
-        _percentile_figures(resampled, 97.5, point),
+        percentile_figures(resampled, 2.5, point),
+        percentile_figures(resampled, 97.5, point),
     )
 
 

@@ -175,3 +175,45 @@ def bootstrap(layout: Layout, texts: np.ndarray, samples: int, seed: int) -> lis
         weights = rng.multinomial(count, np.full(count, 1.0 / count), size=size) if count else np.zeros((size, 0))
         results += [figures(layout, row) for row in weights @ texts]
     return results
+
+
+def figure_vector(result: Figures) -> np.ndarray:
+    """(13,) every figure in a fixed order (NaN where there is none: no independent student)."""
+    models = [result.teacher, result.student, result.independent_student]
+    values = [result.top1_agreement, result.kl_teacher_student, result.independent_top1_agreement]
+    values += [result.independent_kl_teacher_student]
+    for model in models:
+        values += (
+            [np.nan] * 3
+            if model is None
+            else [model.top1_accuracy, model.top5_accuracy, model.expected_calibration_error]
+        )
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def figures_from_vector(vector: np.ndarray, positions: int, independent: bool) -> Figures:
+    """The inverse of figure_vector."""
+    models = [ModelFigures(*(float(x) for x in vector[4 + 3 * i : 7 + 3 * i])) for i in range(3)]
+    return Figures(
+        positions=positions,
+        top1_agreement=float(vector[0]),
+        kl_teacher_student=float(vector[1]),
+        teacher=models[0],
+        student=models[1],
+        independent_top1_agreement=float(vector[2]) if independent else None,
+        independent_kl_teacher_student=float(vector[3]) if independent else None,
+        independent_student=models[2] if independent else None,
+    )
+
+
+def percentile_figures(samples: Sequence[Figures], q: float, point: Figures) -> Figures:
+    """The q-th percentile of every figure over the samples, figure by figure (NaN ones skipped;
+    NaN where no sample has the figure)."""
+    width = figure_vector(point).size
+    matrix = np.array([figure_vector(sample) for sample in samples]).reshape(len(samples), width)
+    percentiles = np.full(width, np.nan)
+    for column in range(width):
+        values = matrix[:, column][~np.isnan(matrix[:, column])]
+        if values.size:
+            percentiles[column] = np.percentile(values, q)
+    return figures_from_vector(percentiles, point.positions, point.independent_student is not None)

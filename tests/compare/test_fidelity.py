@@ -89,3 +89,19 @@ def test_bootstrap_intervals_cover_the_figure_and_narrow_with_more_texts() -> No
     assert low <= point <= high
     _, many_low, many_high = widths(1000)
     assert many_high - many_low < (high - low) / 3
+
+
+def test_figures_round_trip_through_their_vector_and_percentiles_skip_missing_ones() -> None:
+    from driftlm.services.compare.fidelity import figure_vector, figures_from_vector, percentile_figures
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(50, 10))
+    for independent in (False, True):
+        layout = Layout(independent=independent)
+        rows = position_rows(layout, [logits], logits + 1, rng.integers(0, 10, 50), logits if independent else None)
+        result = figures(layout, rows.sum(axis=0))
+        assert figures_from_vector(figure_vector(result), result.positions, independent) == result
+        median = percentile_figures([result, result, result], 50, result)
+        assert median == result
+    empty = figures(Layout(independent=False), np.zeros(Layout(independent=False).width))
+    assert np.isnan(percentile_figures([], 50, empty).top1_agreement)

@@ -27,15 +27,15 @@ from driftlm.v1 import trainer_pb2
 from ..trainer.conftest import TINY_BERT, Stack, new_slice, old_slice, stack  # noqa: F401  # `stack` is a fixture
 
 
-def _drifted(tmp_path: Path) -> Path:
-    """Two slices: 2016, then 2021's texts dated 2017 (the trigger fires on the second)."""
+def _drifted(tmp_path: Path, years: dict[str, str] | None = None) -> Path:
+    """Slices of the stream's years, redated: by default 2016, then 2021's texts dated 2017 (the
+    trigger fires on the second)."""
+    years = years or {"2016": "2016", "2021": "2017"}
     records = [json.loads(line) for line in write_stream(tmp_path / "full.jsonl", seed=5).read_text().splitlines()]
-    data = tmp_path / "two.jsonl"
+    data = tmp_path / "drifted.jsonl"
     data.write_text(
         "\n".join(
-            json.dumps(r if r["time"].startswith("2016") else dict(r, time=r["time"].replace("2021", "2017")))
-            for r in records
-            if r["time"][:4] in ("2016", "2021")
+            json.dumps(dict(r, time=years[r["time"][:4]] + r["time"][4:])) for r in records if r["time"][:4] in years
         )
     )
     return data
@@ -77,6 +77,29 @@ def test_the_loop_serves_a_student_that_passes_the_gate(tmp_path: Path, tiny_mod
     assert (tmp_path / "out" / "plots" / "fidelity.png").exists()
     html = (tmp_path / "out" / "report.html").read_text()
     assert "<h2>Serving</h2>" in html and "passed: top-1 agreement" in html
+
+
+def test_with_ensemble_teachers_the_second_student_learns_from_both_teachers(tmp_path: Path, tiny_model: Path) -> None:
+    options = PipelineOptions(
+        out=tmp_path / "out",
+        store=tmp_path / "store",
+        base_model=tiny_model,
+        data=_drifted(tmp_path, {"2016": "2016", "2021": "2017", "2019": "2018"}),
+        steps=12,
+        first_steps=120,
+        learning_rate=5e-3,
+        max_length=32,
+        vocab_k=20,
+        distill_steps=12,
+        gate_min_agreement=0.0,
+        ensemble_teachers=True,
+        false_fire_rate=0.45,  # let both later slices train
+    )
+    report = run_pipeline(options, Console(quiet=True))
+    first, second = (s["serving"] for s in report["slices"][1:])
+    assert first["teachers"] == [f"{TEACHER_MODEL}/1"]  # no previous teacher yet
+    assert second["teachers"] == [f"{TEACHER_MODEL}/2", "driftlm-previous-teacher/1"]
+    assert second["promoted"] and report["served"] == {"teacher": 2, "student": 2}
 
 
 @pytest.fixture
