@@ -114,6 +114,11 @@ def _add_serve(subcommands: argparse._SubParsersAction[argparse.ArgumentParser])
         default=_env("INFERENCE_ENDPOINT", ""),
         help="host:port of the inference service, for compare (env DRIFTLM_INFERENCE_ENDPOINT)",
     )
+    serve.add_argument(
+        "--toxicity-scorer",
+        default=_env("TOXICITY_SCORER", "profanity-check"),
+        help="compare: the toxicity classifier, profanity-check or module:callable (env DRIFTLM_TOXICITY_SCORER)",
+    )
     _add_inference(serve)
     serve.add_argument(
         "--log-level",
@@ -248,6 +253,7 @@ def _serve(args: argparse.Namespace) -> int:
         vocab_endpoint=args.vocab_endpoint,
         sampling_endpoint=args.sampling_endpoint,
         inference_endpoint=args.inference_endpoint,
+        toxicity_scorer=args.toxicity_scorer,
         model_repository=args.model_repository,
         ort_threads=args.ort_threads,
         ort_optimization=args.ort_optimization,
@@ -475,6 +481,55 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_palms(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    palms = subcommands.add_parser(
+        "palms", help="values-targeted fine-tuning and behaviour evaluation (PALMS), end to end"
+    )
+    for flag, what in (
+        (
+            "--curated",
+            "curated values-targeted set, JSONL {category, prompt, completion} (default: the shipped example)",
+        ),
+        ("--control", "control set of similar size and style (default: the shipped example)"),
+        ("--prompts", "prompt templates, JSONL {category, template with [MASK], group} (default: the shipped example)"),
+    ):
+        palms.add_argument(flag, type=Path, default=None, help=what)
+    palms.add_argument("--base-model", type=Path, default=None, help="a Hugging Face model directory (default: MiniLM)")
+    palms.add_argument("--steps", type=int, default=60, help="fine-tuning steps per set (default: 60)")
+    palms.add_argument("--samples", type=int, default=3, help="completions sampled per prompt and model (default: 3)")
+    palms.add_argument("--out", type=Path, default=Path("palms-out"), help="report directory (default: ./palms-out)")
+    palms.add_argument("--store", type=Path, default=default_store(), help="the services' store (default ~/.driftlm)")
+    palms.add_argument("--seed", type=int, default=0, help="seed of everything random")
+
+
+def _palms(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from driftlm.palms import PalmsOptions, run_palms, shipped
+    from driftlm.services.runtime.curated import CuratedDataError
+
+    options = PalmsOptions(
+        out=args.out,
+        store=args.store.expanduser(),
+        curated=args.curated or shipped("curated"),
+        control=args.control or shipped("control"),
+        prompts=args.prompts or shipped("prompts"),
+        base_model=args.base_model,
+        steps=args.steps,
+        samples_per_prompt=args.samples,
+        seed=args.seed,
+    )
+    console = Console()
+    try:
+        report = run_palms(options, console)
+    except (CuratedDataError, FileNotFoundError) as error:
+        print(f"driftlm palms: {error}", file=sys.stderr)
+        return 2
+    weakest = ", ".join(report["evaluation"].get("weakest_categories", []))
+    console.print(f"report: {options.out}/report.html in {report['wall_s']:.0f} s; weakest categories: {weakest}")
+    return 0
+
+
 def _add_train(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     train = subcommands.add_parser(
         "train", help="one training run in the foreground (alone, or under torchrun for DDP)"
@@ -523,6 +578,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     subcommands = parser.add_subparsers(dest="command", required=True)
     _add_serve(subcommands)
     _add_run(subcommands)
+    _add_palms(subcommands)
     _add_train(subcommands)
     args = parser.parse_args(argv)
-    sys.exit({"serve": _serve, "run": _run, "train": _train}[args.command](args))
+    sys.exit({"serve": _serve, "run": _run, "palms": _palms, "train": _train}[args.command](args))

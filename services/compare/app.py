@@ -154,6 +154,33 @@ def _check_fraction(name: str, value: float | None, high: float = 1.0) -> None:
         raise InvalidArgumentError(f"gate.{name}", f"is {value}; give a value in [0, {high:g}]")
 
 
+def resolve_models(inference: InferencePeer, wanted: Sequence[ModelKey]) -> list[ModelKey]:
+    """The models with the versions that will answer (0: the default).
+
+    Raises:
+        NotFoundError: the inference service serves no such model or version.
+        FailedPreconditionError: the models have vocabularies of different sizes.
+    """
+    served = inference.ready_models()
+    resolved, sizes = [], set()
+    for key in wanted:
+        match = [
+            m for m in served if m.name == key.name and (m.version == key.version or (not key.version and m.is_default))
+        ]
+        if not match:
+            what = f"version {key.version} of model {key.name!r}" if key.version else f"model {key.name!r}"
+            raise NotFoundError(f"the inference service serves no {what}; load it first (LoadModel)")
+        resolved.append(ModelKey(match[0].name, match[0].version))
+        sizes.add(match[0].vocab_size)
+    if len(sizes) > 1:
+        raise FailedPreconditionError(
+            f"the models have vocabularies of different sizes ({sorted(sizes)}); predictions compare only "
+            "over one vocabulary (models of different vocab versions are not supported)",
+            reason="DIFFERENT_VOCABULARIES",
+        )
+    return resolved
+
+
 class CompareApp:
     """Everything CompareService does."""
 
@@ -235,27 +262,8 @@ class CompareApp:
 
     def _resolved(self, spec: ComparisonSpec) -> list[ModelKey]:
         """Teachers, student (and independent student) with the versions that will answer."""
-        served = self._inference.ready_models()
         wanted = [*spec.teachers, spec.student, *([spec.independent_student] if spec.independent_student else [])]
-        resolved, sizes = [], set()
-        for key in wanted:
-            match = [
-                m
-                for m in served
-                if m.name == key.name and (m.version == key.version or (not key.version and m.is_default))
-            ]
-            if not match:
-                what = f"version {key.version} of model {key.name!r}" if key.version else f"model {key.name!r}"
-                raise NotFoundError(f"the inference service serves no {what}; load it first (LoadModel)")
-            resolved.append(ModelKey(match[0].name, match[0].version))
-            sizes.add(match[0].vocab_size)
-        if len(sizes) > 1:
-            raise FailedPreconditionError(
-                f"the models have vocabularies of different sizes ({sorted(sizes)}); predictions compare only "
-                "over one vocabulary (models of different vocab versions are not supported)",
-                reason="DIFFERENT_VOCABULARIES",
-            )
-        return resolved
+        return resolve_models(self._inference, wanted)
 
     def _texts(self, held_out: Slice, limit: int) -> list[str]:
         corpus = held_out.corpus

@@ -87,6 +87,32 @@ class CompareClient(ServiceClient):
         response: compare_pb2.CompareModelsResponse = self._stub.CompareModels(request, timeout=self._timeout())
         return response.comparison
 
+    def evaluate_behaviour(
+        self,
+        models: Mapping[str, Model],
+        prompts_file: str,
+        *,
+        heldout_curated: str = "",
+        samples_per_prompt: int = 0,
+        temperature: float = 0.0,
+        top_words: int = 0,
+        seed: int = 0,
+        display_name: str = "",
+    ) -> compare_pb2.BehaviourEvaluation:
+        """Behaviour of each model (by role: base, values_targeted, control, ...) on the prompts file."""
+        request = compare_pb2.EvaluateBehaviourRequest(
+            models=[compare_pb2.RoleModel(role=role, model=_ref(model)) for role, model in models.items()],
+            prompts_file=common_pb2.ArtifactRef(uri=prompts_file),
+            heldout_curated=common_pb2.ArtifactRef(uri=heldout_curated) if heldout_curated else None,
+            samples_per_prompt=samples_per_prompt,
+            temperature=temperature,
+            top_words=top_words,
+            seed=seed,
+            display_name=display_name,
+        )
+        response: compare_pb2.EvaluateBehaviourResponse = self._stub.EvaluateBehaviour(request, timeout=self._timeout())
+        return response.evaluation
+
     def get(self, comparison_id: str) -> compare_pb2.Comparison:
         """A stored comparison."""
         request = compare_pb2.GetComparisonRequest(comparison_id=comparison_id)

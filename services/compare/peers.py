@@ -35,6 +35,10 @@ class MaskedLogits:
     version: int
 
 
+# Per text, per [MASK] in order: the most likely pieces and their probabilities.
+FilledMasks = list[list[tuple[tuple[str, ...], np.ndarray]]]
+
+
 class InferencePeer(Protocol):
     """What CompareApp needs of the inference service.
 
@@ -47,6 +51,14 @@ class InferencePeer(Protocol):
     def masked_logits(
         self, name: str, version: int, texts: Sequence[str], *, mask_fraction: float, seed: int
     ) -> MaskedLogits: ...
+
+    def fill_masks(self, name: str, version: int, texts: Sequence[str], *, top_k: int) -> FilledMasks: ...
+
+    def mean_token_loss(self, name: str, version: int, texts: Sequence[str]) -> float: ...
+
+
+# Texts per inference call (the inference service takes at most 256).
+_TEXTS_PER_CALL = 128
 
 
 class RemoteInference:
@@ -79,6 +91,34 @@ class RemoteInference:
                 raise ResourceExhaustedError(str(error.details())) from error
             raise peer_failure("inference", self._endpoint, error) from error
         return MaskedLogits(answer.logits, answer.text_indices, answer.token_ids, answer.version)
+
+    def fill_masks(self, name: str, version: int, texts: Sequence[str], *, top_k: int) -> FilledMasks:
+        slots: FilledMasks = [[] for _ in texts]
+        for start in range(0, len(texts), _TEXTS_PER_CALL):
+            try:
+                predictions = self._client.fill_mask(
+                    name, list(texts[start : start + _TEXTS_PER_CALL]), top_k=top_k, version=version, truncate=True
+                )
+            except grpc.RpcError as error:
+                raise peer_failure("inference", self._endpoint, error) from error
+            for prediction in predictions:
+                pieces = tuple(c.piece for c in prediction.candidates)
+                probabilities = np.array([c.probability for c in prediction.candidates])
+                slots[start + prediction.text_index].append((pieces, probabilities))
+        return slots
+
+    def mean_token_loss(self, name: str, version: int, texts: Sequence[str]) -> float:
+        losses, pieces = 0.0, 0
+        for start in range(0, len(texts), _TEXTS_PER_CALL):
+            try:
+                answer = self._client.token_loss(
+                    name, list(texts[start : start + _TEXTS_PER_CALL]), version=version, truncate=True
+                )
+            except grpc.RpcError as error:
+                raise peer_failure("inference", self._endpoint, error) from error
+            losses += sum(sum(text.losses) for text in answer.texts)
+            pieces += sum(text.pieces for text in answer.texts)
+        return losses / pieces if pieces else float("nan")
 
     def close(self) -> None:
         self._client.close()

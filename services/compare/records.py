@@ -4,6 +4,7 @@ per comparison, written atomically, read back by id or listed newest first."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from google.protobuf import json_format
 
@@ -12,6 +13,7 @@ from driftlm.services.runtime.errors import NotFoundError
 from driftlm.v1 import compare_pb2
 
 from .app import ComparisonResult, Estimated, ModelKey
+from .evaluation import BehaviourResult, ModelOutcome
 from .fidelity import ModelFigures
 
 
@@ -88,34 +90,98 @@ def to_message(result: ComparisonResult) -> compare_pb2.Comparison:
     return message
 
 
-class ComparisonStore:
-    """`<store>/compare/comparisons/<id>.json`."""
+Record = TypeVar("Record", compare_pb2.Comparison, compare_pb2.BehaviourEvaluation)
 
-    def __init__(self, root: Path) -> None:
-        self._directory = root / "compare" / "comparisons"
 
-    def save(self, comparison: compare_pb2.Comparison) -> None:
-        """Write the comparison (whole, durably)."""
-        document = json_format.MessageToJson(comparison, preserving_proto_field_name=True)
-        store.write_bytes_atomically(self._directory / f"{comparison.comparison_id}.json", document.encode("utf-8"))
+class RecordStore(Generic[Record]):
+    """`<store>/compare/<kind>/<id>.json`: one kind of record, each file written whole."""
 
-    def get(self, comparison_id: str) -> compare_pb2.Comparison:
-        """The stored comparison.
+    def __init__(self, root: Path, kind: str, message: type[Record]) -> None:
+        self._directory = root / "compare" / kind
+        self._message: type[Record] = message
+        self._what = kind.removesuffix("s").replace("_", " ")
+
+    def save(self, record_id: str, record: Record) -> None:
+        """Write the record (whole, durably)."""
+        document = json_format.MessageToJson(record, preserving_proto_field_name=True)
+        store.write_bytes_atomically(self._directory / f"{record_id}.json", document.encode("utf-8"))
+
+    def get(self, record_id: str) -> Record:
+        """The stored record.
 
         Raises:
-            NotFoundError: no comparison has that id (or it cannot be an id).
+            NotFoundError: no record has that id (or it cannot be an id).
         """
-        path = self._directory / f"{comparison_id}.json"
-        if not store.is_stored_id(comparison_id) or not path.is_file():
-            raise NotFoundError(f"no comparison {comparison_id[:80]!r}")
-        return json_format.Parse(path.read_text(encoding="utf-8"), compare_pb2.Comparison())
+        path = self._directory / f"{record_id}.json"
+        if not store.is_stored_id(record_id) or not path.is_file():
+            raise NotFoundError(f"no {self._what} {record_id[:80]!r}")
+        record = self._message()
+        json_format.Parse(path.read_text(encoding="utf-8"), record)
+        return record
 
-    def all(self) -> list[compare_pb2.Comparison]:
-        """Every stored comparison, newest first."""
+    def all(self) -> list[Record]:
+        """Every stored record, newest first."""
         if not self._directory.is_dir():
             return []
         found = [
-            json_format.Parse(path.read_text(encoding="utf-8"), compare_pb2.Comparison())
-            for path in self._directory.glob("cmp-*.json")
+            json_format.Parse(p.read_text(encoding="utf-8"), self._message()) for p in self._directory.glob("*.json")
         ]
-        return sorted(found, key=lambda c: (c.created_at, c.comparison_id), reverse=True)
+        return sorted(found, key=lambda r: r.created_at, reverse=True)
+
+
+def comparisons(root: Path) -> RecordStore[compare_pb2.Comparison]:
+    """Where comparisons are kept."""
+    return RecordStore(root, "comparisons", compare_pb2.Comparison)
+
+
+def behaviour_evaluations(root: Path) -> RecordStore[compare_pb2.BehaviourEvaluation]:
+    """Where behaviour evaluations are kept."""
+    return RecordStore(root, "behaviour_evaluations", compare_pb2.BehaviourEvaluation)
+
+
+def _model_behaviour(outcome: ModelOutcome) -> compare_pb2.ModelBehaviour:
+    mean, low, high = outcome.mean_toxicity
+    return compare_pb2.ModelBehaviour(
+        role=outcome.role,
+        mean_toxicity=_estimate(mean, low, high),
+        completions=outcome.completions,
+        top_words=[compare_pb2.WordCount(word=word, count=count) for word, count in outcome.top_words],
+        examples=list(outcome.examples),
+    )
+
+
+def behaviour_message(result: BehaviourResult) -> compare_pb2.BehaviourEvaluation:
+    """The behaviour evaluation as the contract's message."""
+    return compare_pb2.BehaviourEvaluation(
+        evaluation_id=result.evaluation_id,
+        display_name=result.display_name,
+        created_at=result.created_at,
+        models=[compare_pb2.RoleModel(role=role, model=_ref(key)) for role, key in result.models],
+        categories=[
+            compare_pb2.CategoryBehaviour(
+                category=c.category,
+                models=[_model_behaviour(m) for m in c.models],
+                tests=[
+                    compare_pb2.ToxicityTest(
+                        role=t.role,
+                        against=t.against,
+                        difference=t.difference,
+                        p_value=t.p_value,
+                        significant=t.p_value < 0.05,
+                    )
+                    for t in c.tests
+                ],
+            )
+            for c in result.categories
+        ],
+        groups=[
+            compare_pb2.GroupBehaviour(group=g.group, models=[_model_behaviour(m) for m in g.models])
+            for g in result.groups
+        ],
+        adherence=[compare_pb2.Adherence(role=role, loss=loss) for role, loss in result.adherence],
+        weakest_categories=list(result.weakest_categories),
+        samples_per_prompt=result.samples_per_prompt,
+        temperature=result.temperature,
+        seed=result.seed,
+        scorer=result.scorer,
+    )

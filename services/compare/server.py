@@ -10,9 +10,11 @@ from driftlm.services.runtime.config import ServeConfig
 from driftlm.v1 import compare_pb2, compare_pb2_grpc
 
 from .app import CompareApp
+from .evaluation import BehaviourEvaluator
 from .peers import RemoteInference
-from .records import ComparisonStore
+from .records import behaviour_evaluations, comparisons
 from .servicer import CompareServicer
+from .toxicity import load_scorer
 
 SERVICE_NAME = compare_pb2.DESCRIPTOR.services_by_name["CompareService"].full_name
 
@@ -21,7 +23,8 @@ def create_server(address: str = "127.0.0.1:0", config: ServeConfig | None = Non
     """A started compare server on `address`.
 
     Raises:
-        ValueError: no inference endpoint is configured (the comparisons need its logits).
+        ValueError: no inference endpoint is configured (the comparisons need its logits), or the
+            toxicity scorer cannot be loaded.
     """
     config = config or ServeConfig()
     if not config.inference_endpoint:
@@ -30,10 +33,11 @@ def create_server(address: str = "127.0.0.1:0", config: ServeConfig | None = Non
         config.inference_endpoint, security=config.peer_security(), timeout_s=config.peer_timeout_s
     )
     app = CompareApp(inference, config.roots)
-    servicer = CompareServicer(app, ComparisonStore(config.store))
+    evaluator = BehaviourEvaluator(inference, load_scorer(config.toxicity_scorer), config.roots)
+    servicer = CompareServicer(app, evaluator, comparisons(config.store), behaviour_evaluations(config.store))
     binding = ServiceBinding(
         SERVICE_NAME,
         lambda server: compare_pb2_grpc.add_CompareServiceServicer_to_server(servicer, server),
-        heavy_methods=frozenset({"CompareModels"}),
+        heavy_methods=frozenset({"CompareModels", "EvaluateBehaviour"}),
     )
     return build_server([binding], address, config, closers=[lambda _timeout: inference.close()])

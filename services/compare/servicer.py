@@ -5,11 +5,13 @@ from __future__ import annotations
 import grpc
 
 from driftlm.services.runtime.corpus import corpus_from_message
+from driftlm.services.runtime.curated import PromptTemplate
 from driftlm.services.runtime.paging import page_of
 from driftlm.v1 import compare_pb2, compare_pb2_grpc
 
 from .app import CompareApp, ComparisonSpec, Gate, ModelKey, Slice
-from .records import ComparisonStore, to_message
+from .evaluation import BehaviourEvaluator, BehaviourSpec
+from .records import RecordStore, behaviour_message, to_message
 
 
 def _key(ref: compare_pb2.ModelRef) -> ModelKey:
@@ -27,9 +29,17 @@ def _gate(gate: compare_pb2.PromotionGate) -> Gate:
 class CompareServicer(compare_pb2_grpc.CompareServiceServicer):
     """Maps messages to CompareApp calls and the store."""
 
-    def __init__(self, app: CompareApp, records: ComparisonStore) -> None:
+    def __init__(
+        self,
+        app: CompareApp,
+        evaluator: BehaviourEvaluator,
+        records: RecordStore[compare_pb2.Comparison],
+        evaluations: RecordStore[compare_pb2.BehaviourEvaluation],
+    ) -> None:
         self._app = app
+        self._evaluator = evaluator
         self._records = records
+        self._evaluations = evaluations
 
     def CompareModels(
         self, request: compare_pb2.CompareModelsRequest, context: grpc.ServicerContext
@@ -47,7 +57,7 @@ class CompareServicer(compare_pb2_grpc.CompareServiceServicer):
             display_name=request.display_name,
         )
         comparison = to_message(self._app.compare(spec))
-        self._records.save(comparison)
+        self._records.save(comparison.comparison_id, comparison)
         return compare_pb2.CompareModelsResponse(comparison=comparison)
 
     def GetComparison(
@@ -60,3 +70,27 @@ class CompareServicer(compare_pb2_grpc.CompareServiceServicer):
     ) -> compare_pb2.ListComparisonsResponse:
         page, token = page_of(self._records.all(), request.page_size, request.page_token)
         return compare_pb2.ListComparisonsResponse(comparisons=list(page), next_page_token=token)
+
+    def EvaluateBehaviour(
+        self, request: compare_pb2.EvaluateBehaviourRequest, context: grpc.ServicerContext
+    ) -> compare_pb2.EvaluateBehaviourResponse:
+        spec = BehaviourSpec(
+            models=tuple((m.role, _key(m.model)) for m in request.models),
+            prompts=tuple(PromptTemplate(p.category, p.template, p.group) for p in request.prompts),
+            prompts_uri=request.prompts_file.uri,
+            categories=tuple(request.categories),
+            samples_per_prompt=request.samples_per_prompt,
+            temperature=request.temperature,
+            top_words=request.top_words,
+            seed=request.seed,
+            heldout_uri=request.heldout_curated.uri,
+            display_name=request.display_name,
+        )
+        evaluation = behaviour_message(self._evaluator.evaluate(spec))
+        self._evaluations.save(evaluation.evaluation_id, evaluation)
+        return compare_pb2.EvaluateBehaviourResponse(evaluation=evaluation)
+
+    def GetBehaviourEvaluation(
+        self, request: compare_pb2.GetBehaviourEvaluationRequest, context: grpc.ServicerContext
+    ) -> compare_pb2.GetBehaviourEvaluationResponse:
+        return compare_pb2.GetBehaviourEvaluationResponse(evaluation=self._evaluations.get(request.evaluation_id))

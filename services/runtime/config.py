@@ -87,6 +87,8 @@ class ServeConfig:
     sampling_endpoint: str = ""
     # host:port of the inference service, for the compare service.
     inference_endpoint: str = ""
+    # The compare service's toxicity classifier: "profanity-check" or "module:callable".
+    toxicity_scorer: str = "profanity-check"
     # The inference service's model repository (Triton's layout); None: the trainer's default
     # export destination in the store, <store>/trainer/models.
     model_repository: Path | None = None

@@ -13,10 +13,9 @@ from driftlm.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 
 from .app import CheckpointInfo, ModelSource, TrainerApp
 from .runs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, RunRecord
-from .spec import RunKind
 from .training import IterationSelection
 from .trigger import trigger_options
-from .validation import run_spec
+from .validation import KINDS, run_spec
 
 _STATES = {
     QUEUED: trainer_pb2.RUN_STATE_QUEUED,
@@ -25,7 +24,7 @@ _STATES = {
     FAILED: trainer_pb2.RUN_STATE_FAILED,
     CANCELLED: trainer_pb2.RUN_STATE_CANCELLED,
 }
-_KINDS = {RunKind.MLM: trainer_pb2.RUN_KIND_MLM, RunKind.DISTILL: trainer_pb2.RUN_KIND_DISTILL}
+_KINDS = {kind: value for value, kind in KINDS.items()}
 
 
 def _run_message(record: RunRecord) -> trainer_pb2.RunStatus:

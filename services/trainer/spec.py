@@ -12,10 +12,11 @@ from .vocab_move import EmbeddingInit
 
 
 class RunKind(enum.Enum):
-    """Training or distillation."""
+    """Training, distillation, or fine-tuning on a curated dataset (PALMS)."""
 
     MLM = "mlm"
     DISTILL = "distill"
+    CURATED = "curated"
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from transformers import PreTrainedModel
 
 from driftlm.services.runtime import store
 from driftlm.services.runtime.corpus import CorpusError, read_texts
+from driftlm.services.runtime.curated import CuratedDataError, read_curated
 from driftlm.services.runtime.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from driftlm.services.runtime.strategy import Strategy
 
@@ -273,8 +274,17 @@ def vocabulary_of(version: VocabVersion) -> Vocabulary:
     )
 
 
-def _read_pool(paths: Sequence[str], text_field: str, vocabulary: Vocabulary, max_length: int) -> TokenizedPool:
-    texts = (text for path in paths for text in read_texts(Path(path), text_field=text_field))
+def _read_pool(
+    paths: Sequence[str], text_field: str, vocabulary: Vocabulary, max_length: int, *, curated: bool = False
+) -> TokenizedPool:
+    """The slices' texts, tokenized; a curated dataset's examples as "prompt completion"."""
+    if curated:
+        try:
+            texts: Iterable[str] = [e.text for path in paths for e in read_curated(Path(path))]
+        except CuratedDataError as error:
+            raise InvalidArgumentError("slices", str(error)) from error
+    else:
+        texts = (text for path in paths for text in read_texts(Path(path), text_field=text_field))
     try:
         return tokenize_texts(vocabulary.tokenizer_json, texts, max_length=max_length, pad_id=vocabulary.pad_id)
     except CorpusError as error:
@@ -340,7 +350,9 @@ class _Trainer:
             self.teachers = [
                 on_device(context.checkpoints.model(t), self.device).eval() for t in spec.teacher_checkpoint_ids
             ]
-        pool = _read_pool(spec.slices, spec.text_field, vocabulary, spec.max_length)
+        pool = _read_pool(
+            spec.slices, spec.text_field, vocabulary, spec.max_length, curated=spec.kind is RunKind.CURATED
+        )
         replay = (
             _read_pool(spec.replay_slices, spec.text_field, vocabulary, spec.max_length) if spec.replay_slices else None
         )

@@ -7,7 +7,9 @@ checked by the app when the run starts.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+from driftlm.services.runtime.curated import CuratedDataError, read_curated
 from driftlm.services.runtime.errors import InvalidArgumentError
 from driftlm.services.runtime.paths import FileRoots
 from driftlm.services.runtime.strategy import Strategy
@@ -16,7 +18,12 @@ from driftlm.v1 import common_pb2, trainer_pb2
 from .spec import RunKind, RunSpec
 from .vocab_move import EmbeddingInit
 
-_KINDS = {trainer_pb2.RUN_KIND_MLM: RunKind.MLM, trainer_pb2.RUN_KIND_DISTILL: RunKind.DISTILL}
+# The run kinds, by their proto value (the servicer maps them back).
+KINDS = {
+    trainer_pb2.RUN_KIND_MLM: RunKind.MLM,
+    trainer_pb2.RUN_KIND_DISTILL: RunKind.DISTILL,
+    trainer_pb2.RUN_KIND_CURATED: RunKind.CURATED,
+}
 _INITS = {
     trainer_pb2.EMBEDDING_INIT_UNSPECIFIED: EmbeddingInit.FVT,
     trainer_pb2.EMBEDDING_INIT_FVT: EmbeddingInit.FVT,
@@ -51,11 +58,11 @@ def run_spec(request: trainer_pb2.StartRunRequest, *, roots: FileRoots) -> RunSp
         InvalidArgumentError: an impossible or missing parameter.
         NotFoundError: a slice file does not exist.
     """
-    if request.kind not in _KINDS:
-        raise InvalidArgumentError("kind", "must be RUN_KIND_MLM or RUN_KIND_DISTILL")
-    kind = _KINDS[request.kind]
-    # A distillation run trains on every sentence alike: it may leave the strategy unset.
-    if kind is RunKind.DISTILL and request.strategy == common_pb2.SAMPLING_STRATEGY_UNSPECIFIED:
+    if request.kind not in KINDS:
+        raise InvalidArgumentError("kind", "must be RUN_KIND_MLM, RUN_KIND_DISTILL or RUN_KIND_CURATED")
+    kind = KINDS[request.kind]
+    # Distillation and curated runs train on every sentence alike: they may leave the strategy unset.
+    if kind is not RunKind.MLM and request.strategy == common_pb2.SAMPLING_STRATEGY_UNSPECIFIED:
         strategy = Strategy.UNIFORM
     else:
         strategy = Strategy.from_proto(request.strategy, "strategy")
@@ -65,6 +72,12 @@ def run_spec(request: trainer_pb2.StartRunRequest, *, roots: FileRoots) -> RunSp
     if not request.slices:
         raise InvalidArgumentError("slices", "name at least one corpus file to train on")
     slices = tuple(str(roots.readable(ref.uri, f"slices[{i}].uri")) for i, ref in enumerate(request.slices))
+    if kind is RunKind.CURATED:
+        for index, path in enumerate(slices):
+            try:
+                read_curated(Path(path))
+            except CuratedDataError as error:
+                raise InvalidArgumentError(f"slices[{index}]", str(error)) from None
     replay = tuple(
         str(roots.readable(ref.uri, f"replay_slices[{i}].uri")) for i, ref in enumerate(request.replay_slices)
     )

@@ -51,11 +51,18 @@ def _closure(requirements: list[str]) -> set[str]:
     return seen
 
 
-def test_the_inference_extra_pulls_in_no_torch() -> None:
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("inference", {"onnxruntime", "tokenizers", "grpcio", "numpy"}),
+        ("compare", {"alt-profanity-check", "scikit-learn"}),
+    ],
+)
+def test_the_serving_extras_pull_in_no_torch(extra: str, expected: set[str]) -> None:
     project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
-    direct = project["dependencies"] + project["optional-dependencies"]["inference"]
+    direct = project["dependencies"] + project["optional-dependencies"][extra]
     pulled = _closure(direct)
-    assert {"onnxruntime", "tokenizers", "grpcio", "numpy"} <= pulled
+    assert expected <= pulled
     assert not pulled & FORBIDDEN, pulled & FORBIDDEN
 
 

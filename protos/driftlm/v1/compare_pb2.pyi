@@ -560,3 +560,480 @@ class ListComparisonsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListComparisonsResponse: _TypeAlias = ListComparisonsResponse  # noqa: Y015
+
+@_typing.final
+class RoleModel(_message.Message):
+    """A model in a behaviour evaluation and the part it plays."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    role: _builtins.str
+    """Its role: `base`, `values_targeted` and `control` are compared with each other (the
+    values-targeted model against the two others); any other label is reported alone.
+    """
+    @_builtins.property
+    def model(self) -> Global___ModelRef:
+        """The model, served by the inference service; the version that answered is recorded."""
+
+    def __init__(
+        self,
+        *,
+        role: _builtins.str = ...,
+        model: Global___ModelRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoleModel: _TypeAlias = RoleModel  # noqa: Y015
+
+@_typing.final
+class BehaviourPrompt(_message.Message):
+    """A prompt with one or more [MASK] slots."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
+    category: _builtins.str
+    """Its category (one of the request's categories)."""
+    template: _builtins.str
+    """The text, with [MASK] where the model completes it."""
+    group: _builtins.str
+    """The social group it is about ("women", "muslims"...); empty when none."""
+    def __init__(
+        self,
+        *,
+        category: _builtins.str = ...,
+        template: _builtins.str = ...,
+        group: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "group", b"group", "template", b"template"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BehaviourPrompt: _TypeAlias = BehaviourPrompt  # noqa: Y015
+
+@_typing.final
+class EvaluateBehaviourRequest(_message.Message):
+    """Scores behaviour."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODELS_FIELD_NUMBER: _builtins.int
+    PROMPTS_FIELD_NUMBER: _builtins.int
+    PROMPTS_FILE_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
+    SAMPLES_PER_PROMPT_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_FIELD_NUMBER: _builtins.int
+    TOP_WORDS_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    HELDOUT_CURATED_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    samples_per_prompt: _builtins.int
+    """Completions sampled per prompt and model, 1 to 20; 0 means 3."""
+    temperature: _builtins.float
+    """Sampling temperature over the 100 most likely pieces at each slot, in (0, 10]; 0 means 0.7."""
+    top_words: _builtins.int
+    """Most frequent completion words reported per category, group and model, 1 to 100; 0 means 10."""
+    seed: _builtins.int
+    """Seed of the sampling, the bootstrap and the permutation tests."""
+    display_name: _builtins.str
+    """A label."""
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoleModel]:
+        """The models, 1 to 8, with distinct roles; they must share one vocabulary."""
+
+    @_builtins.property
+    def prompts(self) -> _containers.RepeatedCompositeFieldContainer[Global___BehaviourPrompt]:
+        """The prompts, 1 to 1,000 (inline), or prompts_file."""
+
+    @_builtins.property
+    def prompts_file(self) -> _common_pb2.ArtifactRef:
+        """A prompts JSONL file ({category, template, group}) on the service's machine."""
+
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The categories; empty means the paper's eight (abuse_violence_threat, health,
+        human_characteristics, injustice_inequality, political_opinion, relationships,
+        sexual_activity, terrorism).
+        """
+
+    @_builtins.property
+    def heldout_curated(self) -> _common_pb2.ArtifactRef:
+        """Optional: held-out curated examples (JSONL {category, prompt, completion}): each model's
+        masked-LM loss on them measures adherence to the curated values.
+        """
+
+    def __init__(
+        self,
+        *,
+        models: _abc.Iterable[Global___RoleModel] | None = ...,
+        prompts: _abc.Iterable[Global___BehaviourPrompt] | None = ...,
+        prompts_file: _common_pb2.ArtifactRef | None = ...,
+        categories: _abc.Iterable[_builtins.str] | None = ...,
+        samples_per_prompt: _builtins.int = ...,
+        temperature: _builtins.float = ...,
+        top_words: _builtins.int = ...,
+        seed: _builtins.int = ...,
+        heldout_curated: _common_pb2.ArtifactRef | None = ...,
+        display_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heldout_curated", b"heldout_curated", "prompts_file", b"prompts_file"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "display_name", b"display_name", "heldout_curated", b"heldout_curated", "models", b"models", "prompts", b"prompts", "prompts_file", b"prompts_file", "samples_per_prompt", b"samples_per_prompt", "seed", b"seed", "temperature", b"temperature", "top_words", b"top_words"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluateBehaviourRequest: _TypeAlias = EvaluateBehaviourRequest  # noqa: Y015
+
+@_typing.final
+class WordCount(_message.Message):
+    """A word and how often it was a completion."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORD_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    word: _builtins.str
+    """The word."""
+    count: _builtins.int
+    """Completions that chose it."""
+    def __init__(
+        self,
+        *,
+        word: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "word", b"word"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WordCount: _TypeAlias = WordCount  # noqa: Y015
+
+@_typing.final
+class ModelBehaviour(_message.Message):
+    """One model's behaviour on one category (or group)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLE_FIELD_NUMBER: _builtins.int
+    MEAN_TOXICITY_FIELD_NUMBER: _builtins.int
+    COMPLETIONS_FIELD_NUMBER: _builtins.int
+    TOP_WORDS_FIELD_NUMBER: _builtins.int
+    EXAMPLES_FIELD_NUMBER: _builtins.int
+    role: _builtins.str
+    """The model's role."""
+    completions: _builtins.int
+    """Completions scored."""
+    @_builtins.property
+    def mean_toxicity(self) -> Global___Estimate:
+        """Mean toxicity of its completions, in [0, 1], with a 95% bootstrap interval over completions."""
+
+    @_builtins.property
+    def top_words(self) -> _containers.RepeatedCompositeFieldContainer[Global___WordCount]:
+        """Its most frequent completion words, most frequent first."""
+
+    @_builtins.property
+    def examples(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Three of its completions, for reading."""
+
+    def __init__(
+        self,
+        *,
+        role: _builtins.str = ...,
+        mean_toxicity: Global___Estimate | None = ...,
+        completions: _builtins.int = ...,
+        top_words: _abc.Iterable[Global___WordCount] | None = ...,
+        examples: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["mean_toxicity", b"mean_toxicity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completions", b"completions", "examples", b"examples", "mean_toxicity", b"mean_toxicity", "role", b"role", "top_words", b"top_words"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelBehaviour: _TypeAlias = ModelBehaviour  # noqa: Y015
+
+@_typing.final
+class ToxicityTest(_message.Message):
+    """A two-sided permutation test of the difference in mean toxicity between two models."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLE_FIELD_NUMBER: _builtins.int
+    AGAINST_FIELD_NUMBER: _builtins.int
+    DIFFERENCE_FIELD_NUMBER: _builtins.int
+    P_VALUE_FIELD_NUMBER: _builtins.int
+    SIGNIFICANT_FIELD_NUMBER: _builtins.int
+    role: _builtins.str
+    """The first model's role (values_targeted)."""
+    against: _builtins.str
+    """The model it is compared with (base or control)."""
+    difference: _builtins.float
+    """Mean toxicity of role minus that of against."""
+    p_value: _builtins.float
+    """The permutation p-value (10,000 permutations of the completions' labels)."""
+    significant: _builtins.bool
+    """p_value < 0.05."""
+    def __init__(
+        self,
+        *,
+        role: _builtins.str = ...,
+        against: _builtins.str = ...,
+        difference: _builtins.float = ...,
+        p_value: _builtins.float = ...,
+        significant: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["against", b"against", "difference", b"difference", "p_value", b"p_value", "role", b"role", "significant", b"significant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToxicityTest: _TypeAlias = ToxicityTest  # noqa: Y015
+
+@_typing.final
+class CategoryBehaviour(_message.Message):
+    """Behaviour on one category."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CATEGORY_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    TESTS_FIELD_NUMBER: _builtins.int
+    category: _builtins.str
+    """The category."""
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelBehaviour]:
+        """Per model, in request order."""
+
+    @_builtins.property
+    def tests(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToxicityTest]:
+        """The values-targeted model against base and control, when those roles are given."""
+
+    def __init__(
+        self,
+        *,
+        category: _builtins.str = ...,
+        models: _abc.Iterable[Global___ModelBehaviour] | None = ...,
+        tests: _abc.Iterable[Global___ToxicityTest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["category", b"category", "models", b"models", "tests", b"tests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CategoryBehaviour: _TypeAlias = CategoryBehaviour  # noqa: Y015
+
+@_typing.final
+class GroupBehaviour(_message.Message):
+    """Behaviour on prompts about one social group."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """The group."""
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelBehaviour]:
+        """Per model, in request order."""
+
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        models: _abc.Iterable[Global___ModelBehaviour] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["group", b"group", "models", b"models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GroupBehaviour: _TypeAlias = GroupBehaviour  # noqa: Y015
+
+@_typing.final
+class Adherence(_message.Message):
+    """A model's adherence to the curated values."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLE_FIELD_NUMBER: _builtins.int
+    LOSS_FIELD_NUMBER: _builtins.int
+    role: _builtins.str
+    """The model's role."""
+    loss: _builtins.float
+    """Mean masked-LM loss per piece on the held-out curated texts, in nats (lower: closer)."""
+    def __init__(
+        self,
+        *,
+        role: _builtins.str = ...,
+        loss: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["loss", b"loss", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Adherence: _TypeAlias = Adherence  # noqa: Y015
+
+@_typing.final
+class BehaviourEvaluation(_message.Message):
+    """A stored behaviour evaluation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVALUATION_ID_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    ADHERENCE_FIELD_NUMBER: _builtins.int
+    WEAKEST_CATEGORIES_FIELD_NUMBER: _builtins.int
+    SAMPLES_PER_PROMPT_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    SCORER_FIELD_NUMBER: _builtins.int
+    evaluation_id: _builtins.str
+    """Id (`beh-` + 16 hex digits)."""
+    display_name: _builtins.str
+    """The request's label."""
+    created_at: _builtins.str
+    """When it was made, RFC 3339."""
+    samples_per_prompt: _builtins.int
+    """The sampling."""
+    temperature: _builtins.float
+    """The temperature."""
+    seed: _builtins.int
+    """The seed."""
+    scorer: _builtins.str
+    """The toxicity scorer."""
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoleModel]:
+        """The models, with the versions that answered."""
+
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedCompositeFieldContainer[Global___CategoryBehaviour]:
+        """Per category, in the request's order."""
+
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___GroupBehaviour]:
+        """Per social group named by the prompts."""
+
+    @_builtins.property
+    def adherence(self) -> _containers.RepeatedCompositeFieldContainer[Global___Adherence]:
+        """Per model, with a held-out curated set."""
+
+    @_builtins.property
+    def weakest_categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The categories where the values-targeted model (else the models on average) is most toxic,
+        most toxic first: where the next curated set should add examples.
+        """
+
+    def __init__(
+        self,
+        *,
+        evaluation_id: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        created_at: _builtins.str = ...,
+        models: _abc.Iterable[Global___RoleModel] | None = ...,
+        categories: _abc.Iterable[Global___CategoryBehaviour] | None = ...,
+        groups: _abc.Iterable[Global___GroupBehaviour] | None = ...,
+        adherence: _abc.Iterable[Global___Adherence] | None = ...,
+        weakest_categories: _abc.Iterable[_builtins.str] | None = ...,
+        samples_per_prompt: _builtins.int = ...,
+        temperature: _builtins.float = ...,
+        seed: _builtins.int = ...,
+        scorer: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adherence", b"adherence", "categories", b"categories", "created_at", b"created_at", "display_name", b"display_name", "evaluation_id", b"evaluation_id", "groups", b"groups", "models", b"models", "samples_per_prompt", b"samples_per_prompt", "scorer", b"scorer", "seed", b"seed", "temperature", b"temperature", "weakest_categories", b"weakest_categories"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BehaviourEvaluation: _TypeAlias = BehaviourEvaluation  # noqa: Y015
+
+@_typing.final
+class EvaluateBehaviourResponse(_message.Message):
+    """The behaviour evaluation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVALUATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def evaluation(self) -> Global___BehaviourEvaluation:
+        """As stored."""
+
+    def __init__(
+        self,
+        *,
+        evaluation: Global___BehaviourEvaluation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["evaluation", b"evaluation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluation", b"evaluation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluateBehaviourResponse: _TypeAlias = EvaluateBehaviourResponse  # noqa: Y015
+
+@_typing.final
+class GetBehaviourEvaluationRequest(_message.Message):
+    """Gets a behaviour evaluation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVALUATION_ID_FIELD_NUMBER: _builtins.int
+    evaluation_id: _builtins.str
+    """Its id."""
+    def __init__(
+        self,
+        *,
+        evaluation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluation_id", b"evaluation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBehaviourEvaluationRequest: _TypeAlias = GetBehaviourEvaluationRequest  # noqa: Y015
+
+@_typing.final
+class GetBehaviourEvaluationResponse(_message.Message):
+    """A behaviour evaluation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVALUATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def evaluation(self) -> Global___BehaviourEvaluation:
+        """As stored."""
+
+    def __init__(
+        self,
+        *,
+        evaluation: Global___BehaviourEvaluation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["evaluation", b"evaluation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["evaluation", b"evaluation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBehaviourEvaluationResponse: _TypeAlias = GetBehaviourEvaluationResponse  # noqa: Y015

@@ -52,6 +52,16 @@ class CompareServiceStub:
                 request_serializer=driftlm_dot_v1_dot_compare__pb2.ListComparisonsRequest.SerializeToString,
                 response_deserializer=driftlm_dot_v1_dot_compare__pb2.ListComparisonsResponse.FromString,
                 _registered_method=True)
+        self.EvaluateBehaviour = channel.unary_unary(
+                '/driftlm.v1.CompareService/EvaluateBehaviour',
+                request_serializer=driftlm_dot_v1_dot_compare__pb2.EvaluateBehaviourRequest.SerializeToString,
+                response_deserializer=driftlm_dot_v1_dot_compare__pb2.EvaluateBehaviourResponse.FromString,
+                _registered_method=True)
+        self.GetBehaviourEvaluation = channel.unary_unary(
+                '/driftlm.v1.CompareService/GetBehaviourEvaluation',
+                request_serializer=driftlm_dot_v1_dot_compare__pb2.GetBehaviourEvaluationRequest.SerializeToString,
+                response_deserializer=driftlm_dot_v1_dot_compare__pb2.GetBehaviourEvaluationResponse.FromString,
+                _registered_method=True)
 
 
 class CompareServiceServicer:
@@ -82,6 +92,22 @@ class CompareServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EvaluateBehaviour(self, request, context):
+        """Scores the behaviour of models on prompt templates per sensitive category (PALMS): toxicity
+        of sampled completions with intervals and significance tests, most frequent completion words
+        per category and per social group, and adherence (MLM loss on held-out curated text). Stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBehaviourEvaluation(self, request, context):
+        """Returns a stored behaviour evaluation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CompareServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -99,6 +125,16 @@ def add_CompareServiceServicer_to_server(servicer, server):
                     servicer.ListComparisons,
                     request_deserializer=driftlm_dot_v1_dot_compare__pb2.ListComparisonsRequest.FromString,
                     response_serializer=driftlm_dot_v1_dot_compare__pb2.ListComparisonsResponse.SerializeToString,
+            ),
+            'EvaluateBehaviour': grpc.unary_unary_rpc_method_handler(
+                    servicer.EvaluateBehaviour,
+                    request_deserializer=driftlm_dot_v1_dot_compare__pb2.EvaluateBehaviourRequest.FromString,
+                    response_serializer=driftlm_dot_v1_dot_compare__pb2.EvaluateBehaviourResponse.SerializeToString,
+            ),
+            'GetBehaviourEvaluation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBehaviourEvaluation,
+                    request_deserializer=driftlm_dot_v1_dot_compare__pb2.GetBehaviourEvaluationRequest.FromString,
+                    response_serializer=driftlm_dot_v1_dot_compare__pb2.GetBehaviourEvaluationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -185,6 +221,60 @@ class CompareService:
             '/driftlm.v1.CompareService/ListComparisons',
             driftlm_dot_v1_dot_compare__pb2.ListComparisonsRequest.SerializeToString,
             driftlm_dot_v1_dot_compare__pb2.ListComparisonsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateBehaviour(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/driftlm.v1.CompareService/EvaluateBehaviour',
+            driftlm_dot_v1_dot_compare__pb2.EvaluateBehaviourRequest.SerializeToString,
+            driftlm_dot_v1_dot_compare__pb2.EvaluateBehaviourResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBehaviourEvaluation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/driftlm.v1.CompareService/GetBehaviourEvaluation',
+            driftlm_dot_v1_dot_compare__pb2.GetBehaviourEvaluationRequest.SerializeToString,
+            driftlm_dot_v1_dot_compare__pb2.GetBehaviourEvaluationResponse.FromString,
             options,
             channel_credentials,
             insecure,

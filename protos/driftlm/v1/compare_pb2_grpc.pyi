@@ -44,6 +44,13 @@ class CompareServiceStub:
     """Returns a stored comparison."""
     ListComparisons: _grpc.UnaryUnaryMultiCallable[_compare_pb2.ListComparisonsRequest, _compare_pb2.ListComparisonsResponse]
     """Lists stored comparisons, newest first."""
+    EvaluateBehaviour: _grpc.UnaryUnaryMultiCallable[_compare_pb2.EvaluateBehaviourRequest, _compare_pb2.EvaluateBehaviourResponse]
+    """Scores the behaviour of models on prompt templates per sensitive category (PALMS): toxicity
+    of sampled completions with intervals and significance tests, most frequent completion words
+    per category and per social group, and adherence (MLM loss on held-out curated text). Stored.
+    """
+    GetBehaviourEvaluation: _grpc.UnaryUnaryMultiCallable[_compare_pb2.GetBehaviourEvaluationRequest, _compare_pb2.GetBehaviourEvaluationResponse]
+    """Returns a stored behaviour evaluation."""
 
 @_typing.type_check_only
 class CompareServiceAsyncStub(CompareServiceStub):
@@ -61,6 +68,13 @@ class CompareServiceAsyncStub(CompareServiceStub):
     """Returns a stored comparison."""
     ListComparisons: _aio.UnaryUnaryMultiCallable[_compare_pb2.ListComparisonsRequest, _compare_pb2.ListComparisonsResponse]  # type: ignore[assignment]
     """Lists stored comparisons, newest first."""
+    EvaluateBehaviour: _aio.UnaryUnaryMultiCallable[_compare_pb2.EvaluateBehaviourRequest, _compare_pb2.EvaluateBehaviourResponse]  # type: ignore[assignment]
+    """Scores the behaviour of models on prompt templates per sensitive category (PALMS): toxicity
+    of sampled completions with intervals and significance tests, most frequent completion words
+    per category and per social group, and adherence (MLM loss on held-out curated text). Stored.
+    """
+    GetBehaviourEvaluation: _aio.UnaryUnaryMultiCallable[_compare_pb2.GetBehaviourEvaluationRequest, _compare_pb2.GetBehaviourEvaluationResponse]  # type: ignore[assignment]
+    """Returns a stored behaviour evaluation."""
 
 class CompareServiceServicer(metaclass=_abc_1.ABCMeta):
     """Compares models served by the inference service: distillation fidelity (does the student agree
@@ -93,5 +107,24 @@ class CompareServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_compare_pb2.ListComparisonsResponse, _abc.Awaitable[_compare_pb2.ListComparisonsResponse]]:
         """Lists stored comparisons, newest first."""
+
+    @_abc_1.abstractmethod
+    def EvaluateBehaviour(
+        self,
+        request: _compare_pb2.EvaluateBehaviourRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compare_pb2.EvaluateBehaviourResponse, _abc.Awaitable[_compare_pb2.EvaluateBehaviourResponse]]:
+        """Scores the behaviour of models on prompt templates per sensitive category (PALMS): toxicity
+        of sampled completions with intervals and significance tests, most frequent completion words
+        per category and per social group, and adherence (MLM loss on held-out curated text). Stored.
+        """
+
+    @_abc_1.abstractmethod
+    def GetBehaviourEvaluation(
+        self,
+        request: _compare_pb2.GetBehaviourEvaluationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_compare_pb2.GetBehaviourEvaluationResponse, _abc.Awaitable[_compare_pb2.GetBehaviourEvaluationResponse]]:
+        """Returns a stored behaviour evaluation."""
 
 def add_CompareServiceServicer_to_server(servicer: CompareServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

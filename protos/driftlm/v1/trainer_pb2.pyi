@@ -32,6 +32,11 @@ class _RunKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunKind.Value
     """Incremental masked-language-model training."""
     RUN_KIND_DISTILL: _RunKind.ValueType  # 2
     """Distillation of one or more teachers into a student."""
+    RUN_KIND_CURATED: _RunKind.ValueType  # 3
+    """Fine-tuning on a curated values-targeted (or control) dataset (PALMS): the slices are JSONL
+    files of {category, prompt, completion}; each example trains as "prompt completion". Bad lines
+    are refused with the file, line and field before the run starts.
+    """
 
 class RunKind(_RunKind, metaclass=_RunKindEnumTypeWrapper):
     """What a run does."""
@@ -42,6 +47,11 @@ RUN_KIND_MLM: RunKind.ValueType  # 1
 """Incremental masked-language-model training."""
 RUN_KIND_DISTILL: RunKind.ValueType  # 2
 """Distillation of one or more teachers into a student."""
+RUN_KIND_CURATED: RunKind.ValueType  # 3
+"""Fine-tuning on a curated values-targeted (or control) dataset (PALMS): the slices are JSONL
+files of {category, prompt, completion}; each example trains as "prompt completion". Bad lines
+are refused with the file, line and field before the run starts.
+"""
 Global___RunKind: _TypeAlias = RunKind  # noqa: Y015
 
 class _EmbeddingInit:
