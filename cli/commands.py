@@ -500,6 +500,9 @@ def _add_palms(subcommands: argparse._SubParsersAction[argparse.ArgumentParser])
     palms.add_argument("--out", type=Path, default=Path("palms-out"), help="report directory (default: ./palms-out)")
     palms.add_argument("--store", type=Path, default=default_store(), help="the services' store (default ~/.driftlm)")
     palms.add_argument("--seed", type=int, default=0, help="seed of everything random")
+    palms.add_argument(
+        "--categories", default="", help="the datasets' categories, comma-separated (default: PALMS's eight)"
+    )
 
 
 def _palms(args: argparse.Namespace) -> int:
@@ -518,6 +521,7 @@ def _palms(args: argparse.Namespace) -> int:
         steps=args.steps,
         samples_per_prompt=args.samples,
         seed=args.seed,
+        categories=tuple(c.strip() for c in args.categories.split(",") if c.strip()),
     )
     console = Console()
     try:

@@ -29,11 +29,12 @@ from rich.console import Console
 
 from driftlm.drifting_stream import generate_stream
 from driftlm.local_services import LocalService, start_service
+from driftlm.pipeline import default_base_model
 from driftlm.provenance import provenance
 from driftlm.services.compare.client import CompareClient
 from driftlm.services.inference.client import InferenceClient
 from driftlm.services.runtime import store as atomic
-from driftlm.services.runtime.curated import read_curated, read_prompts
+from driftlm.services.runtime.curated import CATEGORIES, read_curated, read_prompts
 from driftlm.services.runtime.strategy import Strategy
 from driftlm.services.trainer.client import TrainerClient
 from driftlm.services.vocab.client import VocabClient
@@ -64,12 +65,8 @@ class PalmsOptions:
     max_length: int = 64
     samples_per_prompt: int = 3
     seed: int = 0
-
-
-def _minilm() -> Path:
-    from driftlm.pipeline import _minilm as default_base
-
-    return default_base()
+    # The categories the datasets use; empty: the paper's eight.
+    categories: tuple[str, ...] = ()
 
 
 @contextmanager
@@ -105,10 +102,11 @@ def run_palms(options: PalmsOptions, console: Console) -> dict[str, Any]:
         CuratedDataError: a dataset line that cannot be used (file, line and field named), before
             any service starts.
     """
+    categories = options.categories or CATEGORIES
     for dataset in (options.curated, options.control):
-        read_curated(dataset)
-    read_prompts(options.prompts)
-    base_dir = options.base_model or _minilm()
+        read_curated(dataset, categories)
+    read_prompts(options.prompts, categories)
+    base_dir = options.base_model or default_base_model()
     key = hashlib.sha256(
         json.dumps(
             {k: str(v) for k, v in options.__dict__.items() if k not in ("out", "store")}, sort_keys=True
@@ -185,6 +183,7 @@ def run_palms(options: PalmsOptions, console: Console) -> dict[str, Any]:
                 served,
                 str(prompts),
                 heldout_curated=str(heldout),
+                categories=categories,
                 samples_per_prompt=options.samples_per_prompt,
                 seed=options.seed,
                 display_name="driftlm palms",

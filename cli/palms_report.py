@@ -52,11 +52,11 @@ def _rows(report: dict[str, Any]) -> dict[str, list[list[str]]]:
         e = {"value": 0.0, "low": 0.0, "high": 0.0, **model.get("mean_toxicity", {})}
         return f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
 
-    def words(model: dict[str, Any]) -> str:
-        return ", ".join(f"{w['word']} ({w.get('count', 0)})" for w in model.get("top_words", [])[:8])
+    def words(model: dict[str, Any], key: str = "top_words") -> str:
+        return ", ".join(f"{w['word']} ({w.get('count', 0)})" for w in model.get(key, [])[:8])
 
     toxicity = [
-        [c["category"], m["role"], estimate(m), str(m.get("completions", 0)), words(m)]
+        [c["category"], m["role"], estimate(m), str(m.get("completions", 0)), words(m), words(m, "top_fill_words")]
         for c in evaluation.get("categories", [])
         for m in c["models"]
     ]
@@ -79,7 +79,14 @@ def _rows(report: dict[str, Any]) -> dict[str, list[list[str]]]:
 _TABLES = {
     "toxicity": (
         "Toxicity and completion words per category",
-        ["category", "model", "mean toxicity [95%]", "completions", "most frequent completion words"],
+        [
+            "category",
+            "model",
+            "mean toxicity [95%]",
+            "completions",
+            "most frequent completion words",
+            "most likely fills",
+        ],
     ),
     "tests": (
         "Values-targeted against base and control (permutation tests)",

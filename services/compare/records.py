@@ -147,6 +147,7 @@ def _model_behaviour(outcome: ModelOutcome) -> compare_pb2.ModelBehaviour:
         completions=outcome.completions,
         top_words=[compare_pb2.WordCount(word=word, count=count) for word, count in outcome.top_words],
         examples=list(outcome.examples),
+        top_fill_words=[compare_pb2.WordCount(word=word, count=count) for word, count in outcome.top_fill_words],
     )
 
 

@@ -92,15 +92,16 @@ def _field(record: dict[str, object], key: str, where: str, *, required: bool = 
     return value.strip()
 
 
-def _category(record: dict[str, object], where: str, categories: tuple[str, ...]) -> str:
+def _category(record: dict[str, object], where: str, categories: tuple[str, ...] | None) -> str:
     category = _field(record, "category", where)
-    if category not in categories:
+    if categories is not None and category not in categories:
         raise CuratedDataError(f"{where}: field 'category' is {category[:60]!r}, not one of {', '.join(categories)}")
     return category
 
 
-def read_curated(path: Path, categories: tuple[str, ...] = CATEGORIES) -> list[CuratedExample]:
-    """The examples of a curated or control JSONL file.
+def read_curated(path: Path, categories: tuple[str, ...] | None = CATEGORIES) -> list[CuratedExample]:
+    """The examples of a curated or control JSONL file (any non-empty category with `categories`
+    None: training does not care which).
 
     Raises:
         CuratedDataError: a line that is not an object, an unknown category, an empty prompt or

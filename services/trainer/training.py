@@ -280,7 +280,7 @@ def _read_pool(
     """The slices' texts, tokenized; a curated dataset's examples as "prompt completion"."""
     if curated:
         try:
-            texts: Iterable[str] = [e.text for path in paths for e in read_curated(Path(path))]
+            texts: Iterable[str] = [e.text for path in paths for e in read_curated(Path(path), categories=None)]
         except CuratedDataError as error:
             raise InvalidArgumentError("slices", str(error)) from error
     else:

@@ -75,7 +75,7 @@ def run_spec(request: trainer_pb2.StartRunRequest, *, roots: FileRoots) -> RunSp
     if kind is RunKind.CURATED:
         for index, path in enumerate(slices):
             try:
-                read_curated(Path(path))
+                read_curated(Path(path), categories=None)
             except CuratedDataError as error:
                 raise InvalidArgumentError(f"slices[{index}]", str(error)) from None
     replay = tuple(

@@ -266,10 +266,20 @@ def test_bad_behaviour_requests_are_invalid_arguments_naming_the_field(
     assert words in error.value.details()
 
 
+def test_a_user_may_define_their_own_categories(palms: dict[str, object]) -> None:
+    stub = palms["compare"]
+    assert isinstance(stub, compare_pb2_grpc.CompareServiceStub)
+    prompts = [compare_pb2.BehaviourPrompt(category="kindness", template=f"the of and {CUE} [MASK] in is was")]
+    evaluation = stub.EvaluateBehaviour(_request(categories=["kindness"], prompts=prompts), timeout=300).evaluation
+    assert [c.category for c in evaluation.categories] == ["kindness"]
+    base = evaluation.categories[0].models[0]
+    assert base.top_fill_words[0].word == ANSWERS[1]  # the most likely fill, beside the sampled words
+
+
 def test_a_curated_run_refuses_a_bad_line_before_it_starts(stack: Stack) -> None:  # noqa: F811
     bad = _write(
         stack.store / "bad.jsonl",
-        [{"category": "health", "prompt": "a", "completion": "b"}, {"category": "?", "prompt": "a", "completion": "b"}],
+        [{"category": "health", "prompt": "a", "completion": "b"}, {"category": "health", "prompt": "a"}],
     )
     with pytest.raises(grpc.RpcError) as error:
         stack.trainer.StartRun(
@@ -284,4 +294,4 @@ def test_a_curated_run_refuses_a_bad_line_before_it_starts(stack: Stack) -> None
             )
         )
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "bad.jsonl line 2: field 'category'" in error.value.details()
+    assert "bad.jsonl line 2: field 'completion' is missing or empty" in error.value.details()

@@ -49,7 +49,10 @@ def _fails(call: object, request: object, code: grpc.StatusCode) -> str:
             {"strategy": common_pb2.SAMPLING_STRATEGY_UNSPECIFIED},
             "strategy: must be one of SAMPLING_STRATEGY_UNIFORM, SAMPLING_STRATEGY_TOKEN_EMBEDDING_SHIFT, SAMPLING_STRATEGY_SENTENCE_EMBEDDING_SHIFT, SAMPLING_STRATEGY_TOKEN_MLM_LOSS, got 0",
         ),
-        ({"kind": trainer_pb2.RUN_KIND_UNSPECIFIED}, "kind: must be RUN_KIND_MLM or RUN_KIND_DISTILL"),
+        (
+            {"kind": trainer_pb2.RUN_KIND_UNSPECIFIED},
+            "kind: must be RUN_KIND_MLM, RUN_KIND_DISTILL or RUN_KIND_CURATED",
+        ),
         (
             {"kind": trainer_pb2.RUN_KIND_DISTILL},
             "teacher_checkpoint_ids: a distillation run needs at least one teacher",

@@ -731,6 +731,7 @@ class ModelBehaviour(_message.Message):
     COMPLETIONS_FIELD_NUMBER: _builtins.int
     TOP_WORDS_FIELD_NUMBER: _builtins.int
     EXAMPLES_FIELD_NUMBER: _builtins.int
+    TOP_FILL_WORDS_FIELD_NUMBER: _builtins.int
     role: _builtins.str
     """The model's role."""
     completions: _builtins.int
@@ -747,6 +748,10 @@ class ModelBehaviour(_message.Message):
     def examples(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Three of its completions, for reading."""
 
+    @_builtins.property
+    def top_fill_words(self) -> _containers.RepeatedCompositeFieldContainer[Global___WordCount]:
+        """The words most often among its five most likely fills of each slot (not sampled)."""
+
     def __init__(
         self,
         *,
@@ -755,10 +760,11 @@ class ModelBehaviour(_message.Message):
         completions: _builtins.int = ...,
         top_words: _abc.Iterable[Global___WordCount] | None = ...,
         examples: _abc.Iterable[_builtins.str] | None = ...,
+        top_fill_words: _abc.Iterable[Global___WordCount] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["mean_toxicity", b"mean_toxicity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completions", b"completions", "examples", b"examples", "mean_toxicity", b"mean_toxicity", "role", b"role", "top_words", b"top_words"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completions", b"completions", "examples", b"examples", "mean_toxicity", b"mean_toxicity", "role", b"role", "top_fill_words", b"top_fill_words", "top_words", b"top_words"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
