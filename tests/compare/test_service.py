@@ -41,6 +41,23 @@ def test_a_model_against_itself_agrees_fully_and_passes_a_strict_gate(services: 
     assert overall.teacher.top5_accuracy.value >= overall.teacher.top1_accuracy.value
 
 
+def test_on_real_text_the_gate_passes_a_model_against_itself_and_refuses_a_scrambled_one(services: Services) -> None:
+    """The gate's null case and its acting case on real prose (Python's own documentation), not
+    only on the planted stream."""
+    from benchmarks.vocab import real_texts
+
+    prose = real_texts(60)
+    with CompareClient(services.compare_target) as client:
+        itself = client.compare(
+            [(MODEL, 1)], (MODEL, 1), {"prose": prose}, bootstrap_samples=100, min_top1_agreement=0.99
+        )
+        scrambled = client.compare(
+            [(MODEL, 1)], "shuffled", {"prose": prose}, bootstrap_samples=100, min_top1_agreement=0.5
+        )
+    assert itself.overall.positions > 100 and itself.overall.top1_agreement.value == 1.0 and itself.gate.passed
+    assert scrambled.overall.top1_agreement.value < 0.2 and not scrambled.gate.passed
+
+
 def test_a_scrambled_student_agrees_little_and_fails_the_gate(services: Services) -> None:
     result = _compare(services, [(MODEL, 1)], "shuffled", min_top1_agreement=0.5)
     assert result.overall.top1_agreement.high < 0.2

@@ -105,6 +105,22 @@ def test_swap_under_load_fails_no_request(planted: Planted, serve: Callable[...,
     assert _versions(server) == [(2, inference_pb2.MODEL_STATE_READY, True)]
 
 
+def test_a_reload_with_nothing_new_changes_nothing(
+    planted: Planted, serve: Callable[..., Server], tmp_path: Path
+) -> None:
+    """The null case of a swap: no new version in the repository, so the serving one stays, loaded once."""
+    server = serve(planted.copy_to(tmp_path / "repository", versions=(1,)))
+    load = Load(server)
+    try:
+        for _ in range(3):
+            server.oip.RepositoryModelLoad(oip.RepositoryModelLoadRequest(model_name=MODEL))
+        assert load.settle(0.5) > 0
+    finally:
+        load.stop()
+    assert load.failures == [] and set(load.answers) <= {(1, ANSWERS[1]), (1, "")}
+    assert _versions(server) == [(1, inference_pb2.MODEL_STATE_READY, True)]
+
+
 def test_load_model_switches_the_default_and_keeps_the_old_version_callable(
     planted: Planted, serve: Callable[..., Server], tmp_path: Path
 ) -> None:

@@ -79,6 +79,43 @@ def test_the_loop_serves_a_student_that_passes_the_gate(tmp_path: Path, tiny_mod
     assert "<h2>Serving</h2>" in html and "passed: top-1 agreement" in html
 
 
+def _same_period_twice(tmp_path: Path) -> Path:
+    """2016's texts, then other texts of 2016 (another seed of the stream) dated 2017."""
+    first, again = (
+        [json.loads(line) for line in write_stream(tmp_path / f"{seed}.jsonl", seed=seed).read_text().splitlines()]
+        for seed in (5, 6)
+    )
+    data = tmp_path / "same.jsonl"
+    rows = [r for r in first if r["time"].startswith("2016")]
+    rows += [dict(r, time="2017-06-01T00:00:00Z") for r in again if r["time"].startswith("2016")]
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    return data
+
+
+def test_nothing_is_exported_or_served_when_the_trigger_does_not_fire(tmp_path: Path, tiny_model: Path) -> None:
+    """The loop's null case: the same period twice, so no slice trains and nothing new is served."""
+    report = run_pipeline(
+        PipelineOptions(
+            out=tmp_path / "out",
+            store=tmp_path / "store",
+            base_model=tiny_model,
+            data=_same_period_twice(tmp_path),
+            steps=12,
+            first_steps=120,
+            learning_rate=5e-3,
+            max_length=32,
+            vocab_k=20,
+            gate_min_agreement=0.0,
+        ),
+        Console(quiet=True),
+    )
+    serving = report["slices"][1]["serving"]
+    assert not report["slices"][1]["trigger"]["fired"], report["slices"][1]["trigger"]["reason"]
+    assert serving == {"promoted": False, "served": None, "gate": ["the trigger did not fire: nothing new to serve"]}
+    assert report["served"] is None
+    assert not (tmp_path / "store" / "trainer" / "models").exists()
+
+
 def test_with_ensemble_teachers_the_second_student_learns_from_both_teachers(tmp_path: Path, tiny_model: Path) -> None:
     options = PipelineOptions(
         out=tmp_path / "out",
