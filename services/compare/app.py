@@ -4,9 +4,10 @@ bootstrap the intervals, decide the gate, and keep the record."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -17,13 +18,12 @@ from driftlm.services.runtime.corpus import Corpus, CorpusError, read_texts
 from driftlm.services.runtime.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
-    NotFoundError,
     ResourceExhaustedError,
 )
 from driftlm.services.runtime.paths import FileRoots
 
 from .fidelity import Figures, Layout, bootstrap, figures, percentile_figures, position_rows
-from .peers import InferencePeer
+from .peers import InferencePeer, ServedModel
 
 DEFAULT_MASK_FRACTION = 0.15
 DEFAULT_MAX_TEXTS = 2000
@@ -154,31 +154,41 @@ def _check_fraction(name: str, value: float | None, high: float = 1.0) -> None:
         raise InvalidArgumentError(f"gate.{name}", f"is {value}; give a value in [0, {high:g}]")
 
 
-def resolve_models(inference: InferencePeer, wanted: Sequence[ModelKey]) -> list[ModelKey]:
-    """The models with the versions that will answer (0: the default).
+@contextlib.contextmanager
+def served_models(inference: InferencePeer, wanted: Sequence[ModelKey]) -> Iterator[list[ModelKey]]:
+    """The models with the versions that will answer (0: the default), for the block's length. A
+    model of the inference service's repository that is not loaded is loaded for the block (beside
+    what is served, not as a default) and unloaded after it.
 
     Raises:
-        NotFoundError: the inference service serves no such model or version.
-        FailedPreconditionError: the models have vocabularies of different sizes.
+        NotFoundError: neither served nor in the inference service's repository.
+        FailedPreconditionError: it fails to load, or the models have vocabularies of different sizes.
     """
     served = inference.ready_models()
-    resolved, sizes = [], set()
-    for key in wanted:
-        match = [
-            m for m in served if m.name == key.name and (m.version == key.version or (not key.version and m.is_default))
-        ]
-        if not match:
-            what = f"version {key.version} of model {key.name!r}" if key.version else f"model {key.name!r}"
-            raise NotFoundError(f"the inference service serves no {what}; load it first (LoadModel)")
-        resolved.append(ModelKey(match[0].name, match[0].version))
-        sizes.add(match[0].vocab_size)
-    if len(sizes) > 1:
-        raise FailedPreconditionError(
-            f"the models have vocabularies of different sizes ({sorted(sizes)}); predictions compare only "
-            "over one vocabulary (models of different vocab versions are not supported)",
-            reason="DIFFERENT_VOCABULARIES",
-        )
-    return resolved
+    loaded: list[ServedModel] = []
+    try:
+        resolved, sizes = [], set()
+        for key in wanted:
+            match = [
+                m
+                for m in [*served, *loaded]
+                if m.name == key.name and (m.version == key.version or (not key.version and m.is_default))
+            ]
+            if not match:
+                loaded.append(inference.load(key.name, key.version))
+                match = loaded[-1:]
+            resolved.append(ModelKey(match[0].name, match[0].version))
+            sizes.add(match[0].vocab_size)
+        if len(sizes) > 1:
+            raise FailedPreconditionError(
+                f"the models have vocabularies of different sizes ({sorted(sizes)}); predictions compare only "
+                "over one vocabulary (models of different vocab versions are not supported)",
+                reason="DIFFERENT_VOCABULARIES",
+            )
+        yield resolved
+    finally:
+        for model in loaded:
+            inference.unload(model.name, model.version)
 
 
 class CompareApp:
@@ -193,18 +203,20 @@ class CompareApp:
 
         Raises:
             InvalidArgumentError: a count or fraction out of range, a slice without text.
-            NotFoundError: a model or version the inference service does not serve.
+            NotFoundError: a model or version neither served by the inference service nor in its
+                repository.
             FailedPreconditionError: models of different vocabularies.
         """
         spec = self._validated(spec)
-        models = self._resolved(spec)
+        wanted = [*spec.teachers, spec.student, *([spec.independent_student] if spec.independent_student else [])]
         layout = Layout(independent=spec.independent_student is not None)
         per_slice, all_rows = [], []
-        for index, held_out in enumerate(spec.slices):
-            rows = self._slice_rows(models, layout, held_out, spec)
-            label = held_out.label or str(index)
-            per_slice.append(estimate(layout, label, rows, spec.bootstrap_samples, spec.seed + index))
-            all_rows.append(rows)
+        with served_models(self._inference, wanted) as models:
+            for index, held_out in enumerate(spec.slices):
+                rows = self._slice_rows(models, layout, held_out, spec)
+                label = held_out.label or str(index)
+                per_slice.append(estimate(layout, label, rows, spec.bootstrap_samples, spec.seed + index))
+                all_rows.append(rows)
         overall = estimate(layout, "all", np.concatenate(all_rows), spec.bootstrap_samples, spec.seed)
         teachers, student, independent = models[: len(spec.teachers)], models[len(spec.teachers)], None
         if spec.independent_student is not None:
@@ -259,11 +271,6 @@ class CompareApp:
             samples,
             spec.display_name,
         )
-
-    def _resolved(self, spec: ComparisonSpec) -> list[ModelKey]:
-        """Teachers, student (and independent student) with the versions that will answer."""
-        wanted = [*spec.teachers, spec.student, *([spec.independent_student] if spec.independent_student else [])]
-        return resolve_models(self._inference, wanted)
 
     def _texts(self, held_out: Slice, limit: int) -> list[str]:
         corpus = held_out.corpus

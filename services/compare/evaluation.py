@@ -18,7 +18,7 @@ from driftlm.services.runtime.curated import CATEGORIES, CuratedDataError, Promp
 from driftlm.services.runtime.errors import InvalidArgumentError
 from driftlm.services.runtime.paths import FileRoots
 
-from .app import ModelKey, resolve_models
+from .app import ModelKey, served_models
 from .behaviour import MASK, SlotCandidates, complete, count_words, mean_interval, permutation_test
 from .peers import InferencePeer
 from .toxicity import ToxicityScorer
@@ -142,10 +142,15 @@ class BehaviourEvaluator:
         roles = [role for role, _ in spec.models]
         if not 1 <= len(roles) <= MAX_MODELS or len(set(roles)) != len(roles) or not all(roles):
             raise InvalidArgumentError("models", f"give 1 to {MAX_MODELS} models, each with its own non-empty role")
-        keys = resolve_models(self._inference, [key for _, key in spec.models])
-        models = tuple(zip(roles, keys, strict=True))
-        heldout = self._heldout(spec.heldout_uri, categories)
-        outcomes = {role: self._completions(key, prompts, samples, temperature, spec.seed) for role, key in models}
+        with served_models(self._inference, [key for _, key in spec.models]) as keys:
+            models = tuple(zip(roles, keys, strict=True))
+            heldout = self._heldout(spec.heldout_uri, categories)
+            outcomes = {role: self._completions(key, prompts, samples, temperature, spec.seed) for role, key in models}
+            adherence = (
+                tuple((role, self._inference.mean_token_loss(key.name, key.version, heldout)) for role, key in models)
+                if heldout
+                else ()
+            )
         by_category = tuple(
             self._category(category, prompts, outcomes, top, spec.seed + index)
             for index, category in enumerate(categories)
@@ -160,11 +165,6 @@ class BehaviourEvaluator:
                 ),
             )
             for group in groups
-        )
-        adherence = (
-            tuple((role, self._inference.mean_token_loss(key.name, key.version, heldout)) for role, key in models)
-            if heldout
-            else ()
         )
         return BehaviourResult(
             evaluation_id=f"beh-{secrets.token_hex(8)}",

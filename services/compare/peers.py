@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -48,6 +49,10 @@ class InferencePeer(Protocol):
 
     def ready_models(self) -> list[ServedModel]: ...
 
+    def load(self, name: str, version: int) -> ServedModel: ...
+
+    def unload(self, name: str, version: int) -> None: ...
+
     def masked_logits(
         self, name: str, version: int, texts: Sequence[str], *, mask_fraction: float, seed: int
     ) -> MaskedLogits: ...
@@ -57,6 +62,7 @@ class InferencePeer(Protocol):
     def mean_token_loss(self, name: str, version: int, texts: Sequence[str]) -> float: ...
 
 
+_LOG = logging.getLogger("driftlm.compare")
 # Texts per inference call (the inference service takes at most 256).
 _TEXTS_PER_CALL = 128
 
@@ -78,6 +84,23 @@ class RemoteInference:
             for m in models
             if m.state == inference_pb2.MODEL_STATE_READY
         ]
+
+    def load(self, name: str, version: int) -> ServedModel:
+        """Load a version of the inference service's repository (0: its newest), not as a default."""
+        try:
+            model = self._client.load_model(name, version)
+        except grpc.RpcError as error:
+            raise peer_failure("inference", self._endpoint, error) from error
+        return ServedModel(model.name, model.version, model.is_default, model.vocab_size)
+
+    def unload(self, name: str, version: int) -> None:
+        """Unload a version this service loaded; a failure is logged, not raised (the answer stands)."""
+        try:
+            self._client.unload_model(name, version)
+        except grpc.RpcError as error:
+            _LOG.warning(
+                "could not unload a model", extra={"model": name, "version": version, "code": error.code().name}
+            )
 
     def masked_logits(
         self, name: str, version: int, texts: Sequence[str], *, mask_fraction: float, seed: int

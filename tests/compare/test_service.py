@@ -118,8 +118,8 @@ def test_each_slice_is_reported_and_the_record_is_stored(services: Services, tmp
 @pytest.mark.parametrize(
     ("change", "code", "words"),
     [
-        ({"student": compare_pb2.ModelRef(name="nope")}, grpc.StatusCode.NOT_FOUND, "serves no model 'nope'"),
-        ({"student": compare_pb2.ModelRef(name=MODEL, version=9)}, grpc.StatusCode.NOT_FOUND, "version 9"),
+        ({"student": compare_pb2.ModelRef(name="nope")}, grpc.StatusCode.NOT_FOUND, "no model 'nope'"),
+        ({"student": compare_pb2.ModelRef(name=MODEL, version=9)}, grpc.StatusCode.NOT_FOUND, "no version 9"),
         ({"student": compare_pb2.ModelRef(name="othervocab")}, grpc.StatusCode.FAILED_PRECONDITION, "vocabularies"),
         (
             {
@@ -174,6 +174,17 @@ def test_bad_requests_get_the_right_code(
         services.compare.CompareModels(request, timeout=60)
     assert error.value.code() == code
     assert words in error.value.details()
+
+
+def test_a_model_of_the_repository_that_is_not_loaded_is_loaded_for_the_comparison(services: Services) -> None:
+    from driftlm.v1 import inference_pb2
+
+    services.inference.UnloadModel(inference_pb2.UnloadModelRequest(name="distilled"))
+    result = _compare(services, [(MODEL, 1)], "distilled")
+    assert result.student.name == "distilled" and result.student.version == 1 and result.overall.positions > 0
+    # Loaded for the call only: the inference service serves what it served before.
+    loaded = {m.name for m in services.inference.ListModels(inference_pb2.ListModelsRequest()).models}
+    assert "distilled" not in loaded and MODEL in loaded
 
 
 def test_unknown_comparison_ids_are_not_found(services: Services) -> None:
