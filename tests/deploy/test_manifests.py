@@ -62,7 +62,12 @@ def test_each_service_has_an_image_a_compose_service_and_a_deployment_on_its_por
     assert re.search(rf"^FROM runtime AS {service}$", dockerfile, re.MULTILINE)
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text(encoding="utf-8"))["services"][service]
     assert compose["build"]["target"] == service and compose["read_only"] is True and compose["cap_drop"] == ["ALL"]
-    assert f"{defaults.grpc_port}:{defaults.grpc_port}" in [p.split()[0] for p in compose["ports"]]
+    # Published on the loopback only, unless an operator says otherwise.
+    assert f"127.0.0.1:{defaults.grpc_port}:{defaults.grpc_port}" in compose["ports"]
+    assert all(port.startswith("127.0.0.1:") for port in compose["ports"])
+    assert "python" in compose["healthcheck"]["test"] and "grpc_health" in compose["healthcheck"]["test"][-1]
+    for peer in compose.get("depends_on", {}):
+        assert compose["depends_on"][peer] == {"condition": "service_healthy"}, peer
     resources = [d for path in BASE.glob("*.yaml") if path.name != "kustomization.yaml" for d in _documents(path)]
     deployment = next(d for d in resources if d["kind"] == "Deployment" and d["metadata"]["name"] == service)  # type: ignore[index]
     container = deployment["spec"]["template"]["spec"]["containers"][0]  # type: ignore[index]
