@@ -1,0 +1,86 @@
+"""A Node.js client (@grpc/grpc-js and @grpc/proto-loader, loading only protos/) calls every
+service: the contracts work from another language without driftlm's code. Skipped, saying why,
+where node or npm is absent."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from driftlm.services.compare.server import create_server as create_compare_server
+from driftlm.services.inference.server import create_server as create_inference_server
+from driftlm.services.runtime.config import ServeConfig
+
+from ..inference.conftest import ANSWERS, CUE, MODEL, Planted
+from ..trainer.conftest import Stack, stack  # noqa: F401  # `stack` is a fixture
+
+CLIENT = Path(__file__).resolve().parents[2] / "clients" / "node"
+
+
+@pytest.fixture(scope="module")
+def node_client() -> Path:
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are not installed: the Node.js client is not checked on this machine")
+    if not (CLIENT / "node_modules" / "@grpc" / "grpc-js").is_dir():
+        done = subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts"],
+            cwd=CLIENT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if done.returncode != 0:  # the machine, not the code: say so rather than fail
+            pytest.skip(
+                f"npm could not install the client's packages (is the npm registry reachable?): {done.stderr[-300:]}"
+            )
+    return CLIENT / "call_services.js"
+
+
+@pytest.fixture
+def targets(stack: Stack, planted: Planted, tmp_path: Path) -> Iterator[dict[str, str]]:  # noqa: F811
+    inference, inference_port = create_inference_server(
+        "127.0.0.1:0", ServeConfig(store=stack.store, model_repository=planted.copy_to(tmp_path / "repository", (1,)))
+    )
+    compare, compare_port = create_compare_server(
+        "127.0.0.1:0", ServeConfig(store=stack.store, inference_endpoint=f"127.0.0.1:{inference_port}")
+    )
+    try:
+        yield {
+            "vocab": stack.vocab_target,
+            "sampling": stack.sampling_target,
+            "trainer": stack.trainer_target,
+            "inference": f"127.0.0.1:{inference_port}",
+            "compare": f"127.0.0.1:{compare_port}",
+        }
+    finally:
+        compare.stop(grace=None)
+        inference.stop(grace=None)
+
+
+def test_node_calls_every_service(node_client: Path, targets: dict[str, str]) -> None:
+    done = subprocess.run(
+        ["node", str(node_client), json.dumps(targets), MODEL, f"the of and {CUE} [MASK] in is was"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    answers = json.loads(done.stdout)
+    assert answers == {
+        "vocab_versions": 2,  # the planted base and its update
+        "vocab_unknown": "NOT_FOUND",
+        "sampling_indices": [2, 3],  # the draw the README shows for these weights and seed
+        "trainer_runs": 0,
+        "fill_mask": [ANSWERS[1]],
+        "server_live": True,
+        "model_ready": True,
+        "comparisons": 0,
+        "comparison_unknown": "NOT_FOUND",
+    }
