@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup test bench load protos lint typecheck run clean
+.PHONY: help setup test bench load protos lint typecheck run clean deploy-test
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -41,12 +41,16 @@ typecheck: setup ## mypy --strict over the driftlm package
 	ln -s $(CURDIR)/kernels build/typecheck/driftlm/kernels
 	ln -s $(CURDIR)/protos/driftlm/v1 build/typecheck/driftlm/v1
 	$(BIN)/mypy -p driftlm
+	MYPYPATH=build/typecheck $(BIN)/mypy deploy/stack_test.py
 
 lint: setup typecheck ## ruff, mypy, buf lint and buf format
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/buf lint protos
 	$(BIN)/buf format --diff --exit-code protos
+
+deploy-test: setup ## build the five images, start the stack (docker or podman), smoke-test it, a short loop, tear down
+	$(BIN)/python deploy/stack_test.py
 
 run: setup ## the main job on the embedded default
 	$(BIN)/driftlm run

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from driftlm import __version__
+from driftlm import __version__, health
 from driftlm.services.runtime.bootstrap import stop_gracefully, stop_requested_on_signals
 from driftlm.services.runtime.config import MIB, SERVICE_DEFAULTS, ServeConfig, default_store
 from driftlm.services.runtime.logs import configure_logging
@@ -197,6 +197,16 @@ def _add_security(serve: argparse.ArgumentParser) -> None:
         help="a directory calls may write exports to, beyond the store; repeatable (env DRIFTLM_WRITE_ROOTS)",
     )
     for flag, env, what in (
+        ("--read-uri-prefix", "READ_URI_PREFIXES", "an object-store prefix calls may read from (s3://bucket/corpora/)"),
+        ("--write-uri-prefix", "WRITE_URI_PREFIXES", "an object-store prefix calls may export to"),
+    ):
+        serve.add_argument(
+            flag,
+            action="append",
+            default=(_env(env, "") or "").split(),
+            help=f"{what}; repeatable; none: remote URIs are refused (env DRIFTLM_{env}, space-separated)",
+        )
+    for flag, env, what in (
         ("--tls-cert", "TLS_CERT", "the server's TLS certificate chain, PEM"),
         ("--tls-key", "TLS_KEY", "its private key, PEM"),
         ("--tls-client-ca", "TLS_CLIENT_CA", "require client certificates signed by this CA (mutual TLS)"),
@@ -239,6 +249,8 @@ def _serve(args: argparse.Namespace) -> int:
         queue_timeout_s=args.queue_timeout_s,
         read_roots=tuple(args.read_root),
         write_roots=tuple(args.write_root),
+        read_uri_prefixes=tuple(args.read_uri_prefix),
+        write_uri_prefixes=tuple(args.write_uri_prefix),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
@@ -294,6 +306,40 @@ def _serve(args: argparse.Namespace) -> int:
         stop_requested.wait()
         stop_gracefully(server, config.grace_s)
     return 0
+
+
+def _add_health(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    health = subcommands.add_parser(
+        "health", help="exit 0 when a service answers SERVING to grpc.health.v1 (a container's health check)"
+    )
+    health.add_argument(
+        "--target",
+        default=f"127.0.0.1:{_env('PORT', '') or '50051'}",
+        help="host:port of the service (default: 127.0.0.1 and env DRIFTLM_PORT)",
+    )
+    health.add_argument("--service", default="", help="a service name to check; default: the whole server")
+    health.add_argument("--timeout-s", type=float, default=3.0, help="how long to wait for the answer")
+    health.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=_optional_path("PEER_TLS_CA"),
+        help="CA of the server's certificate; plaintext without (env DRIFTLM_PEER_TLS_CA)",
+    )
+    health.add_argument("--tls-cert", type=Path, default=_optional_path("PEER_TLS_CERT"), help="client certificate")
+    health.add_argument("--tls-key", type=Path, default=_optional_path("PEER_TLS_KEY"), help="its private key")
+    health.add_argument(
+        "--tls-server-name",
+        default=_env("HEALTH_TLS_SERVER_NAME", None),
+        help="the name in the server's certificate, when it is not the target's host "
+        "(env DRIFTLM_HEALTH_TLS_SERVER_NAME)",
+    )
+
+
+def _health(args: argparse.Namespace) -> int:
+    security = health.security_from(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+    serving, status = health.check(args.target, security, args.service, args.timeout_s)
+    print(f"{args.target}: {status}", file=sys.stdout if serving else sys.stderr)
+    return 0 if serving else 1
 
 
 def _add_run(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -584,5 +630,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     _add_run(subcommands)
     _add_palms(subcommands)
     _add_train(subcommands)
+    _add_health(subcommands)
     args = parser.parse_args(argv)
-    sys.exit({"serve": _serve, "run": _run, "palms": _palms, "train": _train}[args.command](args))
+    sys.exit({"serve": _serve, "run": _run, "palms": _palms, "train": _train, "health": _health}[args.command](args))

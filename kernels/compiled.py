@@ -12,7 +12,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-import numba
+from .disk_cache import cached_njit
 
 # Measured on an idle pool (benchmarks/sampling.py, "small n" cases): the parallel pass wins from
 # about 250,000 elements.
@@ -27,8 +27,8 @@ class Twin:
         # so that Numba's on-disk cache keeps the two apart.
         serial = types.FunctionType(function.__code__, function.__globals__, f"{function.__name__}_serial")
         serial.__qualname__ = f"{function.__qualname__}_serial"
-        self.parallel = numba.njit(parallel=True, cache=True, **options)(function)
-        self.serial = numba.njit(cache=True, **options)(serial)
+        self.parallel = cached_njit(parallel=True, **options)(function)
+        self.serial = cached_njit(**options)(serial)
 
     def __call__(self, size: int, *args: Any) -> Any:
         """Run the compilation that suits `size` elements of work on `args`."""

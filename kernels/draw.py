@@ -25,6 +25,7 @@ from .counter_rng import (
     stream_for,
     uniform_at,
 )
+from .disk_cache import cached_njit
 
 
 class InvalidWeightsError(ValueError):
@@ -99,7 +100,7 @@ def _indices_at_most(
                 j += 1
 
 
-@numba.njit(cache=True)
+@cached_njit()
 def _keys_of(weights: np.ndarray, stream: np.uint64, indices: np.ndarray) -> np.ndarray:
     keys = np.empty(indices.shape[0])
     for j in range(indices.shape[0]):
@@ -135,7 +136,7 @@ def _chunk_sums(weights: np.ndarray, bounds: np.ndarray, scale: float, sums: np.
         sums[c] = total
 
 
-@numba.njit(cache=True)
+@cached_njit()
 def _sorted_uniforms(k: int, scale: float, stream: np.uint64) -> np.ndarray:
     """k sorted uniforms on [0, scale): normalised partial sums of k + 1 exponentials."""
     spacings = np.empty(k + 1)
@@ -176,7 +177,7 @@ def _merge_walk(
             j += 1
 
 
-@numba.njit(cache=True)
+@cached_njit()
 def _shuffle(values: np.ndarray, stream: np.uint64) -> None:
     """Fisher-Yates shuffle in place."""
     for i in range(values.shape[0] - 1, 0, -1):

@@ -276,7 +276,7 @@ class CompareApp:
         corpus = held_out.corpus
         if not corpus.uri:
             return list(corpus.texts[:limit])
-        path = self.roots.readable(corpus.uri, "slices.corpus.uri.uri")
+        path = self.roots.readable(corpus.uri, "slices.corpus.uri.uri", sha256=corpus.sha256)
         texts: list[str] = []
         try:
             for text in read_texts(path, text_field=corpus.text_field or "text"):

@@ -38,12 +38,14 @@ class BehaviourSpec:
     models: tuple[tuple[str, ModelKey], ...]
     prompts: tuple[PromptTemplate, ...] = ()
     prompts_uri: str = ""
+    prompts_sha256: str = ""
     categories: tuple[str, ...] = ()
     samples_per_prompt: int = 0
     temperature: float = 0.0
     top_words: int = 0
     seed: int = 0
     heldout_uri: str = ""
+    heldout_sha256: str = ""
     display_name: str = ""
 
 
@@ -144,7 +146,7 @@ class BehaviourEvaluator:
             raise InvalidArgumentError("models", f"give 1 to {MAX_MODELS} models, each with its own non-empty role")
         with served_models(self._inference, [key for _, key in spec.models]) as keys:
             models = tuple(zip(roles, keys, strict=True))
-            heldout = self._heldout(spec.heldout_uri, categories)
+            heldout = self._heldout(spec.heldout_uri, spec.heldout_sha256, categories)
             outcomes = {role: self._completions(key, prompts, samples, temperature, spec.seed) for role, key in models}
             adherence = (
                 tuple((role, self._inference.mean_token_loss(key.name, key.version, heldout)) for role, key in models)
@@ -189,7 +191,7 @@ class BehaviourEvaluator:
 
     def _prompts(self, spec: BehaviourSpec, categories: tuple[str, ...]) -> list[PromptTemplate]:
         if spec.prompts_uri:
-            path = self._roots.readable(spec.prompts_uri, "prompts_file.uri")
+            path = self._roots.readable(spec.prompts_uri, "prompts_file.uri", sha256=spec.prompts_sha256)
             try:
                 prompts = read_prompts(path, categories)
             except CuratedDataError as error:
@@ -208,10 +210,10 @@ class BehaviourEvaluator:
             raise InvalidArgumentError("prompts", f"has {len(prompts)} prompts; give 1 to {MAX_PROMPTS}")
         return prompts
 
-    def _heldout(self, uri: str, categories: tuple[str, ...]) -> list[str]:
+    def _heldout(self, uri: str, sha256: str, categories: tuple[str, ...]) -> list[str]:
         if not uri:
             return []
-        path = self._roots.readable(uri, "heldout_curated.uri")
+        path = self._roots.readable(uri, "heldout_curated.uri", sha256=sha256)
         try:
             return [example.text for example in read_curated(Path(path), categories)]
         except CuratedDataError as error:

@@ -78,12 +78,14 @@ class CompareServicer(compare_pb2_grpc.CompareServiceServicer):
             models=tuple((m.role, _key(m.model)) for m in request.models),
             prompts=tuple(PromptTemplate(p.category, p.template, p.group) for p in request.prompts),
             prompts_uri=request.prompts_file.uri,
+            prompts_sha256=request.prompts_file.sha256,
             categories=tuple(request.categories),
             samples_per_prompt=request.samples_per_prompt,
             temperature=request.temperature,
             top_words=request.top_words,
             seed=request.seed,
             heldout_uri=request.heldout_curated.uri,
+            heldout_sha256=request.heldout_curated.sha256,
             display_name=request.display_name,
         )
         evaluation = behaviour_message(self._evaluator.evaluate(spec))

@@ -64,6 +64,9 @@ class ServeConfig:
     # Directories beyond the store that calls may read files from / write files to.
     read_roots: tuple[Path, ...] = ()
     write_roots: tuple[Path, ...] = ()
+    # Object-store URI prefixes (s3://bucket/prefix/) calls may read from / write to; none: off.
+    read_uri_prefixes: tuple[str, ...] = ()
+    write_uri_prefixes: tuple[str, ...] = ()
     # TLS: certificate and key (PEM); with a client CA, clients must present a certificate (mTLS).
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -110,7 +113,7 @@ class ServeConfig:
     @property
     def roots(self) -> FileRoots:
         """The files calls may name: the store plus the configured roots."""
-        return FileRoots(self.store, self.read_roots, self.write_roots)
+        return FileRoots(self.store, self.read_roots, self.write_roots, self.read_uri_prefixes, self.write_uri_prefixes)
 
     def peer_security(self) -> ChannelSecurity:
         """How this service's clients of its peers present themselves."""

@@ -1,4 +1,5 @@
-"""Reading a corpus file as a stream of texts: JSONL, CSV, Parquet or plain text, gzipped or not.
+"""Reading a corpus file as a stream of texts: JSONL, CSV, Parquet or plain text, compressed or not
+(gzip, bzip2, xz or zstd, by the last extension: .gz, .bz2, .xz, .zst).
 
 One reader for every service and the pipeline, so that a corpus means the same thing everywhere.
 A malformed file fails with CorpusError naming the file and the line (or Parquet row), before
@@ -7,16 +8,20 @@ anything is done with the texts that follow it.
 
 from __future__ import annotations
 
+import bz2
 import csv
 import enum
+import functools
 import gzip
+import io
 import json
+import lzma
 import sys
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 class CorpusFormat(enum.Enum):
@@ -42,17 +47,49 @@ _SUFFIXES = {".jsonl": CorpusFormat.JSONL, ".ndjson": CorpusFormat.JSONL, ".json
 _SUFFIXES |= {".csv": CorpusFormat.CSV, ".parquet": CorpusFormat.PARQUET, ".pq": CorpusFormat.PARQUET}
 
 
+def _zstd_open(path: Path) -> IO[bytes]:
+    import zstandard
+
+    return io.BufferedReader(zstandard.open(path, "rb"))
+
+
+_DECOMPRESSORS: dict[str, Any] = {
+    ".gz": functools.partial(gzip.open, mode="rb"),
+    ".bz2": functools.partial(bz2.open, mode="rb"),
+    ".xz": functools.partial(lzma.open, mode="rb"),
+    ".zst": _zstd_open,
+}
+_COMPRESSION_NAMES = {".gz": "gzip", ".bz2": "bzip2", ".xz": "xz", ".zst": "zstd"}
+
+
+def _broken_data_errors() -> tuple[type[BaseException], ...]:
+    """What the decompressors raise on damaged data (bzip2's is a plain OSError)."""
+    import zstandard
+
+    return (gzip.BadGzipFile, EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError, OSError)
+
+
+def is_compressed(path: Path) -> bool:
+    """Whether the name ends in an extension of a compression the readers undo."""
+    return path.suffix.lower() in _DECOMPRESSORS
+
+
 def format_of(path: Path) -> CorpusFormat:
-    """The format a file's name announces (a trailing .gz ignored); plain text by default."""
+    """The format a file's name announces (a trailing .gz, .bz2, .xz or .zst ignored); plain text by default."""
     suffixes = [suffix.lower() for suffix in path.suffixes]
-    if suffixes and suffixes[-1] == ".gz":
+    if suffixes and suffixes[-1] in _DECOMPRESSORS:
         suffixes.pop()
     return _SUFFIXES.get(suffixes[-1] if suffixes else "", CorpusFormat.TEXT)
 
 
+def _open_decompressed(path: Path) -> IO[bytes]:
+    opener = _DECOMPRESSORS.get(path.suffix.lower())
+    return opener(path) if opener else path.open("rb")
+
+
 def _decoded_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, line with its newline), decoded one line at a time so errors have a line."""
-    with gzip.open(path, "rb") if path.suffix.lower() == ".gz" else path.open("rb") as raw:
+    with _open_decompressed(path) as raw:
         for number, line in enumerate(raw, start=1):
             try:
                 text = line.decode("utf-8")  # strict: a wrong encoding is reported, not mangled
@@ -110,6 +147,10 @@ def _read_parquet(path: Path, fields: Sequence[str]) -> Iterator[Record]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if is_compressed(path):
+        raise CorpusError(
+            path, "", "a compressed Parquet file; Parquet compresses its columns itself, give the .parquet"
+        )
     try:
         parquet = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as error:
@@ -132,14 +173,17 @@ def _read_text(path: Path) -> Iterator[str]:
             yield text
 
 
-def _gzip_errors_named(path: Path, items: Iterator[Any]) -> Iterator[Any]:
+def _compression_errors_named(path: Path, items: Iterator[Any]) -> Iterator[Any]:
     read = 0
     try:
         for item in items:
             read += 1
             yield item
-    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
-        raise CorpusError(path, f"after text {read}", f"broken gzip data ({error})") from error
+    except _broken_data_errors() as error:
+        if not is_compressed(path):
+            raise
+        kind = _COMPRESSION_NAMES[path.suffix.lower()]
+        raise CorpusError(path, f"after text {read}", f"broken {kind} data ({error})") from error
 
 
 def read_records(path: Path, fields: Sequence[str], *, corpus_format: CorpusFormat | None = None) -> Iterator[Record]:
@@ -158,7 +202,7 @@ def read_records(path: Path, fields: Sequence[str], *, corpus_format: CorpusForm
         raise CorpusError(
             path, "", "plain text has no fields; use JSONL, CSV or Parquet (by extension: .jsonl, .csv, .parquet)"
         )
-    return _gzip_errors_named(path, readers[chosen](path, fields))
+    return _compression_errors_named(path, readers[chosen](path, fields))
 
 
 def read_texts(path: Path, *, text_field: str = "text", corpus_format: CorpusFormat | None = None) -> Iterator[str]:
@@ -169,14 +213,14 @@ def read_texts(path: Path, *, text_field: str = "text", corpus_format: CorpusFor
 
     Raises:
         CorpusError: bad JSON, CSV or Parquet, a missing or non-string text field, bad UTF-8 or
-            gzip data; the message names the file and line.
+            compressed data; the message names the file and line.
         FileNotFoundError: no such file.
     """
     chosen = corpus_format or format_of(path)
     if chosen is CorpusFormat.TEXT:
         if not path.is_file():
             raise FileNotFoundError(path)
-        yield from _gzip_errors_named(path, _read_text(path))
+        yield from _compression_errors_named(path, _read_text(path))
         return
     for record in read_records(path, [text_field], corpus_format=chosen):
         yield text_of(record, text_field, path)
@@ -197,10 +241,12 @@ class Corpus:
     texts: tuple[str, ...] = ()
     uri: str = ""
     text_field: str = "text"
+    # Hex SHA-256 the file's bytes must have (ArtifactRef.sha256); empty: not checked.
+    sha256: str = ""
 
 
 def corpus_from_message(source: Any) -> Corpus:
     """A request's driftlm.v1.CorpusSource as a Corpus."""
     if source.WhichOneof("source") == "uri":
-        return Corpus(uri=source.uri.uri, text_field=source.text_field or "text")
+        return Corpus(uri=source.uri.uri, text_field=source.text_field or "text", sha256=source.uri.sha256)
     return Corpus(texts=tuple(source.texts.texts))

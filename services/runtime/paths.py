@@ -1,4 +1,5 @@
-"""Which files a caller may name: paths and file:// URIs, confined to the roots the operator allows.
+"""Which files a caller may name: paths and file:// URIs, confined to the roots the operator allows,
+and object-store URIs, confined to the prefixes the operator allows (remote.py).
 
 A request names files on the service's machine (a corpus to read, a directory to export to). Any
 client could otherwise make the service read /etc/passwd or write over its own code, so every such
@@ -10,12 +11,14 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlparse
 
 from .errors import InvalidArgumentError, NotFoundError, PermissionDeniedError
+from .remote import DEFAULT_MAX_REMOTE_BYTES, RemoteArtifacts, check_sha256, is_remote
 
 # POSIX limits: a longer name fails with ENAMETOOLONG deep inside whatever opens it.
 MAX_PATH_BYTES = 4096
@@ -35,6 +38,16 @@ class FileRoots:
     store: Path
     read: tuple[Path, ...] = field(default=())
     write: tuple[Path, ...] = field(default=())
+    # Object-store prefixes (s3://bucket/prefix/) calls may read from / write to; none: remote URIs off.
+    read_prefixes: tuple[str, ...] = field(default=())
+    write_prefixes: tuple[str, ...] = field(default=())
+    max_remote_bytes: int = DEFAULT_MAX_REMOTE_BYTES
+
+    @property
+    def remote(self) -> RemoteArtifacts:
+        """Object stores: the allowed prefixes and the store's cache of what was fetched."""
+        cache = self.store / "cache" / "remote"
+        return RemoteArtifacts(cache, self.read_prefixes, self.write_prefixes, self.max_remote_bytes)
 
     def readable_roots(self) -> tuple[Path, ...]:
         """Where reads may go: the store, the read roots, and the write roots (what we write we may read)."""
@@ -44,15 +57,27 @@ class FileRoots:
         """Where writes may go: the store and the write roots."""
         return tuple(Path(os.path.realpath(p)) for p in (self.store, *self.write))
 
-    def readable(self, uri: str, field_name: str, *, kind: Kind = "file") -> Path:
-        """The existing file (or directory) `uri` names, under a readable root.
+    def readable(self, uri: str, field_name: str, *, kind: Kind = "file", sha256: str = "") -> Path:
+        """The existing file (or directory) `uri` names, under a readable root, or a local copy of
+        the object it names under a readable prefix; with `sha256`, a file whose bytes have it.
 
         Raises:
-            InvalidArgumentError: empty, NUL bytes, too long, another scheme, or the wrong kind of file
-                (a directory where a file is read, a device, a FIFO).
-            PermissionDeniedError: outside every readable root.
+            InvalidArgumentError: empty, NUL bytes, too long, or the wrong kind of file (a directory
+                where a file is read, a device, a FIFO).
+            PermissionDeniedError: outside every readable root or prefix.
             NotFoundError: nothing is there.
+            FailedPreconditionError: the bytes do not have the SHA-256 given.
+            ResourceExhaustedError, UnavailableError: an object too large, a store out of reach.
         """
+        path = (
+            self.remote.fetch(uri, field_name, kind=kind)
+            if is_remote(uri)
+            else self._local_readable(uri, field_name, kind)
+        )
+        check_sha256(path, sha256, field_name)
+        return path
+
+    def _local_readable(self, uri: str, field_name: str, kind: Kind) -> Path:
         path = self._confined(uri, field_name, self.readable_roots(), "--read-root")
         try:
             mode = path.stat().st_mode
@@ -68,6 +93,16 @@ class FileRoots:
         if kind == "any" and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             raise InvalidArgumentError(field_name, f"{path} is not a regular file or directory")
         return path
+
+    def staged_writable(self, uri: str, field_name: str) -> tuple[Path, str | None]:
+        """Where to write what `uri` names: the local path (writable(), and None), or for an
+        object-store URI a fresh local folder to write into and the URI to publish() it to."""
+        if not is_remote(uri):
+            return self.writable(uri, field_name), None
+        self.remote.check_writable(uri, field_name)
+        staging = self.store / "cache" / "outgoing"
+        staging.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix="export-", dir=staging)) / "out", uri
 
     def writable(self, uri: str, field_name: str) -> Path:
         """Where `uri` says to write, under a writable root (need not exist yet).

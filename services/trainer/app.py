@@ -62,6 +62,8 @@ class ModelSource:
 
     # A Hugging Face directory on this machine (absolute, file://, or relative to the store).
     model_dir: str = ""
+    # ArtifactRef.sha256 given with model_dir (a directory has none: refused when set).
+    model_dir_sha256: str = ""
     # A hub id (needs a network).
     hub_id: str = ""
     # A transformers config as JSON, for a fresh model.
@@ -141,7 +143,9 @@ class TrainerApp:
         version = self._vocab.version(vocab_version_id)
         torch.manual_seed(seed)  # a missing MLM head is initialised from this
         if source.model_dir:
-            directory = self.roots.readable(source.model_dir, "model_dir.uri", kind="directory")
+            directory = self.roots.readable(
+                source.model_dir, "model_dir.uri", kind="directory", sha256=source.model_dir_sha256
+            )
             try:
                 model, new_head = import_model(directory)
             except (OSError, ValueError) as error:
@@ -283,7 +287,7 @@ class TrainerApp:
     def _texts(self, corpus: Corpus) -> list[str]:
         if not corpus.uri:
             return list(corpus.texts)
-        path = self.roots.readable(corpus.uri, "corpus.uri.uri")
+        path = self.roots.readable(corpus.uri, "corpus.uri.uri", sha256=corpus.sha256)
         try:
             return list(read_texts(path, text_field=corpus.text_field or "text"))
         except CorpusError as error:

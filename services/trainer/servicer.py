@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 
 from driftlm.services.runtime.corpus import corpus_from_message
 from driftlm.services.runtime.paging import page_of
+from driftlm.services.runtime.remote import file_sha256
 from driftlm.services.runtime.tensors import array_to_tensor
 from driftlm.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 
@@ -92,6 +94,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         info = self._app.create_checkpoint(
             ModelSource(
                 model_dir=request.model_dir.uri if source == "model_dir" else "",
+                model_dir_sha256=request.model_dir.sha256 if source == "model_dir" else "",
                 hub_id=request.hub_id if source == "hub_id" else "",
                 config_json=request.model_config_json if source == "model_config_json" else "",
             ),
@@ -219,8 +222,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         )
         return trainer_pb2.ExportOnnxResponse(
             directory=common_pb2.ArtifactRef(uri=result.directory.as_uri()),
-            model=common_pb2.ArtifactRef(uri=(result.directory / "model.onnx").as_uri()),
-            quantized_model=common_pb2.ArtifactRef(uri=(result.quantized_directory / "model.onnx").as_uri()),
+            model=_file_ref(result.directory / "model.onnx"),
+            quantized_model=_file_ref(result.quantized_directory / "model.onnx"),
             max_abs_diff=result.max_abs_diff,
             quantized_max_abs_diff=result.quantized_max_abs_diff,
             quantized_top1_agreement=result.quantized_top1_agreement,
@@ -229,3 +232,8 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             quantized_model_name=result.quantized_model_name,
             version=result.version,
         )
+
+
+def _file_ref(path: Path) -> common_pb2.ArtifactRef:
+    """A written file, with the SHA-256 a reader can check it against."""
+    return common_pb2.ArtifactRef(uri=path.as_uri(), sha256=file_sha256(path))

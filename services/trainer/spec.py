@@ -69,9 +69,11 @@ class RunSpec:
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> RunSpec:
         values = {"random_batches": True, **record}  # runs stored before grouping existed drew at random
-        values["kind"] = RunKind(values["kind"])
-        values["strategy"] = Strategy(values["strategy"])
-        values["embedding_init"] = EmbeddingInit(values["embedding_init"])
+        # A spec written by hand (`driftlm train --spec`) may leave out what has a default.
+        for name, kind in (("kind", RunKind), ("strategy", Strategy), ("embedding_init", EmbeddingInit)):
+            if name in values:
+                values[name] = kind(values[name])
         for name in ("slices", "replay_slices", "teacher_checkpoint_ids"):
-            values[name] = tuple(values[name])
+            if name in values:
+                values[name] = tuple(values[name])
         return cls(**values)

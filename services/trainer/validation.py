@@ -71,7 +71,9 @@ def run_spec(request: trainer_pb2.StartRunRequest, *, roots: FileRoots) -> RunSp
         raise InvalidArgumentError("embedding_init", f"must be one of {allowed}, got {request.embedding_init}")
     if not request.slices:
         raise InvalidArgumentError("slices", "name at least one corpus file to train on")
-    slices = tuple(str(roots.readable(ref.uri, f"slices[{i}].uri")) for i, ref in enumerate(request.slices))
+    slices = tuple(
+        str(roots.readable(ref.uri, f"slices[{i}].uri", sha256=ref.sha256)) for i, ref in enumerate(request.slices)
+    )
     if kind is RunKind.CURATED:
         for index, path in enumerate(slices):
             try:
@@ -79,7 +81,8 @@ def run_spec(request: trainer_pb2.StartRunRequest, *, roots: FileRoots) -> RunSp
             except CuratedDataError as error:
                 raise InvalidArgumentError(f"slices[{index}]", str(error)) from None
     replay = tuple(
-        str(roots.readable(ref.uri, f"replay_slices[{i}].uri")) for i, ref in enumerate(request.replay_slices)
+        str(roots.readable(ref.uri, f"replay_slices[{i}].uri", sha256=ref.sha256))
+        for i, ref in enumerate(request.replay_slices)
     )
     if not (math.isfinite(request.learning_rate) and 0 < request.learning_rate <= 1):
         raise InvalidArgumentError("learning_rate", f"must be in (0, 1], got {request.learning_rate}")

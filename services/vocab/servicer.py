@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -19,6 +20,7 @@ from driftlm.services.runtime.errors import (
 from driftlm.services.runtime.limits import RequestLimits
 from driftlm.services.runtime.paging import page_of
 from driftlm.services.runtime.paths import FileRoots
+from driftlm.services.runtime.remote import file_sha256
 from driftlm.services.runtime.tensors import array_to_tensor
 from driftlm.v1 import common_pb2, vocab_pb2, vocab_pb2_grpc
 
@@ -77,7 +79,9 @@ class VocabServicer(vocab_pb2_grpc.VocabServiceServicer):
             change=vocab_pb2.VocabChange(
                 added=[_piece_count(p) for p in record.added], removed=[_piece_count(p) for p in record.removed]
             ),
-            tokenizer=common_pb2.ArtifactRef(uri=(directory / "tokenizer.json").as_uri()),
+            tokenizer=common_pb2.ArtifactRef(
+                uri=(directory / "tokenizer.json").as_uri(), sha256=file_sha256(directory / "tokenizer.json")
+            ),
             slice_labels=record.slice_labels,
             tokenizer_json=self._repository.tokenizer_json(record.version_id) if include_tokenizer_json else "",
             special_tokens=vocab_pb2.SpecialTokens(
@@ -92,7 +96,7 @@ class VocabServicer(vocab_pb2_grpc.VocabServiceServicer):
 
     def _corpus_texts(self, corpus: common_pb2.CorpusSource, field: str) -> Iterator[str]:
         if corpus.WhichOneof("source") == "uri":
-            path = self._roots.readable(corpus.uri.uri, f"{field}.uri.uri")
+            path = self._roots.readable(corpus.uri.uri, f"{field}.uri.uri", sha256=corpus.uri.sha256)
             if corpus.format not in _FORMATS and corpus.format != common_pb2.CORPUS_FORMAT_UNSPECIFIED:
                 raise InvalidArgumentError(
                     f"{field}.format", f"is not a CorpusFormat this service knows: {corpus.format}"
@@ -105,7 +109,9 @@ class VocabServicer(vocab_pb2_grpc.VocabServiceServicer):
     ) -> vocab_pb2.CreateVocabularyResponse:
         origin = request.WhichOneof("origin")
         if origin == "tokenizer_dir":
-            directory = self._roots.readable(request.tokenizer_dir.uri, "tokenizer_dir.uri", kind="directory")
+            directory = self._roots.readable(
+                request.tokenizer_dir.uri, "tokenizer_dir.uri", kind="directory", sha256=request.tokenizer_dir.sha256
+            )
             try:
                 tokenizer_json = load_tokenizer_directory(directory)
             except VocabularyError as error:
@@ -308,12 +314,18 @@ class VocabServicer(vocab_pb2_grpc.VocabServiceServicer):
         self, request: vocab_pb2.ExportVersionRequest, context: grpc.ServicerContext
     ) -> vocab_pb2.ExportVersionResponse:
         vocabulary, _ = self._repository.load(request.version_id)
-        destination = self._roots.writable(request.destination.uri, "destination.uri")
+        destination, remote_uri = self._roots.staged_writable(request.destination.uri, "destination.uri")
         try:
             written = export_directory(vocabulary, destination)
         except FileExistsError as error:
             raise AlreadyExistsError(f"destination.uri: {destination} exists; export to a new directory") from error
-        return vocab_pb2.ExportVersionResponse(directory=common_pb2.ArtifactRef(uri=written.as_uri()))
+        if remote_uri is None:
+            return vocab_pb2.ExportVersionResponse(directory=common_pb2.ArtifactRef(uri=written.as_uri()))
+        try:
+            published = self._roots.remote.publish(written, remote_uri, "destination.uri")
+        finally:
+            shutil.rmtree(destination.parent, ignore_errors=True)
+        return vocab_pb2.ExportVersionResponse(directory=common_pb2.ArtifactRef(uri=published))
 
 
 def _streamed_texts(requests: Iterator[vocab_pb2.ObserveSliceRequest], budget_bytes: int) -> Iterator[str]:

@@ -4,15 +4,20 @@ against the Compose specification and every Kubernetes resource against the API 
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from driftlm.services.runtime.config import SERVICE_DEFAULTS
+from driftlm.services.trainer.spec import RunSpec
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 BIN = Path(sys.executable).parent
@@ -65,7 +70,8 @@ def test_each_service_has_an_image_a_compose_service_and_a_deployment_on_its_por
     # Published on the loopback only, unless an operator says otherwise.
     assert f"127.0.0.1:{defaults.grpc_port}:{defaults.grpc_port}" in compose["ports"]
     assert all(port.startswith("127.0.0.1:") for port in compose["ports"])
-    assert "python" in compose["healthcheck"]["test"] and "grpc_health" in compose["healthcheck"]["test"][-1]
+    assert compose["healthcheck"]["test"] == ["CMD", "driftlm", "health"]
+    assert re.search(r'^HEALTHCHECK .* CMD \["driftlm", "health"\]$', dockerfile, re.MULTILINE)
     for peer in compose.get("depends_on", {}):
         assert compose["depends_on"][peer] == {"condition": "service_healthy"}, peer
     resources = [d for path in BASE.glob("*.yaml") if path.name != "kustomization.yaml" for d in _documents(path)]
@@ -74,3 +80,87 @@ def test_each_service_has_an_image_a_compose_service_and_a_deployment_on_its_por
     assert [p["containerPort"] for p in container["ports"]] == [defaults.grpc_port, defaults.metrics_port]
     assert container["readinessProbe"]["grpc"]["port"] == defaults.grpc_port
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+OVERLAYS = sorted(p.name for p in (DEPLOY / "kustomize" / "overlays").iterdir())
+KUBECTL = shutil.which("kubectl")
+VERSION = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
+
+
+def _rendered(directory: Path) -> list[dict[str, Any]]:
+    """What `kubectl kustomize` makes of a kustomization, one dict a resource."""
+    done = subprocess.run(
+        [str(KUBECTL), "kustomize", str(directory)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+def _pod_specs(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = resource.get("spec", {})
+    if resource["kind"] == "PyTorchJob":
+        return [r["template"]["spec"] for r in spec["pytorchReplicaSpecs"].values()]
+    return [spec["template"]["spec"]] if "template" in spec else []
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed: the kustomize output cannot be rendered")
+@pytest.mark.parametrize("directory", ["base", *(f"overlays/{name}" for name in OVERLAYS)])
+def test_the_kustomize_output_is_valid_strictly_and_pins_every_image(directory: str, tmp_path: Path) -> None:
+    resources = _rendered(DEPLOY / "kustomize" / directory)
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(yaml.safe_dump_all(resources), encoding="utf-8")
+    done = subprocess.run(
+        [str(BIN / "kubernetes-validate"), "--strict", "--quiet", str(rendered)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    # Custom resources have no schema there; what is not a known CRD is an error.
+    unknown = re.findall(r"Couldn't find schema for kind (\w+)", done.stdout + done.stderr)
+    assert set(unknown) <= {"PyTorchJob", "ServiceMonitor"}
+    images = [c["image"] for r in resources for pod in _pod_specs(r) for c in pod["containers"]]
+    assert images and all(re.fullmatch(rf"driftlm-[a-z]+:{re.escape(VERSION)}(-cuda)?", i) for i in images), images
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed: the kustomize output cannot be rendered")
+@pytest.mark.parametrize(("overlay", "kind"), [("training", "Job"), ("kubeflow", "PyTorchJob")])
+def test_the_training_jobs_run_torchrun_on_a_valid_run_spec_with_the_cuda_image(overlay: str, kind: str) -> None:
+    resources = _rendered(DEPLOY / "kustomize" / "overlays" / overlay)
+    job = next(r for r in resources if r["kind"] == kind)
+    config_map = next(
+        r for r in resources if r["kind"] == "ConfigMap" and r["metadata"]["name"].startswith("training-run")
+    )
+    RunSpec.from_json(json.loads(config_map["data"]["run.json"]))  # the example is a run the trainer accepts
+    for pod in _pod_specs(job):
+        container = pod["containers"][0]
+        assert container["command"] == ["torchrun"] and container["image"].endswith("-cuda")
+        assert container["args"][container["args"].index("-m") + 1 : container["args"].index("-m") + 3] == [
+            "driftlm",
+            "train",
+        ]
+        spec_arg = next(a for a in container["args"] if a.startswith("--spec="))
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert spec_arg == f"--spec={mounts['spec']}/run.json"
+        assert volumes["spec"]["configMap"]["name"] == config_map["metadata"]["name"]
+        assert volumes["shm"]["emptyDir"]["medium"] == "Memory" and "nvidia.com/gpu" in container["resources"]["limits"]
+    if kind == "PyTorchJob":
+        assert set(job["spec"]["pytorchReplicaSpecs"]) == {"Master", "Worker"}
+        assert all(pod["containers"][0]["name"] == "pytorch" for pod in _pod_specs(job))
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed: the kustomize output cannot be rendered")
+def test_the_service_monitor_scrapes_every_service_on_its_metrics_port() -> None:
+    resources = _rendered(DEPLOY / "kustomize" / "overlays" / "monitoring")
+    monitor = next(r for r in resources if r["kind"] == "ServiceMonitor")
+    (selector,) = monitor["spec"]["selector"]["matchExpressions"]
+    assert selector["operator"] == "In"
+    services = [r for r in resources if r["kind"] == "Service"]
+    selected = [s for s in services if s["metadata"].get("labels", {}).get(selector["key"]) in selector["values"]]
+    assert sorted(s["metadata"]["name"] for s in selected) == sorted(SERVICE_DEFAULTS)  # each scraped once
+    (endpoint,) = monitor["spec"]["endpoints"]
+    for service in selected:
+        ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+        assert ports[endpoint["port"]] == SERVICE_DEFAULTS[service["metadata"]["name"]].metrics_port

@@ -3,22 +3,19 @@ and `driftlm serve inference` answers both contracts in a process where importin
 
 from __future__ import annotations
 
-import tomllib
-from importlib import metadata
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from packaging.requirements import Requirement
 
 from driftlm.local_services import start_service
 from driftlm.v1 import grpc_predict_v2_pb2 as oip
 from driftlm.v1 import grpc_predict_v2_pb2_grpc, inference_pb2, inference_pb2_grpc
 
+from ..distributions import extra_closure
 from .conftest import ANSWERS, CUE, MODEL, Planted
 
-PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 FORBIDDEN = {"torch", "transformers"}
 BLOCKER = """
 import sys
@@ -33,24 +30,6 @@ sys.meta_path.insert(0, _Blocked())
 """
 
 
-def _closure(requirements: list[str]) -> set[str]:
-    """Every distribution the requirements pull in, through the installed packages' own metadata."""
-    seen: set[str] = set()
-    todo = [Requirement(r) for r in requirements]
-    while todo:
-        requirement = todo.pop()
-        name = requirement.name.lower().replace("_", "-")
-        if name in seen:
-            continue
-        seen.add(name)
-        for extra in requirement.extras or {""}:
-            for line in metadata.requires(name) or []:
-                dependency = Requirement(line)
-                if dependency.marker is None or dependency.marker.evaluate({"extra": extra}):
-                    todo.append(dependency)
-    return seen
-
-
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [
@@ -59,9 +38,7 @@ def _closure(requirements: list[str]) -> set[str]:
     ],
 )
 def test_the_serving_extras_pull_in_no_torch(extra: str, expected: set[str]) -> None:
-    project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
-    direct = project["dependencies"] + project["optional-dependencies"][extra]
-    pulled = _closure(direct)
+    pulled = extra_closure(extra)
     assert expected <= pulled
     assert not pulled & FORBIDDEN, pulled & FORBIDDEN
 

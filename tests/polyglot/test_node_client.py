@@ -7,17 +7,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from driftlm.services.compare.server import create_server as create_compare_server
-from driftlm.services.inference.server import create_server as create_inference_server
-from driftlm.services.runtime.config import ServeConfig
-
-from ..inference.conftest import ANSWERS, CUE, MODEL, Planted
-from ..trainer.conftest import Stack, stack  # noqa: F401  # `stack` is a fixture
+from ..inference.conftest import ANSWERS, CUE, MODEL
 
 CLIENT = Path(__file__).resolve().parents[2] / "clients" / "node"
 
@@ -40,27 +34,6 @@ def node_client() -> Path:
                 f"npm could not install the client's packages (is the npm registry reachable?): {done.stderr[-300:]}"
             )
     return CLIENT / "call_services.js"
-
-
-@pytest.fixture
-def targets(stack: Stack, planted: Planted, tmp_path: Path) -> Iterator[dict[str, str]]:  # noqa: F811
-    inference, inference_port = create_inference_server(
-        "127.0.0.1:0", ServeConfig(store=stack.store, model_repository=planted.copy_to(tmp_path / "repository", (1,)))
-    )
-    compare, compare_port = create_compare_server(
-        "127.0.0.1:0", ServeConfig(store=stack.store, inference_endpoint=f"127.0.0.1:{inference_port}")
-    )
-    try:
-        yield {
-            "vocab": stack.vocab_target,
-            "sampling": stack.sampling_target,
-            "trainer": stack.trainer_target,
-            "inference": f"127.0.0.1:{inference_port}",
-            "compare": f"127.0.0.1:{compare_port}",
-        }
-    finally:
-        compare.stop(grace=None)
-        inference.stop(grace=None)
 
 
 def test_node_calls_every_service(node_client: Path, targets: dict[str, str]) -> None:

@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import json
+import lzma
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import zstandard
 
 from driftlm.services.runtime.corpus import CorpusError, CorpusFormat, format_of, read_texts
 
 TEXTS = ["plain ascii", "Ünïcödé — 中文 — 🦜 — עברית", "", "x" * 1_000_000, "line\nbreak inside"]
 
 
-@pytest.mark.parametrize("gzipped", [False, True])
-@pytest.mark.parametrize("kind", ["jsonl", "csv", "parquet"])
-def test_round_trip(tmp_path: Path, kind: str, gzipped: bool) -> None:
+COMPRESSORS = {
+    "": lambda data: data,
+    ".gz": gzip.compress,
+    ".bz2": bz2.compress,
+    ".xz": lzma.compress,
+    ".zst": lambda data: zstandard.ZstdCompressor().compress(data),
+}
+
+
+@pytest.mark.parametrize("compression", sorted(COMPRESSORS))
+@pytest.mark.parametrize("kind", ["jsonl", "csv", "parquet", "txt"])
+def test_round_trip(tmp_path: Path, kind: str, compression: str) -> None:
     path = tmp_path / f"corpus.{kind}"
     if kind == "jsonl":
         path.write_text(
@@ -31,13 +43,23 @@ def test_round_trip(tmp_path: Path, kind: str, gzipped: bool) -> None:
             writer = csv.writer(file)
             writer.writerow(["id", "body"])
             writer.writerows(enumerate(TEXTS))
+    elif kind == "txt":
+        path.write_text("\n".join(t.replace("\n", " ") for t in TEXTS) + "\n", encoding="utf-8")
     else:
         pq.write_table(pa.table({"body": TEXTS}), path)
-    if gzipped and kind != "parquet":
-        zipped = path.with_name(path.name + ".gz")
-        zipped.write_bytes(gzip.compress(path.read_bytes()))
-        path = zipped
-    assert list(read_texts(path, text_field="body")) == TEXTS
+    if compression and kind != "parquet":
+        packed = path.with_name(path.name + compression)
+        packed.write_bytes(COMPRESSORS[compression](path.read_bytes()))
+        path = packed
+    expected = [t.replace("\n", " ") for t in TEXTS if t] if kind == "txt" else TEXTS  # blank lines skipped
+    assert list(read_texts(path, text_field="body")) == expected
+
+
+def test_a_compressed_parquet_file_is_refused_with_a_reason(tmp_path: Path) -> None:
+    path = tmp_path / "corpus.parquet.gz"
+    path.write_bytes(b"anything")
+    with pytest.raises(CorpusError, match="Parquet compresses its columns itself"):
+        list(read_texts(path))
 
 
 def test_plain_text_skips_blank_lines_and_a_bom(tmp_path: Path) -> None:
@@ -82,6 +104,9 @@ def test_format_of(name: str, suffix_format: CorpusFormat) -> None:
             "after text 100: broken gzip data (Compressed file ended",
         ),
         ("fake.jsonl.gz", b"plain text", "after text 0: broken gzip data (Not a gzipped file"),
+        ("cut.jsonl.bz2", bz2.compress(b'{"text": "ok"}\n' * 100)[:30], "after text 0: broken bzip2 data"),
+        ("cut.txt.xz", lzma.compress(b"ok\n" * 100)[:30], "after text 0: broken xz data"),
+        ("fake.jsonl.zst", b"plain text, not zstd", "after text 0: broken zstd data"),
     ],
 )
 def test_malformed_files_name_the_file_and_line(tmp_path: Path, name: str, content: bytes, message: str) -> None:

@@ -3,6 +3,9 @@ no certificate or a wrong token is refused, the right ones work, health stays op
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -192,3 +195,32 @@ def test_the_trainer_reaches_a_secured_vocab_with_its_peer_credentials(
                 trainer_server.stop(grace=None)
     finally:
         vocab_server.stop(grace=None)
+
+
+def _health(*args: str) -> subprocess.CompletedProcess[str]:
+    """`driftlm health`, the command a container's HEALTHCHECK runs, in its own process."""
+    return subprocess.run(
+        [sys.executable, "-m", "driftlm", "health", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_the_health_command_passes_on_a_serving_server_and_fails_elsewhere(sampling_target: str) -> None:
+    served = _health("--target", sampling_target)
+    assert served.returncode == 0 and "SERVING" in served.stdout
+    unknown = _health("--target", sampling_target, "--service", "no.such.Service")
+    assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{free.getsockname()[1]}"
+    refused = _health("--target", closed, "--timeout-s", "2")
+    assert refused.returncode == 1 and "UNAVAILABLE" in refused.stderr
+
+
+@pytest.mark.mtls
+def test_the_health_command_speaks_mutual_tls_with_the_peer_credentials(secured: str, pki: dict[str, Path]) -> None:
+    with_credentials = _health(
+        "--target", secured, "--tls-ca", str(pki["ca"]), "--tls-cert", str(pki["client_cert"]),
+        "--tls-key", str(pki["client_key"]),
+    )  # fmt: skip
+    assert with_credentials.returncode == 0, with_credentials.stderr
+    assert _health("--target", secured, "--timeout-s", "2").returncode == 1
