@@ -49,8 +49,8 @@ lint: setup typecheck ## ruff, mypy, buf lint and buf format
 	$(BIN)/buf lint protos
 	$(BIN)/buf format --diff --exit-code protos
 
-deploy-test: setup ## build the five images, start the stack (docker or podman), smoke-test it, a short loop, tear down
-	$(BIN)/python deploy/stack_test.py
+deploy-test: setup ## build the five images, start the stack (docker or podman), smoke-test it, a short loop, tear down (TLS=1: mutual TLS and tokens)
+	$(BIN)/python deploy/stack_test.py $(if $(TLS),--tls)
 
 run: setup ## the main job on the embedded default
 	$(BIN)/driftlm run

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from driftlm import __version__, health
+from driftlm.services.runtime import tracing
 from driftlm.services.runtime.bootstrap import stop_gracefully, stop_requested_on_signals
 from driftlm.services.runtime.config import MIB, SERVICE_DEFAULTS, ServeConfig, default_store
 from driftlm.services.runtime.logs import configure_logging
@@ -218,6 +219,12 @@ def _add_security(serve: argparse.ArgumentParser) -> None:
     ):
         serve.add_argument(flag, type=Path, default=_optional_path(env), help=f"{what} (env DRIFTLM_{env})")
     serve.add_argument(
+        "--otlp-endpoint",
+        default=tracing.otlp_endpoint_from_environment(),
+        help="send traces to this OTLP collector (gRPC, e.g. http://collector:4317); off when empty "
+        "(env DRIFTLM_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT; needs driftlm[otel])",
+    )
+    serve.add_argument(
         "--closed-reflection",
         action="store_true",
         default=_env("CLOSED_REFLECTION", "") == "1",
@@ -272,6 +279,7 @@ def _serve(args: argparse.Namespace) -> int:
         ort_provider=args.ort_provider,
         dynamic_batching=not args.no_dynamic_batching,
         repository_poll_s=args.repository_poll_s,
+        otlp_endpoint=args.otlp_endpoint,
     )
     try:
         module = importlib.import_module(f"driftlm.services.{args.service}.server")
@@ -284,6 +292,8 @@ def _serve(args: argparse.Namespace) -> int:
     config.store.mkdir(parents=True, exist_ok=True)
     with stop_requested_on_signals() as stop_requested:
         try:
+            if config.otlp_endpoint:
+                tracing.enable(f"driftlm-{args.service}", otlp_endpoint=config.otlp_endpoint)
             server, port = module.create_server(config.address, config)
             metrics_port = (
                 None
@@ -305,6 +315,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
         stop_requested.wait()
         stop_gracefully(server, config.grace_s)
+        tracing.disable()  # the last spans reach the collector
     return 0
 
 
@@ -383,6 +394,12 @@ def _add_run(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         type=Path,
         default=default_store(),
         help="the services' store and the loop's state (env DRIFTLM_STORE)",
+    )
+    run.add_argument(
+        "--otlp-endpoint",
+        default=tracing.otlp_endpoint_from_environment(),
+        help="send a trace per slice, through every service, to this OTLP collector (gRPC, e.g. "
+        "http://127.0.0.1:4317; env DRIFTLM_OTLP_ENDPOINT); services started here get it too (needs driftlm[otel])",
     )
     run.add_argument(
         "--endpoints",
@@ -517,12 +534,21 @@ def _run(args: argparse.Namespace) -> int:
         security=ChannelSecurity.from_files(
             root_ca=args.tls_ca, client_cert=args.tls_cert, client_key=args.tls_key, token_file=args.token_file
         ),
+        otlp_endpoint=args.otlp_endpoint,
     )
+    if options.otlp_endpoint:
+        try:
+            tracing.enable("driftlm-run", otlp_endpoint=options.otlp_endpoint)
+        except RuntimeError as error:
+            print(f"driftlm run: {error}", file=sys.stderr)
+            return 2
     try:
         report = run_pipeline(options, console)
     except DatasetError as error:
         print(f"driftlm run: {error}", file=sys.stderr)
         return 2
+    finally:
+        tracing.disable()
     print_summary(report, console)
     return 0
 

@@ -43,6 +43,7 @@ from driftlm.provenance import provenance
 from driftlm.services.compare.client import CompareClient
 from driftlm.services.inference.client import InferenceClient
 from driftlm.services.runtime import store as atomic
+from driftlm.services.runtime import tracing
 from driftlm.services.runtime.security import PLAINTEXT, ChannelSecurity
 from driftlm.services.runtime.strategy import Strategy
 from driftlm.services.trainer.client import TrainerClient
@@ -118,6 +119,8 @@ class PipelineOptions:
     endpoints: dict[str, str] = field(default_factory=dict)
     # How to reach the --endpoints services (TLS, client certificate, token); not part of the results.
     security: ChannelSecurity = PLAINTEXT
+    # OTLP collector for traces (one trace per slice, through every service); empty: off.
+    otlp_endpoint: str = ""
     # A labelled dated set for the downstream check (a linear probe per slice and arm), or None.
     task_data: Path | None = None
     task_label_field: str = "label"
@@ -137,7 +140,9 @@ class PipelineOptions:
     def key(self) -> str:
         """What identifies this loop's state: the data and every option that changes results."""
         relevant = {
-            k: str(v) for k, v in asdict(self).items() if k not in ("out", "store", "fresh", "endpoints", "security")
+            k: str(v)
+            for k, v in asdict(self).items()
+            if k not in ("out", "store", "fresh", "endpoints", "security", "otlp_endpoint")
         }
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -174,19 +179,20 @@ def _services(options: PipelineOptions, console: Console) -> Iterator[dict[str, 
         yield options.endpoints
         return
     started: list[LocalService] = []
+    traced = ("--otlp-endpoint", options.otlp_endpoint) if options.otlp_endpoint else ()
     try:
         with console.status("starting the services"):
             # The services may read the base model's directory besides their store (the slices are in it).
             model_root = ("--read-root", str((options.base_model or default_base_model()).resolve()))
-            started.append(start_service("vocab", options.store, extra_args=model_root))
-            started.append(start_service("sampling", options.store))
+            started.append(start_service("vocab", options.store, extra_args=(*model_root, *traced)))
+            started.append(start_service("sampling", options.store, extra_args=traced))
             peers = ("--vocab-endpoint", started[0].target, "--sampling-endpoint", started[1].target)
-            started.append(start_service("trainer", options.store, extra_args=(*peers, *model_root)))
+            started.append(start_service("trainer", options.store, extra_args=(*peers, *model_root, *traced)))
             if options.serve:
                 # Inference serves the trainer's repository (<store>/trainer/models, the same store).
-                started.append(start_service("inference", options.store))
+                started.append(start_service("inference", options.store, extra_args=traced))
                 inference = ("--inference-endpoint", started[-1].target)
-                started.append(start_service("compare", options.store, extra_args=inference))
+                started.append(start_service("compare", options.store, extra_args=(*inference, *traced)))
         for service in started:
             console.print(f"[dim]{service.name} service on {service.target}, log {service.log_path}[/dim]")
         yield {service.name: service.target for service in started}
@@ -612,7 +618,8 @@ def run_pipeline(options: PipelineOptions, console: Console) -> dict[str, Any]:
                 console.print(f"continuing after slice {state['slices'][-1]['slice']} ({loop.state_path})")
             overall = progress.add_task("slices", total=len(slices), completed=len(state["slices"]))
             for index in range(len(state["slices"]), len(slices)):
-                loop.step(state, slices, index, progress)
+                with tracing.span(f"slice {slices[index].label}", slice=slices[index].label):
+                    loop.step(state, slices, index, progress)
                 loop.save_state(state)
                 progress.update(overall, completed=index + 1)
     report = {
@@ -623,7 +630,7 @@ def run_pipeline(options: PipelineOptions, console: Console) -> dict[str, Any]:
             **{
                 k: str(v) if isinstance(v, Path) else v
                 for k, v in asdict(options).items()
-                if k not in ("endpoints", "security")
+                if k not in ("endpoints", "security", "otlp_endpoint")
             },
             "strategies": [s.short_name for s in options.strategies],
         },

@@ -18,8 +18,10 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
+import grpc
 import numpy as np
 
 from driftlm.health import check
@@ -67,7 +69,7 @@ def _step(name: str, timings: dict[str, float]) -> Iterator[None]:
 class Engine:
     """docker (with its compose plugin) where a daemon answers; podman and podman-compose otherwise."""
 
-    def __init__(self, requested: str) -> None:
+    def __init__(self, requested: str, *, tls: bool) -> None:
         docker_up = shutil.which("docker") and _run(["docker", "info"], check_rc=False).returncode == 0
         self.name = "docker" if requested == "docker" or (requested == "auto" and docker_up) else "podman"
         if shutil.which(self.name) is None:
@@ -77,15 +79,8 @@ class Engine:
         compose = (
             [str(Path(sys.executable).parent / "podman-compose")] if self.name == "podman" else ["docker", "compose"]
         )
-        self.compose = [
-            *compose,
-            "-p",
-            PROJECT,
-            "-f",
-            str(DEPLOY / "compose.yaml"),
-            "-f",
-            str(DEPLOY / "compose.loop.yaml"),
-        ]
+        files = ["compose.yaml", "compose.loop.yaml", *(["compose.tls.yaml"] if tls else [])]
+        self.compose = [*compose, "-p", PROJECT, *(a for name in files for a in ("-f", str(DEPLOY / name)))]
 
     def has_image(self, image: str) -> bool:
         return _run([self.name, "image", "inspect", image], check_rc=False).returncode == 0
@@ -132,6 +127,15 @@ def _containers_conf_for_sandboxes(engine: Engine, image: str) -> None:
         raise CannotRunContainersError(f"containers do not start here: {problem}")
 
 
+def _ca_bundle() -> Path | None:
+    """The CA bundle this host's pip trusts (a TLS-intercepting proxy's CA is in it), for the builds."""
+    for candidate in (os.environ.get(n, "") for n in ("PIP_CERT", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")):
+        if candidate and Path(candidate).is_file():
+            return Path(candidate)
+    system = Path("/etc/ssl/certs/ca-certificates.crt")
+    return system if system.is_file() else None
+
+
 def _local_torch_wheel() -> Path | None:
     """A CPU torch==2.13.0 wheel among pip's configured find-links folders, if there is one."""
     configured = _run([sys.executable, "-m", "pip", "config", "get", "global.find-links"], check_rc=False).stdout
@@ -166,13 +170,43 @@ def _container(engine: Engine, service: str) -> str:
     return ids[-1]
 
 
-def _wait_healthy(engine: Engine, timeout_s: float) -> None:
+def _write_secrets(folder: Path) -> tuple[ChannelSecurity, dict[str, Path]]:
+    """A CA, the services' certificate, a client certificate and a token, as compose.tls.yaml reads
+    them; how a client of the stack presents itself, and the files it reads."""
+    import secrets as random_tokens
+
+    import trustme
+
+    folder.mkdir(exist_ok=True)
+    ca = trustme.CA()
+    server = ca.issue_cert(*SERVICES, "localhost", "127.0.0.1")
+    client = ca.issue_cert("driftlm-deploy-test")
+    files = {name: folder / name for name in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+    ca.cert_pem.write_to_path(str(files["ca.pem"]))
+    files["server.pem"].write_bytes(b"".join(blob.bytes() for blob in server.cert_chain_pems))
+    server.private_key_pem.write_to_path(str(files["server.key"]))
+    files["client.pem"].write_bytes(b"".join(blob.bytes() for blob in client.cert_chain_pems))
+    client.private_key_pem.write_to_path(str(files["client.key"]))
+    files["tokens.txt"] = folder / "tokens.txt"
+    files["tokens.txt"].write_text(random_tokens.token_urlsafe(24) + "\n", encoding="utf-8")
+    for path in files.values():
+        path.chmod(0o644)  # the containers' user reads them through the bind mount; a test set only
+    security = ChannelSecurity.from_files(
+        root_ca=files["ca.pem"],
+        client_cert=files["client.pem"],
+        client_key=files["client.key"],
+        token_file=files["tokens.txt"],
+    )
+    return security, files
+
+
+def _wait_healthy(engine: Engine, timeout_s: float, security: ChannelSecurity) -> None:
     """Every service answers SERVING on its published port; a container that exits fails at once."""
     deadline = time.monotonic() + timeout_s
     for service in SERVICES:
         target = f"127.0.0.1:{SERVICE_DEFAULTS[service].grpc_port}"
         container = _container(engine, service)
-        while not check(target, ChannelSecurity(), "", 3.0)[0]:
+        while not check(target, security, "", 3.0)[0]:
             state = json.loads(_run([engine.name, "inspect", container]).stdout)[0]["State"]
             if not state["Running"]:
                 raise SystemExit(f"{service} exited ({state['ExitCode']}) before serving")
@@ -196,26 +230,36 @@ def _inspect(engine: Engine) -> None:
         print(f"   {service}: user {user}, read-only root, health check passes")
 
 
-def _smoke(shared: Path) -> str:
+def _smoke(shared: Path, security: ChannelSecurity) -> str:
     """One real call to each service; the vocabulary version registered from the base model."""
     port = {s: f"127.0.0.1:{SERVICE_DEFAULTS[s].grpc_port}" for s in SERVICES}
-    with SamplingClient(port["sampling"], timeout_s=60) as sampling:
+    if security.token is not None:  # a client without a token is refused, with the right code
+        with SamplingClient(port["sampling"], timeout_s=60, security=replace(security, token=None)) as stranger:
+            try:
+                stranger.draw(np.ones(2), k=1, seed=0)
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.UNAUTHENTICATED:
+                    raise
+                print("   sampling: a call without a token is UNAUTHENTICATED")
+            else:
+                raise SystemExit("a call without a token was answered")
+    with SamplingClient(port["sampling"], timeout_s=60, security=security) as sampling:
         drawn = sampling.draw(np.array([0.0, 1.0, 3.0, 0.0]), k=2, seed=7)
         assert sorted(drawn.tolist()) == [1, 2], drawn  # the two items with weight
-    with VocabClient(port["vocab"], timeout_s=120) as vocab:
+    with VocabClient(port["vocab"], timeout_s=120, security=security) as vocab:
         version = vocab.register_directory(shared / "minilm", display_name="deploy-test")
         print(f"   vocab: registered {version.version_id} ({version.size} pieces)")
-    with TrainerClient(port["trainer"], timeout_s=600) as trainer:
+    with TrainerClient(port["trainer"], timeout_s=600, security=security) as trainer:
         checkpoint = trainer.import_model(str(shared / "minilm"), version.version_id, seed=0, display_name="base")
         print(f"   trainer: imported {checkpoint.checkpoint_id}")
-    with InferenceClient(port["inference"], timeout_s=60) as inference:
+    with InferenceClient(port["inference"], timeout_s=60, security=security) as inference:
         print(f"   inference: {len(inference.list_models())} models before the loop")
-    with CompareClient(port["compare"], timeout_s=60) as compare:
+    with CompareClient(port["compare"], timeout_s=60, security=security) as compare:
         print(f"   compare: {len(compare.list()[0])} comparisons before the loop")
     return version.version_id
 
 
-def _loop(shared: Path, out: Path, steps: int) -> None:
+def _loop(shared: Path, out: Path, steps: int, security: ChannelSecurity, secrets: dict[str, Path]) -> None:
     """A short `driftlm run --endpoints`, then the promoted model answers from inference."""
     endpoints = ",".join(
         f"{s}=127.0.0.1:{SERVICE_DEFAULTS[s].grpc_port}" for s in ("vocab", "trainer", "inference", "compare")
@@ -229,18 +273,25 @@ def _loop(shared: Path, out: Path, steps: int) -> None:
         str(shared / "loop"),
     ]
     command += ["--base-model", str(shared / "minilm"), "--out", str(out), "--steps", str(steps), "--fresh"]
+    if secrets:
+        command += ["--tls-ca", str(secrets["ca.pem"]), "--tls-cert", str(secrets["client.pem"])]
+        command += ["--tls-key", str(secrets["client.key"]), "--token-file", str(secrets["tokens.txt"])]
     print("  $", " ".join(command), flush=True)
     subprocess.run(command, check=True, timeout=3600)
     served = json.loads((out / "report.json").read_text(encoding="utf-8")).get("served")
     if not served:
         raise SystemExit(f"the loop ended with nothing served; see {out / 'report.html'}")
-    with InferenceClient(f"127.0.0.1:{SERVICE_DEFAULTS['inference'].grpc_port}", timeout_s=60) as inference:
+    with InferenceClient(
+        f"127.0.0.1:{SERVICE_DEFAULTS['inference'].grpc_port}", timeout_s=60, security=security
+    ) as inference:
         ready = [m for m in inference.list_models() if m.is_default]
         if not ready:
             raise SystemExit("inference serves no default model after the loop")
         (fill,) = inference.fill_mask(ready[0].name, ["the new [MASK] was released today."], top_k=3)
         print(f"   inference: {ready[0].name} v{ready[0].version} fills {[c.piece for c in fill.candidates]}")
-    with CompareClient(f"127.0.0.1:{SERVICE_DEFAULTS['compare'].grpc_port}", timeout_s=60) as compare:
+    with CompareClient(
+        f"127.0.0.1:{SERVICE_DEFAULTS['compare'].grpc_port}", timeout_s=60, security=security
+    ) as compare:
         comparisons = compare.list()[0]
         if not comparisons:
             raise SystemExit("compare holds no comparison after the loop")
@@ -268,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--tag", default="deploy-test", help="tag of the images built (DRIFTLM_TAG)")
     parser.add_argument(
-        "--pip-ca", type=Path, default=os.environ.get("PIP_CERT") or None, help="CA bundle pip trusts in builds"
+        "--pip-ca", type=Path, default=_ca_bundle(), help="CA bundle pip trusts in builds (default: this host's)"
     )
     parser.add_argument(
         "--torch-wheel",
@@ -278,10 +329,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--skip-build", action="store_true", help="use images built before with --tag")
     parser.add_argument("--keep", action="store_true", help="leave the stack running")
+    parser.add_argument(
+        "--tls", action="store_true", help="with compose.tls.yaml: mutual TLS and tokens (a test set of secrets)"
+    )
     parser.add_argument("--steps", type=int, default=12, help="training steps per slice and arm of the loop")
     args = parser.parse_args(argv)
     try:
-        engine = Engine(args.engine)
+        engine = Engine(args.engine, tls=args.tls)
     except CannotRunContainersError as error:
         print(f"deploy-test cannot run on this machine: {error}", file=sys.stderr)
         return CANNOT_RUN_CONTAINERS
@@ -294,6 +348,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from driftlm.pipeline import default_base_model
 
     shutil.copytree(default_base_model(), shared / "minilm")
+    security, secrets = _write_secrets(DEPLOY / "secrets") if args.tls else (ChannelSecurity(), {})
     started = time.monotonic()
     try:
         if not args.skip_build:
@@ -306,12 +361,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             _containers_conf_for_sandboxes(engine, f"driftlm-sampling:{args.tag}")
         with _step("start the stack", timings):
             _run([*engine.compose, "up", "-d"])
-            _wait_healthy(engine, 300)
+            _wait_healthy(engine, 300, replace(security, token=None))
             _inspect(engine)
         with _step("one call to each service", timings):
-            _smoke(shared)
+            _smoke(shared, security)
         with _step("driftlm run --endpoints", timings):
-            _loop(shared, shared / "report", args.steps)
+            _loop(shared, shared / "report", args.steps, security, secrets)
         with _step("graceful stop", timings):
             _stop(engine)
     except CannotRunContainersError as error:

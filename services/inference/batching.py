@@ -135,10 +135,14 @@ class DynamicBatcher:
         with self._wake:
             if self._closed:
                 raise UnavailableError("the model version is being unloaded; retry, the default version has changed")
-            self._queue.append(_Request(rows, outputs, future, time.monotonic()))
+            arrived = time.monotonic()
+            self._queue.append(_Request(rows, outputs, future, arrived))
             self._queued_rows += len(rows)
+            self._metrics.queued(self._queued_rows)
             self._wake.notify()
-        return future.result()
+        answer = future.result()
+        self._metrics.answered(time.monotonic() - arrived)
+        return answer
 
     def close(self, timeout_s: float | None = None) -> None:
         """Finish what is queued, then stop the thread."""
@@ -177,6 +181,7 @@ class DynamicBatcher:
                 taken.append(request)
                 rows += len(request.rows)
             self._queued_rows -= rows
+            self._metrics.queued(self._queued_rows)
         now = time.monotonic()
         for request in taken:
             self._metrics.waited(now - request.arrived)

@@ -13,6 +13,7 @@ import contextlib
 import enum
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -77,14 +78,18 @@ class ServedVersion:
         assert self.model is not None and self.settings is not None  # leased versions are READY
         if self.batcher is not None:
             return self.batcher.run(rows, outputs)
-        return run_rows(
+        metrics = VersionMetrics(self.name, self.version)
+        started = time.monotonic()
+        answer = run_rows(
             self.model.run,
             rows,
             outputs,
             max_rows=self.settings.max_batch_size,
             vocab_size=self.model.vocab_size,
-            metrics=VersionMetrics(self.name, self.version),
+            metrics=metrics,
         )
+        metrics.answered(time.monotonic() - started)
+        return answer
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from . import tracing
 from .admission import Admission
 from .config import ServeConfig
 from .interceptor import RpcInterceptor
@@ -130,7 +131,7 @@ def build_server(
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=admission.pool_threads, thread_name_prefix="rpc"),
-        interceptors=[interceptor],
+        interceptors=[*tracing.server_interceptors(), interceptor],  # the span covers refusals too
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),

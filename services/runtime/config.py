@@ -104,6 +104,8 @@ class ServeConfig:
     dynamic_batching: bool = True
     # Seconds between looks at the model repository for new versions; 0: only when asked.
     repository_poll_s: float = 0.0
+    # OTLP collector (gRPC) for traces, e.g. http://collector:4317; empty: tracing off.
+    otlp_endpoint: str = ""
 
     @property
     def limits(self) -> RequestLimits:

@@ -30,7 +30,7 @@ from .errors import (
     ResourceExhaustedError,
     peer_failure,
 )
-from .metrics import record_rpc
+from .metrics import record_rpc, record_started
 from .security import check_bearer
 
 _LOG = logging.getLogger("driftlm.rpc")
@@ -177,29 +177,31 @@ class RpcInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         with admitted, calls.serving(context):
             yield
 
-    def _wrap_unary_response(self, behaviour: Behaviour, method: str) -> Behaviour:
+    def _wrap_unary_response(self, behaviour: Behaviour, method: str, grpc_type: str) -> Behaviour:
         def handle(request: Any, context: grpc.ServicerContext) -> Any:
             start = time.perf_counter()
+            record_started(method, grpc_type)
             try:
                 with self._serving(method, context):
                     return behaviour(_decoded(request), context)
             except BaseException as error:  # noqa: BLE001  # _fail answers with a status or re-raises
                 _fail(context, method, error)
             finally:
-                record_rpc(method, _code_name(context), time.perf_counter() - start)
+                record_rpc(method, grpc_type, _code_name(context), time.perf_counter() - start)
 
         return handle
 
-    def _wrap_streaming_response(self, behaviour: Behaviour, method: str) -> Behaviour:
+    def _wrap_streaming_response(self, behaviour: Behaviour, method: str, grpc_type: str) -> Behaviour:
         def handle(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             start = time.perf_counter()
+            record_started(method, grpc_type)
             try:
                 with self._serving(method, context):
                     yield from behaviour(_decoded(request), context)
             except BaseException as error:  # noqa: BLE001  # _fail answers with a status or re-raises
                 _fail(context, method, error)
             finally:
-                record_rpc(method, _code_name(context), time.perf_counter() - start)
+                record_rpc(method, grpc_type, _code_name(context), time.perf_counter() - start)
 
         return handle
 
@@ -217,15 +219,17 @@ class RpcInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(self._wrap_unary_response(handler.unary_unary, method), **codec)
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary_response(handler.unary_unary, method, "unary"), **codec
+            )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                self._wrap_unary_response(handler.stream_unary, method), **codec
+                self._wrap_unary_response(handler.stream_unary, method, "client_stream"), **codec
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                self._wrap_streaming_response(handler.unary_stream, method), **codec
+                self._wrap_streaming_response(handler.unary_stream, method, "server_stream"), **codec
             )
         return grpc.stream_stream_rpc_method_handler(
-            self._wrap_streaming_response(handler.stream_stream, method), **codec
+            self._wrap_streaming_response(handler.stream_stream, method, "bidi_stream"), **codec
         )

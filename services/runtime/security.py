@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from . import tracing
 from .errors import UnauthenticatedError
 
 AUTHORIZATION = "authorization"
@@ -142,6 +143,7 @@ class ChannelSecurity:
                 options.append(("grpc.ssl_target_name_override", self.server_name))
             credentials = grpc.ssl_channel_credentials(self.root_ca, self.client_key, self.client_cert)
             channel = grpc.secure_channel(target, credentials, options=options)
+        channel = tracing.traced_channel(channel)
         return channel if self.token is None else grpc.intercept_channel(channel, _BearerToken(self.token))
 
 

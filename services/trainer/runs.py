@@ -24,10 +24,11 @@ from typing import Any
 import torch
 from google.rpc import code_pb2
 
-from driftlm.services.runtime import store
+from driftlm.services.runtime import store, tracing
 from driftlm.services.runtime.errors import DriftlmError, NotFoundError
 from driftlm.services.runtime.interceptor import as_domain_error
 
+from . import metrics
 from .checkpoints import now
 from .spec import RunSpec
 from .training import (
@@ -43,6 +44,7 @@ from .training import (
 _LOG = logging.getLogger("driftlm.trainer")
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,9 @@ class RunManager:
         self._runs: dict[str, RunRecord] = {}
         self._queue: deque[str] = deque()
         self._contexts: dict[str, RunContext] = {}
+        # Each queued run's caller's trace: the worker resumes it, so the run's calls to vocab and
+        # sampling join the StartRun call's trace. Runs resumed after a restart have none.
+        self._traces: dict[str, Any] = {}
         self._closing = False
         for path in self._root.glob("*/run.json"):
             record = RunRecord.from_json(store.read_json(path))
@@ -104,6 +109,7 @@ class RunManager:
         for record in sorted(self._runs.values(), key=lambda r: r.create_time):
             if record.state in (QUEUED, RUNNING):
                 self._queue.append(record.run_id)
+        metrics.count_states((r.state for r in self._runs.values()), _STATES)
         self._worker = threading.Thread(target=self._work, name="trainer-runs", daemon=True)
         self._worker.start()
 
@@ -115,6 +121,7 @@ class RunManager:
         self._save(record)
         with self._changed:
             self._runs[record.run_id] = record
+            self._traces[record.run_id] = tracing.current_trace()
             self._queue.append(record.run_id)
             self._changed.notify_all()
         return record
@@ -187,7 +194,10 @@ class RunManager:
 
     def _set(self, record: RunRecord, *, persist: bool = True) -> None:
         """Publish a new state (callers hold self._changed)."""
+        previous = self._runs.get(record.run_id)
         self._runs[record.run_id] = record
+        if previous is None or previous.state != record.state:
+            metrics.count_states((r.state for r in self._runs.values()), _STATES)
         if persist:
             self._save(record)
         self._changed.notify_all()
@@ -204,7 +214,8 @@ class RunManager:
                 self._contexts[run_id] = context
                 record = replace(self._runs[run_id], state=RUNNING)
                 self._set(record)
-            self._execute(record, context)
+            with tracing.resumed_trace(self._traces.pop(record.run_id, None)):
+                self._execute(record, context)
 
     def _report(self, run_id: str, progress: Progress) -> None:
         with self._changed:
@@ -219,6 +230,13 @@ class RunManager:
                 train_tokens=progress.train_tokens,
                 wall_s=progress.wall_s,
                 checkpoint_id=progress.checkpoint_id,
+            )
+            metrics.stepped(
+                current.spec.kind.value,
+                progress.step - current.step,
+                progress.train_tokens - current.train_tokens,
+                progress.loss,
+                progress.tokens_per_s,
             )
             # Persist at iteration boundaries (a new checkpoint); in memory every step.
             self._set(updated, persist=updated.checkpoint_id != current.checkpoint_id)

@@ -35,6 +35,7 @@ from tokenizers import Tokenizer
 from driftlm.services.runtime import store
 from driftlm.services.runtime.errors import AbortedError, NotFoundError
 
+from . import metrics
 from .observation import Observation
 from .update import Change, PieceChange
 from .wordpiece import WordPieceVocabulary
@@ -128,6 +129,10 @@ class VocabRepository:
         self._cache_lock = threading.Lock()
         with self._exclusive():
             self._drop_unpublished_claims()
+        metrics.count_versions_with(self._count_versions)
+
+    def _count_versions(self) -> int:
+        return sum(1 for entry in self._versions.iterdir() if not entry.name.startswith(store.TEMPORARY_PREFIX))
 
     def _drop_unpublished_claims(self) -> None:
         """Remove child markers whose version was never published (the process died in between).
@@ -273,6 +278,7 @@ class VocabRepository:
                 (temporary / "recent_use.safetensors").write_bytes(save({"recent_use": recent_use}))
             (temporary / "version.json").write_text(json.dumps(record.to_json(), ensure_ascii=False), encoding="utf-8")
             store.publish_directory(temporary, self._versions / record.version_id)
+        metrics.CREATED.labels("update" if record.parent_id else "base").inc()
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:

@@ -35,15 +35,38 @@ def test_the_build_context_leaves_out_the_environment_and_outputs() -> None:
     assert copied and not copied & ignored  # nothing the images need is left out
 
 
-def test_compose_follows_the_compose_specification() -> None:
+COMPOSE_FILES = sorted(DEPLOY.glob("compose*.yaml"))
+
+
+def test_compose_files_follow_the_compose_specification() -> None:
+    assert {p.name for p in COMPOSE_FILES} >= {"compose.yaml", "compose.loop.yaml", "compose.tls.yaml"}
     done = subprocess.run(
-        [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(DEPLOY / "compose.yaml")],
+        [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", *map(str, COMPOSE_FILES)],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_variable_the_compose_files_set_is_one_the_services_read() -> None:
+    """A misspelt DRIFTLM_* variable would be ignored in silence; each must be one `serve` reads."""
+    helps = subprocess.run(
+        [sys.executable, "-m", "driftlm", "serve", "--help"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    known = set(re.findall(r"DRIFTLM_[A-Z_]+", helps))
+    assert {"DRIFTLM_READ_ROOTS", "DRIFTLM_TLS_CERT", "DRIFTLM_OTLP_ENDPOINT"} <= known
+    for path in COMPOSE_FILES:
+        compose = yaml.safe_load(path.read_text(encoding="utf-8"))
+        for service, spec in compose["services"].items():
+            for name in spec.get("environment", {}):
+                assert name in known, (path.name, service, name)
+    secrets = yaml.safe_load((DEPLOY / "compose.tls.yaml").read_text(encoding="utf-8"))
+    mounted = {f"/run/secrets/{name}" for name in secrets["secrets"]}
+    for spec in secrets["services"].values():
+        files = {v for k, v in spec["environment"].items() if k.endswith(("_CERT", "_KEY", "_CA", "_FILE"))}
+        assert files <= mounted, files - mounted
 
 
 def test_every_kubernetes_resource_is_valid_strictly() -> None:
