@@ -7,10 +7,15 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
+from typing import Any
 
+import grpc
+import numpy as np
 import pytest
 
+from driftlm.local_services import start_service
 from driftlm.services.compare.client import CompareClient
 from driftlm.services.compare.server import create_server as create_compare_server
 from driftlm.services.inference.client import InferenceClient
@@ -18,6 +23,7 @@ from driftlm.services.inference.server import create_server as create_inference_
 from driftlm.services.runtime import tracing
 from driftlm.services.runtime.config import ServeConfig
 from driftlm.services.runtime.security import PLAINTEXT
+from driftlm.services.sampling.client import SamplingClient
 from driftlm.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc, vocab_pb2, vocab_pb2_grpc
 
 from ..inference.conftest import CUE, MODEL, Planted
@@ -107,6 +113,7 @@ def test_with_tracing_off_nothing_of_opentelemetry_is_loaded() -> None:
 import sys
 from driftlm.services.runtime import tracing
 from driftlm.services.runtime.security import PLAINTEXT
+from driftlm.services.sampling.client import SamplingClient
 from driftlm.services.sampling.server import create_server
 from driftlm.services.sampling.client import SamplingClient
 import numpy as np
@@ -142,3 +149,40 @@ def test_serve_refuses_to_start_tracing_without_opentelemetry(tmp_path: Path) ->
         capture_output=True, text=True, timeout=120, check=False, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     assert done.returncode == 1 and "pip install 'driftlm[otel]'" in done.stderr, done.stderr[-2000:]
+
+
+def test_serve_sends_its_spans_to_an_otlp_collector(tmp_path: Path) -> None:
+    """The real exporter: `driftlm serve --otlp-endpoint` delivers its spans (flushed on SIGTERM)
+    to a collector, here a gRPC server speaking OTLP's TraceService on the loopback."""
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    received: list[trace_service_pb2.ExportTraceServiceRequest] = []
+
+    class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request: Any, context: grpc.ServicerContext) -> Any:  # the OTLP method
+            received.append(request)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    collector = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Collector(), collector)
+    port = collector.add_insecure_port("127.0.0.1:0")
+    collector.start()
+    try:
+        service = start_service("sampling", tmp_path, extra_args=("--otlp-endpoint", f"http://127.0.0.1:{port}"))
+        try:
+            with SamplingClient(service.target, timeout_s=30) as client:
+                client.draw(np.ones(4), k=2, seed=0)
+        finally:
+            assert service.stop() == 0
+    finally:
+        collector.stop(grace=None)
+    spans = {
+        (attribute.value.string_value, span.name)
+        for request in received
+        for resource_spans in request.resource_spans
+        for attribute in resource_spans.resource.attributes
+        if attribute.key == "service.name"
+        for scope in resource_spans.scope_spans
+        for span in scope.spans
+    }
+    assert ("driftlm-sampling", "/driftlm.v1.SamplingService/DrawSample") in spans, spans

@@ -66,7 +66,8 @@ def test_a_hub_id_that_is_a_path_is_refused(stack: Stack, hub_id: str) -> None:
         ("/etc", CODE.PERMISSION_DENIED),
         ("file:///proc/self/environ", CODE.PERMISSION_DENIED),
         ("../../../../../etc/hostname", CODE.PERMISSION_DENIED),
-        ("s3://bucket/key", CODE.INVALID_ARGUMENT),
+        ("s3://bucket/key", CODE.PERMISSION_DENIED),  # no --read-uri-prefix: remote URIs are off
+        ("gopher://host/key", CODE.INVALID_ARGUMENT),  # no file system for the scheme
         ("nul\x00byte", CODE.INVALID_ARGUMENT),
         ("x" * 300, CODE.INVALID_ARGUMENT),
         (".", CODE.INVALID_ARGUMENT),  # the store itself: a directory, not a corpus
