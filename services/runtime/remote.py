@@ -135,7 +135,7 @@ def _filesystem(uri: str, field_name: str) -> tuple[Any, str]:
         ) from None
 
 
-def _translated(error: Exception, uri: str, field_name: str) -> Exception:
+def translated(error: Exception, uri: str, field_name: str) -> Exception:
     """The store's error as one a caller can act on; no content of the store in the message."""
     if isinstance(error, FileNotFoundError):
         return NotFoundError(f"{field_name}: nothing at {uri}")
@@ -186,7 +186,7 @@ class RemoteArtifacts:
                 else {path: int(info.get("size") or 0)}
             )
         except (OSError, ValueError) as error:
-            raise _translated(error, clean, field_name) from None
+            raise translated(error, clean, field_name) from None
         if kind == "directory" and not is_directory:
             raise InvalidArgumentError(field_name, f"{clean} is a file; name a directory (a key prefix)")
         if kind == "file" and is_directory:
@@ -210,7 +210,7 @@ class RemoteArtifacts:
                     path.rstrip("/") + ("/" if is_directory else ""), str(staging / name), recursive=is_directory
                 )
             except (OSError, ValueError) as error:
-                raise _translated(error, clean, field_name) from None
+                raise translated(error, clean, field_name) from None
             (self.cache / key).mkdir(exist_ok=True)
             try:
                 (staging / name).rename(local)
@@ -220,6 +220,12 @@ class RemoteArtifacts:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return local
+
+    def writable_filesystem(self, uri: str, field_name: str) -> tuple[Any, str, str]:
+        """fsspec's file system, the path in it and the normalized URI, for a URI under a write prefix."""
+        clean = self._confined(uri, field_name, "write")
+        filesystem, path = _filesystem(clean, field_name)
+        return filesystem, path, clean
 
     def check_writable(self, uri: str, field_name: str) -> str:
         """The normalized URI, when it falls under a write prefix (PERMISSION_DENIED otherwise)."""
@@ -237,5 +243,5 @@ class RemoteArtifacts:
             else:
                 filesystem.put(str(local), path)
         except (OSError, ValueError) as error:
-            raise _translated(error, clean, field_name) from None
+            raise translated(error, clean, field_name) from None
         return clean

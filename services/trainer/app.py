@@ -7,6 +7,7 @@ server: a test, a notebook or another process manager can build one from a store
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -28,7 +29,9 @@ from driftlm.services.runtime.errors import (
 )
 from driftlm.services.runtime.paths import FileRoots
 from driftlm.services.runtime.pseudo_likelihood import CorpusScore, summarise
+from driftlm.services.runtime.remote import file_sha256, is_remote
 
+from . import remote_export
 from .checkpoints import CheckpointRecord, CheckpointStore, new_checkpoint_id, now
 from .data import tokenize_texts
 from .distributed import Ranks
@@ -381,9 +384,36 @@ class TrainerApp:
             )
         if version < 0:
             raise InvalidArgumentError("version", f"must be >= 0 (0 means the next), got {version}")
+        if is_remote(repository):
+            return self._export_to_object_store(checkpoint_id, repository, name, version)
         target = (
             self.roots.writable(repository, "destination.uri") if repository else self._store / "trainer" / "models"
         )
+        result = self._export(checkpoint_id, target, name, version)
+        return replace(
+            result,
+            model_sha256=file_sha256(result.directory / "model.onnx"),
+            quantized_model_sha256=file_sha256(result.quantized_directory / "model.onnx"),
+        )
+
+    def _export_to_object_store(self, checkpoint_id: str, uri: str, name: str, version: int) -> ExportResult:
+        """Export into a local mirror of the remote repository, then upload the new versions."""
+        filesystem, root, clean = self.roots.remote.writable_filesystem(uri, "destination.uri")
+        staging, _ = self.roots.staged_writable(uri, "destination.uri")
+        names = (name, f"{name}_int8")
+        try:
+            existing = remote_export.mirror(filesystem, root, clean, names, staging)
+            result = self._export(checkpoint_id, staging, name, version)
+            hashes = (
+                file_sha256(result.directory / "model.onnx"),
+                file_sha256(result.quantized_directory / "model.onnx"),
+            )
+            remote_export.upload(filesystem, root, clean, staging, names, result.version, existing)
+        finally:
+            shutil.rmtree(staging.parent, ignore_errors=True)
+        return replace(result, published_repository=clean, model_sha256=hashes[0], quantized_model_sha256=hashes[1])
+
+    def _export(self, checkpoint_id: str, target: Path, name: str, version: int) -> ExportResult:
         try:
             return export_onnx(
                 self.checkpoints.model(checkpoint_id),
@@ -394,7 +424,8 @@ class TrainerApp:
             )
         except FileExistsError as error:
             raise AlreadyExistsError(
-                f"version {version} of model {name} exists in {target}; versions are never rewritten (0 takes the next)"
+                f"version {version} of model {name} exists in the repository; versions are never rewritten "
+                "(0 takes the next)"
             ) from error
         except ModelShapeMismatchError as error:
             raise FailedPreconditionError(str(error), reason="MODEL_SHAPE_MISMATCH") from error

@@ -57,6 +57,12 @@ class ExportResult:
     max_abs_diff: float
     quantized_max_abs_diff: float
     quantized_top1_agreement: float
+    # The object-store repository the versions were uploaded to (`repository` was a local staging
+    # copy, since removed); empty for a local repository.
+    published_repository: str = ""
+    # Hex SHA-256 of the fp32 and int8 model.onnx files.
+    model_sha256: str = ""
+    quantized_model_sha256: str = ""
 
     @property
     def directory(self) -> Path:

@@ -9,7 +9,6 @@ import grpc
 
 from driftlm.services.runtime.corpus import corpus_from_message
 from driftlm.services.runtime.paging import page_of
-from driftlm.services.runtime.remote import file_sha256
 from driftlm.services.runtime.tensors import array_to_tensor
 from driftlm.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 
@@ -220,20 +219,24 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         result = self._app.export_onnx(
             request.checkpoint_id, request.destination.uri, request.model_name, request.version
         )
+
+        def uri(path: Path) -> str:  # where a reader finds it: the object store, or this machine
+            if not result.published_repository:
+                return path.as_uri()
+            relative = path.relative_to(result.repository).as_posix()
+            return result.published_repository if relative == "." else f"{result.published_repository}/{relative}"
+
         return trainer_pb2.ExportOnnxResponse(
-            directory=common_pb2.ArtifactRef(uri=result.directory.as_uri()),
-            model=_file_ref(result.directory / "model.onnx"),
-            quantized_model=_file_ref(result.quantized_directory / "model.onnx"),
+            directory=common_pb2.ArtifactRef(uri=uri(result.directory)),
+            model=common_pb2.ArtifactRef(uri=uri(result.directory / "model.onnx"), sha256=result.model_sha256),
+            quantized_model=common_pb2.ArtifactRef(
+                uri=uri(result.quantized_directory / "model.onnx"), sha256=result.quantized_model_sha256
+            ),
             max_abs_diff=result.max_abs_diff,
             quantized_max_abs_diff=result.quantized_max_abs_diff,
             quantized_top1_agreement=result.quantized_top1_agreement,
-            repository=common_pb2.ArtifactRef(uri=result.repository.as_uri()),
+            repository=common_pb2.ArtifactRef(uri=uri(result.repository)),
             model_name=result.model_name,
             quantized_model_name=result.quantized_model_name,
             version=result.version,
         )
-
-
-def _file_ref(path: Path) -> common_pb2.ArtifactRef:
-    """A written file, with the SHA-256 a reader can check it against."""
-    return common_pb2.ArtifactRef(uri=path.as_uri(), sha256=file_sha256(path))

@@ -20,9 +20,11 @@ from driftlm.services.runtime.config import ServeConfig
 from driftlm.services.runtime.errors import InvalidArgumentError, PermissionDeniedError
 from driftlm.services.runtime.paths import FileRoots
 from driftlm.services.runtime.remote import normalized, under_prefixes
+from driftlm.services.trainer.server import create_server as create_trainer_server
 from driftlm.services.vocab.server import create_server
-from driftlm.v1 import common_pb2, vocab_pb2, vocab_pb2_grpc
+from driftlm.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc, vocab_pb2, vocab_pb2_grpc
 
+from ..trainer.conftest import Stack, stack  # noqa: F401  # `stack` is a fixture
 from ..vocab.planted import EMERGING, planted_base_directory, planted_slice
 
 moto_server = pytest.importorskip("moto.server", reason="moto[server] is a dev dependency")
@@ -192,3 +194,51 @@ def test_prefix_matching_is_by_folder_after_normalizing() -> None:
     assert not under_prefixes("s3://b/ab/c", ("s3://b/a",))
     assert not under_prefixes(normalized("s3://b/a/../x", "f"), ("s3://b/a/",))
     assert not under_prefixes("s3://other/a/x", ("s3://b/a/",))
+
+
+def test_onnx_exports_land_in_a_bucket_as_new_versions_with_their_digests(
+    s3: s3fs.S3FileSystem,
+    stack: Stack,  # noqa: F811
+) -> None:
+    """ExportOnnx to s3://: the next version number is read from the bucket, the config is written
+    once, and the response names the objects with the digests of their bytes."""
+    server, port = create_trainer_server(
+        "127.0.0.1:0",
+        ServeConfig(
+            store=stack.store,
+            vocab_endpoint=stack.vocab_target,
+            sampling_endpoint=stack.sampling_target,
+            write_uri_prefixes=("s3://exports/driftlm/",),
+        ),
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            trainer = trainer_pb2_grpc.TrainerServiceStub(channel)
+            request = trainer_pb2.ExportOnnxRequest(
+                checkpoint_id=stack.base_checkpoint.checkpoint_id,
+                destination=common_pb2.ArtifactRef(uri="s3://exports/driftlm/models/"),
+            )
+            first, second = trainer.ExportOnnx(request), trainer.ExportOnnx(request)
+            code, _ = _code(
+                lambda: trainer.ExportOnnx(
+                    trainer_pb2.ExportOnnxRequest(
+                        checkpoint_id=stack.base_checkpoint.checkpoint_id,
+                        destination=common_pb2.ArtifactRef(uri="s3://corpora/2024/models/"),
+                    )
+                )
+            )
+    finally:
+        server.stop(grace=None)
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert first.repository.uri == "s3://exports/driftlm/models"
+    assert first.model.uri == "s3://exports/driftlm/models/driftlm/1/model.onnx"
+    assert second.quantized_model.uri == "s3://exports/driftlm/models/driftlm_int8/2/model.onnx"
+    for reply in (first, second):
+        for ref in (reply.model, reply.quantized_model):
+            assert hashlib.sha256(s3.cat(ref.uri)).hexdigest() == ref.sha256
+    assert s3.exists("exports/driftlm/models/driftlm/config.pbtxt")
+    assert sorted(p.rsplit("/", 1)[-1] for p in s3.ls("exports/driftlm/models/driftlm_int8")) == [
+        "1",
+        "2",
+        "config.pbtxt",
+    ]
