@@ -83,9 +83,27 @@ def _probe(env: dict[str, str], user: list[str]) -> dict[str, object]:
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def _nobody_can_import_driftlm() -> bool:
+    """Whether an unprivileged user can read this checkout and its environment at all."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        return False
+    probe = subprocess.run(
+        [*NOBODY, sys.executable, "-c", "import driftlm.kernels.disk_cache"],
+        capture_output=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "HOME": "/nonexistent"},
+    )
+    return probe.returncode == 0
+
+
 @pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("setpriv") is None,
-    reason="needs root and setpriv to run the kernels as a user who cannot write the cache or the tree",
+    not _nobody_can_import_driftlm(),
+    reason="needs root, setpriv, and a checkout an unprivileged user can read (to run the kernels as "
+    "a user who cannot write the cache or the tree)",
 )
 def test_kernels_run_as_an_unprivileged_user_on_a_read_only_cache_and_use_its_seed() -> None:
     """The container's case: NUMBA_CACHE_DIR holds kernels compiled at build time but cannot be
@@ -99,9 +117,8 @@ def test_kernels_run_as_an_unprivileged_user_on_a_read_only_cache_and_use_its_se
         built = _probe({**base, "NUMBA_CACHE_DIR": str(seed)}, [])
         for path in seed.rglob("*"):
             path.chmod(0o755 if path.is_dir() else 0o644)
-        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
         env = {**base, "NUMBA_CACHE_DIR": str(seed), "HOME": "/nonexistent", "TMPDIR": str(temporary)}
-        served = _probe(env, nobody)
+        served = _probe(env, NOBODY)
         assert served["draw"] == built["draw"]
         assert served["cache_enabled"] is True
         assert str(served["cache_dir"]).startswith(str(temporary))
