@@ -43,6 +43,8 @@ UID = 10001  # the images' user
 # The exit code when this machine cannot build or run containers at all (no engine, a sandbox that
 # forbids them): CI reports it and goes on; any other failure is the stack's and fails.
 CANNOT_RUN_CONTAINERS = 77
+# Disk the five images and their build stages need at once (measured: about 6 GiB).
+NEEDED_GIB = 8.0
 
 
 class CannotRunContainersError(Exception):
@@ -81,6 +83,18 @@ class Engine:
         )
         files = ["compose.yaml", "compose.loop.yaml", *(["compose.tls.yaml"] if tls else [])]
         self.compose = [*compose, "-p", PROJECT, *(a for name in files for a in ("-f", str(DEPLOY / name)))]
+
+    def check_space(self, needed_gib: float) -> None:
+        """The images need room: the trainer's alone is 2 GB, its build stage as much again."""
+        storage = next(
+            (Path(p) for p in ("/var/lib/containers", "/var/lib/docker") if Path(p).is_dir()),
+            Path(tempfile.gettempdir()),
+        )
+        free_gib = shutil.disk_usage(storage).free / 1024**3
+        if free_gib < needed_gib:
+            raise CannotRunContainersError(
+                f"{storage} has {free_gib:.1f} GiB free; building the images needs about {needed_gib:.0f} GiB"
+            )
 
     def has_image(self, image: str) -> bool:
         return _run([self.name, "image", "inspect", image], check_rc=False).returncode == 0
@@ -158,6 +172,8 @@ def _build(engine: Engine, base: str, tag: str, pip_ca: Path | None, torch_wheel
             command += ["--secret", f"id=pip-ca,src={pip_ca}"]
         start = time.monotonic()
         _run([*command, str(ROOT)])
+        # The build stages stay behind as untagged images (the trainer's holds torch: 2 GB each time).
+        _run([engine.name, "image", "prune", "-f"], check_rc=False)
         print(f"   driftlm-{service}:{tag} built in {time.monotonic() - start:.0f} s", flush=True)
 
 
@@ -352,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         if not args.skip_build:
+            engine.check_space(NEEDED_GIB)
             with _step("base image", timings):
                 base = _base_image(engine, args.base_image)
                 _containers_conf_for_sandboxes(engine, base)
