@@ -144,6 +144,11 @@ def translated(error: Exception, uri: str, field_name: str) -> Exception:
     return UnavailableError(f"{field_name}: the store holding {uri} could not be reached ({type(error).__name__})")
 
 
+def _version_of(item: dict[str, Any]) -> str:
+    """What changes when an object is rewritten: its ETag, else its modification time."""
+    return str(item.get("ETag") or item.get("etag") or item.get("mtime") or item.get("LastModified") or "")
+
+
 @dataclass(frozen=True)
 class RemoteArtifacts:
     """What a service may read from and write to object stores, and where it caches what it read."""
@@ -180,24 +185,21 @@ class RemoteArtifacts:
         try:
             info = filesystem.info(path)
             is_directory = info.get("type") == "directory"
-            sizes = (
-                {name: int(item.get("size") or 0) for name, item in filesystem.find(path, detail=True).items()}
-                if is_directory
-                else {path: int(info.get("size") or 0)}
-            )
+            entries = filesystem.find(path, detail=True) if is_directory else {path: info}
         except (OSError, ValueError) as error:
             raise translated(error, clean, field_name) from None
         if kind == "directory" and not is_directory:
             raise InvalidArgumentError(field_name, f"{clean} is a file; name a directory (a key prefix)")
         if kind == "file" and is_directory:
             raise InvalidArgumentError(field_name, f"{clean} is a directory (a key prefix); name a file")
-        total = sum(sizes.values())
+        total = sum(int(item.get("size") or 0) for item in entries.values())
         if total > self.max_bytes:
             raise ResourceExhaustedError(
                 f"{field_name}: {clean} holds {total:,} bytes, over the {self.max_bytes:,} this service fetches"
             )
-        version = str(info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or "")
-        key = hashlib.sha256(f"{clean}\n{version}\n{total}\n{len(sizes)}".encode()).hexdigest()[:32]
+        # A new copy whenever any object changed: each one's name, size and version (ETag or time).
+        stamp = "\n".join(f"{name}\t{item.get('size')}\t{_version_of(item)}" for name, item in sorted(entries.items()))
+        key = hashlib.sha256(f"{clean}\n{stamp}".encode()).hexdigest()[:32]
         name = posixpath.basename(path.rstrip("/")) or "root"
         local = self.cache / key / name
         if local.exists():

@@ -242,3 +242,18 @@ def test_onnx_exports_land_in_a_bucket_as_new_versions_with_their_digests(
         "2",
         "config.pbtxt",
     ]
+
+
+def test_a_rewritten_object_is_fetched_again_and_an_unchanged_one_is_not(s3: s3fs.S3FileSystem, tmp_path: Path) -> None:
+    roots = FileRoots(tmp_path, read_prefixes=("s3://corpora/2024/",))
+    s3.pipe("corpora/2024/changing.txt", b"first version\n")
+    first = roots.readable("s3://corpora/2024/changing.txt", "f")
+    assert first.read_bytes() == b"first version\n"
+    assert roots.readable("s3://corpora/2024/changing.txt", "f") == first  # cached: the same copy
+    s3.pipe("corpora/2024/changing.txt", b"other version\n")  # the same size, other bytes
+    second = roots.readable("s3://corpora/2024/changing.txt", "f")
+    assert second != first and second.read_bytes() == b"other version\n"
+    s3.put(f"{planted_base_directory(tmp_path / 'dir')}/", "corpora/2024/tokenizer/", recursive=True)
+    directory = roots.readable("s3://corpora/2024/tokenizer", "f", kind="directory")
+    s3.pipe("corpora/2024/tokenizer/vocab.txt", (directory / "vocab.txt").read_bytes().replace(b"[UNK]", b"[UNX]"))
+    assert roots.readable("s3://corpora/2024/tokenizer", "f", kind="directory") != directory  # one file changed
