@@ -316,15 +316,16 @@ class VocabServicer(vocab_pb2_grpc.VocabServiceServicer):
         vocabulary, _ = self._repository.load(request.version_id)
         destination, remote_uri = self._roots.staged_writable(request.destination.uri, "destination.uri")
         try:
-            written = export_directory(vocabulary, destination)
-        except FileExistsError as error:
-            raise AlreadyExistsError(f"destination.uri: {destination} exists; export to a new directory") from error
-        if remote_uri is None:
-            return vocab_pb2.ExportVersionResponse(directory=common_pb2.ArtifactRef(uri=written.as_uri()))
-        try:
+            try:
+                written = export_directory(vocabulary, destination)
+            except FileExistsError as error:
+                raise AlreadyExistsError(f"destination.uri: {destination} exists; export to a new directory") from error
+            if remote_uri is None:
+                return vocab_pb2.ExportVersionResponse(directory=common_pb2.ArtifactRef(uri=written.as_uri()))
             published = self._roots.remote.publish(written, remote_uri, "destination.uri")
         finally:
-            shutil.rmtree(destination.parent, ignore_errors=True)
+            if remote_uri is not None:  # the local staging copy of an upload
+                shutil.rmtree(destination.parent, ignore_errors=True)
         return vocab_pb2.ExportVersionResponse(directory=common_pb2.ArtifactRef(uri=published))
 
 
