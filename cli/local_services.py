@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from driftlm.health import check
+from driftlm.services.runtime.security import PLAINTEXT
 
 
 class ServiceStartError(RuntimeError):
@@ -62,17 +62,10 @@ def _serving_port(log_path: Path) -> int | None:
 
 
 def _wait_healthy(target: str, deadline: float) -> bool:
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            try:
-                if (
-                    stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status
-                    == health_pb2.HealthCheckResponse.SERVING
-                ):
-                    return True
-            except grpc.RpcError:
-                time.sleep(0.1)
+    while time.monotonic() < deadline:
+        if check(target, PLAINTEXT, "", 2.0)[0]:
+            return True
+        time.sleep(0.1)
     return False
 
 
