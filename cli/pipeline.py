@@ -147,6 +147,35 @@ class PipelineOptions:
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def trigger_record(trigger: trainer_pb2.ScoreSliceResponse) -> dict[str, Any]:
+    """The report's record of ScoreSlice: each test's figure and threshold, and what fired."""
+    return {
+        "fired": trigger.fire,
+        "signals": [trainer_pb2.TriggerSignal.Name(s).removeprefix("TRIGGER_SIGNAL_").lower() for s in trigger.signals],
+        "reason": trigger.reason,
+        "score": trigger.score,
+        "threshold": trigger.threshold,
+        "null_mean": trigger.null_mean,
+        "z": trigger.z,
+        "unseen_share": trigger.unseen_share,
+        "unseen_threshold": trigger.unseen_threshold,
+        "unseen_null_mean": trigger.unseen_null_mean,
+        "unseen_z": trigger.unseen_z,
+        "new_words": [
+            {"word": w.word, "slice_texts": w.slice_texts, "memory_texts": w.memory_texts, "p_value": w.p_value}
+            for w in trigger.new_words[:10]
+        ],
+        "new_word_count": trigger.new_word_count,
+        "top_spikes": [
+            {"piece": s.piece, "excess": s.excess, "occurrences": s.occurrences, "p_value": s.p_value}
+            for s in trigger.spikes[:10]
+        ],
+        "spike_fraction": trigger.spike_fraction,
+        "novel_fraction": trigger.novel_fraction,
+        "slice_loss": trigger.slice_loss,
+    }
+
+
 def arm_names(strategies: tuple[Strategy, ...], scratch: bool) -> list[str]:
     """The arms of a run, in report order."""
     adaptive = (
@@ -476,18 +505,7 @@ class _Loop:
                 "slice": item.label,
                 "texts": len(item.train),
                 "heldout_texts": len(item.heldout),
-                "trigger": {
-                    "score": trigger.score,
-                    "fired": fired,
-                    "threshold": trigger.threshold,
-                    "null_mean": trigger.null_mean,
-                    "z": trigger.z,
-                    "reason": trigger.reason,
-                    "spike_fraction": trigger.spike_fraction,
-                    "novel_fraction": trigger.novel_fraction,
-                    "slice_loss": trigger.slice_loss,
-                    "top_spikes": [s.piece for s in trigger.spikes[:10]],
-                },
+                "trigger": trigger_record(trigger),
                 "vocab": vocab_record,
                 "arms": figures,
                 "comparisons": comparisons(evaluations, seed=options.seed),

@@ -1,8 +1,10 @@
 """The pipeline's report: report.json (the figures), PNG plots, report.md and a self-contained report.html.
 
-report.json (format "driftlm.report/v1") holds, per slice: the trigger (score, the threshold
-calibrated for the slice, the calibration mean null_mean, z, fired, the reason in words, the spike
-and novel fractions, the most spiking pieces), the
+report.json (format "driftlm.report/v1") holds, per slice: the trigger (fired and the signals that
+fired it; the slice-loss test's score, threshold, calibration mean null_mean and z; the
+unseen-words test's unseen_share, unseen_threshold, unseen_null_mean and unseen_z; the new words
+with the slice texts and remembered texts holding each; the most spiking pieces with their excess
+loss; the reason in words; the spike and novel fractions), the
 vocabulary version with the pieces added and removed and the top-1000 piece overlap with the
 previous and the first slice (under the base vocabulary; top_n_tied: the pieces tied at the
 previous and this slice's cut, which share its last places), and for every arm the figures of the
@@ -71,20 +73,28 @@ def _plot_vocabulary(report: dict[str, Any]) -> Figure:
 
 
 def _plot_trigger(report: dict[str, Any]) -> Figure:
-    """Each slice's score against its own calibrated threshold (it depends on the slice's size)."""
-    figure, axis = plt.subplots(figsize=(7, 3.5))
+    """Each slice's two slice-level tests against their calibrated thresholds, and the new words."""
+    figure, (loss_axis, unseen_axis) = plt.subplots(1, 2, figsize=(10, 3.8))
     slices = report["slices"][1:]
     labels = [s["slice"] for s in slices]
-    scores = [s["trigger"]["score"] for s in slices]
     colours = ["tab:orange" if s["trigger"]["fired"] else "tab:gray" for s in slices]
-    axis.bar(labels, scores, color=colours)
-    axis.plot(labels, [s["trigger"]["threshold"] for s in slices], "k_", markersize=30, mew=2, label="threshold")
-    axis.plot(labels, [s["trigger"]["null_mean"] for s in slices], "b_", markersize=30, label="same period (mean)")
-    axis.set(
-        title="Trigger: excess loss over the model's own period (orange: trained)",
-        ylabel="nats per piece",
-    )
-    axis.legend()
+    for axis, (value, threshold, null, title, unit) in (
+        (loss_axis, ("score", "threshold", "null_mean", "slice loss: excess over the memory", "nats per piece")),
+        (unseen_axis, ("unseen_share", "unseen_threshold", "unseen_null_mean", "share of unseen words", "per text")),
+    ):
+        axis.bar(labels, [s["trigger"][value] for s in slices], color=colours)
+        axis.plot(labels, [s["trigger"][threshold] for s in slices], "k_", markersize=25, mew=2, label="threshold")
+        axis.plot(labels, [s["trigger"][null] for s in slices], "b_", markersize=25, label="same period (mean)")
+        axis.set(title=title, ylabel=unit)
+    for x, s in enumerate(slices):
+        words = [w["word"] for w in s["trigger"]["new_words"][:3]]
+        if words:
+            unseen_axis.annotate(
+                "\n".join(words), (x, s["trigger"]["unseen_share"]), ha="center", va="bottom", fontsize=7
+            )
+    unseen_axis.legend(fontsize=8)
+    figure.suptitle("Trigger (orange: fired, and the model trained); new words named above their slice")
+    figure.tight_layout()
     return figure
 
 
@@ -265,7 +275,16 @@ def _tables(report: dict[str, Any]) -> list[_Table]:
     slices = _Table(
         "Slices",
         "",
-        ["slice", "trigger score", "threshold", "fired", "added", "removed", "overlap"]
+        [
+            "slice",
+            "fired on",
+            "slice loss / threshold",
+            "unseen words / threshold",
+            "new words",
+            "added",
+            "removed",
+            "overlap",
+        ]
         + [f"{a} PLL-l2r/word [95%]" for a in report["arms"]],
         [],
     )
@@ -274,9 +293,10 @@ def _tables(report: dict[str, Any]) -> list[_Table]:
         overlap = s["vocab"]["top_n_overlap"]
         row = [
             s["slice"],
-            f"{trigger['score']:.3f}" if trigger else "-",
-            f"{trigger['threshold']:.3f}" if trigger else "-",
-            str(trigger.get("fired", "-")),
+            ", ".join(trigger["signals"]) or "-" if trigger else "-",
+            f"{trigger['score']:.3f} / {trigger['threshold']:.3f}" if trigger else "-",
+            f"{trigger['unseen_share']:.3f} / {trigger['unseen_threshold']:.3f}" if trigger else "-",
+            ", ".join(w["word"] for w in trigger["new_words"][:5]) or "-" if trigger else "-",
             str(len(s["vocab"]["added"])),
             str(len(s["vocab"]["removed"])),
             f"{overlap:.2f}" if overlap is not None else "-",

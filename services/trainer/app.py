@@ -51,9 +51,11 @@ from .models import (
 from .peers import Sampler, VocabPeer
 from .pseudo_likelihood import pseudo_log_likelihoods
 from .runs import RunManager, RunRecord
+from .scoring import token_losses
 from .spec import RunSpec
 from .training import IterationSelection, Progress, RunContext, Vocabulary, execute_run, vocab_hops, vocabulary_of
-from .trigger import SliceScore, TriggerOptions, sample_texts, score_slice, token_losses
+from .trigger import SliceScore, TriggerOptions, sample_texts, score_slice
+from .words import WordSplitter
 
 # Most texts one ScorePseudoLikelihood call scores (each costs one forward pass per piece).
 MAX_SCORED_TEXTS = 10_000
@@ -318,6 +320,7 @@ class TrainerApp:
             max_length=max_length,
             pad_id=vocabulary.pad_id,
         )
+        words = WordSplitter(vocabulary.tokenizer_json).text_words(pool.texts)
         if len(pool) == 0:
             raise InvalidArgumentError("corpus", "holds no text to score (every text is empty or blank)")
         with self._scoring_lock:
@@ -330,9 +333,9 @@ class TrainerApp:
                 seed=options.seed,
                 device=self.device,
             )
-        score = score_slice(occurrences, self.checkpoints.memory(checkpoint_id), options)
+        score = score_slice(occurrences, words, self.checkpoints.memory(checkpoint_id), options)
         names = {index: piece for piece, index in vocabulary.pieces.items()}
-        return ScoredSlice(score, {s.token_id: names.get(s.token_id, "") for s in score.spikes})
+        return ScoredSlice(score, {s.token_id: names.get(s.token_id, "") for s in score.tokens.spikes})
 
     def _text_batch(self, checkpoint_id: str, texts: Sequence[str], max_length: int) -> tuple[Vocabulary, int]:
         """The checkpoint's vocabulary and the pieces per text, for a bounded batch of texts to score."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -12,10 +12,12 @@ from tokenizers import Tokenizer
 
 @dataclass(frozen=True)
 class TokenizedPool:
-    """Sentences as token ids (specials included), addressable by index."""
+    """Sentences as token ids (specials included), addressable by index, and their texts."""
 
     ids: list[np.ndarray]  # each (length,) int64
     pad_id: int
+    # texts[i] is what ids[i] tokenizes (empty when the pool was built from ids alone).
+    texts: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -48,7 +50,7 @@ def tokenize_texts(tokenizer_json: str, texts: Iterable[str], *, max_length: int
     tokenizer.enable_truncation(max_length)
     kept = [text for text in texts if text.strip()]
     encodings = tokenizer.encode_batch(kept) if kept else []
-    return TokenizedPool([np.asarray(e.ids, dtype=np.int64) for e in encodings], pad_id)
+    return TokenizedPool([np.asarray(e.ids, dtype=np.int64) for e in encodings], pad_id, kept)
 
 
 def special_mask(reserved_ids: Iterable[int], vocab_size: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ from driftlm.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from .app import CheckpointInfo, ModelSource, TrainerApp
 from .runs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, RunRecord
 from .training import IterationSelection
-from .trigger import trigger_options
+from .trigger import Signal, trigger_options
 from .validation import KINDS, run_spec
 
 _STATES = {
@@ -26,6 +26,12 @@ _STATES = {
     CANCELLED: trainer_pb2.RUN_STATE_CANCELLED,
 }
 _KINDS = {kind: value for value, kind in KINDS.items()}
+_SIGNALS = {
+    Signal.SLICE_LOSS: trainer_pb2.TRIGGER_SIGNAL_SLICE_LOSS,
+    Signal.TOKEN_LOSS: trainer_pb2.TRIGGER_SIGNAL_TOKEN_LOSS,
+    Signal.UNSEEN_WORDS: trainer_pb2.TRIGGER_SIGNAL_UNSEEN_WORDS,
+    Signal.NEW_WORDS: trainer_pb2.TRIGGER_SIGNAL_NEW_WORDS,
+}
 
 
 def _run_message(record: RunRecord) -> trainer_pb2.RunStatus:
@@ -157,13 +163,16 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             min_effect=request.min_effect,
             min_token_count=request.min_token_count,
             spike_z=request.spike_z,
+            min_token_effect=request.min_token_effect,
+            min_word_texts=request.min_word_texts,
+            min_novelty_effect=request.min_novelty_effect,
         )
         scored = self._app.score_slice(request.checkpoint_id, corpus_from_message(request.corpus), options)
         score = scored.score
         return trainer_pb2.ScoreSliceResponse(
             slice_loss=score.slice_loss,
             remembered_loss=score.remembered_loss,
-            spike_fraction=score.spike_fraction,
+            spike_fraction=score.tokens.spike_fraction,
             fire=score.fire,
             spikes=[
                 trainer_pb2.TokenSpike(
@@ -173,21 +182,46 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                     remembered_loss=s.remembered_loss,
                     z=s.z,
                     occurrences=s.occurrences,
+                    excess=s.excess,
+                    p_value=s.p_value,
                 )
-                for s in score.spikes
+                for s in score.tokens.spikes
             ],
             scored_tokens=score.scored_tokens,
             novel_fraction=score.novel_fraction,
-            score=score.score,
-            threshold=score.threshold,
+            score=score.loss.mean,
+            threshold=score.loss.threshold,
             null_mean=score.null_mean,
             null_sd=score.null_sd,
-            z=score.z,
+            z=score.loss.z,
             texts_scored=score.texts_scored,
-            token_z_threshold=score.token_z_threshold,
-            tokens_tested=score.tokens_tested,
+            token_z_threshold=score.tokens.z_threshold,
+            tokens_tested=score.tokens.tokens_tested,
             calibrated=score.calibrated,
             reason=score.reason,
+            signals=[_SIGNALS[signal] for signal in score.signals],
+            unseen_share=score.unseen.mean,
+            unseen_threshold=score.unseen.threshold,
+            unseen_null_mean=score.unseen_null_mean,
+            unseen_null_sd=score.unseen_null_sd,
+            unseen_z=score.unseen.z,
+            texts_with_words=score.texts_with_words,
+            new_words=[
+                trainer_pb2.NewWord(
+                    word=w.word,
+                    slice_texts=w.slice_texts,
+                    slice_share=w.slice_share,
+                    memory_texts=w.memory_texts,
+                    memory_share=w.memory_share,
+                    p_value=w.p_value,
+                )
+                for w in score.words.novel_words
+            ],
+            new_word_count=score.words.novel_word_count,
+            words_tested=score.words.words_tested,
+            word_p_threshold=score.words.p_threshold,
+            spike_count=score.tokens.spike_count,
+            knows_words=score.knows_words,
         )
 
     def ScorePseudoLikelihood(

@@ -48,8 +48,12 @@ class RunSpec:
     display_name: str = ""
     # Batches of random sentences instead of sentences of similar length (see _iteration_order).
     random_batches: bool = False
-    # Texts held out for the final loss memory; 0 means min(1000, a tenth of the slices' texts).
+    # Texts held out to calibrate the trigger's loss tests; 0 means min(1000, a tenth of the slices' texts).
     reference_texts: int = 0
+    # Weight of the base checkpoint's memory in the new one's.
+    memory_decay: float = 0.5
+    # Trained texts scored for the token-loss memory.
+    memory_texts: int = 20_000
     # Only the MLM head's transform and bias train (a new head's warm-up).
     head_only: bool = False
 

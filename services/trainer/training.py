@@ -54,14 +54,20 @@ from .models import (
     parameter_count,
 )
 from .peers import Sampler, VocabPeer, VocabVersion
+from .scoring import Occurrences, token_losses
 from .spec import RunKind, RunSpec
-from .trigger import calibrated_memory, token_losses
+from .trigger import calibrated_memory
 from .vocab_move import VocabHop, move_to_vocabulary
+from .word_memory import WordMemory
+from .words import WordSplitter
 
 _GRAD_CLIP = 1.0
-# A run holds texts out for its final loss memory when its slices have at least this many texts,
-# by default a tenth of them up to this many.
+# A run holds texts out to calibrate its final memory when its slices have at least this many
+# texts, by default a tenth of them up to this many.
 _MIN_TEXTS_FOR_REFERENCE = 40
+# Masks drawn over each trained text for the token-loss memory (each piece is scored about
+# 2 x mask_fraction of its occurrences; the texts are many).
+_MEMORY_PASSES = 2
 # Token shift ranks only tokens held by at least this many candidate sentences.
 _MIN_TARGET_SENTENCES = 2
 _DEFAULT_REFERENCE_TEXTS = 1000
@@ -413,8 +419,8 @@ class _Trainer:
                 selection = self._next_selection(model, pool, candidates_next, before, fresh, vocabulary, iteration + 1)
                 if context.ranks.is_primary:
                     self._save_selection(selection)
-            if iteration + 1 == spec.iterations and context.ranks.is_primary and len(held_out) >= 2:
-                memory = self._measured_memory(model, pool, held_out, vocabulary)
+            if iteration + 1 == spec.iterations and context.ranks.is_primary and not spec.head_only:
+                memory = self._measured_memory(model, pool, held_out, vocabulary, memory)
             progress.wall_s = wall_before + time.perf_counter() - started
             record = self._save_checkpoint(
                 CheckpointRecord(
@@ -544,26 +550,44 @@ class _Trainer:
         return np.sort(rng.choice(pool_size, count, replace=False))
 
     def _measured_memory(
-        self, model: PreTrainedModel, pool: TokenizedPool, held_out: np.ndarray, vocabulary: Vocabulary
+        self,
+        model: PreTrainedModel,
+        pool: TokenizedPool,
+        held_out: np.ndarray,
+        vocabulary: Vocabulary,
+        base: LossMemory,
     ) -> LossMemory:
-        """The loss memory of the trained model: half the held-out texts as reference, half as calibration."""
-        rng = np.random.default_rng(derive_seed(self.spec.seed, "reference-split"))
-        shuffled = rng.permutation(held_out)
-        reference, calibration = np.sort(shuffled[: len(shuffled) // 2]), np.sort(shuffled[len(shuffled) // 2 :])
-        occurrences = token_losses(
-            model,
-            pool,
-            special=vocabulary.special,
-            mask_id=vocabulary.mask_id,
-            mask_fraction=self.spec.mask_fraction,
-            seed=derive_seed(self.spec.seed, "reference-mask"),
-            device=self.device,
-            rows=held_out.tolist(),
-            # Enough masks that each piece is predicted about once: precise per-text means.
-            passes=math.ceil(1 / self.spec.mask_fraction),
+        """The trigger's memory of the trained model: the base's, decayed, plus every trained text
+        (token losses of up to memory_texts of them, words of all), calibrated on the held-out texts."""
+        scored = self.trainable
+        if len(scored) > self.spec.memory_texts:
+            rng = np.random.default_rng(derive_seed(self.spec.seed, "memory-texts"))
+            scored = np.sort(rng.choice(scored, self.spec.memory_texts, replace=False))
+
+        def losses(rows: np.ndarray, purpose: str, passes: int) -> Occurrences:
+            return token_losses(
+                model,
+                pool,
+                special=vocabulary.special,
+                mask_id=vocabulary.mask_id,
+                mask_fraction=self.spec.mask_fraction,
+                seed=derive_seed(self.spec.seed, purpose),
+                device=self.device,
+                rows=rows.tolist(),
+                passes=passes,
+            )
+
+        trained = losses(scored, "memory-mask", _MEMORY_PASSES)
+        words = WordSplitter(vocabulary.tokenizer_json).text_words(pool.texts[i] for i in self.trainable)
+        latest = LossMemory.from_occurrences(
+            len(vocabulary.pieces), trained.token_ids, trained.losses, WordMemory.of_texts(words)
         )
+        memory = base.merged(latest, decay=self.spec.memory_decay)
+        # Enough masks over the held-out texts that each piece is predicted about once: precise
+        # per-text means for the calibration.
+        held = losses(held_out, "calibration-mask", math.ceil(1 / self.spec.mask_fraction))
         model.train()
-        return calibrated_memory(len(vocabulary.pieces), occurrences.subset(reference), occurrences.subset(calibration))
+        return calibrated_memory(memory, held, words)
 
     def _candidates(self, pool: TokenizedPool, fresh: int, iteration: int) -> np.ndarray:
         """A fresh uniform pool of candidate sentences (never the held-out ones), ascending."""

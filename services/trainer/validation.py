@@ -35,6 +35,8 @@ MAX_STEPS = 10_000_000
 MAX_LENGTH = 8192
 # Candidates scored per iteration (ListSelections returns each with its weight).
 MAX_CANDIDATES = 1_000_000
+# Trained texts scored at a run's end for the trigger's memory.
+MAX_MEMORY_TEXTS = 1_000_000
 
 
 def _count(value: int, field: str, *, low: int = 1, high: int = MAX_STEPS) -> int:
@@ -123,5 +125,9 @@ def run_spec(request: trainer_pb2.StartRunRequest, *, roots: FileRoots) -> RunSp
         display_name=request.display_name,
         random_batches=request.random_batches,
         reference_texts=_count(request.reference_texts, "reference_texts", low=0, high=100_000),
+        memory_decay=_fraction(
+            request.memory_decay if request.HasField("memory_decay") else 0.5, "memory_decay", low=0.0, high=1.0
+        ),
+        memory_texts=_count(request.memory_texts or 20_000, "memory_texts", high=MAX_MEMORY_TEXTS),
         head_only=request.head_only,
     )

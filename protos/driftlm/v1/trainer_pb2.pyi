@@ -114,6 +114,38 @@ RUN_STATE_CANCELLED: RunState.ValueType  # 5
 """Cancelled by CancelRun."""
 Global___RunState: _TypeAlias = RunState  # noqa: Y015
 
+class _TriggerSignal:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TriggerSignalEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TriggerSignal.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRIGGER_SIGNAL_UNSPECIFIED: _TriggerSignal.ValueType  # 0
+    """Not used."""
+    TRIGGER_SIGNAL_SLICE_LOSS: _TriggerSignal.ValueType  # 1
+    """The slice's mean excess MLM loss over what the memory expects."""
+    TRIGGER_SIGNAL_TOKEN_LOSS: _TriggerSignal.ValueType  # 2
+    """Some tokens' MLM loss, each on its own (a word used in a new sense)."""
+    TRIGGER_SIGNAL_UNSEEN_WORDS: _TriggerSignal.ValueType  # 3
+    """The slice's share of words the memory has not seen."""
+    TRIGGER_SIGNAL_NEW_WORDS: _TriggerSignal.ValueType  # 4
+    """Some words rare in the memory held by many of the slice's texts, each on its own."""
+
+class TriggerSignal(_TriggerSignal, metaclass=_TriggerSignalEnumTypeWrapper):
+    """What fired the trigger."""
+
+TRIGGER_SIGNAL_UNSPECIFIED: TriggerSignal.ValueType  # 0
+"""Not used."""
+TRIGGER_SIGNAL_SLICE_LOSS: TriggerSignal.ValueType  # 1
+"""The slice's mean excess MLM loss over what the memory expects."""
+TRIGGER_SIGNAL_TOKEN_LOSS: TriggerSignal.ValueType  # 2
+"""Some tokens' MLM loss, each on its own (a word used in a new sense)."""
+TRIGGER_SIGNAL_UNSEEN_WORDS: TriggerSignal.ValueType  # 3
+"""The slice's share of words the memory has not seen."""
+TRIGGER_SIGNAL_NEW_WORDS: TriggerSignal.ValueType  # 4
+"""Some words rare in the memory held by many of the slice's texts, each on its own."""
+Global___TriggerSignal: _TypeAlias = TriggerSignal  # noqa: Y015
+
 @_typing.final
 class Checkpoint(_message.Message):
     """An immutable model directory in the trainer's store."""
@@ -332,6 +364,8 @@ class StartRunRequest(_message.Message):
     RANDOM_BATCHES_FIELD_NUMBER: _builtins.int
     REFERENCE_TEXTS_FIELD_NUMBER: _builtins.int
     HEAD_ONLY_FIELD_NUMBER: _builtins.int
+    MEMORY_DECAY_FIELD_NUMBER: _builtins.int
+    MEMORY_TEXTS_FIELD_NUMBER: _builtins.int
     kind: Global___RunKind.ValueType
     """Training or distillation."""
     base_checkpoint_id: _builtins.str
@@ -385,14 +419,25 @@ class StartRunRequest(_message.Message):
     with less computation spent on padding.
     """
     reference_texts: _builtins.int
-    """Texts of the slices held out of training, at most 100,000: the final checkpoint's loss memory
-    (the trigger's reference and its calibration, half each) is measured on them. 0 means a tenth
-    of the slices' texts (at most 1,000), or up to a quarter of a small slice (at most 100); slices
-    of fewer than 40 texts hold none out, and their final checkpoint keeps the base's memory.
+    """Texts of the slices held out of training, at most 100,000: they calibrate the trigger's loss
+    tests (what the final checkpoint's loss looks like on text of its period that it never
+    trained on). 0 means a tenth of the slices' texts (at most 1,000), or up to a quarter of a
+    small slice (at most 100); slices of fewer than 40 texts hold none out, and their final
+    checkpoint's trigger decides on words alone.
     """
     head_only: _builtins.bool
     """Train only the MLM head's transform and bias, the encoder and the embeddings frozen: a warm-up
     for a new head (Checkpoint.new_mlm_head), cheap because the encoder runs no backward pass.
+    """
+    memory_decay: _builtins.float
+    """Weight of the base checkpoint's trigger memory (token losses, words) in the final
+    checkpoint's, in [0, 1]; unset means 0.5, so a slice counts half as much after every run that
+    follows it; 0 forgets everything before this run.
+    """
+    memory_texts: _builtins.int
+    """Trained texts scored at the run's end for the trigger's token-loss memory, at most 1,000,000;
+    0 means 20,000 (drawn uniformly when the slices hold more). Every trained text counts for
+    the word memory.
     """
     @_builtins.property
     def slices(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ArtifactRef]:
@@ -435,13 +480,20 @@ class StartRunRequest(_message.Message):
         random_batches: _builtins.bool = ...,
         reference_texts: _builtins.int = ...,
         head_only: _builtins.bool = ...,
+        memory_decay: _builtins.float | None = ...,
+        memory_texts: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_sampling_alpha", b"_sampling_alpha", "sampling_alpha", b"sampling_alpha"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_memory_decay", b"_memory_decay", "_sampling_alpha", b"_sampling_alpha", "memory_decay", b"memory_decay", "sampling_alpha", b"sampling_alpha"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_sampling_alpha", b"_sampling_alpha", "base_checkpoint_id", b"base_checkpoint_id", "batch_size", b"batch_size", "candidate_pool_size", b"candidate_pool_size", "display_name", b"display_name", "distill_alpha", b"distill_alpha", "embedding_init", b"embedding_init", "head_only", b"head_only", "iterations", b"iterations", "kind", b"kind", "learning_rate", b"learning_rate", "mask_fraction", b"mask_fraction", "max_length", b"max_length", "random_batches", b"random_batches", "reference_texts", b"reference_texts", "replay_fraction", b"replay_fraction", "replay_slices", b"replay_slices", "sampling_alpha", b"sampling_alpha", "seed", b"seed", "slices", b"slices", "steps_per_iteration", b"steps_per_iteration", "strategy", b"strategy", "teacher_checkpoint_ids", b"teacher_checkpoint_ids", "temperature", b"temperature", "text_field", b"text_field", "top_x", b"top_x", "vocab_version_id", b"vocab_version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_memory_decay", b"_memory_decay", "_sampling_alpha", b"_sampling_alpha", "base_checkpoint_id", b"base_checkpoint_id", "batch_size", b"batch_size", "candidate_pool_size", b"candidate_pool_size", "display_name", b"display_name", "distill_alpha", b"distill_alpha", "embedding_init", b"embedding_init", "head_only", b"head_only", "iterations", b"iterations", "kind", b"kind", "learning_rate", b"learning_rate", "mask_fraction", b"mask_fraction", "max_length", b"max_length", "memory_decay", b"memory_decay", "memory_texts", b"memory_texts", "random_batches", b"random_batches", "reference_texts", b"reference_texts", "replay_fraction", b"replay_fraction", "replay_slices", b"replay_slices", "sampling_alpha", b"sampling_alpha", "seed", b"seed", "slices", b"slices", "steps_per_iteration", b"steps_per_iteration", "strategy", b"strategy", "teacher_checkpoint_ids", b"teacher_checkpoint_ids", "temperature", b"temperature", "text_field", b"text_field", "top_x", b"top_x", "vocab_version_id", b"vocab_version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__memory_decay: _TypeAlias = _typing.Literal["memory_decay"]  # noqa: Y015
+    _WhichOneofArgType__memory_decay: _TypeAlias = _typing.Literal["_memory_decay", b"_memory_decay"]  # noqa: Y015
     _WhichOneofReturnType__sampling_alpha: _TypeAlias = _typing.Literal["sampling_alpha"]  # noqa: Y015
     _WhichOneofArgType__sampling_alpha: _TypeAlias = _typing.Literal["_sampling_alpha", b"_sampling_alpha"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__memory_decay) -> _WhichOneofReturnType__memory_decay | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__sampling_alpha) -> _WhichOneofReturnType__sampling_alpha | None: ...
 
 Global___StartRunRequest: _TypeAlias = StartRunRequest  # noqa: Y015
@@ -896,32 +948,47 @@ class ScoreSliceRequest(_message.Message):
     FALSE_FIRE_RATE_FIELD_NUMBER: _builtins.int
     MIN_EFFECT_FIELD_NUMBER: _builtins.int
     MIN_TOKEN_COUNT_FIELD_NUMBER: _builtins.int
+    MIN_TOKEN_EFFECT_FIELD_NUMBER: _builtins.int
+    MIN_WORD_TEXTS_FIELD_NUMBER: _builtins.int
+    MIN_NOVELTY_EFFECT_FIELD_NUMBER: _builtins.int
     checkpoint_id: _builtins.str
-    """The checkpoint whose loss memory is consulted."""
+    """The checkpoint whose memory is consulted."""
     max_texts: _builtins.int
     """At most this many texts are scored, drawn uniformly with `seed`; 0 means 2,000."""
     max_length: _builtins.int
     """Pieces per text; 0 means min(128, the model's positions)."""
     spike_z: _builtins.float
-    """A token tested on its own spikes when its z exceeds this; 0 means the Bonferroni bound for
-    half the false_fire_rate over the tokens tested (the slice's test spends the other half).
+    """A token tested on its own spikes when its z exceeds this, >= 0; 0 means Benjamini-Hochberg at
+    the token test's share of false_fire_rate over the tokens tested.
     """
     seed: _builtins.int
     """Seed of the text draw and the masking."""
     top_spikes: _builtins.int
-    """How many spiking tokens to list; 0 means 20."""
+    """How many spiking tokens and new words to list; 0 means 20."""
     mask_fraction: _builtins.float
     """Fraction of each text's pieces masked and scored, in (0, 1); 0 means 0.15. Every text with a
     piece to predict gets at least one.
     """
     false_fire_rate: _builtins.float
-    """The probability, in (0, 0.5), that a slice of the training period fires; 0 means 0.01."""
+    """The probability, in (0, 0.5), that a slice of the training period fires; 0 means 0.01. The
+    trigger's tests share it equally.
+    """
     min_effect: _builtins.float
-    """The smallest score above the calibration mean that fires, in nats per piece, >= 0; 0 means
-    0.05. It keeps a huge slice from firing on a difference too small to matter.
+    """The smallest slice-loss score above the calibration mean that fires, in nats per piece, >= 0;
+    0 means 0.05. It keeps a huge slice from firing on a difference too small to matter.
     """
     min_token_count: _builtins.int
-    """Occurrences a token needs in the slice to be tested on its own, >= 2; 0 means 20."""
+    """Occurrences a token needs in the slice to be tested on its own, >= 2; 0 means 5."""
+    min_token_effect: _builtins.float
+    """The smallest excess of a spiking token's mean loss over its expected loss, in nats, >= 0;
+    0 means 0.5.
+    """
+    min_word_texts: _builtins.int
+    """Texts of the slice a word must be in to be tested on its own, >= 1; 0 means 3."""
+    min_novelty_effect: _builtins.float
+    """The smallest rise of the share of unseen words (over the calibration's) that fires, in [0, 1];
+    0 means 0.005.
+    """
     @_builtins.property
     def corpus(self) -> _common_pb2.CorpusSource:
         """The slice: texts or a corpus file."""
@@ -940,60 +1007,21 @@ class ScoreSliceRequest(_message.Message):
         false_fire_rate: _builtins.float = ...,
         min_effect: _builtins.float = ...,
         min_token_count: _builtins.int = ...,
+        min_token_effect: _builtins.float = ...,
+        min_word_texts: _builtins.int = ...,
+        min_novelty_effect: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["corpus", b"corpus"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "corpus", b"corpus", "false_fire_rate", b"false_fire_rate", "mask_fraction", b"mask_fraction", "max_length", b"max_length", "max_texts", b"max_texts", "min_effect", b"min_effect", "min_token_count", b"min_token_count", "seed", b"seed", "spike_z", b"spike_z", "top_spikes", b"top_spikes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "corpus", b"corpus", "false_fire_rate", b"false_fire_rate", "mask_fraction", b"mask_fraction", "max_length", b"max_length", "max_texts", b"max_texts", "min_effect", b"min_effect", "min_novelty_effect", b"min_novelty_effect", "min_token_count", b"min_token_count", "min_token_effect", b"min_token_effect", "min_word_texts", b"min_word_texts", "seed", b"seed", "spike_z", b"spike_z", "top_spikes", b"top_spikes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScoreSliceRequest: _TypeAlias = ScoreSliceRequest  # noqa: Y015
 
 @_typing.final
-class TokenSpike(_message.Message):
-    """A token whose loss spiked."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    TOKEN_ID_FIELD_NUMBER: _builtins.int
-    PIECE_FIELD_NUMBER: _builtins.int
-    SLICE_LOSS_FIELD_NUMBER: _builtins.int
-    REMEMBERED_LOSS_FIELD_NUMBER: _builtins.int
-    Z_FIELD_NUMBER: _builtins.int
-    OCCURRENCES_FIELD_NUMBER: _builtins.int
-    token_id: _builtins.int
-    """Token id in the checkpoint's vocabulary."""
-    piece: _builtins.str
-    """The piece."""
-    slice_loss: _builtins.float
-    """Mean MLM loss of its occurrences in the slice, in nats."""
-    remembered_loss: _builtins.float
-    """Its expected loss in the memory (its held-out mean shrunk towards the overall mean), in nats."""
-    z: _builtins.float
-    """Standardised difference."""
-    occurrences: _builtins.int
-    """Masked occurrences scored."""
-    def __init__(
-        self,
-        *,
-        token_id: _builtins.int = ...,
-        piece: _builtins.str = ...,
-        slice_loss: _builtins.float = ...,
-        remembered_loss: _builtins.float = ...,
-        z: _builtins.float = ...,
-        occurrences: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["occurrences", b"occurrences", "piece", b"piece", "remembered_loss", b"remembered_loss", "slice_loss", b"slice_loss", "token_id", b"token_id", "z", b"z"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___TokenSpike: _TypeAlias = TokenSpike  # noqa: Y015
-
-@_typing.final
 class ScoreSliceResponse(_message.Message):
-    """The trigger's decision."""
+    """The trigger's decision on a slice, with every test behind it."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1014,6 +1042,19 @@ class ScoreSliceResponse(_message.Message):
     TOKENS_TESTED_FIELD_NUMBER: _builtins.int
     CALIBRATED_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    SIGNALS_FIELD_NUMBER: _builtins.int
+    UNSEEN_SHARE_FIELD_NUMBER: _builtins.int
+    UNSEEN_THRESHOLD_FIELD_NUMBER: _builtins.int
+    UNSEEN_NULL_MEAN_FIELD_NUMBER: _builtins.int
+    UNSEEN_NULL_SD_FIELD_NUMBER: _builtins.int
+    UNSEEN_Z_FIELD_NUMBER: _builtins.int
+    TEXTS_WITH_WORDS_FIELD_NUMBER: _builtins.int
+    NEW_WORDS_FIELD_NUMBER: _builtins.int
+    NEW_WORD_COUNT_FIELD_NUMBER: _builtins.int
+    WORDS_TESTED_FIELD_NUMBER: _builtins.int
+    WORD_P_THRESHOLD_FIELD_NUMBER: _builtins.int
+    SPIKE_COUNT_FIELD_NUMBER: _builtins.int
+    KNOWS_WORDS_FIELD_NUMBER: _builtins.int
     slice_loss: _builtins.float
     """Mean MLM loss of the scored occurrences, in nats."""
     remembered_loss: _builtins.float
@@ -1025,14 +1066,15 @@ class ScoreSliceResponse(_message.Message):
     scored_tokens: _builtins.int
     """Masked occurrences scored."""
     novel_fraction: _builtins.float
-    """Fraction of scored occurrences of tokens the memory has never seen."""
+    """Fraction of scored occurrences of pieces the memory has never seen."""
     score: _builtins.float
-    """The slice's score: mean over texts of each text's mean excess loss over its tokens' expected
-    losses, in nats.
+    """The slice-loss score: mean over texts of each text's mean excess loss over its tokens'
+    expected losses, in nats.
     """
     threshold: _builtins.float
-    """The score above which the slice fires: null_mean + max(z * null_sd / sqrt(texts_scored),
-    min_effect), z the normal quantile of 1 - false_fire_rate / 2.
+    """The score above which the slice fires: null_mean + max(t * standard error, min_effect), t the
+    one-sided Welch quantile at the test's share of false_fire_rate, the standard error counting
+    both the slice's texts and the calibration's.
     """
     null_mean: _builtins.float
     """Mean of the per-text excess on held-out text of the checkpoint's training period (the
@@ -1041,22 +1083,62 @@ class ScoreSliceResponse(_message.Message):
     null_sd: _builtins.float
     """Standard deviation of that per-text excess, in nats."""
     z: _builtins.float
-    """(score - null_mean) / (null_sd / sqrt(texts_scored))."""
+    """(score - null_mean) / standard error."""
     texts_scored: _builtins.int
     """Texts with at least one scored piece."""
     token_z_threshold: _builtins.float
-    """The z a token had to exceed to spike."""
+    """The z the most significant token had to exceed to spike (the first Benjamini-Hochberg cut, or
+    spike_z).
+    """
     tokens_tested: _builtins.int
     """Tokens with at least min_token_count occurrences, each tested on its own."""
     calibrated: _builtins.bool
-    """False when the checkpoint's memory has no calibration (imported, never trained here): then
-    the trigger fires.
+    """False when the checkpoint's memory has no loss calibration (imported, never trained here).
+    With neither a calibration nor words remembered, the trigger fires.
     """
     reason: _builtins.str
     """Why it fires or not, in words."""
+    unseen_share: _builtins.float
+    """The unseen-words test: the share of the slice's words (each text's distinct words holding a
+    letter, pooled over its texts) that the memory has not seen.
+    """
+    unseen_threshold: _builtins.float
+    """The share above which the slice fires: unseen_null_mean + max(t * standard error,
+    min_novelty_effect), as for the slice-loss threshold.
+    """
+    unseen_null_mean: _builtins.float
+    """That share on the trained texts, each judged against the others (the calibration)."""
+    unseen_null_sd: _builtins.float
+    """The spread of one text's contribution to it, in units of a text's mean word count (the
+    calibration's standard error is this over the square root of its texts).
+    """
+    unseen_z: _builtins.float
+    """(unseen_share - unseen_null_mean) / standard error."""
+    texts_with_words: _builtins.int
+    """Texts holding at least one word."""
+    new_word_count: _builtins.int
+    """New words in all."""
+    words_tested: _builtins.int
+    """Words that could reach significance (Tarone), over which the new-words test corrects."""
+    word_p_threshold: _builtins.float
+    """The p-value the most significant word had to reach."""
+    spike_count: _builtins.int
+    """Spiking tokens in all."""
+    knows_words: _builtins.bool
+    """False when the memory holds no words (written before driftlm remembered them): the novelty
+    tests are then not run.
+    """
     @_builtins.property
     def spikes(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenSpike]:
-        """The spiking tokens, most surprising first."""
+        """The spiking tokens, most significant first (at most top_spikes)."""
+
+    @_builtins.property
+    def signals(self) -> _containers.RepeatedScalarFieldContainer[Global___TriggerSignal.ValueType]:
+        """The signals that fired; empty when the trigger is silent or fires for want of a memory."""
+
+    @_builtins.property
+    def new_words(self) -> _containers.RepeatedCompositeFieldContainer[Global___NewWord]:
+        """The new words, most significant first (at most top_spikes)."""
 
     def __init__(
         self,
@@ -1078,14 +1160,121 @@ class ScoreSliceResponse(_message.Message):
         tokens_tested: _builtins.int = ...,
         calibrated: _builtins.bool = ...,
         reason: _builtins.str = ...,
+        signals: _abc.Iterable[Global___TriggerSignal.ValueType] | None = ...,
+        unseen_share: _builtins.float = ...,
+        unseen_threshold: _builtins.float = ...,
+        unseen_null_mean: _builtins.float = ...,
+        unseen_null_sd: _builtins.float = ...,
+        unseen_z: _builtins.float = ...,
+        texts_with_words: _builtins.int = ...,
+        new_words: _abc.Iterable[Global___NewWord] | None = ...,
+        new_word_count: _builtins.int = ...,
+        words_tested: _builtins.int = ...,
+        word_p_threshold: _builtins.float = ...,
+        spike_count: _builtins.int = ...,
+        knows_words: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calibrated", b"calibrated", "fire", b"fire", "novel_fraction", b"novel_fraction", "null_mean", b"null_mean", "null_sd", b"null_sd", "reason", b"reason", "remembered_loss", b"remembered_loss", "score", b"score", "scored_tokens", b"scored_tokens", "slice_loss", b"slice_loss", "spike_fraction", b"spike_fraction", "spikes", b"spikes", "texts_scored", b"texts_scored", "threshold", b"threshold", "token_z_threshold", b"token_z_threshold", "tokens_tested", b"tokens_tested", "z", b"z"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calibrated", b"calibrated", "fire", b"fire", "knows_words", b"knows_words", "new_word_count", b"new_word_count", "new_words", b"new_words", "novel_fraction", b"novel_fraction", "null_mean", b"null_mean", "null_sd", b"null_sd", "reason", b"reason", "remembered_loss", b"remembered_loss", "score", b"score", "scored_tokens", b"scored_tokens", "signals", b"signals", "slice_loss", b"slice_loss", "spike_count", b"spike_count", "spike_fraction", b"spike_fraction", "spikes", b"spikes", "texts_scored", b"texts_scored", "texts_with_words", b"texts_with_words", "threshold", b"threshold", "token_z_threshold", b"token_z_threshold", "tokens_tested", b"tokens_tested", "unseen_null_mean", b"unseen_null_mean", "unseen_null_sd", b"unseen_null_sd", "unseen_share", b"unseen_share", "unseen_threshold", b"unseen_threshold", "unseen_z", b"unseen_z", "word_p_threshold", b"word_p_threshold", "words_tested", b"words_tested", "z", b"z"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScoreSliceResponse: _TypeAlias = ScoreSliceResponse  # noqa: Y015
+
+@_typing.final
+class TokenSpike(_message.Message):
+    """A token whose loss spiked."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    PIECE_FIELD_NUMBER: _builtins.int
+    SLICE_LOSS_FIELD_NUMBER: _builtins.int
+    REMEMBERED_LOSS_FIELD_NUMBER: _builtins.int
+    Z_FIELD_NUMBER: _builtins.int
+    OCCURRENCES_FIELD_NUMBER: _builtins.int
+    EXCESS_FIELD_NUMBER: _builtins.int
+    P_VALUE_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.int
+    """Token id in the checkpoint's vocabulary."""
+    piece: _builtins.str
+    """The piece."""
+    slice_loss: _builtins.float
+    """Mean MLM loss of its occurrences in the slice, in nats."""
+    remembered_loss: _builtins.float
+    """Its expected loss on new text of the training period (its remembered mean shrunk towards the
+    overall mean, plus the calibration's offset), in nats.
+    """
+    z: _builtins.float
+    """Standardised difference, after the calibration's inflation."""
+    occurrences: _builtins.int
+    """Masked occurrences scored."""
+    excess: _builtins.float
+    """The effect: slice_loss - remembered_loss, in nats."""
+    p_value: _builtins.float
+    """One-sided p-value of a mean loss this high."""
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.int = ...,
+        piece: _builtins.str = ...,
+        slice_loss: _builtins.float = ...,
+        remembered_loss: _builtins.float = ...,
+        z: _builtins.float = ...,
+        occurrences: _builtins.int = ...,
+        excess: _builtins.float = ...,
+        p_value: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["excess", b"excess", "occurrences", b"occurrences", "p_value", b"p_value", "piece", b"piece", "remembered_loss", b"remembered_loss", "slice_loss", b"slice_loss", "token_id", b"token_id", "z", b"z"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenSpike: _TypeAlias = TokenSpike  # noqa: Y015
+
+@_typing.final
+class NewWord(_message.Message):
+    """A word rare in the memory that significantly many of the slice's texts hold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORD_FIELD_NUMBER: _builtins.int
+    SLICE_TEXTS_FIELD_NUMBER: _builtins.int
+    SLICE_SHARE_FIELD_NUMBER: _builtins.int
+    MEMORY_TEXTS_FIELD_NUMBER: _builtins.int
+    MEMORY_SHARE_FIELD_NUMBER: _builtins.int
+    P_VALUE_FIELD_NUMBER: _builtins.int
+    word: _builtins.str
+    """The word, as the tokenizer's normaliser and pre-tokeniser make it (lowercased for BERT)."""
+    slice_texts: _builtins.int
+    """Texts of the slice holding it."""
+    slice_share: _builtins.float
+    """Their share of the slice's texts (those holding a word)."""
+    memory_texts: _builtins.float
+    """Remembered texts holding it (decayed: a text of the run before counts memory_decay)."""
+    memory_share: _builtins.float
+    """Their share of the remembered texts."""
+    p_value: _builtins.float
+    """Probability of so many of its texts falling in the slice had nothing changed."""
+    def __init__(
+        self,
+        *,
+        word: _builtins.str = ...,
+        slice_texts: _builtins.int = ...,
+        slice_share: _builtins.float = ...,
+        memory_texts: _builtins.float = ...,
+        memory_share: _builtins.float = ...,
+        p_value: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["memory_share", b"memory_share", "memory_texts", b"memory_texts", "p_value", b"p_value", "slice_share", b"slice_share", "slice_texts", b"slice_texts", "word", b"word"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NewWord: _TypeAlias = NewWord  # noqa: Y015
 
 @_typing.final
 class ComputeEmbeddingsRequest(_message.Message):
