@@ -22,7 +22,6 @@ The slices of 3,000 texts draw from the period's other 3,671 texts, so within a 
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -31,27 +30,24 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-import grpc
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from driftlm.services.runtime.config import ServeConfig
 from driftlm.services.runtime.strategy import Strategy
 from driftlm.services.trainer.checkpoints import CheckpointStore
 from driftlm.services.trainer.data import tokenize_texts
 from driftlm.services.trainer.loss_memory import LossMemory
 from driftlm.services.trainer.remote import RemoteVocab
 from driftlm.services.trainer.scoring import Occurrences, token_losses
-from driftlm.services.trainer.server import create_server as create_trainer_server
 from driftlm.services.trainer.training import Vocabulary, vocabulary_of
 from driftlm.services.trainer.trigger import Signal, TriggerOptions, score_slice
 from driftlm.services.trainer.words import TextWords, WordSplitter
-from driftlm.services.vocab.server import create_server as create_vocab_server
-from driftlm.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc, vocab_pb2, vocab_pb2_grpc
+from driftlm.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc, vocab_pb2
 
 from . import changelogs
 from .harness import RESULTS, describe_device
+from .stack import Stack, scratch_stack
 
 PERIOD = ("2003", "2012")
 LATER = ("2020", "2022")
@@ -117,75 +113,68 @@ class TrainedModel:
     memory: LossMemory
     model: torch.nn.Module
     vocabulary: Vocabulary
-    trainer: trainer_pb2_grpc.TrainerServiceStub
+    stack: Stack
+
+    @property
+    def trainer(self) -> trainer_pb2_grpc.TrainerServiceStub:
+        return self.stack.trainer
+
+
+def train_like_the_loop(
+    stack: Stack, base_checkpoint_id: str, texts: Sequence[str], *, head_steps: int, steps: int, seed: int
+) -> str:
+    """Train as `driftlm run` trains its first slice: the new head warmed up alone, then the model."""
+    checkpoint = base_checkpoint_id
+    common = {
+        "kind": trainer_pb2.RUN_KIND_MLM,
+        "slices": [stack.slice_file("period", texts)],
+        "strategy": Strategy.UNIFORM.proto,
+        "iterations": 1,
+        "batch_size": 16,
+        "max_length": MAX_LENGTH,
+        "seed": seed,
+    }
+    for steps_of_run, learning_rate, head_only in ((head_steps, 1e-3, True), (steps, 1e-4, False)):
+        if steps_of_run:
+            run, _ = stack.run(
+                trainer_pb2.StartRunRequest(
+                    base_checkpoint_id=checkpoint,
+                    steps_per_iteration=steps_of_run,
+                    learning_rate=learning_rate,
+                    head_only=head_only,
+                    **common,  # type: ignore[arg-type]
+                )
+            )
+            checkpoint = run.checkpoint_id
+    return checkpoint
+
+
+def minilm_base(stack: Stack, model_dir: Path) -> tuple[str, str]:
+    """MiniLM's vocabulary and model registered: (vocab version id, checkpoint id)."""
+    model_ref = common_pb2.ArtifactRef(uri=str(model_dir))
+    version = stack.vocab.CreateVocabulary(vocab_pb2.CreateVocabularyRequest(tokenizer_dir=model_ref)).version
+    checkpoint = stack.trainer.CreateCheckpoint(
+        trainer_pb2.CreateCheckpointRequest(model_dir=model_ref, vocab_version_id=version.version_id)
+    ).checkpoint
+    return version.version_id, checkpoint.checkpoint_id
 
 
 @contextmanager
 def trained_on(
     texts: Sequence[str], model_dir: Path, *, head_steps: int = 100, steps: int = 48, seed: int = 0
 ) -> Iterator[TrainedModel]:
-    """Real vocab and trainer servers on a scratch store; the base model's new head warmed up,
-    then trained as `driftlm run` trains its first slice. The servers stop on leaving."""
-    with tempfile.TemporaryDirectory() as scratch:
-        store = Path(scratch)
-        config = ServeConfig(store=store, read_roots=(model_dir,))
-        vocab_server, vocab_port = create_vocab_server("127.0.0.1:0", config)
-        endpoint = f"127.0.0.1:{vocab_port}"
-        trainer_server, trainer_port = create_trainer_server(
-            "127.0.0.1:0", ServeConfig(store=store, read_roots=(model_dir,), vocab_endpoint=endpoint)
-        )
+    """Real vocab and trainer servers on a scratch store, the base model trained on `texts` as the
+    loop trains its first slice. The servers stop on leaving."""
+    with scratch_stack(read_roots=(model_dir,)) as stack:
+        version_id, base = minilm_base(stack, model_dir)
+        checkpoint = train_like_the_loop(stack, base, texts, head_steps=head_steps, steps=steps, seed=seed)
+        checkpoints = CheckpointStore(stack.store)
+        remote = RemoteVocab(stack.vocab_endpoint)
         try:
-            vocab = vocab_pb2_grpc.VocabServiceStub(grpc.insecure_channel(endpoint))
-            trainer = trainer_pb2_grpc.TrainerServiceStub(grpc.insecure_channel(f"127.0.0.1:{trainer_port}"))
-            model_ref = common_pb2.ArtifactRef(uri=str(model_dir))
-            version = vocab.CreateVocabulary(vocab_pb2.CreateVocabularyRequest(tokenizer_dir=model_ref)).version
-            checkpoint = trainer.CreateCheckpoint(
-                trainer_pb2.CreateCheckpointRequest(model_dir=model_ref, vocab_version_id=version.version_id)
-            ).checkpoint.checkpoint_id
-            path = store / "period.jsonl"
-            path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
-            common = {
-                "kind": trainer_pb2.RUN_KIND_MLM,
-                "slices": [common_pb2.ArtifactRef(uri=str(path))],
-                "strategy": Strategy.UNIFORM.proto,
-                "iterations": 1,
-                "batch_size": 16,
-                "max_length": MAX_LENGTH,
-                "seed": seed,
-            }
-            for steps_of_run, learning_rate, head_only in ((head_steps, 1e-3, True), (steps, 1e-4, False)):
-                if steps_of_run:
-                    checkpoint = _run_to_end(
-                        trainer,
-                        trainer_pb2.StartRunRequest(
-                            base_checkpoint_id=checkpoint,
-                            steps_per_iteration=steps_of_run,
-                            learning_rate=learning_rate,
-                            head_only=head_only,
-                            **common,  # type: ignore[arg-type]
-                        ),
-                    )
-            checkpoints = CheckpointStore(store)
-            remote = RemoteVocab(endpoint)
-            try:
-                vocabulary = vocabulary_of(remote.version(version.version_id))
-            finally:
-                remote.close()
-            yield TrainedModel(
-                checkpoint, checkpoints.memory(checkpoint), checkpoints.model(checkpoint), vocabulary, trainer
-            )
+            vocabulary = vocabulary_of(remote.version(version_id))
         finally:
-            trainer_server.stop(grace=None)
-            vocab_server.stop(grace=None)
-
-
-def _run_to_end(trainer: trainer_pb2_grpc.TrainerServiceStub, request: trainer_pb2.StartRunRequest) -> str:
-    run = trainer.StartRun(request).run
-    for update in trainer.WatchRun(trainer_pb2.WatchRunRequest(run_id=run.run_id)):
-        run = update.run
-    if run.state != trainer_pb2.RUN_STATE_SUCCEEDED:
-        raise RuntimeError(f"training failed: {run.error_message}")
-    return run.checkpoint_id
+            remote.close()
+        yield TrainedModel(checkpoint, checkpoints.memory(checkpoint), checkpoints.model(checkpoint), vocabulary, stack)
 
 
 def scored_pool(trained: TrainedModel, texts: Sequence[str], *, seed: int) -> ScoredPool:

@@ -441,6 +441,12 @@ def _add_run(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "--vocab-k", type=int, default=100, help="pieces swapped per vocabulary update at most (default: 100)"
     )
     run.add_argument(
+        "--language",
+        default="en",
+        help="the base's language: its 20,000 most frequent words (wordfreq's list) keep their pieces through "
+        "vocabulary updates; a wordfreq code (en, de, fr, es, zh, ...) or none (default: en)",
+    )
+    run.add_argument(
         "--heldout-max",
         type=int,
         default=100,
@@ -484,6 +490,13 @@ def _add_run(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         help="... and its top-1 accuracy at most this below the teacher's",
     )
     run.add_argument(
+        "--gate-on",
+        choices=("point", "bound"),
+        default="point",
+        help="check the gate's thresholds against the point estimates, or against the unfavourable end of each "
+        "figure's 95%% interval (agreement's lower, KL's and the accuracy drop's upper) (default: point)",
+    )
+    run.add_argument(
         "--fresh", action="store_true", help="start over instead of continuing after the last finished slice"
     )
 
@@ -518,6 +531,7 @@ def _run(args: argparse.Namespace) -> int:
         max_length=args.max_length,
         learning_rate=args.learning_rate,
         vocab_k=args.vocab_k,
+        language=args.language,
         heldout_max=args.heldout_max,
         false_fire_rate=args.false_fire_rate,
         scratch=args.scratch,
@@ -530,6 +544,7 @@ def _run(args: argparse.Namespace) -> int:
         gate_min_agreement=args.gate_min_agreement,
         gate_max_kl=args.gate_max_kl,
         gate_max_accuracy_drop=args.gate_max_accuracy_drop,
+        gate_on_bound=args.gate_on == "bound",
         endpoints=endpoints,
         security=ChannelSecurity.from_files(
             root_ca=args.tls_ca, client_cert=args.tls_cert, client_key=args.tls_key, token_file=args.token_file

@@ -109,6 +109,8 @@ class PipelineOptions:
     max_length: int = 48
     learning_rate: float = 1e-4
     vocab_k: int = 100
+    # The language whose most frequent words keep their pieces through updates (wordfreq code; "none").
+    language: str = "en"
     heldout_fraction: float = 0.1
     heldout_max: int = 100
     replay_fraction: float = 0.1
@@ -136,6 +138,8 @@ class PipelineOptions:
     gate_min_agreement: float | None = 0.5
     gate_max_kl: float | None = None
     gate_max_accuracy_drop: float | None = None
+    # Check the gate against each figure's 95% interval bound instead of its point estimate.
+    gate_on_bound: bool = False
 
     def key(self) -> str:
         """What identifies this loop's state: the data and every option that changes results."""
@@ -452,7 +456,15 @@ class _Loop:
         }
         if fired:
             seen = self.vocab.observe(state["vocab_version"], item.train, slice_label=item.label)
-            proposal = self.vocab.propose(state["vocab_version"], [seen.observation_id], k=options.vocab_k)
+            # The base has no history of use yet: its first slice's observation stands for it.
+            history = [state["first_observation"]] if state["vocab_version"] == base_version else []
+            proposal = self.vocab.propose(
+                state["vocab_version"],
+                [seen.observation_id],
+                k=options.vocab_k,
+                history_observation_ids=history,
+                language=options.language,
+            )
             version = self._commit(state["vocab_version"], proposal.proposal_id, item.label)
             state["vocab_version"] = version.version_id
             vocab_record.update(
@@ -581,7 +593,9 @@ def _promotion(
         return None
     inference = stack.enter_context(InferenceClient(targets["inference"], security=options.security))
     compare = stack.enter_context(CompareClient(targets["compare"], security=options.security))
-    gate = GateOptions(options.gate_min_agreement, options.gate_max_kl, options.gate_max_accuracy_drop)
+    gate = GateOptions(
+        options.gate_min_agreement, options.gate_max_kl, options.gate_max_accuracy_drop, options.gate_on_bound
+    )
     return Promotion(trainer, inference, compare, gate=gate, seed=options.seed)
 
 

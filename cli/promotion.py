@@ -42,6 +42,8 @@ class GateOptions:
     min_top1_agreement: float | None = 0.5
     max_kl: float | None = None
     max_accuracy_drop: float | None = None
+    # Check each threshold against the unfavourable end of its 95% interval, not the point.
+    on_bound: bool = False
 
 
 def cut_model_directory(source: Path, directory: Path, layers: int) -> Path:
@@ -166,6 +168,7 @@ class Promotion:
             min_top1_agreement=self.gate.min_top1_agreement,
             max_kl=self.gate.max_kl,
             max_accuracy_drop=self.gate.max_accuracy_drop,
+            basis=compare_pb2.GATE_BASIS_INTERVAL_BOUND if self.gate.on_bound else compare_pb2.GATE_BASIS_POINT,
             seed=self.seed,
             display_name=f"{label}: student {candidate['student']} against teacher {candidate['teacher']}",
         )

@@ -46,11 +46,13 @@ class ModelKey:
 
 @dataclass(frozen=True)
 class Gate:
-    """Thresholds; None: not checked."""
+    """Thresholds; None: not checked. on_bound: check the unfavourable end of each figure's 95%
+    interval (agreement's lower, KL's and the accuracy drop's upper) instead of the point."""
 
     min_top1_agreement: float | None = None
     max_kl: float | None = None
     max_accuracy_drop: float | None = None
+    on_bound: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,8 @@ class Estimated:
     point: Figures
     low: Figures
     high: Figures
+    # Top-1 accuracy of the teacher minus the student's: the point and its 95% interval.
+    accuracy_drop: tuple[float, float, float] = (math.nan, math.nan, math.nan)
 
 
 @dataclass(frozen=True)
@@ -118,24 +122,42 @@ def estimate(layout: Layout, label: str, rows: np.ndarray, samples: int, seed: i
     rows = rows[rows[:, 0] > 0]
     point = figures(layout, rows.sum(axis=0) if len(rows) else np.zeros(layout.width))
     resampled = bootstrap(layout, rows, samples, seed) if len(rows) else []
+    drops = np.array([s.teacher.top1_accuracy - s.student.top1_accuracy for s in resampled])
+    drops = drops[~np.isnan(drops)]
     return Estimated(
         label,
         len(rows),
         point,
         percentile_figures(resampled, 2.5, point),
         percentile_figures(resampled, 97.5, point),
+        (
+            point.teacher.top1_accuracy - point.student.top1_accuracy,
+            float(np.percentile(drops, 2.5)) if drops.size else math.nan,
+            float(np.percentile(drops, 97.5)) if drops.size else math.nan,
+        ),
     )
 
 
-def decide(gate: Gate, overall: Figures) -> GateResult:
-    """Every set threshold against the figures over all slices."""
+def decide(gate: Gate, overall: Estimated) -> GateResult:
+    """Every set threshold against the figures over all slices (or their intervals' bounds)."""
     reasons, passed = [], True
+    bound = gate.on_bound
     checks = [
-        ("top-1 agreement", overall.top1_agreement, gate.min_top1_agreement, ">="),
-        ("KL(teacher || student)", overall.kl_teacher_student, gate.max_kl, "<="),
         (
-            "top-1 accuracy drop",
-            overall.teacher.top1_accuracy - overall.student.top1_accuracy,
+            "top-1 agreement" + (" (95% lower bound)" if bound else ""),
+            (overall.low if bound else overall.point).top1_agreement,
+            gate.min_top1_agreement,
+            ">=",
+        ),
+        (
+            "KL(teacher || student)" + (" (95% upper bound)" if bound else ""),
+            (overall.high if bound else overall.point).kl_teacher_student,
+            gate.max_kl,
+            "<=",
+        ),
+        (
+            "top-1 accuracy drop" + (" (95% upper bound)" if bound else ""),
+            overall.accuracy_drop[2 if bound else 0],
             gate.max_accuracy_drop,
             "<=",
         ),
@@ -232,7 +254,7 @@ class CompareApp:
             seed=spec.seed,
             slices=tuple(per_slice),
             overall=overall,
-            gate=decide(spec.gate, overall.point),
+            gate=decide(spec.gate, overall),
         )
 
     def _validated(self, spec: ComparisonSpec) -> ComparisonSpec:

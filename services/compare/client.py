@@ -48,6 +48,7 @@ class CompareClient(ServiceClient):
         min_top1_agreement: float | None = None,
         max_kl: float | None = None,
         max_accuracy_drop: float | None = None,
+        basis: compare_pb2.GateBasis.ValueType = compare_pb2.GATE_BASIS_POINT,
         mask_fraction: float = 0.0,
         seed: int = 0,
         max_texts_per_slice: int = 0,
@@ -64,7 +65,7 @@ class CompareClient(ServiceClient):
             )
             for label, source in slices.items()
         ]
-        gate = compare_pb2.PromotionGate()
+        gate = compare_pb2.PromotionGate(basis=basis)
         if min_top1_agreement is not None:
             gate.min_top1_agreement = min_top1_agreement
         if max_kl is not None:

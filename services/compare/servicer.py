@@ -6,6 +6,7 @@ import grpc
 
 from driftlm.services.runtime.corpus import corpus_from_message
 from driftlm.services.runtime.curated import PromptTemplate
+from driftlm.services.runtime.errors import InvalidArgumentError
 from driftlm.services.runtime.paging import page_of
 from driftlm.v1 import compare_pb2, compare_pb2_grpc
 
@@ -18,11 +19,25 @@ def _key(ref: compare_pb2.ModelRef) -> ModelKey:
     return ModelKey(ref.name, ref.version)
 
 
+def _gate_basis(basis: int) -> bool:
+    """Whether the gate checks the intervals' bounds (an unknown basis is refused)."""
+    if basis not in (
+        compare_pb2.GATE_BASIS_UNSPECIFIED,
+        compare_pb2.GATE_BASIS_POINT,
+        compare_pb2.GATE_BASIS_INTERVAL_BOUND,
+    ):
+        raise InvalidArgumentError(
+            "gate.basis", f"is {basis}; give GATE_BASIS_POINT or GATE_BASIS_INTERVAL_BOUND (unspecified: point)"
+        )
+    return basis == compare_pb2.GATE_BASIS_INTERVAL_BOUND
+
+
 def _gate(gate: compare_pb2.PromotionGate) -> Gate:
     return Gate(
         min_top1_agreement=gate.min_top1_agreement if gate.HasField("min_top1_agreement") else None,
         max_kl=gate.max_kl if gate.HasField("max_kl") else None,
         max_accuracy_drop=gate.max_accuracy_drop if gate.HasField("max_accuracy_drop") else None,
+        on_bound=_gate_basis(gate.basis),
     )
 
 

@@ -3,17 +3,23 @@
 Each strategy turns the candidate pool into one non-negative weight per sentence; the sentences
 are then drawn by weighted sampling without replacement. A sentence of weight 0 is not eligible.
 
-| strategy                 | score of a sentence                                  | weight                         |
-|--------------------------|------------------------------------------------------|--------------------------------|
-| uniform                  | -                                                    | 1                              |
-| token embedding shift    | largest shift among its target (most shifted) tokens | alpha*score + (1-alpha)*length |
-| sentence embedding shift | cosine distance of its [CLS] before and after        | alpha*score + (1-alpha)*length |
-| token MLM loss           | its mean MLM loss                                    | alpha*score + (1-alpha)*length |
+| strategy                 | score of a sentence                                  |
+|--------------------------|------------------------------------------------------|
+| uniform                  | - (weight 1)                                         |
+| token embedding shift    | largest score among its target tokens                |
+| sentence embedding shift | cosine distance of its [CLS] before and after        |
+| token MLM loss           | its mean MLM loss                                    |
 
-Both terms are divided by their largest value in the pool, so that each lies in [0, 1] and alpha
-weighs them as it says: a raw cosine distance is about 0.03 where a length term is up to 1, and
-would leave the draw to length. Sentences without a target token have weight 0 under token
-embedding shift.
+The paper weighs `alpha * score + (1 - alpha) * length`. Its two terms live on different scales
+(a [CLS] distance of 0.03, a length of 40 pieces), so driftlm weighs ranks among the eligible
+candidates instead (kernels.rank_weights): `(alpha * rank(score) + (1 - alpha) * rank(length)) ** 4`,
+the score ranked among sentences of similar length. Each rank spreads evenly over [0, 1], so alpha
+is the share of the rank score the signal decides, whatever the scales, and a signal that grows
+with length does not bring length back in; the fourth power makes the draw favour the top ranks
+(a monotone map: it changes how strongly, not which sentences rank higher). Dividing each term by
+its largest value, as driftlm 0.2 did, left the draw to length: one outlier squashed every other
+score, and the weights of token and sentence shift correlated 0.9 with length. Sentences without a
+target token have weight 0 under token embedding shift.
 """
 
 from __future__ import annotations
@@ -80,31 +86,25 @@ def select_sentences(
         weights = np.ones(lengths.shape[0])
     elif strategy is Strategy.TOKEN_EMBEDDING_SHIFT:
         scores, targets = _token_shift_scores(pool, lengths, top_x)
-        weights = np.where(scores >= 0, kernels.sampling_weights(_scaled(np.maximum(scores, 0.0)), lengths, alpha), 0.0)
+        weights = kernels.rank_weights(scores, lengths, alpha, scores >= 0)
     elif strategy is Strategy.SENTENCE_EMBEDDING_SHIFT:
         needed_by = "the sentence embedding shift strategy"
         old_cls = inputs.require(pool.old_cls, "old_cls", needed_by=needed_by)
         new_cls = inputs.require(pool.new_cls, "new_cls", needed_by=needed_by)
         inputs.same_rows("old_cls", old_cls, "candidate_lengths", lengths)
         distances, _ = measure_shift(old_cls, new_cls, top_k=0, fields=("old_cls", "new_cls"))
-        weights = kernels.sampling_weights(_scaled(distances.astype(np.float64)), lengths, alpha)
+        weights = kernels.rank_weights(distances.astype(np.float64), lengths, alpha, np.ones(lengths.shape[0], bool))
     else:
         losses = inputs.float_vector(
             inputs.require(pool.losses, "losses", needed_by="the token MLM loss strategy"), "losses"
         )
         inputs.same_rows("losses", losses, "candidate_lengths", lengths)
-        weights = kernels.sampling_weights(_scaled(losses.astype(np.float64)), lengths, alpha)
+        weights = kernels.rank_weights(losses.astype(np.float64), lengths, alpha, np.ones(lengths.shape[0], bool))
     eligible = int(np.count_nonzero(weights > 0))
     indices = (
         kernels.draw_without_replacement(weights, min(k, eligible), seed) if eligible else np.empty(0, dtype=np.int64)
     )
     return Selection(indices=indices, weights=weights, eligible_count=eligible, target_token_ids=targets)
-
-
-def _scaled(scores: np.ndarray) -> np.ndarray:
-    """Scores divided by the pool's largest (all zeros stay zeros)."""
-    largest = float(scores.max(initial=0.0))
-    return scores / largest if largest > 0 else np.zeros_like(scores, dtype=np.float64)
 
 
 def _token_shift_scores(pool: CandidatePool, lengths: np.ndarray, top_x: int) -> tuple[np.ndarray, np.ndarray]:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
-from .significance import benjamini_hochberg, tarone_tests
+from .significance import benjamini_hochberg, log_level, tarone_tests
 from .word_memory import WordMemory
 from .words import TextWords
 
@@ -116,7 +116,7 @@ def new_word_test(words: TextWords, memory: WordMemory, *, level: float, min_tex
     # A word's smallest p-value comes when all its texts fall in the slice: in_slice ** total.
     log_min_p = np.concatenate([held + remembered, elsewhere]) * math.log(in_slice)
     tests = tarone_tests(log_min_p, level)
-    testable = log_min_p[: hashes.size] <= math.log(level) - math.log(tests)
+    testable = log_min_p[: hashes.size] <= log_level(level) - math.log(tests)
     candidate = testable & (held >= min_texts) & (remembered < max(UNSEEN_BELOW, RARE_SHARE * memory.texts))
     p_values = np.ones(hashes.size)
     # P(X >= held), X ~ Binomial(held + remembered, in_slice): the regularised incomplete beta.

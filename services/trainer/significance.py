@@ -93,6 +93,11 @@ def benjamini_hochberg(p_values: np.ndarray, level: float, *, tests: int | None 
     return rejected
 
 
+def log_level(level: float) -> float:
+    """log(level), -inf for a level that underflowed to 0 (a share of a rate like 5e-324)."""
+    return math.log(level) if level > 0 else -math.inf
+
+
 def tarone_tests(log_min_p_values: np.ndarray, level: float) -> int:
     """The smallest m such that at most m hypotheses could reach a p-value of level / m.
 
@@ -107,7 +112,7 @@ def tarone_tests(log_min_p_values: np.ndarray, level: float) -> int:
     low, high = 1, max(int(ordered.size), 1)
     while low < high:
         middle = (low + high) // 2
-        if np.searchsorted(ordered, math.log(level) - math.log(middle), side="right") <= middle:
+        if np.searchsorted(ordered, log_level(level) - math.log(middle), side="right") <= middle:
             high = middle
         else:
             low = middle + 1

@@ -38,7 +38,7 @@ class RunSpec:
     replay_fraction: float = 0.0
     max_length: int = 128
     mask_fraction: float = 0.15
-    sampling_alpha: float = 0.5
+    sampling_alpha: float = 0.75
     top_x: int = 100
     candidate_pool_size: int = 0
     embedding_init: EmbeddingInit = EmbeddingInit.FVT

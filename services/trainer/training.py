@@ -55,6 +55,7 @@ from .models import (
 )
 from .peers import Sampler, VocabPeer, VocabVersion
 from .scoring import Occurrences, token_losses
+from .shift_targets import shift_targets
 from .spec import RunKind, RunSpec
 from .trigger import calibrated_memory
 from .vocab_move import VocabHop, move_to_vocabulary
@@ -68,8 +69,6 @@ _MIN_TEXTS_FOR_REFERENCE = 40
 # Masks drawn over each trained text for the token-loss memory (each piece is scored about
 # 2 x mask_fraction of its occurrences; the texts are many).
 _MEMORY_PASSES = 2
-# Token shift ranks only tokens held by at least this many candidate sentences.
-_MIN_TARGET_SENTENCES = 2
 _DEFAULT_REFERENCE_TEXTS = 1000
 # Length grouping sorts sentences within windows of this many batches (see _iteration_order).
 _GROUPING_WINDOW_BATCHES = 64
@@ -416,7 +415,10 @@ class _Trainer:
                 progress.wall_s = wall_before + time.perf_counter() - started
                 context.report(progress)
             if iteration + 1 < spec.iterations:
-                selection = self._next_selection(model, pool, candidates_next, before, fresh, vocabulary, iteration + 1)
+                trained_counts = np.bincount(combined.flat_ids(order), minlength=len(vocabulary.pieces))
+                selection = self._next_selection(
+                    model, pool, candidates_next, before, fresh, vocabulary, iteration + 1, trained_counts
+                )
                 if context.ranks.is_primary:
                     self._save_selection(selection)
             if iteration + 1 == spec.iterations and context.ranks.is_primary and not spec.head_only:
@@ -606,25 +608,28 @@ class _Trainer:
         model.train()
         return torch.cat(rows).numpy() if rows else np.zeros((0, 1), np.float32)
 
-    @torch.no_grad()
     def _sentence_losses(
         self, model: PreTrainedModel, pool: TokenizedPool, indices: np.ndarray, vocabulary: Vocabulary, iteration: int
     ) -> np.ndarray:
-        model.eval()
-        losses = np.zeros(len(indices), dtype=np.float32)
-        for start in range(0, len(indices), _SCORE_BATCH):
-            chunk = indices[start : start + _SCORE_BATCH].tolist()
-            seed = derive_seed(self.spec.seed, "score", iteration, start)
-            masked = self._masked(pool, chunk, vocabulary, seed, every_row=True)
-            with autocast(self.device):
-                logits = masked_logits(model, masked.input_ids, masked.attention_mask, masked.masked)
-            per_token = F.cross_entropy(logits.float(), masked.targets, reduction="none").cpu().numpy()
-            rows = torch.nonzero(masked.masked)[:, 0].cpu().numpy()
-            sums = np.bincount(rows, weights=per_token, minlength=len(chunk))
-            counts = np.bincount(rows, minlength=len(chunk))
-            losses[start : start + len(chunk)] = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
+        """(N,) each candidate's mean MLM loss over ceil(1 / mask_fraction) masks, so that each
+        piece is predicted about once: one 15% mask of a ten-piece sentence scores one or two
+        pieces, and the score would be mostly which ones."""
+        occurrences = token_losses(
+            model,
+            pool,
+            special=vocabulary.special,
+            mask_id=vocabulary.mask_id,
+            mask_fraction=self.spec.mask_fraction,
+            seed=derive_seed(self.spec.seed, "score", iteration),
+            device=self.device,
+            rows=indices.tolist(),
+            passes=math.ceil(1 / self.spec.mask_fraction),
+        )
         model.train()
-        return losses
+        positions = np.searchsorted(indices, occurrences.texts)
+        sums = np.bincount(positions, weights=occurrences.losses, minlength=len(indices))
+        counts = np.bincount(positions, minlength=len(indices))
+        return np.where(counts > 0, sums / np.maximum(counts, 1), 0.0).astype(np.float32)
 
     def _signal_before(self, model: PreTrainedModel, pool: TokenizedPool, candidates: np.ndarray) -> np.ndarray | None:
         """What the next selection compares against, taken before this iteration trains."""
@@ -657,7 +662,8 @@ class _Trainer:
             k=min(fresh, len(candidates)),
             candidate_lengths=pool.lengths[candidates],
             alpha=self.spec.sampling_alpha,
-            seed=derive_seed(self.spec.seed, "select", iteration),
+            # The run's own strategy in the seed: two strategies that weigh alike still draw apart.
+            seed=derive_seed(self.spec.seed, "select", self.spec.strategy.value, iteration),
             candidate_token_ids=candidate_token_ids,
             token_shift=token_shift,
             top_x=min(self.spec.top_x, len(token_shift)) if token_shift is not None else 0,
@@ -686,6 +692,11 @@ class _Trainer:
         candidates = self._candidates(pool, fresh, 0)
         strategy = self.spec.strategy
         if strategy is Strategy.TOKEN_EMBEDDING_SHIFT and added:
+            # Nothing has shifted yet: the added pieces are the targets, the rarest in the pool
+            # first, so that the draw covers every new piece rather than the commonest one.
+            sentences_with = self._sentences_with(pool, candidates, len(vocabulary.pieces))
+            rarity = np.zeros(len(vocabulary.pieces))
+            rarity[added] = 1.0 / np.maximum(sentences_with[added], 1)
             return self._select(
                 candidates,
                 pool,
@@ -693,6 +704,7 @@ class _Trainer:
                 0,
                 strategy,
                 candidate_token_ids=pool.flat_ids(candidates.tolist()),
+                token_shift=rarity,
                 target_token_ids=np.asarray(added),
             )
         if strategy is Strategy.TOKEN_MLM_LOSS:
@@ -709,12 +721,20 @@ class _Trainer:
         fresh: int,
         vocabulary: Vocabulary,
         iteration: int,
+        trained_counts: np.ndarray,
     ) -> IterationSelection:
         strategy = self.spec.strategy
         if strategy is Strategy.TOKEN_EMBEDDING_SHIFT and before is not None:
             after = embedding_matrix(model).detach().float().cpu().numpy()
             shift, _ = self.context.sampler.cosine_distance(before, after)
-            targets = self._shift_targets(shift, pool, candidates, vocabulary)
+            targets, scores = shift_targets(
+                shift,
+                trained_counts[: len(shift)],
+                candidate_sentences=self._sentences_with(pool, candidates, len(shift)),
+                added=np.asarray(self._added_pieces(), dtype=np.int64),
+                special=vocabulary.special.numpy(),
+                limit=self.spec.top_x,
+            )
             if targets.size:
                 return self._select(
                     candidates,
@@ -723,7 +743,8 @@ class _Trainer:
                     iteration,
                     strategy,
                     candidate_token_ids=pool.flat_ids(candidates.tolist()),
-                    token_shift=shift,
+                    # Candidates are scored by their best target (shift_targets' order), not the raw shift.
+                    token_shift=scores,
                     target_token_ids=targets,
                 )
         if strategy is Strategy.SENTENCE_EMBEDDING_SHIFT and before is not None:
@@ -734,21 +755,19 @@ class _Trainer:
             return self._select(candidates, pool, fresh, iteration, strategy, losses=losses)
         return self._select(candidates, pool, fresh, iteration, Strategy.UNIFORM)
 
-    def _shift_targets(
-        self, shift: np.ndarray, pool: TokenizedPool, candidates: np.ndarray, vocabulary: Vocabulary
-    ) -> np.ndarray:
-        """The top_x most shifted tokens among those in at least _MIN_TARGET_SENTENCES candidates.
+    @staticmethod
+    def _sentences_with(pool: TokenizedPool, candidates: np.ndarray, vocab_size: int) -> np.ndarray:
+        """(V,) how many candidate sentences hold each token."""
+        held = np.concatenate([np.unique(pool.ids[i]) for i in candidates]) if len(candidates) else np.empty(0, int)
+        return np.bincount(held, minlength=vocab_size)[:vocab_size]
 
-        Every row of the tied embedding moves a little each step, unused pieces and rare scripts
-        too; ranked over the whole vocabulary the most shifted are pieces no candidate holds, and
-        no sentence would be eligible. Specials (in every sentence) are never targets.
-        """
-        sentences_with = np.bincount(
-            np.concatenate([np.unique(pool.ids[i]) for i in candidates]), minlength=len(shift)
-        )[: len(shift)]
-        eligible = (sentences_with >= _MIN_TARGET_SENTENCES) & ~vocabulary.special.numpy()
-        ranked = np.argsort(-np.where(eligible, shift, -np.inf), kind="stable")
-        return ranked[: min(self.spec.top_x, int(eligible.sum()))].astype(np.int64)
+    def _added_pieces(self) -> list[int]:
+        """Ids of the pieces the vocabulary updates between the base checkpoint and the run added."""
+        base = self.context.checkpoints.record(self.spec.base_checkpoint_id)
+        hops = vocab_hops(self.context.vocab, base.vocab_version_id, self.spec.vocab_version_id)
+        if not hops:
+            return []
+        return sorted(i for piece, i in hops[-1].new_pieces.items() if piece not in hops[0].old_pieces)
 
     def _iteration_order(
         self, selection: IterationSelection, lengths: np.ndarray, pool_size: int, replayed: int, iteration: int

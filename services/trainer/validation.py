@@ -114,7 +114,7 @@ def run_spec(request: trainer_pb2.StartRunRequest, *, roots: FileRoots) -> RunSp
         max_length=request.max_length,
         mask_fraction=mask_fraction,
         sampling_alpha=_fraction(
-            request.sampling_alpha if request.HasField("sampling_alpha") else 0.5, "sampling_alpha", low=0.0, high=1.0
+            request.sampling_alpha if request.HasField("sampling_alpha") else 0.75, "sampling_alpha", low=0.0, high=1.0
         ),
         top_x=_count(request.top_x or 100, "top_x", high=10_000_000),
         candidate_pool_size=_count(request.candidate_pool_size, "candidate_pool_size", low=0, high=MAX_CANDIDATES),

@@ -115,15 +115,23 @@ class VocabClient(ServiceClient):
         k: int,
         min_count: int = 0,
         protected: Sequence[str] = (),
+        history_observation_ids: Sequence[str] = (),
+        language: str = "",
+        protected_top_words: int | None = None,
     ) -> vocab_pb2.ProposeUpdateResponse:
-        """Propose swapping up to k pieces."""
+        """Propose swapping up to k pieces; the pieces of `language`'s most frequent words (en:
+        20,000 unless protected_top_words says otherwise) stay."""
         request = vocab_pb2.ProposeUpdateRequest(
             version_id=version_id,
             observation_ids=list(observation_ids),
             k=k,
             min_count=min_count,
             protected_pieces=list(protected),
+            history_observation_ids=list(history_observation_ids),
+            protected_words_language=language,
         )
+        if protected_top_words is not None:
+            request.protected_top_words = protected_top_words
         response: vocab_pb2.ProposeUpdateResponse = self._stub.ProposeUpdate(request, timeout=self._timeout())
         return response
 

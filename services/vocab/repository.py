@@ -305,6 +305,13 @@ class VocabRepository:
             )
         return Observation.from_json(store.read_json(path))
 
+    def root_of(self, version_id: str) -> str:
+        """The base version of the chain `version_id` belongs to."""
+        record = self.get(version_id)
+        while record.parent_id:
+            record = self.get(record.parent_id)
+        return record.version_id
+
     def recent_use(self, version_id: str) -> np.ndarray | None:
         """A version's decayed use of each piece; None for a base version (no history)."""
         path = self.version_directory(version_id) / "recent_use.safetensors"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import itertools
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 
 import grpc
+import numpy as np
 
 from driftlm.services.runtime.corpus import CorpusError, CorpusFormat, read_texts
 from driftlm.services.runtime.errors import (
@@ -26,7 +27,15 @@ from driftlm.v1 import common_pb2, vocab_pb2, vocab_pb2_grpc
 
 from .drift import measure_drift
 from .export import export_directory
-from .observation import observe_slice
+from .observation import Observation, observe_slice
+from .protection import (
+    DEFAULT_LANGUAGE,
+    DEFAULT_TOP_WORDS,
+    MAX_TOP_WORDS,
+    UnknownLanguageError,
+    common_words,
+    pieces_of,
+)
 from .repository import VersionRecord, VocabRepository
 from .tokenization import BYTES_PER_PIECE, BatchTooLargeError, tokenize_batch
 from .update import UpdateSizeError, propose_change
@@ -37,6 +46,8 @@ DEFAULT_MAX_CANDIDATES = 10_000
 MIN_VOCAB_SIZE = 100
 MAX_VOCAB_SIZE = 1_000_000
 DEFAULT_MIN_COUNT = 2
+# History observations one ProposeUpdate may name.
+MAX_HISTORY_OBSERVATIONS = 1_000
 MAX_TOKENIZE_TEXTS = 100_000
 _FORMATS = {
     common_pb2.CORPUS_FORMAT_JSONL: CorpusFormat.JSONL,
@@ -178,26 +189,29 @@ class VocabServicer(vocab_pb2_grpc.VocabServiceServicer):
         vocabulary, _ = self._repository.load(request.version_id)
         if not request.observation_ids:
             raise InvalidArgumentError("observation_ids", "name at least one observation of the version")
-        observations = [self._repository.load_observation(i) for i in request.observation_ids]
-        for observation in observations:
-            if observation.version_id != request.version_id:
-                raise FailedPreconditionError(
-                    f"observation {observation.observation_id} counted version {observation.version_id}, not "
-                    f"{request.version_id}; observe the slice with {request.version_id} first",
-                    reason="OBSERVATION_OF_ANOTHER_VERSION",
-                )
+        if len(request.history_observation_ids) > MAX_HISTORY_OBSERVATIONS:
+            raise InvalidArgumentError(
+                "history_observation_ids",
+                f"names {len(request.history_observation_ids)} observations; at most {MAX_HISTORY_OBSERVATIONS}",
+            )
+        observations = self._observations_of(request.version_id, request.observation_ids)
         if request.min_count < 0:
             raise InvalidArgumentError(
                 "min_count", f"must be >= 0 (0 means {DEFAULT_MIN_COUNT}), got {request.min_count}"
             )
+        history = self._repository.recent_use(request.version_id)
+        if history is None and request.history_observation_ids:
+            seeded = self._observations_of(request.version_id, request.history_observation_ids)
+            history = np.stack([o.counts for o in seeded]).sum(axis=0).astype(np.float64)
+        protected = self._protected_pieces(request) & set(vocabulary.piece_ids)
         try:
             change = propose_change(
                 vocabulary,
                 observations,
                 k=request.k,
                 min_count=request.min_count or DEFAULT_MIN_COUNT,
-                protected=list(request.protected_pieces),
-                parent_use=self._repository.recent_use(request.version_id),
+                protected=sorted(protected),
+                parent_use=history,
             )
         except UpdateSizeError as error:
             raise InvalidArgumentError("k", str(error)) from error
@@ -210,7 +224,37 @@ class VocabServicer(vocab_pb2_grpc.VocabServiceServicer):
                 added=[_piece_count(p.to_json()) for p in change.added],
                 removed=[_piece_count(p.to_json()) for p in change.removed],
             ),
+            protected_piece_count=len(protected),
         )
+
+    def _observations_of(self, version_id: str, observation_ids: Sequence[str]) -> list[Observation]:
+        """Stored observations, each of `version_id`."""
+        observations = [self._repository.load_observation(i) for i in observation_ids]
+        for observation in observations:
+            if observation.version_id != version_id:
+                raise FailedPreconditionError(
+                    f"observation {observation.observation_id} counted version {observation.version_id}, not "
+                    f"{version_id}; observe the slice with {version_id} first",
+                    reason="OBSERVATION_OF_ANOTHER_VERSION",
+                )
+        return observations
+
+    def _protected_pieces(self, request: vocab_pb2.ProposeUpdateRequest) -> set[str]:
+        """The pieces the request protects and those its language's most frequent words need."""
+        top_words = request.protected_top_words if request.HasField("protected_top_words") else DEFAULT_TOP_WORDS
+        if not 0 <= top_words <= MAX_TOP_WORDS:
+            raise InvalidArgumentError(
+                "protected_top_words", f"must be in [0, {MAX_TOP_WORDS}] (unset: {DEFAULT_TOP_WORDS}), got {top_words}"
+            )
+        try:
+            words = common_words(request.protected_words_language or DEFAULT_LANGUAGE, top_words)
+        except UnknownLanguageError as error:
+            raise InvalidArgumentError("protected_words_language", str(error)) from error
+        tokenizers = {
+            self._repository.tokenizer_json(request.version_id),
+            self._repository.tokenizer_json(self._repository.root_of(request.version_id)),
+        }
+        return set(request.protected_pieces) | pieces_of(words, tokenizers)
 
     def CommitUpdate(
         self, request: vocab_pb2.CommitUpdateRequest, context: grpc.ServicerContext

@@ -30,7 +30,7 @@ HISTORY_DECAY = 0.5
 
 
 class UpdateSizeError(ValueError):
-    """k is negative or larger than the number of removable pieces."""
+    """k is negative or larger than the vocabulary."""
 
 
 @dataclass(frozen=True)
@@ -91,18 +91,16 @@ def propose_change(
 
     Recent use is HISTORY_DECAY * parent_use (the version's history; none for a base version) plus
     the observations' counts. Fewer than k pieces are swapped when fewer candidates reach min_count
-    or fewer removable pieces are used less than min_count. Ties break by piece (candidates) and by
+    or fewer removable pieces (not special, not single characters, not protected) are used less
+    than min_count. Ties break by piece (candidates) and by
     id, highest (rarest) first (removals), so the same inputs always give the same change.
 
     Raises:
-        UpdateSizeError: k < 0 or k > number of removable pieces.
+        UpdateSizeError: k < 0 or k > the vocabulary's size.
     """
     removable = removable_ids(vocabulary, protected)
-    if k < 0 or k > removable.size:
-        raise UpdateSizeError(
-            f"must be in [0, {removable.size}] (the pieces that may be removed: specials, single characters "
-            f"and protected pieces stay), got {k}"
-        )
+    if not 0 <= k <= vocabulary.size:
+        raise UpdateSizeError(f"must be in [0, {vocabulary.size}] (the vocabulary's size), got {k}")
     usage = np.zeros(vocabulary.size, dtype=np.float64)
     if parent_use is not None and parent_use.size == vocabulary.size:
         usage += HISTORY_DECAY * parent_use

@@ -141,6 +141,11 @@ def test_each_slice_is_reported_and_the_record_is_stored(services: Services, tmp
             "min_top1_agreement",
         ),
         (
+            {"gate": compare_pb2.PromotionGate(basis=7)},  # type: ignore[arg-type]
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "gate.basis: is 7; give GATE_BASIS_POINT or GATE_BASIS_INTERVAL_BOUND",
+        ),
+        (
             {
                 "slices": [
                     compare_pb2.HeldOutSlice(
@@ -192,3 +197,39 @@ def test_unknown_comparison_ids_are_not_found(services: Services) -> None:
         with pytest.raises(grpc.RpcError) as error:
             services.compare.GetComparison(compare_pb2.GetComparisonRequest(comparison_id=comparison_id))
         assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_the_loops_default_gate_passes_a_distilled_student_and_refuses_a_scrambled_one(services: Services) -> None:
+    """The gate `driftlm run` uses by default (top-1 agreement >= 0.5), on a student really
+    distilled from its teacher and on one that keeps the encoder but scrambles its answers."""
+    from driftlm.promotion import GateOptions
+
+    threshold = GateOptions().min_top1_agreement
+    assert threshold == 0.5
+    distilled = _compare(services, [(MODEL, 1)], "distilled", min_top1_agreement=threshold)
+    scrambled = _compare(services, [(MODEL, 1)], "shuffled", min_top1_agreement=threshold)
+    assert distilled.gate.passed and distilled.overall.top1_agreement.value >= threshold, distilled.gate.reasons
+    assert not scrambled.gate.passed
+
+
+def test_the_gate_on_the_intervals_bound_needs_the_whole_interval_above_the_threshold(services: Services) -> None:
+    """A threshold between the distilled student's lower bound and its point estimate passes on
+    the point and fails on the bound; the reason says which it checked."""
+    point = _compare(services, [(MODEL, 1)], "distilled")
+    agreement = point.overall.top1_agreement
+    assert agreement.low < agreement.value
+    between = (agreement.low + agreement.value) / 2
+    on_point = _compare(services, [(MODEL, 1)], "distilled", min_top1_agreement=between)
+    on_bound = _compare(
+        services,
+        [(MODEL, 1)],
+        "distilled",
+        min_top1_agreement=between,
+        basis=compare_pb2.GATE_BASIS_INTERVAL_BOUND,
+    )
+    assert on_point.gate.passed and not on_bound.gate.passed
+    assert on_bound.gate.reasons[0].startswith(f"top-1 agreement (95% lower bound) {agreement.low:.4f} fails")
+    drop = _compare(
+        services, [(MODEL, 1)], "distilled", max_accuracy_drop=1.0, basis=compare_pb2.GATE_BASIS_INTERVAL_BOUND
+    )
+    assert drop.gate.passed and drop.gate.reasons[0].startswith("top-1 accuracy drop (95% upper bound)")

@@ -12,6 +12,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
+from scipy import stats
 
 from driftlm import kernels
 from driftlm.services.runtime.config import ServeConfig
@@ -474,23 +475,36 @@ def test_reflection_lists_the_service(sampling_target: str) -> None:
 
 
 def test_shift_and_length_weigh_as_alpha_says_however_small_the_shifts(sampling_client: SamplingClient) -> None:
-    """[CLS] shifts of about 0.03 against lengths up to 100: both terms are scaled to the pool, so
-    with alpha 0.5 they weigh the same (unscaled, the draw would follow length alone)."""
+    """[CLS] shifts of about 0.03 against lengths up to 100: both terms are ranks among the
+    candidates, so alpha is each term's share of the weight: at 0.5 the weights follow shift and
+    length alike, at 0.8 mostly the shift (unscaled, the draw would follow length alone). The
+    shift is ranked among sentences of similar length, so a shift that grows with length does
+    not bring length in through the back door."""
     rng = np.random.default_rng(4)
     old = rng.normal(size=(500, 16))
-    new = old + rng.normal(scale=0.2, size=(500, 16)) * rng.uniform(0, 1, (500, 1))
     lengths = rng.integers(1, 101, 500)
-    chosen = sampling_client.select_sentences(
-        Strategy.SENTENCE_EMBEDDING_SHIFT, k=10, candidate_lengths=lengths, old_cls=old, new_cls=new, alpha=0.5, seed=1
-    )
+    # Longer sentences move more here: the shift carries length, as a [CLS] shift can.
+    new = old + rng.normal(scale=0.08, size=(500, 16)) * (rng.uniform(0, 1, (500, 1)) + lengths[:, None] / 100)
     distances = kernels.cosine_distance_rows(old, new).astype(np.float64)
-    assert distances.max() < 0.1
-    expected = 0.5 * distances / distances.max() + 0.5 * lengths / lengths.max()
-    np.testing.assert_allclose(chosen.weights, expected, rtol=1e-6)
-    shift_only = sampling_client.select_sentences(
-        Strategy.SENTENCE_EMBEDDING_SHIFT, k=10, candidate_lengths=lengths, old_cls=old, new_cls=new, alpha=1.0, seed=1
-    )
-    assert shift_only.weights.max() == 1.0 and np.argmax(shift_only.weights) == np.argmax(distances)
+    assert distances.max() < 0.1 and stats.spearmanr(distances, lengths).statistic > 0.5
+
+    def weights(alpha: float) -> np.ndarray:
+        return sampling_client.select_sentences(
+            Strategy.SENTENCE_EMBEDDING_SHIFT,
+            k=10,
+            candidate_lengths=lengths,
+            old_cls=old,
+            new_cls=new,
+            alpha=alpha,
+            seed=1,
+        ).weights
+
+    half, mostly_shift = weights(0.5), weights(0.8)
+    assert stats.spearmanr(half, lengths).statistic == pytest.approx(0.707, abs=0.08)
+    assert stats.spearmanr(mostly_shift, lengths).statistic == pytest.approx(0.243, abs=0.08)
+    shift_only = weights(1.0)
+    assert shift_only.max() == 1.0 and shift_only[np.argmax(distances)] == 1.0
+    assert shift_only.min() == 0.0  # the least moved sentence of each length stratum
 
 
 def test_no_shift_means_no_preference(sampling_client: SamplingClient) -> None:
@@ -506,4 +520,30 @@ def test_no_shift_means_no_preference(sampling_client: SamplingClient) -> None:
     half = sampling_client.select_sentences(
         Strategy.SENTENCE_EMBEDDING_SHIFT, k=10, candidate_lengths=lengths, old_cls=cls, new_cls=cls.copy(), alpha=0.5
     )
-    np.testing.assert_allclose(half.weights, 0.5 * lengths / lengths.max(), rtol=1e-9)
+    np.testing.assert_allclose(
+        half.weights, (0.5 * kernels.fractional_ranks(lengths, inclusive=True)) ** kernels.SHARPNESS, rtol=1e-9
+    )
+
+
+def test_a_score_that_carries_no_signal_draws_the_marked_sentences_at_the_pools_rate(
+    sampling_client: SamplingClient,
+) -> None:
+    """The strategies' null and power, over 40 draws each: a fifth of the pool is marked; with
+    losses that are noise, the draws hold marked sentences at the pool's rate (within binomial
+    bounds); with losses higher on the marked sentences, at well above it."""
+    rng = np.random.default_rng(6)
+    size, k = 2000, 250
+    marked = rng.random(size) < 0.2
+    lengths = rng.integers(3, 60, size)
+
+    def marked_share(losses: np.ndarray, seed: int) -> float:
+        chosen = sampling_client.select_sentences(
+            Strategy.TOKEN_MLM_LOSS, k=k, candidate_lengths=lengths, losses=losses, alpha=0.75, seed=seed
+        )
+        return float(marked[chosen.indices].mean())
+
+    noise = [marked_share(rng.gamma(2.0, 2.0, size), seed) for seed in range(40)]
+    signal = [marked_share(rng.gamma(2.0, 2.0, size) + 2.0 * marked, seed) for seed in range(40)]
+    rate, spread = marked.mean(), np.sqrt(marked.mean() * (1 - marked.mean()) / (k * 40))
+    assert abs(np.mean(noise) - rate) < 4 * spread
+    assert np.mean(signal) > 1.4 * rate  # measured: 1.55 (1.25 in proportion to the ranks themselves)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from scipy import stats
 
+from driftlm import kernels
 from driftlm.services.trainer.data import tokenize_texts
 from driftlm.services.trainer.models import cls_embeddings, load_model
 from driftlm.v1 import common_pb2, trainer_pb2
@@ -96,16 +97,9 @@ def test_token_shift_first_trains_on_the_added_pieces_then_on_the_most_shifted(s
     assert set(first.target_token_ids) == added
     assert [w > 0 for w in first.candidate_weights] == [bool(added & ids[c]) for c in first.candidate_indices]
     assert first.sentence_indices and all(any(w in texts[i].split() for w in EMERGING) for i in first.sentence_indices)
-    # Iteration 2: the 3 tokens whose embeddings moved most during iteration 1 pick the sentences.
-    before, after = (
-        load_file(str(_checkpoint_dir(stack, c) / "model.safetensors"))["bert.embeddings.word_embeddings.weight"]
-        for c in checkpoints[:2]
-    )
-    shift = (1 - torch.nn.functional.cosine_similarity(before, after, dim=1)).numpy()
-    # Ranked among the tokens at least two candidates hold, specials ([PAD] [UNK] [CLS] [SEP] [MASK]) aside.
-    holders = np.bincount([t for c in third.candidate_indices for t in ids[c]], minlength=len(shift))
-    eligible = (holders >= 2) & (np.arange(len(shift)) >= 5)
-    assert set(third.target_token_ids) == set(np.argsort(-np.where(eligible, shift, -np.inf))[:3].tolist())
+    # Iteration 2: the added pieces stay the targets, ahead of any token that merely moved (the
+    # filler words moved by use, about as much as the tokens trained as often).
+    assert set(third.target_token_ids) <= added and len(third.target_token_ids) == 3
     assert third.sentence_indices and all(set(third.target_token_ids) & ids[i] for i in third.sentence_indices)
 
 
@@ -157,7 +151,9 @@ def test_sentence_shift_weighs_candidates_by_the_cls_shift_of_the_last_iteration
             rows = [cls_embeddings(model, *pool.batch(candidates[i : i + 64])) for i in range(0, len(candidates), 64)]
         embeddings.append(torch.cat(rows))
     shift = 1 - torch.nn.functional.cosine_similarity(*embeddings, dim=1).numpy()
-    np.testing.assert_allclose(third.candidate_weights, shift / shift.max(), atol=2e-4)  # alpha 1: shift / largest
+    # alpha 1: the shift's rank among candidates of similar length, to the fourth power.
+    expected = kernels.rank_weights(shift.astype(np.float64), pool.lengths[candidates], 1.0, np.ones(len(shift), bool))
+    assert stats.spearmanr(third.candidate_weights, expected).statistic > 0.99
     chosen = list(third.sentence_indices)
     assert len(chosen) == len(set(chosen)) == steps * batch and set(chosen) <= set(candidates)
 
@@ -183,7 +179,8 @@ def test_mlm_loss_weighs_sentences_with_words_the_model_never_saw_highest(stack:
     (selection,) = stack.selections(run.run_id)
     assert selection.strategy == common_pb2.SAMPLING_STRATEGY_TOKEN_MLM_LOSS
     weights = np.asarray(selection.candidate_weights)
-    assert weights.max() == 1.0 and (weights > 0).all()  # alpha 1: loss / the pool's largest
+    # alpha 1: the loss's rank among candidates of similar length (0 for each stratum's lowest).
+    assert weights.max() == 1.0 and (weights > 0).mean() > 0.9
     candidates = np.asarray(selection.candidate_indices)
     holds_new_word = np.array([any(w in t.split() for w in EMERGING) for t in texts])
     assert weights[holds_new_word[candidates]].mean() > weights[~holds_new_word[candidates]].mean() + 0.1

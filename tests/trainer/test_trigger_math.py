@@ -242,3 +242,13 @@ def test_tests_match_their_references() -> None:
 def test_a_new_word_test_with_nothing_remembered_tests_nothing() -> None:
     texts = _texts(np.random.default_rng(10), 50)
     assert new_word_test(texts.words, WordMemory.empty(), level=0.01, min_texts=3, top=5).novel_words == []
+
+
+@pytest.mark.parametrize("rate", [1e-300, 5e-324, 0.4999999])
+def test_extreme_false_fire_rates_are_answered(memory: LossMemory, rate: float) -> None:
+    """Any rate in (0, 0.5) is a valid request: quantiles come from survival functions, so a rate
+    of 1e-300 neither fails (1 - rate rounds to 1) nor fires on a slice of the training period."""
+    score = score_slice(*_slice(_texts(np.random.default_rng(11), 200)), memory, trigger_options(false_fire_rate=rate))
+    if rate < 1e-100:
+        assert not score.fire and score.loss.threshold > score.loss.mean and score.words.novel_word_count == 0
+    assert score.reason.startswith(("silent", "fires on"))

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from driftlm.services.trainer.loss_memory import LossMemory
+from driftlm.services.trainer.loss_memory import Calibration, LossMemory
 from driftlm.services.trainer.models import embedding_matrix, masked_logits, model_from_config, output_bias
 from driftlm.services.trainer.remote import RemoteVocab
 from driftlm.services.trainer.training import vocab_hops
 from driftlm.services.trainer.vocab_move import EmbeddingInit, move_to_vocabulary
+from driftlm.services.trainer.word_memory import WordMemory
 
 from ..vocab.planted import EMERGING, FILLER
 from .conftest import TINY_BERT, Stack
@@ -71,16 +72,21 @@ def test_mean_covariance_draws_are_seeded_and_finite(stack: Stack) -> None:
 
 
 def test_the_loss_memory_moves_with_the_vocabulary(tmp_path: Path) -> None:
-    memory = LossMemory.from_occurrences(4, np.array([0, 1, 1, 3]), np.array([1.0, 2.0, 4.0, 8.0]))
-    memory = memory.with_calibration(np.array([0.1, 0.3]))
+    words = WordMemory(np.array([5, 9], np.uint64), np.array([2.0, 1.0]), 3.0)
+    memory = LossMemory.from_occurrences(4, np.array([0, 1, 1, 3]), np.array([1.0, 2.0, 4.0, 8.0]), words)
+    memory = memory.with_calibration(Calibration(null_mean=0.2, null_sd=0.14, texts=2, novelty_texts=3, novelty_sd=0.1))
     moved = memory.moved(np.array([3, -1, 1, 0]))  # new id 1 was added
     assert moved.count.tolist() == [1, 0, 2, 1] and moved.total.tolist() == [8.0, 0.0, 6.0, 1.0]
-    prior = memory.calibration.overall_mean  # 3.75: an added piece is judged by the prior alone
-    assert moved.expected()[1] == prior and moved.expected()[2] == pytest.approx((6.0 + 5 * prior) / 7)
-    assert moved.calibration == memory.calibration and moved.calibrated
+    # An added piece is judged by the tokens seen about as rarely: the singletons (8 and 1 nats).
+    singletons = (8.0 + 1.0) / 2
+    assert moved.expected()[1] == singletons and moved.expected()[0] == pytest.approx((8.0 + 5 * singletons) / 6)
+    assert moved.expected()[2] == pytest.approx((6.0 + 5 * 3.0) / 7)  # alone in its class (2-3 occurrences)
+    assert moved.calibration == memory.calibration and moved.calibrated and moved.knows_words
+    assert moved.words == words  # words are the same strings under every vocabulary
     moved.save(tmp_path / "memory.safetensors")
     loaded = LossMemory.load(tmp_path / "memory.safetensors")
     assert loaded.calibration == moved.calibration and loaded.count.tolist() == moved.count.tolist()
+    assert loaded.words.hashes.tolist() == [5, 9] and loaded.words.texts == 3.0
 
 
 def test_a_chain_of_two_updates_is_two_hops(stack: Stack) -> None:

@@ -56,20 +56,31 @@ def test_k_out_of_range(vocab_stub: Stub, planted_base: vocab_pb2.VocabVersion, 
         version_id=planted_base.version_id, observation_ids=[observation.observation_id], k=k
     )
     assert _fails(vocab_stub.ProposeUpdate, request, INVALID) == (
-        f"k: must be in [0, {len(set(FILLER)) + len(VANISHING)}] (the pieces that may be removed: specials, single characters and protected pieces stay), got {k}"
+        f"k: must be in [0, {planted_base.size}] (the vocabulary's size), got {k}"
     )
 
 
 def test_protected_pieces_shrink_what_can_be_removed(vocab_stub: Stub, planted_base: vocab_pb2.VocabVersion) -> None:
+    """k is an upper bound: fewer pieces swap when fewer may go (the filler words are among
+    English's most frequent, so by default only the made-up words may)."""
     observation = observe(vocab_stub, planted_base.version_id, ["the glimmerfox"] * 3)
     request = vocab_pb2.ProposeUpdateRequest(
         version_id=planted_base.version_id,
         observation_ids=[observation.observation_id],
         k=1,
         protected_pieces=["zorblax", "quintessa", "brontide", "velcrath"],
+        protected_words_language="none",
     )
     removed = vocab_stub.ProposeUpdate(request).change.removed
     assert [p.piece for p in removed] not in (["zorblax"], ["quintessa"], ["brontide"], ["velcrath"])
+    assert len(removed) == 1
+    # With the filler words protected as English's most frequent too, nothing is left to remove.
+    request.ClearField("protected_words_language")
+    response = vocab_stub.ProposeUpdate(request)
+    assert not response.change.removed and not response.change.added
+    assert response.protected_piece_count >= 4 + len(set(FILLER))
+    request.ClearField("protected_pieces")
+    assert next(p.piece for p in vocab_stub.ProposeUpdate(request).change.removed) in VANISHING
 
 
 def test_malformed_and_missing_corpus_files(

@@ -8,6 +8,7 @@ from driftlm.v1 import common_pb2 as _common_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +19,36 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _GateBasis:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GateBasisEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GateBasis.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GATE_BASIS_UNSPECIFIED: _GateBasis.ValueType  # 0
+    """The point estimates."""
+    GATE_BASIS_POINT: _GateBasis.ValueType  # 1
+    """The point estimates over all slices."""
+    GATE_BASIS_INTERVAL_BOUND: _GateBasis.ValueType  # 2
+    """The unfavourable end of each figure's 95% bootstrap interval: the lower bound of top-1
+    agreement, the upper bounds of KL and of the accuracy drop. A student passes only when the
+    held-out texts are enough to say it meets the thresholds, not merely that it may.
+    """
+
+class GateBasis(_GateBasis, metaclass=_GateBasisEnumTypeWrapper):
+    """What a promotion gate's thresholds are checked against."""
+
+GATE_BASIS_UNSPECIFIED: GateBasis.ValueType  # 0
+"""The point estimates."""
+GATE_BASIS_POINT: GateBasis.ValueType  # 1
+"""The point estimates over all slices."""
+GATE_BASIS_INTERVAL_BOUND: GateBasis.ValueType  # 2
+"""The unfavourable end of each figure's 95% bootstrap interval: the lower bound of top-1
+agreement, the upper bounds of KL and of the accuracy drop. A student passes only when the
+held-out texts are enough to say it meets the thresholds, not merely that it may.
+"""
+Global___GateBasis: _TypeAlias = GateBasis  # noqa: Y015
 
 @_typing.final
 class ModelRef(_message.Message):
@@ -82,22 +113,26 @@ class PromotionGate(_message.Message):
     MIN_TOP1_AGREEMENT_FIELD_NUMBER: _builtins.int
     MAX_KL_FIELD_NUMBER: _builtins.int
     MAX_ACCURACY_DROP_FIELD_NUMBER: _builtins.int
+    BASIS_FIELD_NUMBER: _builtins.int
     min_top1_agreement: _builtins.float
     """Lowest acceptable top-1 agreement with the teacher, in [0, 1]."""
     max_kl: _builtins.float
     """Highest acceptable mean KL(teacher || student), in nats, >= 0."""
     max_accuracy_drop: _builtins.float
     """Largest acceptable drop of top-1 accuracy from teacher to student, in [0, 1]."""
+    basis: Global___GateBasis.ValueType
+    """What the thresholds are checked against; unspecified means the point estimates."""
     def __init__(
         self,
         *,
         min_top1_agreement: _builtins.float | None = ...,
         max_kl: _builtins.float | None = ...,
         max_accuracy_drop: _builtins.float | None = ...,
+        basis: Global___GateBasis.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop", "_max_kl", b"_max_kl", "_min_top1_agreement", b"_min_top1_agreement", "max_accuracy_drop", b"max_accuracy_drop", "max_kl", b"max_kl", "min_top1_agreement", b"min_top1_agreement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop", "_max_kl", b"_max_kl", "_min_top1_agreement", b"_min_top1_agreement", "max_accuracy_drop", b"max_accuracy_drop", "max_kl", b"max_kl", "min_top1_agreement", b"min_top1_agreement"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop", "_max_kl", b"_max_kl", "_min_top1_agreement", b"_min_top1_agreement", "basis", b"basis", "max_accuracy_drop", b"max_accuracy_drop", "max_kl", b"max_kl", "min_top1_agreement", b"min_top1_agreement"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__max_accuracy_drop: _TypeAlias = _typing.Literal["max_accuracy_drop"]  # noqa: Y015
     _WhichOneofArgType__max_accuracy_drop: _TypeAlias = _typing.Literal["_max_accuracy_drop", b"_max_accuracy_drop"]  # noqa: Y015

@@ -395,8 +395,8 @@ class StartRunRequest(_message.Message):
     mask_fraction: _builtins.float
     """Fraction of pieces masked, in (0, 1); 0 means 0.15."""
     sampling_alpha: _builtins.float
-    """Weight of the shift (or loss) against sentence length in the sampling weight, in [0, 1];
-    unset means 0.5.
+    """Share of the sampling weight the strategy's signal (shift or loss) decides against sentence
+    length, both as ranks among the candidates, in [0, 1]; unset means 0.75.
     """
     top_x: _builtins.int
     """Token embedding shift: how many of the most shifted tokens pick sentences; 0 means 100."""

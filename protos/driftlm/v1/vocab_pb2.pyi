@@ -379,6 +379,9 @@ class ProposeUpdateRequest(_message.Message):
     K_FIELD_NUMBER: _builtins.int
     MIN_COUNT_FIELD_NUMBER: _builtins.int
     PROTECTED_PIECES_FIELD_NUMBER: _builtins.int
+    HISTORY_OBSERVATION_IDS_FIELD_NUMBER: _builtins.int
+    PROTECTED_WORDS_LANGUAGE_FIELD_NUMBER: _builtins.int
+    PROTECTED_TOP_WORDS_FIELD_NUMBER: _builtins.int
     version_id: _builtins.str
     """The version to update."""
     k: _builtins.int
@@ -387,14 +390,32 @@ class ProposeUpdateRequest(_message.Message):
     """A candidate needs at least this many occurrences to enter, and a piece used this often in
     recent history stays; 0 means 2.
     """
+    protected_words_language: _builtins.str
+    """The language whose most frequent words keep every piece they need, under the base tokenizer
+    of the version's chain and under the version itself: a wordfreq code (en, de, fr, es, zh,
+    ...); empty means en; "none" protects no words.
+    """
+    protected_top_words: _builtins.int
+    """How many of the language's most frequent words are protected, in [0, 1,000,000]; unset means
+    20,000, 0 none.
+    """
     @_builtins.property
     def observation_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Observations of that version whose counts are added up (for example the last few slices)."""
 
     @_builtins.property
     def protected_pieces(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Pieces never removed, besides the special tokens and the single characters (with their `##`
-        forms) that keep every string tokenizable.
+        """Pieces never removed, besides the special tokens, the single characters (with their `##`
+        forms) that keep every string tokenizable, and the pieces of the language's most frequent
+        words (below).
+        """
+
+    @_builtins.property
+    def history_observation_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Observations of this version that stand for its history of use when it has none (a base
+        version, whose history starts at its first update; at most 1,000): their counts join the
+        history, at the weight a parent's history has, so the first update does not judge the
+        vocabulary on one slice alone. Ignored for a version with a history.
         """
 
     def __init__(
@@ -405,12 +426,17 @@ class ProposeUpdateRequest(_message.Message):
         k: _builtins.int = ...,
         min_count: _builtins.int = ...,
         protected_pieces: _abc.Iterable[_builtins.str] | None = ...,
+        history_observation_ids: _abc.Iterable[_builtins.str] | None = ...,
+        protected_words_language: _builtins.str = ...,
+        protected_top_words: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_protected_top_words", b"_protected_top_words", "protected_top_words", b"protected_top_words"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["k", b"k", "min_count", b"min_count", "observation_ids", b"observation_ids", "protected_pieces", b"protected_pieces", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_protected_top_words", b"_protected_top_words", "history_observation_ids", b"history_observation_ids", "k", b"k", "min_count", b"min_count", "observation_ids", b"observation_ids", "protected_pieces", b"protected_pieces", "protected_top_words", b"protected_top_words", "protected_words_language", b"protected_words_language", "version_id", b"version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__protected_top_words: _TypeAlias = _typing.Literal["protected_top_words"]  # noqa: Y015
+    _WhichOneofArgType__protected_top_words: _TypeAlias = _typing.Literal["_protected_top_words", b"_protected_top_words"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__protected_top_words) -> _WhichOneofReturnType__protected_top_words | None: ...
 
 Global___ProposeUpdateRequest: _TypeAlias = ProposeUpdateRequest  # noqa: Y015
 
@@ -422,8 +448,13 @@ class ProposeUpdateResponse(_message.Message):
 
     PROPOSAL_ID_FIELD_NUMBER: _builtins.int
     CHANGE_FIELD_NUMBER: _builtins.int
+    PROTECTED_PIECE_COUNT_FIELD_NUMBER: _builtins.int
     proposal_id: _builtins.str
     """Id of the stored proposal, for CommitUpdate."""
+    protected_piece_count: _builtins.int
+    """Pieces of the version that no update may remove because the protected words need them (or
+    protected_pieces names them).
+    """
     @_builtins.property
     def change(self) -> Global___VocabChange:
         """The change it would make; fewer than k pieces when fewer candidates reached min_count or
@@ -435,10 +466,11 @@ class ProposeUpdateResponse(_message.Message):
         *,
         proposal_id: _builtins.str = ...,
         change: Global___VocabChange | None = ...,
+        protected_piece_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["change", b"change"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "proposal_id", b"proposal_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "proposal_id", b"proposal_id", "protected_piece_count", b"protected_piece_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
