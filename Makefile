@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup test bench load protos lint typecheck run clean deploy-test
+.PHONY: help setup test bench load protos lint typecheck run clean deploy-test figures
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -52,8 +52,11 @@ lint: setup typecheck ## ruff, mypy, buf lint and buf format
 deploy-test: setup ## build the five images, start the stack (docker or podman), smoke-test it, a short loop, tear down (TLS=1: mutual TLS and tokens)
 	$(BIN)/python deploy/stack_test.py $(if $(TLS),--tls)
 
+figures: setup ## write the README's figures and docs/images from the committed results (docs/figures.py)
+	$(BIN)/python docs/figures.py
+
 run: setup ## the main job on the embedded default
-	$(BIN)/driftlm run
+	$(BIN)/driftlm run --threads 2
 
 clean: ## remove the virtual environment and build outputs
 	rm -rf $(VENV) build *.egg-info

@@ -28,16 +28,6 @@ from .stack import scratch_stack
 from .vocab import _minilm, real_texts
 
 BATCH, LENGTH, STEPS = 16, 64, 8
-TINY_BERT = json.dumps(
-    {
-        "model_type": "bert",
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "intermediate_size": 128,
-        "max_position_embeddings": 64,
-    }
-)
 
 
 def _plain_loop_tokens_per_s(model_dir: Path, texts: list[str]) -> float:

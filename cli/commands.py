@@ -139,6 +139,13 @@ def _add_inference(serve: argparse.ArgumentParser) -> None:
         "<store>/trainer/models, where the trainer's ExportOnnx writes)",
     )
     serve.add_argument(
+        "--torch-threads",
+        type=int,
+        default=int(_env("TORCH_THREADS", "0") or 0),
+        help="trainer: PyTorch threads, 0 for the CPUs the process may use; results depend on it, so pin it "
+        "to reproduce a run on another machine (env DRIFTLM_TORCH_THREADS)",
+    )
+    serve.add_argument(
         "--ort-threads",
         type=int,
         default=int(_env("ORT_THREADS", "0") or 0),
@@ -275,6 +282,7 @@ def _serve(args: argparse.Namespace) -> int:
         toxicity_scorer=args.toxicity_scorer,
         model_repository=args.model_repository,
         ort_threads=args.ort_threads,
+        torch_threads=args.torch_threads,
         ort_optimization=args.ort_optimization,
         ort_provider=args.ort_provider,
         dynamic_batching=not args.no_dynamic_batching,
@@ -463,6 +471,13 @@ def _add_run(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     run.add_argument("--seed", type=int, default=0, help="seed of everything random")
     run.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads of the trainer and inference services it starts (0: all the machine allows); results "
+        "depend on it, so pin it to reproduce a run on another machine (make run pins 2)",
+    )
+    run.add_argument(
         "--no-serve",
         action="store_true",
         help="stop after training: no student, comparison or serving (the inference and compare services)",
@@ -510,6 +525,9 @@ def _run(args: argparse.Namespace) -> int:
     from driftlm.services.runtime.security import ChannelSecurity
 
     console = Console()
+    if args.threads < 0:
+        print(f"driftlm run: --threads must be >= 0 (0: all the machine allows), got {args.threads}", file=sys.stderr)
+        return 2
     endpoints = dict(item.split("=", 1) for item in args.endpoints.split(",") if "=" in item) if args.endpoints else {}
     options = PipelineOptions(
         out=args.out,
@@ -536,6 +554,7 @@ def _run(args: argparse.Namespace) -> int:
         false_fire_rate=args.false_fire_rate,
         scratch=args.scratch,
         seed=args.seed,
+        threads=args.threads,
         fresh=args.fresh,
         serve=not args.no_serve,
         distill_steps=args.distill_steps,

@@ -144,17 +144,22 @@ def _markdown(report: dict[str, Any], tables: list[tuple[str, list[str], list[li
     return "\n".join(lines)
 
 
+def draw_toxicity_plot(report: dict[str, Any], path: Path) -> Path:
+    """The toxicity per category plot as a PNG file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure = _toxicity_plot(report)
+    figure.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(figure)
+    return path
+
+
 def write_palms_report(report: dict[str, Any], out: Path) -> None:
     """report.json, plots/toxicity.png, report.md and report.html under `out`, each written atomically."""
     out.mkdir(parents=True, exist_ok=True)
     store.write_bytes_atomically(
         out / "report.json", (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode()
     )
-    figure = _toxicity_plot(report)
-    path = out / "plots" / "toxicity.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(figure)
+    path = draw_toxicity_plot(report, out / "plots" / "toxicity.png")
     rows = _rows(report)
     tables = [(title, headers, rows[name]) for name, (title, headers) in _TABLES.items() if rows[name]]
     store.write_bytes_atomically(out / "report.md", _markdown(report, tables).encode())

@@ -121,6 +121,9 @@ class PipelineOptions:
     endpoints: dict[str, str] = field(default_factory=dict)
     # How to reach the --endpoints services (TLS, client certificate, token); not part of the results.
     security: ChannelSecurity = PLAINTEXT
+    # CPU threads of the trainer and inference processes the loop starts; 0: all the machine allows.
+    # Results depend on it (sums split across threads): `make run` pins 2 to reproduce the README.
+    threads: int = 0
     # OTLP collector for traces (one trace per slice, through every service); empty: off.
     otlp_endpoint: str = ""
     # A labelled dated set for the downstream check (a linear probe per slice and arm), or None.
@@ -146,7 +149,7 @@ class PipelineOptions:
         relevant = {
             k: str(v)
             for k, v in asdict(self).items()
-            if k not in ("out", "store", "fresh", "endpoints", "security", "otlp_endpoint")
+            if k not in ("out", "store", "fresh", "endpoints", "security", "otlp_endpoint", "threads")
         }
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -220,10 +223,14 @@ def _services(options: PipelineOptions, console: Console) -> Iterator[dict[str, 
             started.append(start_service("vocab", options.store, extra_args=(*model_root, *traced)))
             started.append(start_service("sampling", options.store, extra_args=traced))
             peers = ("--vocab-endpoint", started[0].target, "--sampling-endpoint", started[1].target)
-            started.append(start_service("trainer", options.store, extra_args=(*peers, *model_root, *traced)))
+            torch_threads = ("--torch-threads", str(options.threads)) if options.threads else ()
+            started.append(
+                start_service("trainer", options.store, extra_args=(*peers, *model_root, *traced, *torch_threads))
+            )
             if options.serve:
                 # Inference serves the trainer's repository (<store>/trainer/models, the same store).
-                started.append(start_service("inference", options.store, extra_args=traced))
+                ort_threads = ("--ort-threads", str(options.threads)) if options.threads else ()
+                started.append(start_service("inference", options.store, extra_args=(*traced, *ort_threads)))
                 inference = ("--inference-endpoint", started[-1].target)
                 started.append(start_service("compare", options.store, extra_args=(*inference, *traced)))
         for service in started:

@@ -211,29 +211,43 @@ def _with_interval(figures: dict[str, float]) -> str:
     )
 
 
-def summary_table(report: dict[str, Any]) -> Table:
+def arm_summary(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Per arm: mean held-out PLL-word-l2r per word over the evaluated slices, the original PLL per
-    word, MLM loss, compute."""
-    table = Table(
-        title="every arm on the next slice's held-out texts (means over slices; l2r: PLL-word-l2r; higher is better)"
-    )
-    table.add_column("arm", no_wrap=True)
-    for column in ("l2r/word", "PLL/word", "MLM loss", "tokens", "wall s"):
-        table.add_column(column, justify="right")
+    word and MLM loss, and the training tokens and wall seconds at the end."""
+    rows = []
     slices = _evaluated(report)
     for arm in report["arms"]:
         values = [s["arms"][arm] for s in slices]
         if not values:
             continue
         metrics = ("pll_l2r_per_word", "pll_per_word", "heldout_loss")
-        mean = {k: sum(v[k] for v in values) / len(values) for k in metrics}
+        rows.append(
+            {
+                "arm": arm,
+                **{k: sum(v[k] for v in values) / len(values) for k in metrics},
+                "train_tokens": values[-1]["train_tokens"],
+                "wall_s": values[-1]["wall_s"],
+            }
+        )
+    return rows
+
+
+def summary_table(report: dict[str, Any]) -> Table:
+    """arm_summary as the table `driftlm run` prints."""
+    table = Table(
+        title="every arm on the next slice's held-out texts (means over slices; l2r: PLL-word-l2r; higher is better)"
+    )
+    table.add_column("arm", no_wrap=True)
+    for column in ("l2r/word", "PLL/word", "MLM loss", "tokens", "wall s"):
+        table.add_column(column, justify="right")
+    for row in arm_summary(report):
         table.add_row(
-            arm,
-            f"{mean['pll_l2r_per_word']:.3f}",
-            f"{mean['pll_per_word']:.3f}",
-            f"{mean['heldout_loss']:.3f}",
-            f"{values[-1]['train_tokens']:,}",
-            f"{values[-1]['wall_s']:.0f}",
+            row["arm"],
+            f"{row['pll_l2r_per_word']:.3f}",
+            f"{row['pll_per_word']:.3f}",
+            f"{row['heldout_loss']:.3f}",
+            f"{row['train_tokens']:,}",
+            f"{row['wall_s']:.0f}",
         )
     return table
 
@@ -423,19 +437,24 @@ def _html(report: dict[str, Any], plots: dict[str, bytes]) -> str:
     return _HTML.render(report=report, plots=images, tables=_tables(report))
 
 
+def draw_plots(report: dict[str, Any], directory: Path) -> list[Path]:
+    """The report's plots as PNG files in `directory` (see _plots)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, (_title, draw) in _plots(report).items():
+        figure = draw(report)
+        figure.savefig(directory / name, dpi=110, bbox_inches="tight", metadata={"Software": None})
+        plt.close(figure)
+        paths.append(directory / name)
+    return paths
+
+
 def write_report(report: dict[str, Any], out: Path) -> None:
     """report.json, plots/*.png, report.md, report.html under `out`; each written atomically."""
     out.mkdir(parents=True, exist_ok=True)
     clean = json.loads(json.dumps(report, default=str).replace("NaN", "null"))
     store.write_bytes_atomically(out / "report.json", (json.dumps(clean, indent=2, ensure_ascii=False) + "\n").encode())
-    plots: dict[str, bytes] = {}
-    for name, (_title, draw) in _plots(report).items():
-        figure = draw(report)
-        path = out / "plots" / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(figure)
-        plots[name] = path.read_bytes()
+    plots = {path.name: path.read_bytes() for path in draw_plots(report, out / "plots")}
     store.write_bytes_atomically(out / "report.md", _markdown(report).encode())
     store.write_bytes_atomically(out / "report.html", _html(report, plots).encode())
 

@@ -98,6 +98,9 @@ class ServeConfig:
     # ONNX Runtime (inference): threads per run (0: one per core), graph optimisation level
     # (disable, basic, extended, all), execution provider (auto, cpu, cuda).
     ort_threads: int = 0
+    # trainer: PyTorch's intra-op threads; 0: the CPUs the process may use. Results depend on it
+    # (floating-point sums split across threads): pin it to reproduce a run on another machine.
+    torch_threads: int = 0
     ort_optimization: str = "all"
     ort_provider: str = "auto"
     # Merge concurrent inference requests as each model's config.pbtxt allows.

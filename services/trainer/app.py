@@ -38,7 +38,7 @@ from .distributed import Ranks
 from .export import ExportResult, export_onnx
 from .loss_memory import LossMemory
 from .memory_budget import available_bytes, check_fits
-from .model_repository import ModelShapeMismatchError, is_model_name
+from .model_repository import MAX_VERSION, ModelShapeMismatchError, is_model_name
 from .models import (
     ModelConfigTooLargeError,
     import_model,
@@ -385,8 +385,8 @@ class TrainerApp:
             raise InvalidArgumentError(
                 "model_name", "must be letters, digits, '_', '.' or '-' (at most 64), not a path"
             )
-        if version < 0:
-            raise InvalidArgumentError("version", f"must be >= 0 (0 means the next), got {version}")
+        if not 0 <= version <= MAX_VERSION:
+            raise InvalidArgumentError("version", f"must be in [0, {MAX_VERSION}] (0 means the next), got {version}")
         if is_remote(repository):
             return self._export_to_object_store(checkpoint_id, repository, name, version)
         target = (

@@ -21,10 +21,11 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from driftlm.services.runtime import store
+from driftlm.services.runtime.errors import FailedPreconditionError
 from driftlm.services.vocab.export import write_tokenizer_files
 from driftlm.services.vocab.wordpiece import WordPieceVocabulary
 
-from .model_repository import INPUTS, OUTPUTS, ModelShape, prepare_model, versions
+from .model_repository import INPUTS, MAX_VERSION, OUTPUTS, ModelShape, prepare_model, versions
 from .models import encode, mlm_head
 
 
@@ -100,6 +101,10 @@ def export_onnx(
     for model_name in names:
         prepare_model(repository, model_name, shape)
     version = version or max((v for n in names for v in versions(repository, n)), default=0) + 1
+    if version > MAX_VERSION:
+        raise FailedPreconditionError(
+            f"model {name!r} has reached version {MAX_VERSION}, the largest there is; export under another name"
+        )
     if any((repository / model_name / str(version)).exists() for model_name in names):
         raise FileExistsError(repository / name / str(version))
     model = model.cpu().eval()

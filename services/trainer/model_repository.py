@@ -67,12 +67,21 @@ dynamic_batching {{ max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US} }}
 """
 
 
+# Versions are positive and below 2**31, as Triton's clients read them; a directory named with a
+# larger number is not a version (driftlm 0.2 accepted 2**63 - 1, and every later export failed).
+MAX_VERSION = 2**31 - 1
+
+
 def versions(repository: Path, name: str) -> list[int]:
     """The model's published versions, ascending."""
     directory = repository / name
     if not directory.is_dir():
         return []
-    return sorted(int(entry.name) for entry in directory.iterdir() if entry.name.isdecimal() and entry.is_dir())
+    return sorted(
+        int(entry.name)
+        for entry in directory.iterdir()
+        if entry.name.isdecimal() and entry.is_dir() and 0 < int(entry.name) <= MAX_VERSION
+    )
 
 
 def prepare_model(repository: Path, name: str, shape: ModelShape) -> Path:

@@ -33,11 +33,16 @@ def create_server(address: str = "127.0.0.1:0", config: ServeConfig | None = Non
         ValueError, OSError: see build_server (TLS and token files).
     """
     config = config or ServeConfig()
+    if config.torch_threads < 0:
+        raise RuntimeError(
+            f"--torch-threads must be >= 0 (0: the CPUs the process may use), got {config.torch_threads}"
+        )
     if not config.vocab_endpoint:
         raise RuntimeError(
             "the trainer needs the vocab service: --vocab-endpoint HOST:PORT (or DRIFTLM_VOCAB_ENDPOINT)"
         )
-    torch.set_num_threads(usable_cpus())  # the container's CPU quota, not the host's cores
+    # The container's CPU quota, not the host's cores, unless pinned.
+    torch.set_num_threads(config.torch_threads or usable_cpus())
     security = config.peer_security()
     vocab = RemoteVocab(config.vocab_endpoint, security=security, timeout_s=config.peer_timeout_s)
     sampler = sampler_for(config.sampling_endpoint, security=security, timeout_s=config.peer_timeout_s)

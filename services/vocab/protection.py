@@ -9,6 +9,7 @@ under the base tokenizer and under the version being updated, are kept whatever 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import wordfreq
@@ -42,15 +43,23 @@ def common_words(language: str, top_words: int) -> list[str]:
     return list(wordfreq.top_n_list(language, top_words))
 
 
-def pieces_of(words: list[str], tokenizers: Iterable[str]) -> set[str]:
-    """Every piece any of the tokenizers (tokenizer.json documents) cuts the words into."""
-    pieces: set[str] = set()
+def pieces_of(tokenizers: Iterable[str], language: str, top_words: int) -> set[str]:
+    """Every piece any of the tokenizers (tokenizer.json documents) cuts the language's
+    `top_words` most frequent words into.
+
+    Raises:
+        UnknownLanguageError: see common_words.
+    """
+    return set().union(*(_pieces(tokenizer_json, language, top_words) for tokenizer_json in tokenizers))
+
+
+@functools.lru_cache(maxsize=16)
+def _pieces(tokenizer_json: str, language: str, top_words: int) -> frozenset[str]:
+    """One tokenizer's pieces of the words; cached, as a chain's base is asked at every update."""
+    words = common_words(language, top_words)
     if not words:
-        return pieces
-    for tokenizer_json in tokenizers:
-        tokenizer = Tokenizer.from_str(tokenizer_json)
-        tokenizer.no_padding()
-        tokenizer.no_truncation()
-        for encoding in tokenizer.encode_batch(words, add_special_tokens=False):
-            pieces.update(encoding.tokens)
-    return pieces
+        return frozenset()
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return frozenset(piece for e in tokenizer.encode_batch(words, add_special_tokens=False) for piece in e.tokens)

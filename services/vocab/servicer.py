@@ -33,7 +33,6 @@ from .protection import (
     DEFAULT_TOP_WORDS,
     MAX_TOP_WORDS,
     UnknownLanguageError,
-    common_words,
     pieces_of,
 )
 from .repository import VersionRecord, VocabRepository
@@ -246,15 +245,15 @@ class VocabServicer(vocab_pb2_grpc.VocabServiceServicer):
             raise InvalidArgumentError(
                 "protected_top_words", f"must be in [0, {MAX_TOP_WORDS}] (unset: {DEFAULT_TOP_WORDS}), got {top_words}"
             )
-        try:
-            words = common_words(request.protected_words_language or DEFAULT_LANGUAGE, top_words)
-        except UnknownLanguageError as error:
-            raise InvalidArgumentError("protected_words_language", str(error)) from error
         tokenizers = {
             self._repository.tokenizer_json(request.version_id),
             self._repository.tokenizer_json(self._repository.root_of(request.version_id)),
         }
-        return set(request.protected_pieces) | pieces_of(words, tokenizers)
+        try:
+            words = pieces_of(tokenizers, request.protected_words_language or DEFAULT_LANGUAGE, top_words)
+        except UnknownLanguageError as error:
+            raise InvalidArgumentError("protected_words_language", str(error)) from error
+        return set(request.protected_pieces) | words
 
     def CommitUpdate(
         self, request: vocab_pb2.CommitUpdateRequest, context: grpc.ServicerContext

@@ -80,7 +80,7 @@ def test_the_loop_updates_the_vocabulary_and_beats_the_static_model(tmp_path: Pa
     }
     html = (tmp_path / "out" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 6 and html.count("<table>") == 2
-    assert "<thead><tr><th>slice</th><th>trigger score</th>" in html  # a header row, from the template
+    assert "<thead><tr><th>slice</th><th>fired on</th>" in html  # a header row, from the template
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert "![Trigger](plots/trigger.png)" in markdown and "| 2021 | incremental+vocab - static |" in markdown
 

@@ -127,6 +127,27 @@ def test_exports_go_only_under_the_write_roots_and_fail_whole(stack: Stack, tmp_
         assert _fails(stack.trainer.ExportOnnx, request).code() == CODE.INVALID_ARGUMENT, name
 
 
+def test_export_versions_stay_in_tritons_range_and_a_larger_directory_is_not_a_version(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """2**63 - 1 was accepted once, and every later default export then failed with INTERNAL."""
+    checkpoint = stack.base_checkpoint.checkpoint_id
+    models = tmp_path / "models"
+    for version in (2**31, 2**63 - 1):
+        request = trainer_pb2.ExportOnnxRequest(
+            checkpoint_id=checkpoint, destination=common_pb2.ArtifactRef(uri=str(models)), version=version
+        )
+        error = _fails(stack.trainer.ExportOnnx, request)
+        assert error.code() == CODE.INVALID_ARGUMENT
+        assert error.details() == f"version: must be in [0, 2147483647] (0 means the next), got {version}"
+    assert not models.exists()  # nothing written
+    (models / "driftlm" / "9223372036854775807").mkdir(parents=True)  # left by driftlm 0.2
+    exported = stack.trainer.ExportOnnx(
+        trainer_pb2.ExportOnnxRequest(checkpoint_id=checkpoint, destination=common_pb2.ArtifactRef(uri=str(models)))
+    )
+    assert exported.version == 1
+
+
 def test_a_model_too_large_for_memory_is_resource_exhausted_not_internal(stack: Stack) -> None:
     """Within the size limits, but more than this machine holds."""
     config = '{"hidden_size": 8192, "num_hidden_layers": 96, "num_attention_heads": 64, "intermediate_size": 32768}'
