@@ -80,7 +80,10 @@ def _plot_trigger(report: dict[str, Any]) -> Figure:
     colours = ["tab:orange" if s["trigger"]["fired"] else "tab:gray" for s in slices]
     for axis, (value, threshold, null, title, unit) in (
         (loss_axis, ("score", "threshold", "null_mean", "slice loss: excess over the memory", "nats per piece")),
-        (unseen_axis, ("unseen_share", "unseen_threshold", "unseen_null_mean", "share of unseen words", "per text")),
+        (
+            unseen_axis,
+            ("unseen_share", "unseen_threshold", "unseen_null_mean", "share of unseen words", "share of the pieces"),
+        ),
     ):
         axis.bar(labels, [s["trigger"][value] for s in slices], color=colours)
         axis.plot(labels, [s["trigger"][threshold] for s in slices], "k_", markersize=25, mew=2, label="threshold")
@@ -92,7 +95,9 @@ def _plot_trigger(report: dict[str, Any]) -> Figure:
             unseen_axis.annotate(
                 "\n".join(words), (x, s["trigger"]["unseen_share"]), ha="center", va="bottom", fontsize=7
             )
-    unseen_axis.legend(fontsize=8)
+    top = max(max(s["trigger"]["unseen_share"], s["trigger"]["unseen_threshold"]) for s in slices)
+    unseen_axis.set_ylim(0, top * 1.45 or 1.0)  # room for the words above the tallest bar
+    unseen_axis.legend(fontsize=8, loc="upper right")
     figure.suptitle("Trigger (orange: fired, and the model trained); new words named above their slice")
     figure.tight_layout()
     return figure

@@ -50,8 +50,12 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    return "\n".join([*lines, *("| " + " | ".join(row) + " |" for row in rows)]) + "\n"
+    """A Markdown table; a `|` inside a cell is escaped, as `KL(teacher || student)` has two."""
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    return "\n".join([line(headers), "|" + "|".join("---" for _ in headers) + "|", *map(line, rows)]) + "\n"
 
 
 def _interval(estimate: dict[str, float], digits: int = 3) -> str:
