@@ -36,7 +36,7 @@ protos: setup ## regenerate the Python stubs from protos/
 # mirrors the installed `driftlm` package (pyproject.toml's package-dir mapping).
 typecheck: setup ## mypy --strict over the driftlm package
 	rm -rf build/typecheck && mkdir -p build/typecheck/driftlm
-	ln -s $(CURDIR)/cli/*.py $(CURDIR)/cli/py.typed build/typecheck/driftlm/
+	ln -s $(CURDIR)/driftlm/* build/typecheck/driftlm/
 	ln -s $(CURDIR)/services build/typecheck/driftlm/services
 	ln -s $(CURDIR)/kernels build/typecheck/driftlm/kernels
 	ln -s $(CURDIR)/protos/driftlm/v1 build/typecheck/driftlm/v1

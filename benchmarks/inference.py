@@ -28,7 +28,7 @@ from transformers import BertForMaskedLM
 from driftlm.local_services import start_service
 from driftlm.services.inference.model import LoadedModel, RuntimeOptions
 from driftlm.services.trainer.export import export_onnx
-from driftlm.services.vocab.wordpiece import load_tokenizer_directory
+from driftlm.services.vocab.tokenizer_sources import load_tokenizer_directory
 from driftlm.v1 import grpc_predict_v2_pb2 as oip
 from driftlm.v1 import grpc_predict_v2_pb2_grpc
 

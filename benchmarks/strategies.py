@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from driftlm.drifting_stream import generate_stream
-from driftlm.services.runtime.strategy import Strategy
+from driftlm.loop.drifting_stream import generate_stream
+from driftlm.services.core.strategy import Strategy
 from driftlm.services.trainer.data import tokenize_texts
 from driftlm.services.vocab.client import VocabClient
 from driftlm.v1 import common_pb2, trainer_pb2, vocab_pb2

@@ -11,14 +11,14 @@ The sampling strategies are measured in strategies.py.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from driftlm.services.runtime.strategy import Strategy
-from driftlm.services.trainer.data import special_mask, tokenize_texts
+from driftlm.services.core.strategy import Strategy
+from driftlm.services.core.vocabulary import WordPieceVocabulary
+from driftlm.services.trainer.data import tokenize_texts
 from driftlm.services.trainer.masking import mask_batch
 from driftlm.services.trainer.models import load_model
 from driftlm.v1 import common_pb2, trainer_pb2, vocab_pb2
@@ -34,17 +34,18 @@ def _plain_loop_tokens_per_s(model_dir: Path, texts: list[str]) -> float:
     """What a user writes by hand: full-vocabulary logits at every position, labels=-100 elsewhere."""
     model = load_model(model_dir).train()
     tokenizer_json = (model_dir / "tokenizer.json").read_text()
-    document = json.loads(tokenizer_json)
-    pieces = document["model"]["vocab"]
+    vocabulary = WordPieceVocabulary(tokenizer_json)
     pool = tokenize_texts(tokenizer_json, texts, max_length=LENGTH, pad_id=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    special = special_mask([token["id"] for token in document["added_tokens"]], len(pieces))
+    special = torch.from_numpy(vocabulary.special_tokens.reserved_mask(vocabulary.size))
     generator = torch.Generator().manual_seed(0)
     elapsed, tokens = 0.0, 0
     for step in range(STEPS + 1):
         start = time.perf_counter()
         ids, mask = pool.batch(list(range(step * BATCH, (step + 1) * BATCH)))
-        masked = mask_batch(ids, mask, special=special, mask_id=pieces["[MASK]"], fraction=0.15, generator=generator)
+        masked = mask_batch(
+            ids, mask, special=special, mask_id=vocabulary.special_tokens.mask_id, fraction=0.15, generator=generator
+        )
         labels = torch.where(masked.masked, masked.original_ids, torch.full_like(ids, -100))
         loss = model(input_ids=masked.input_ids, attention_mask=mask, labels=labels).loss
         optimizer.zero_grad()

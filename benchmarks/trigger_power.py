@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from driftlm.services.runtime.strategy import Strategy
+from driftlm.services.core.strategy import Strategy
 from driftlm.services.trainer.checkpoints import CheckpointStore
 from driftlm.services.trainer.data import tokenize_texts
 from driftlm.services.trainer.loss_memory import LossMemory

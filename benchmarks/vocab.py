@@ -17,11 +17,12 @@ import grpc
 import numpy as np
 from tokenizers import Tokenizer
 
+from driftlm.services.core.vocabulary import WordPieceVocabulary
 from driftlm.services.runtime.config import ServeConfig
 from driftlm.services.vocab.client import VocabClient
 from driftlm.services.vocab.observation import observe_slice
 from driftlm.services.vocab.server import create_server
-from driftlm.services.vocab.wordpiece import WordPieceVocabulary, load_tokenizer_directory
+from driftlm.services.vocab.tokenizer_sources import load_tokenizer_directory
 
 from .harness import Case, compare, describe_device, median_ms, write_results
 

@@ -361,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.update(DRIFTLM_TAG=args.tag, DRIFTLM_SHARED=str(shared))
     for folder in ("models", "corpora"):
         (DEPLOY / folder).mkdir(exist_ok=True)
-    from driftlm.pipeline import default_base_model
+    from driftlm.loop.pipeline import default_base_model
 
     shutil.copytree(default_base_model(), shared / "minilm")
     security, secrets = _write_secrets(DEPLOY / "secrets") if args.tls else (ChannelSecurity(), {})

@@ -66,7 +66,7 @@ def _interval(estimate: dict[str, float], digits: int = 3) -> str:
 
 
 def loop_summary(report: dict[str, Any]) -> str:
-    from driftlm.report import arm_summary
+    from driftlm.loop.report import arm_summary
 
     rows = [
         [
@@ -314,8 +314,8 @@ def _power_plot(result: dict[str, Any], path: Path) -> None:
 
 def _plots() -> dict[Path, list[Path]]:
     """Each source file and the plots drawn from it (drawing them)."""
+    from driftlm.loop.report import draw_plots
     from driftlm.palms_report import draw_toxicity_plot
-    from driftlm.report import draw_plots
 
     drawn: dict[Path, list[Path]] = {}
     if LOOP.exists():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from driftlm.intervals import paired_difference_interval, ratio_interval
+from driftlm.loop.intervals import paired_difference_interval, ratio_interval
 
 
 def _texts(rng: np.random.Generator, count: int, per_word: float) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from driftlm.probe import macro_auc, macro_f1, probe_score
+from driftlm.loop.probe import macro_auc, macro_f1, probe_score
 
 
 def _embeddings(rng: np.random.Generator, labels: list[str], signal: float) -> np.ndarray:

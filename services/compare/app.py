@@ -5,6 +5,7 @@ bootstrap the intervals, decide the gate, and keep the record."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import secrets
 from collections.abc import Iterator, Sequence
@@ -13,14 +14,13 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from driftlm.services.runtime.calls import stop_if_abandoned
-from driftlm.services.runtime.corpus import Corpus, CorpusError, read_texts
-from driftlm.services.runtime.errors import (
-    FailedPreconditionError,
-    InvalidArgumentError,
-    ResourceExhaustedError,
+from driftlm.services.core.corpus import (
+    Corpus,
+    open_corpus,
 )
-from driftlm.services.runtime.paths import FileRoots
+from driftlm.services.core.errors import FailedPreconditionError, InvalidArgumentError, ResourceExhaustedError
+from driftlm.services.core.paths import FileRoots
+from driftlm.services.runtime.calls import stop_if_abandoned
 
 from .fidelity import Figures, Layout, bootstrap, figures, percentile_figures, position_rows
 from .peers import InferencePeer, ServedModel
@@ -295,19 +295,7 @@ class CompareApp:
         )
 
     def _texts(self, held_out: Slice, limit: int) -> list[str]:
-        corpus = held_out.corpus
-        if not corpus.uri:
-            return list(corpus.texts[:limit])
-        path = self.roots.readable(corpus.uri, "slices.corpus.uri.uri", sha256=corpus.sha256)
-        texts: list[str] = []
-        try:
-            for text in read_texts(path, text_field=corpus.text_field or "text"):
-                texts.append(text)
-                if len(texts) >= limit:
-                    break
-        except CorpusError as error:
-            raise InvalidArgumentError("slices.corpus", str(error)) from error
-        return texts
+        return list(itertools.islice(open_corpus(held_out.corpus, self.roots, "slices.corpus"), limit))
 
     def _slice_rows(
         self, models: Sequence[ModelKey], layout: Layout, held_out: Slice, spec: ComparisonSpec

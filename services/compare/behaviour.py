@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MASK = "[MASK]"
+from driftlm.services.core.curated import MASK
+
 PERMUTATIONS = 10_000
 BOOTSTRAP = 2000
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?", re.UNICODE)

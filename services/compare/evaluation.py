@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+from driftlm.services.core.curated import CATEGORIES, MASK, CuratedDataError, PromptTemplate, read_curated, read_prompts
+from driftlm.services.core.errors import InvalidArgumentError
+from driftlm.services.core.paths import FileRoots
 from driftlm.services.runtime.calls import stop_if_abandoned
-from driftlm.services.runtime.curated import CATEGORIES, CuratedDataError, PromptTemplate, read_curated, read_prompts
-from driftlm.services.runtime.errors import InvalidArgumentError
-from driftlm.services.runtime.paths import FileRoots
 
 from .app import ModelKey, served_models
-from .behaviour import MASK, SlotCandidates, complete, count_words, mean_interval, permutation_test
+from .behaviour import SlotCandidates, complete, count_words, mean_interval, permutation_test
 from .peers import InferencePeer
 from .toxicity import ToxicityScorer
 

@@ -8,8 +8,8 @@ from typing import Generic, TypeVar
 
 from google.protobuf import json_format
 
-from driftlm.services.runtime import store
-from driftlm.services.runtime.errors import NotFoundError
+from driftlm.services.core import store
+from driftlm.services.core.errors import NotFoundError
 from driftlm.v1 import compare_pb2
 
 from .app import ComparisonResult, Estimated, ModelKey

@@ -11,8 +11,8 @@ from driftlm.v1 import compare_pb2, compare_pb2_grpc
 
 from .app import CompareApp
 from .evaluation import BehaviourEvaluator
-from .peers import RemoteInference
 from .records import behaviour_evaluations, comparisons
+from .remote import RemoteInference
 from .servicer import CompareServicer
 from .toxicity import load_scorer
 

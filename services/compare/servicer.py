@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import grpc
 
-from driftlm.services.runtime.corpus import corpus_from_message
-from driftlm.services.runtime.curated import PromptTemplate
-from driftlm.services.runtime.errors import InvalidArgumentError
+from driftlm.services.core.corpus import corpus_from_message
+from driftlm.services.core.curated import PromptTemplate
+from driftlm.services.core.errors import InvalidArgumentError
 from driftlm.services.runtime.paging import page_of
 from driftlm.v1 import compare_pb2, compare_pb2_grpc
 
@@ -62,7 +62,7 @@ class CompareServicer(compare_pb2_grpc.CompareServiceServicer):
         spec = ComparisonSpec(
             teachers=tuple(_key(t) for t in request.teachers),
             student=_key(request.student),
-            slices=tuple(Slice(s.label, corpus_from_message(s.corpus)) for s in request.slices),
+            slices=tuple(Slice(s.label, corpus_from_message(s.corpus, "slices.corpus")) for s in request.slices),
             mask_fraction=request.mask_fraction,
             seed=request.seed,
             max_texts_per_slice=request.max_texts_per_slice,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from driftlm.services.runtime.errors import DriftlmError, InvalidArgumentError, ResourceExhaustedError
+from driftlm.services.core.errors import DriftlmError, InvalidArgumentError, ResourceExhaustedError
 
 from . import text
 from .batching import Row

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from driftlm.services.runtime.errors import UnavailableError
+from driftlm.services.core.errors import UnavailableError
 
 from .metrics import VersionMetrics
 

@@ -2,7 +2,7 @@
 against each other before the version is served.
 
 A version directory holds model.onnx, tokenizer.json (with tokenizer_config.json) and config.json
-(trainer/model_repository.py). Loading refuses, with a reason a person can act on, a file that is
+(core/model_repository.py). Loading refuses, with a reason a person can act on, a file that is
 not ONNX, a graph without the inputs and outputs the export writes, a tokenizer that does not load
 or has no mask token, and a tokenizer whose size is not the model's vocabulary.
 """
@@ -21,8 +21,8 @@ import onnx.utils
 import onnxruntime
 from tokenizers import Tokenizer
 
-from driftlm.services.trainer.model_repository import INPUTS, OUTPUTS
-from driftlm.services.vocab.wordpiece import VocabularyError, WordPieceVocabulary, canonical_tokenizer_json
+from driftlm.services.core.model_repository import INPUTS, OUTPUTS
+from driftlm.services.core.vocabulary import VocabularyError, WordPieceVocabulary, canonical_tokenizer_json
 
 Provider = Literal["auto", "cpu", "cuda"]
 Optimization = Literal["disable", "basic", "extended", "all"]
@@ -158,9 +158,7 @@ class LoadedModel:
                 f"the tokenizer has {self.vocabulary.size} pieces but the model's logits have {self.vocab_size}: "
                 "this version's tokenizer is not the model's vocabulary"
             )
-        special_mask = np.zeros(self.vocab_size, dtype=bool)
-        special_mask[list(special.reserved_ids)] = True
-        self.special = special_mask
+        self.special = special.reserved_mask(self.vocab_size)
 
     @cached_property
     def truncating_tokenizer(self) -> Tokenizer:

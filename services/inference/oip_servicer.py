@@ -6,9 +6,9 @@ from __future__ import annotations
 import grpc
 import numpy as np
 
-from driftlm import __version__
-from driftlm.services.runtime.errors import InvalidArgumentError, NotFoundError
-from driftlm.services.trainer.model_repository import INPUTS
+from driftlm.services.core.errors import InvalidArgumentError, NotFoundError
+from driftlm.services.core.model_repository import INPUTS
+from driftlm.services.core.version import VERSION
 from driftlm.v1 import grpc_predict_v2_pb2 as oip
 from driftlm.v1 import grpc_predict_v2_pb2_grpc as oip_grpc
 
@@ -50,7 +50,7 @@ class OpenInferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     def ServerMetadata(
         self, request: oip.ServerMetadataRequest, context: grpc.ServicerContext
     ) -> oip.ServerMetadataResponse:
-        return oip.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=list(EXTENSIONS))
+        return oip.ServerMetadataResponse(name=SERVER_NAME, version=VERSION, extensions=list(EXTENSIONS))
 
     def ModelMetadata(
         self, request: oip.ModelMetadataRequest, context: grpc.ServicerContext

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from driftlm.services.runtime.errors import InvalidArgumentError
-from driftlm.services.trainer.model_repository import INPUTS
+from driftlm.services.core.errors import InvalidArgumentError
+from driftlm.services.core.model_repository import INPUTS
 from driftlm.v1 import grpc_predict_v2_pb2 as oip
 
 # Every input of the graph is INT64; its outputs FP32.

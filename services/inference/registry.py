@@ -17,12 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from driftlm.services.runtime.errors import (
-    FailedPreconditionError,
-    InvalidArgumentError,
-    NotFoundError,
-    UnavailableError,
-)
+from driftlm.services.core.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError, UnavailableError
 
 from .batching import DynamicBatcher, Row, RowOutputs, run_rows
 from .metrics import VersionMetrics

@@ -1,4 +1,4 @@
-"""Reading a model repository in Triton's layout (trainer/model_repository.py writes it): which
+"""Reading a model repository in Triton's layout (core/model_repository.py writes it): which
 models and versions there are, and what each model's config.pbtxt asks of the server.
 
 Only the fields the server acts on are read (platform, max_batch_size, version_policy,
@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from driftlm.services.trainer.model_repository import is_model_name
+from driftlm.services.core.model_repository import is_model_name
 
 # What a config.pbtxt may weigh: the file is tiny; anything larger is not ours.
 _MAX_CONFIG_BYTES = 1 << 20

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from driftlm.services.runtime.errors import InvalidArgumentError
+from driftlm.services.core.errors import InvalidArgumentError
 from driftlm.services.runtime.tensors import array_to_tensor
 from driftlm.v1 import inference_pb2, inference_pb2_grpc
 

@@ -15,9 +15,9 @@ from typing import Protocol
 import numpy as np
 from tokenizers import Encoding
 
+from driftlm.services.core.errors import InvalidArgumentError, ResourceExhaustedError
+from driftlm.services.core.pseudo_likelihood import CorpusScore, masked_copy, plan_copies, summarise, text_scores
 from driftlm.services.runtime.calls import stop_if_abandoned
-from driftlm.services.runtime.errors import InvalidArgumentError, ResourceExhaustedError
-from driftlm.services.runtime.pseudo_likelihood import CorpusScore, masked_copy, plan_copies, summarise, text_scores
 
 from .batching import Row, RowOutputs
 from .model import LoadedModel
@@ -176,7 +176,7 @@ class TokenLoss:
 
 def token_loss(served: Served, texts: Sequence[str], *, truncate: bool) -> TokenLoss:
     """Each piece masked in turn (and with its word's later pieces, l2r): per-piece loss and PLL,
-    the same bookkeeping as the trainer's ScorePseudoLikelihood (runtime/pseudo_likelihood.py)."""
+    the same bookkeeping as the trainer's ScorePseudoLikelihood (core/pseudo_likelihood.py)."""
     model = _model(served)
     encodings = encode(model, texts, truncate=truncate)
     copies = plan_copies(encodings, model.special)

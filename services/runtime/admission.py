@@ -16,7 +16,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 
-from .errors import DeadlineExceededError, ResourceExhaustedError
+from driftlm.services.core.errors import DeadlineExceededError, ResourceExhaustedError
 
 # Threads beyond the admitted calls: health checks and reflection always find one.
 SPARE_THREADS = 4

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Protocol
 
-from .errors import CancelledError, DeadlineExceededError
+from driftlm.services.core.errors import CancelledError, DeadlineExceededError
 
 
 class _Context(Protocol):

@@ -6,8 +6,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from driftlm.services.core.paths import FileRoots
+
 from .limits import RequestLimits
-from .paths import FileRoots
 from .security import ChannelSecurity
 
 MIB = 1 << 20

@@ -20,16 +20,17 @@ from typing import Any, NoReturn
 import grpc
 from grpc_status import rpc_status
 
-from . import calls
-from .admission import Admission
-from .errors import (
+from driftlm.services.core.errors import (
     DriftlmError,
     FailedPreconditionError,
     InvalidArgumentError,
     PermissionDeniedError,
     ResourceExhaustedError,
-    peer_failure,
 )
+from driftlm.services.runtime.errors import peer_failure, to_status
+
+from . import calls
+from .admission import Admission
 from .metrics import record_rpc, record_started
 from .security import check_bearer
 
@@ -113,7 +114,7 @@ def _abort(context: grpc.ServicerContext, method: str, error: BaseException) -> 
     domain = as_domain_error(error)
     if domain is not None:
         _LOG.info("rpc failed", extra={"method": method, "code": domain.code.name, "error": domain.message})
-        context.abort_with_status(rpc_status.to_status(domain.to_status()))
+        context.abort_with_status(rpc_status.to_status(to_status(domain)))
     _LOG.error("rpc crashed", extra={"method": method}, exc_info=error)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(error).__name__}; see the server log")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypeVar
 
-from .errors import InvalidArgumentError
+from driftlm.services.core.errors import InvalidArgumentError
 
 Item = TypeVar("Item")
 DEFAULT_PAGE_SIZE = 100

@@ -17,8 +17,9 @@ from typing import Any
 
 import grpc
 
+from driftlm.services.core.errors import UnauthenticatedError
+
 from . import tracing
-from .errors import UnauthenticatedError
 
 AUTHORIZATION = "authorization"
 BEARER = "bearer "

@@ -15,9 +15,8 @@ from typing import Any, TypeVar
 import numpy as np
 from google.protobuf.message import Message
 
+from driftlm.services.core.errors import InvalidArgumentError, ResourceExhaustedError
 from driftlm.v1 import common_pb2
-
-from .errors import InvalidArgumentError, ResourceExhaustedError
 
 _DTYPES: dict[common_pb2.DType.ValueType, np.dtype[Any]] = {
     common_pb2.D_TYPE_FLOAT32: np.dtype("<f4"),

@@ -8,27 +8,20 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
 
+from driftlm.services.core.candidates import CandidatePool, Selection
+from driftlm.services.core.strategy import Strategy
 from driftlm.services.runtime.channel import ServiceClient
 from driftlm.services.runtime.security import PLAINTEXT, ChannelSecurity
-from driftlm.services.runtime.strategy import Strategy
 from driftlm.services.runtime.tensors import DEFAULT_CHUNK_BYTES, chunk_requests, tensor_to_array
 from driftlm.v1 import sampling_pb2, sampling_pb2_grpc
 
-
-@dataclass(frozen=True)
-class SelectedSentences:
-    """SelectSentences' answer as arrays."""
-
-    indices: np.ndarray
-    weights: np.ndarray
-    eligible_count: int
-    target_token_ids: np.ndarray
+if TYPE_CHECKING:
+    from .app import SamplingApp
 
 
 class SamplingClient(ServiceClient):
@@ -80,43 +73,38 @@ class SamplingClient(ServiceClient):
         return tensor_to_array(self._stub.DrawSample(requests, timeout=self._timeout()).indices, "indices")
 
     def select_sentences(
-        self,
-        strategy: Strategy,
-        *,
-        k: int,
-        candidate_lengths: np.ndarray,
-        alpha: float = 0.5,
-        seed: int = 0,
-        candidate_token_ids: np.ndarray | None = None,
-        token_shift: np.ndarray | None = None,
-        top_x: int = 0,
-        target_token_ids: np.ndarray | None = None,
-        old_cls: np.ndarray | None = None,
-        new_cls: np.ndarray | None = None,
-        losses: np.ndarray | None = None,
-    ) -> SelectedSentences:
+        self, strategy: Strategy, pool: CandidatePool, *, k: int, alpha: float = 0.5, seed: int = 0
+    ) -> Selection:
         """Up to k candidate indices chosen by `strategy`."""
         scalars: dict[str, Any] = {
             "strategy": strategy.proto,
             "k": k,
             "alpha": alpha,
             "seed": seed,
-            "top_x": top_x,
-            "target_token_ids": [] if target_token_ids is None else [int(t) for t in target_token_ids],
+            "top_x": pool.top_x,
+            "target_token_ids": [int(t) for t in pool.target_token_ids],
         }
         tensors = {
-            "candidate_lengths": candidate_lengths,
-            "candidate_token_ids": candidate_token_ids,
-            "token_shift": token_shift,
-            "old_cls": old_cls,
-            "new_cls": new_cls,
-            "losses": losses,
+            "candidate_lengths": pool.lengths,
+            "candidate_token_ids": pool.token_ids,
+            "token_shift": pool.token_shift,
+            "old_cls": pool.old_cls,
+            "new_cls": pool.new_cls,
+            "losses": pool.losses,
         }
         requests = chunk_requests(sampling_pb2.SelectSentencesRequest, scalars, tensors, self._chunk_bytes)
         response = self._stub.SelectSentences(requests, timeout=self._timeout())
-        return SelectedSentences(
+        return Selection(
             indices=tensor_to_array(response.indices, "indices"),
             weights=tensor_to_array(response.weights, "weights"),
             eligible_count=response.eligible_count,
             target_token_ids=tensor_to_array(response.target_token_ids, "target_token_ids"),
         )
+
+
+def in_process() -> SamplingApp:
+    """The sampling service's calls made in this process (needs Numba), for a caller without a
+    sampling endpoint: the same methods and results as SamplingClient."""
+    from .app import SamplingApp
+
+    return SamplingApp()

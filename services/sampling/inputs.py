@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from driftlm.kernels import count_nonfinite
-from driftlm.services.runtime.errors import InvalidArgumentError
+from driftlm.services.core.errors import InvalidArgumentError
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 INT_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))

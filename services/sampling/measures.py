@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from driftlm import kernels
-from driftlm.services.runtime.errors import InvalidArgumentError
+from driftlm.services.core.errors import InvalidArgumentError
 
 from . import inputs
 

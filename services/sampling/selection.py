@@ -24,54 +24,18 @@ target token have weight 0 under token embedding shift.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from driftlm import kernels
-from driftlm.services.runtime.errors import InvalidArgumentError
-from driftlm.services.runtime.strategy import Strategy
+from driftlm.services.core.candidates import CandidatePool, Selection
+from driftlm.services.core.errors import InvalidArgumentError
+from driftlm.services.core.strategy import Strategy
 
 from . import inputs
 from .measures import measure_shift
 
 
-@dataclass(frozen=True)
-class CandidatePool:
-    """The candidate sentences and whatever the chosen strategy scores them by."""
-
-    # (N,) tokens per candidate: the pool size and the length term.
-    lengths: np.ndarray
-    # Token shift: the candidates' token ids, concatenated.
-    token_ids: np.ndarray | None = None
-    # Token shift: (V,) shift of each vocabulary token.
-    token_shift: np.ndarray | None = None
-    # Token shift: explicit target tokens (replace the top_x most shifted).
-    target_token_ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
-    # Sentence shift: (N, H) [CLS] embeddings before and after.
-    old_cls: np.ndarray | None = None
-    new_cls: np.ndarray | None = None
-    # MLM loss: (N,) loss per candidate.
-    losses: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class Selection:
-    """What select_sentences chose."""
-
-    # (min(k, eligible_count),) int64 candidate indices in draw order.
-    indices: np.ndarray
-    # (N,) float64 weight of every candidate.
-    weights: np.ndarray
-    # Candidates with a positive weight.
-    eligible_count: int
-    # Token shift: the target token ids, most shifted first; empty for the other strategies.
-    target_token_ids: np.ndarray
-
-
-def select_sentences(
-    strategy: Strategy, pool: CandidatePool, *, k: int, alpha: float, seed: int, top_x: int = 0
-) -> Selection:
+def select_sentences(strategy: Strategy, pool: CandidatePool, *, k: int, alpha: float, seed: int) -> Selection:
     """Draw up to k candidates without replacement, weighted by `strategy`.
 
     Raises:
@@ -81,30 +45,52 @@ def select_sentences(
     inputs.sample_size(k)
     inputs.alpha_value(alpha)
     lengths = inputs.count_vector(inputs.require(pool.lengths, "candidate_lengths"), "candidate_lengths", integer=True)
-    targets = np.empty(0, dtype=np.int64)
-    if strategy is Strategy.UNIFORM:
-        weights = np.ones(lengths.shape[0])
-    elif strategy is Strategy.TOKEN_EMBEDDING_SHIFT:
-        scores, targets = _token_shift_scores(pool, lengths, top_x)
-        weights = kernels.rank_weights(scores, lengths, alpha, scores >= 0)
-    elif strategy is Strategy.SENTENCE_EMBEDDING_SHIFT:
-        needed_by = "the sentence embedding shift strategy"
-        old_cls = inputs.require(pool.old_cls, "old_cls", needed_by=needed_by)
-        new_cls = inputs.require(pool.new_cls, "new_cls", needed_by=needed_by)
-        inputs.same_rows("old_cls", old_cls, "candidate_lengths", lengths)
-        distances, _ = measure_shift(old_cls, new_cls, top_k=0, fields=("old_cls", "new_cls"))
-        weights = kernels.rank_weights(distances.astype(np.float64), lengths, alpha, np.ones(lengths.shape[0], bool))
-    else:
-        losses = inputs.float_vector(
-            inputs.require(pool.losses, "losses", needed_by="the token MLM loss strategy"), "losses"
-        )
-        inputs.same_rows("losses", losses, "candidate_lengths", lengths)
-        weights = kernels.rank_weights(losses.astype(np.float64), lengths, alpha, np.ones(lengths.shape[0], bool))
+    weights, targets = _WEIGHERS[strategy](pool, lengths, alpha)
     eligible = int(np.count_nonzero(weights > 0))
     indices = (
         kernels.draw_without_replacement(weights, min(k, eligible), seed) if eligible else np.empty(0, dtype=np.int64)
     )
     return Selection(indices=indices, weights=weights, eligible_count=eligible, target_token_ids=targets)
+
+
+_NO_TARGETS = np.empty(0, dtype=np.int64)
+
+
+def _uniform(pool: CandidatePool, lengths: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    return np.ones(lengths.shape[0]), _NO_TARGETS
+
+
+def _token_shift(pool: CandidatePool, lengths: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    scores, targets = _token_shift_scores(pool, lengths, pool.top_x)
+    return kernels.rank_weights(scores, lengths, alpha, scores >= 0), targets
+
+
+def _sentence_shift(pool: CandidatePool, lengths: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    needed_by = "the sentence embedding shift strategy"
+    old_cls = inputs.require(pool.old_cls, "old_cls", needed_by=needed_by)
+    new_cls = inputs.require(pool.new_cls, "new_cls", needed_by=needed_by)
+    inputs.same_rows("old_cls", old_cls, "candidate_lengths", lengths)
+    distances, _ = measure_shift(old_cls, new_cls, top_k=0, fields=("old_cls", "new_cls"))
+    every = np.ones(lengths.shape[0], bool)
+    return kernels.rank_weights(distances.astype(np.float64), lengths, alpha, every), _NO_TARGETS
+
+
+def _mlm_loss(pool: CandidatePool, lengths: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    losses = inputs.float_vector(
+        inputs.require(pool.losses, "losses", needed_by="the token MLM loss strategy"), "losses"
+    )
+    inputs.same_rows("losses", losses, "candidate_lengths", lengths)
+    every = np.ones(lengths.shape[0], bool)
+    return kernels.rank_weights(losses.astype(np.float64), lengths, alpha, every), _NO_TARGETS
+
+
+# Each strategy's weights (and token shift's targets) over the pool.
+_WEIGHERS = {
+    Strategy.UNIFORM: _uniform,
+    Strategy.TOKEN_EMBEDDING_SHIFT: _token_shift,
+    Strategy.SENTENCE_EMBEDDING_SHIFT: _sentence_shift,
+    Strategy.TOKEN_MLM_LOSS: _mlm_loss,
+}
 
 
 def _token_shift_scores(pool: CandidatePool, lengths: np.ndarray, top_x: int) -> tuple[np.ndarray, np.ndarray]:

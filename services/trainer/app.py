@@ -18,18 +18,22 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from driftlm.services.runtime import store
-from driftlm.services.runtime.corpus import Corpus, CorpusError, read_texts
-from driftlm.services.runtime.errors import (
+from driftlm.services.core import store
+from driftlm.services.core.artifacts import file_sha256, is_remote
+from driftlm.services.core.corpus import (
+    Corpus,
+    open_corpus,
+)
+from driftlm.services.core.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
 )
-from driftlm.services.runtime.paths import FileRoots
-from driftlm.services.runtime.pseudo_likelihood import CorpusScore, summarise
-from driftlm.services.runtime.remote import file_sha256, is_remote
+from driftlm.services.core.model_repository import MAX_VERSION, ModelShapeMismatchError, is_model_name
+from driftlm.services.core.paths import FileRoots
+from driftlm.services.core.pseudo_likelihood import CorpusScore, summarise
 
 from . import remote_export
 from .checkpoints import CheckpointRecord, CheckpointStore, new_checkpoint_id, now
@@ -38,7 +42,6 @@ from .distributed import Ranks
 from .export import ExportResult, export_onnx
 from .loss_memory import LossMemory
 from .memory_budget import available_bytes, check_fits
-from .model_repository import MAX_VERSION, ModelShapeMismatchError, is_model_name
 from .models import (
     ModelConfigTooLargeError,
     import_model,
@@ -290,13 +293,7 @@ class TrainerApp:
     # Scoring ---------------------------------------------------------------------------------
 
     def _texts(self, corpus: Corpus) -> list[str]:
-        if not corpus.uri:
-            return list(corpus.texts)
-        path = self.roots.readable(corpus.uri, "corpus.uri.uri", sha256=corpus.sha256)
-        try:
-            return list(read_texts(path, text_field=corpus.text_field or "text"))
-        except CorpusError as error:
-            raise InvalidArgumentError("corpus", str(error)) from error
+        return list(open_corpus(corpus, self.roots, "corpus"))
 
     def _model_for_scoring(self, checkpoint_id: str) -> PreTrainedModel:
         """The checkpoint's model in eval mode, kept until another is asked for (callers hold the lock)."""

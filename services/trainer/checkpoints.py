@@ -22,8 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
-from driftlm.services.runtime import store
-from driftlm.services.runtime.errors import NotFoundError
+from driftlm.services.core import store
+from driftlm.services.core.errors import NotFoundError
 
 from .loss_memory import LossMemory
 from .models import load_model

@@ -51,11 +51,3 @@ def tokenize_texts(tokenizer_json: str, texts: Iterable[str], *, max_length: int
     kept = [text for text in texts if text.strip()]
     encodings = tokenizer.encode_batch(kept) if kept else []
     return TokenizedPool([np.asarray(e.ids, dtype=np.int64) for e in encodings], pad_id, kept)
-
-
-def special_mask(reserved_ids: Iterable[int], vocab_size: int) -> torch.Tensor:
-    """(V,) bool: the pieces never masked nor drawn as random replacements."""
-    mask = torch.zeros(vocab_size, dtype=torch.bool)
-    ids = [i for i in reserved_ids if 0 <= i < vocab_size]
-    mask[ids] = True
-    return mask

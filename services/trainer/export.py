@@ -3,7 +3,7 @@ CPU serving, as two models of the repository (`<name>` and `<name>_int8`) at the
 
 The exported graph takes input_ids and attention_mask (int64, dynamic batch and sequence) and
 returns every position's logits and the [CLS] hidden state. Both files are checked against
-PyTorch on sample inputs before a version is published (model_repository.py has the layout).
+PyTorch on sample inputs before a version is published (core/model_repository.py has the layout).
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from driftlm.services.runtime import store
-from driftlm.services.runtime.errors import FailedPreconditionError
-from driftlm.services.vocab.export import write_tokenizer_files
-from driftlm.services.vocab.wordpiece import WordPieceVocabulary
+from driftlm.services.core import store
+from driftlm.services.core.errors import FailedPreconditionError
+from driftlm.services.core.model_repository import INPUTS, MAX_VERSION, OUTPUTS, ModelShape, prepare_model, versions
+from driftlm.services.core.tokenizer_files import write_tokenizer_files
+from driftlm.services.core.vocabulary import WordPieceVocabulary
 
-from .model_repository import INPUTS, MAX_VERSION, OUTPUTS, ModelShape, prepare_model, versions
 from .models import encode, mlm_head
 
 

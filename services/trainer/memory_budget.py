@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from driftlm.services.runtime.errors import ResourceExhaustedError
+from driftlm.services.core.errors import ResourceExhaustedError
 from driftlm.services.runtime.resources import memory_available
 
 _BYTES = 4  # fp32 activations and weights

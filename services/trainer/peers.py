@@ -2,18 +2,20 @@
 
 The application layer and the training loop depend on these, never on a gRPC client: the vocab
 service is reached through `remote.RemoteVocab`, sampling through `SamplingClient` or, with no
-sampling endpoint, `LocalSampling` in-process.
+sampling endpoint, `sampling.client.in_process()`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
 
-from driftlm.services.runtime.strategy import Strategy
-from driftlm.services.vocab.wordpiece import SpecialTokens
+from driftlm.services.core.candidates import CandidatePool, Selection
+from driftlm.services.core.strategy import Strategy
+from driftlm.services.core.vocabulary import SpecialTokens, WordPieceVocabulary
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,11 @@ class VocabVersion:
     added: tuple[AddedPiece, ...]
     special: SpecialTokens
 
+    @cached_property
+    def piece_ids(self) -> dict[str, int]:
+        """piece -> id, read from the tokenizer JSON once."""
+        return WordPieceVocabulary(self.tokenizer_json).piece_ids
+
 
 class VocabPeer(Protocol):
     """The vocab service.
@@ -48,46 +55,13 @@ class VocabPeer(Protocol):
     def version(self, version_id: str) -> VocabVersion: ...
 
 
-class SelectedSentences(Protocol):
-    """What a selection returns (SamplingClient's and LocalSampling's SelectedSentences)."""
-
-    @property
-    def indices(self) -> np.ndarray:
-        """(min(k, eligible_count),) candidate positions in draw order."""
-
-    @property
-    def weights(self) -> np.ndarray:
-        """(N,) weight of every candidate."""
-
-    @property
-    def eligible_count(self) -> int:
-        """Candidates with a positive weight."""
-
-    @property
-    def target_token_ids(self) -> np.ndarray:
-        """Token shift: the target token ids used."""
-
-
 class Sampler(Protocol):
-    """The sampling service (SamplingClient) or its functions in-process (LocalSampling)."""
+    """The sampling service (SamplingClient) or its functions in-process (SamplingApp)."""
 
     def cosine_distance(
         self, old_rows: np.ndarray, new_rows: np.ndarray, *, top_k: int = 0
     ) -> tuple[np.ndarray, np.ndarray]: ...
 
     def select_sentences(
-        self,
-        strategy: Strategy,
-        *,
-        k: int,
-        candidate_lengths: np.ndarray,
-        alpha: float = 0.5,
-        seed: int = 0,
-        candidate_token_ids: np.ndarray | None = None,
-        token_shift: np.ndarray | None = None,
-        top_x: int = 0,
-        target_token_ids: np.ndarray | None = None,
-        old_cls: np.ndarray | None = None,
-        new_cls: np.ndarray | None = None,
-        losses: np.ndarray | None = None,
-    ) -> SelectedSentences: ...
+        self, strategy: Strategy, pool: CandidatePool, *, k: int, alpha: float = 0.5, seed: int = 0
+    ) -> Selection: ...

@@ -1,4 +1,4 @@
-"""Pseudo-log-likelihood of texts under a PyTorch masked LM (runtime/pseudo_likelihood.py plans
+"""Pseudo-log-likelihood of texts under a PyTorch masked LM (core/pseudo_likelihood.py plans
 the masked copies and sums the scores; the inference service does the same with ONNX Runtime).
 
 Each masked copy needs the vocabulary head at one position only, which masked_logits provides.
@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from transformers import PreTrainedModel
 
+from driftlm.services.core.pseudo_likelihood import TextScore, masked_copy, plan_copies, text_scores
 from driftlm.services.runtime.calls import stop_if_abandoned
-from driftlm.services.runtime.pseudo_likelihood import TextScore, masked_copy, plan_copies, text_scores
 
 from .models import autocast, masked_logits
 

@@ -7,10 +7,11 @@ from collections import OrderedDict
 
 import grpc
 
+from driftlm.services.core.vocabulary import SpecialTokens
 from driftlm.services.runtime.errors import peer_failure
 from driftlm.services.runtime.security import PLAINTEXT, ChannelSecurity
+from driftlm.services.sampling.client import SamplingClient, in_process
 from driftlm.services.vocab.client import VocabClient
-from driftlm.services.vocab.wordpiece import SpecialTokens
 
 from .peers import AddedPiece, Sampler, VocabVersion
 
@@ -67,9 +68,5 @@ class RemoteVocab:
 def sampler_for(endpoint: str, *, security: ChannelSecurity = PLAINTEXT, timeout_s: float = 600.0) -> Sampler:
     """The sampling service at `endpoint`, or its functions in-process (needs Numba) when it is empty."""
     if endpoint:
-        from driftlm.services.sampling.client import SamplingClient
-
         return SamplingClient(endpoint, security=security, timeout_s=timeout_s)
-    from driftlm.services.sampling.local import LocalSampling
-
-    return LocalSampling()
+    return in_process()

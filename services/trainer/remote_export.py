@@ -12,7 +12,7 @@ import posixpath
 from pathlib import Path
 from typing import Any
 
-from driftlm.services.runtime.remote import translated
+from driftlm.services.core.artifacts import translated
 
 
 def mirror(filesystem: Any, root: str, uri: str, names: tuple[str, ...], staging: Path) -> set[str]:

@@ -24,8 +24,9 @@ from typing import Any
 import torch
 from google.rpc import code_pb2
 
-from driftlm.services.runtime import store, tracing
-from driftlm.services.runtime.errors import DriftlmError, NotFoundError
+from driftlm.services.core import store
+from driftlm.services.core.errors import DriftlmError, NotFoundError
+from driftlm.services.runtime import tracing
 from driftlm.services.runtime.interceptor import as_domain_error
 
 from . import metrics
@@ -252,7 +253,7 @@ class RunManager:
         except RunCancelledError:
             outcome = {"state": CANCELLED}
         except DriftlmError as error:
-            outcome = {"state": FAILED, "error_code": error.code.value[0], "error_message": error.message}
+            outcome = {"state": FAILED, "error_code": int(error.code), "error_message": error.message}
         except torch.OutOfMemoryError as error:
             outcome = {
                 "state": FAILED,

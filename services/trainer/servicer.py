@@ -7,7 +7,7 @@ from pathlib import Path
 
 import grpc
 
-from driftlm.services.runtime.corpus import corpus_from_message
+from driftlm.services.core.corpus import corpus_from_message
 from driftlm.services.runtime.paging import page_of
 from driftlm.services.runtime.tensors import array_to_tensor
 from driftlm.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc

@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from driftlm.services.runtime.strategy import Strategy
+from driftlm.services.core.strategy import Strategy
 
 from .vocab_move import EmbeddingInit
 

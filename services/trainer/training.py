@@ -16,7 +16,6 @@ written with the optimiser state, the loss memory and that selection.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import threading
 import time
@@ -32,14 +31,15 @@ from safetensors.numpy import load_file as load_arrays
 from safetensors.numpy import save as serialise_arrays
 from transformers import PreTrainedModel
 
-from driftlm.services.runtime import store
-from driftlm.services.runtime.corpus import CorpusError, read_texts
-from driftlm.services.runtime.curated import CuratedDataError, read_curated
-from driftlm.services.runtime.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
-from driftlm.services.runtime.strategy import Strategy
+from driftlm.services.core import store
+from driftlm.services.core.candidates import CandidatePool
+from driftlm.services.core.corpus import texts_of_files
+from driftlm.services.core.curated import CuratedDataError, read_curated
+from driftlm.services.core.errors import FailedPreconditionError, InvalidArgumentError
+from driftlm.services.core.strategy import Strategy
 
 from .checkpoints import CheckpointRecord, CheckpointStore, new_checkpoint_id, now
-from .data import TokenizedPool, special_mask, tokenize_texts
+from .data import TokenizedPool, tokenize_texts
 from .distributed import Ranks
 from .loss_memory import LossMemory
 from .masking import MaskedBatch, mask_batch
@@ -221,8 +221,8 @@ def vocab_hops(vocab: VocabPeer, from_version: str, to_version: str) -> list[Voc
     for parent, child in reversed(chain):
         hops.append(
             VocabHop(
-                old_pieces=json.loads(parent.tokenizer_json)["model"]["vocab"],
-                new_pieces=json.loads(child.tokenizer_json)["model"]["vocab"],
+                old_pieces=parent.piece_ids,
+                new_pieces=child.piece_ids,
                 decompositions={piece.id: list(piece.parent_decomposition) for piece in child.added},
             )
         )
@@ -269,11 +269,10 @@ def vocabulary_of(version: VocabVersion) -> Vocabulary:
             f"vocab version {version.version_id} has no mask token ([MASK] or <mask>); a masked LM needs one",
             reason="NO_MASK_TOKEN",
         )
-    pieces = {str(p): int(i) for p, i in json.loads(version.tokenizer_json)["model"]["vocab"].items()}
     return Vocabulary(
         version.tokenizer_json,
-        pieces,
-        special_mask(version.special.reserved_ids, version.size),
+        version.piece_ids,
+        torch.from_numpy(version.special.reserved_mask(version.size)),
         version.special.mask_id,
         max(version.special.pad_id, 0),
     )
@@ -289,13 +288,8 @@ def _read_pool(
         except CuratedDataError as error:
             raise InvalidArgumentError("slices", str(error)) from error
     else:
-        texts = (text for path in paths for text in read_texts(Path(path), text_field=text_field))
-    try:
-        return tokenize_texts(vocabulary.tokenizer_json, texts, max_length=max_length, pad_id=vocabulary.pad_id)
-    except CorpusError as error:
-        raise InvalidArgumentError("slices", str(error)) from error
-    except FileNotFoundError as error:
-        raise NotFoundError(f"slices: no file at {error}") from error
+        texts = texts_of_files([Path(path) for path in paths], "slices", text_field=text_field)
+    return tokenize_texts(vocabulary.tokenizer_json, texts, max_length=max_length, pad_id=vocabulary.pad_id)
 
 
 class _Trainer:
@@ -657,20 +651,23 @@ class _Trainer:
         losses: np.ndarray | None = None,
     ) -> IterationSelection:
         """Ask the sampler for the iteration's sentences; top up uniformly when too few are eligible."""
-        chosen = self.context.sampler.select_sentences(
-            strategy,
-            k=min(fresh, len(candidates)),
-            candidate_lengths=pool.lengths[candidates],
-            alpha=self.spec.sampling_alpha,
-            # The run's own strategy in the seed: two strategies that weigh alike still draw apart.
-            seed=derive_seed(self.spec.seed, "select", self.spec.strategy.value, iteration),
-            candidate_token_ids=candidate_token_ids,
+        candidate_pool = CandidatePool(
+            lengths=pool.lengths[candidates],
+            token_ids=candidate_token_ids,
             token_shift=token_shift,
+            target_token_ids=np.empty(0, dtype=np.int64) if target_token_ids is None else target_token_ids,
             top_x=min(self.spec.top_x, len(token_shift)) if token_shift is not None else 0,
-            target_token_ids=target_token_ids,
             old_cls=old_cls,
             new_cls=new_cls,
             losses=losses,
+        )
+        chosen = self.context.sampler.select_sentences(
+            strategy,
+            candidate_pool,
+            k=min(fresh, len(candidates)),
+            alpha=self.spec.sampling_alpha,
+            # The run's own strategy in the seed: two strategies that weigh alike still draw apart.
+            seed=derive_seed(self.spec.seed, "select", self.spec.strategy.value, iteration),
         )
         drawn = candidates[np.asarray(chosen.indices, dtype=np.int64)]
         rng = np.random.default_rng(derive_seed(self.spec.seed, "top-up", iteration))

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from driftlm.services.runtime.errors import InvalidArgumentError
+from driftlm.services.core.errors import InvalidArgumentError
 
 from .loss_memory import PRIOR_OCCURRENCES, Calibration, LossMemory
 from .novelty import WordTest, new_word_test, unseen_share

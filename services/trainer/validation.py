@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from driftlm.services.runtime.curated import CuratedDataError, read_curated
-from driftlm.services.runtime.errors import InvalidArgumentError
-from driftlm.services.runtime.paths import FileRoots
-from driftlm.services.runtime.strategy import Strategy
+from driftlm.services.core.curated import CuratedDataError, read_curated
+from driftlm.services.core.errors import InvalidArgumentError
+from driftlm.services.core.paths import FileRoots
+from driftlm.services.core.strategy import Strategy
 from driftlm.v1 import common_pb2, trainer_pb2
 
 from .spec import RunKind, RunSpec

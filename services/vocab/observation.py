@@ -20,9 +20,8 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer, models, trainers
 
+from driftlm.services.core.vocabulary import WordPieceVocabulary
 from driftlm.services.runtime.calls import stop_if_abandoned
-
-from .wordpiece import WordPieceVocabulary
 
 # Texts tokenized per encode_batch call: many, to keep every core busy and to find repeated texts;
 # at most BATCH_CHARACTERS of them (about 150 MB of encodings), to bound memory on slices of any

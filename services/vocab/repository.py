@@ -32,13 +32,13 @@ import numpy as np
 from safetensors.numpy import load_file, save
 from tokenizers import Tokenizer
 
-from driftlm.services.runtime import store
-from driftlm.services.runtime.errors import AbortedError, NotFoundError
+from driftlm.services.core import store
+from driftlm.services.core.errors import AbortedError, NotFoundError
+from driftlm.services.core.vocabulary import WordPieceVocabulary
 
 from . import metrics
 from .observation import Observation
 from .update import Change, PieceChange
-from .wordpiece import WordPieceVocabulary
 
 # Tokenizers kept parsed in memory (about 5 MB each for 30k pieces).
 _CACHED_TOKENIZERS = 16

@@ -8,6 +8,7 @@ from driftlm.services.runtime.bootstrap import ServiceBinding, build_server
 from driftlm.services.runtime.config import ServeConfig
 from driftlm.v1 import vocab_pb2, vocab_pb2_grpc
 
+from .app import VocabApp
 from .repository import VocabRepository
 from .servicer import VocabServicer
 
@@ -21,7 +22,8 @@ HEAVY_METHODS = frozenset(
 def create_server(address: str = "127.0.0.1:0", config: ServeConfig | None = None) -> tuple[grpc.Server, int]:
     """A started vocab server on `address` over `config.store`; returns it and its port."""
     config = config or ServeConfig()
-    servicer = VocabServicer(VocabRepository(config.store), config.roots, config.limits)
+    app = VocabApp(VocabRepository(config.store), config.roots, max_answer_bytes=config.limits.max_message_bytes)
+    servicer = VocabServicer(app, config.limits)
     binding = ServiceBinding(
         SERVICE_NAME,
         lambda server: vocab_pb2_grpc.add_VocabServiceServicer_to_server(servicer, server),

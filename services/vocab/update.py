@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from driftlm.services.core.vocabulary import WordPieceVocabulary
+
 from .observation import Observation
-from .wordpiece import WordPieceVocabulary
 
 # Weight of the parent's history against the slices of this update.
 HISTORY_DECAY = 0.5

@@ -20,7 +20,7 @@ from driftlm.services.compare.server import create_server as create_compare_serv
 from driftlm.services.inference.server import create_server as create_inference_server
 from driftlm.services.runtime.config import ServeConfig
 from driftlm.services.trainer.export import export_onnx
-from driftlm.services.vocab.wordpiece import train_tokenizer
+from driftlm.services.vocab.tokenizer_sources import train_tokenizer
 from driftlm.v1 import compare_pb2_grpc, inference_pb2, inference_pb2_grpc
 
 from ..inference.conftest import ANSWERS, MODEL, Planted, planted_texts

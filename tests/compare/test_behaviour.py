@@ -16,9 +16,9 @@ from scipy import stats
 from driftlm.services.compare.behaviour import SlotCandidates, complete, mean_interval, permutation_test
 from driftlm.services.compare.server import create_server as create_compare_server
 from driftlm.services.compare.toxicity import load_scorer
+from driftlm.services.core.curated import CuratedDataError, read_curated, read_prompts
 from driftlm.services.inference.server import create_server as create_inference_server
 from driftlm.services.runtime.config import ServeConfig
-from driftlm.services.runtime.curated import CuratedDataError, read_curated, read_prompts
 from driftlm.v1 import common_pb2, compare_pb2, compare_pb2_grpc, trainer_pb2
 
 from ..inference.conftest import ANSWERS, CUE, Planted

@@ -202,7 +202,7 @@ def test_unknown_comparison_ids_are_not_found(services: Services) -> None:
 def test_the_loops_default_gate_passes_a_distilled_student_and_refuses_a_scrambled_one(services: Services) -> None:
     """The gate `driftlm run` uses by default (top-1 agreement >= 0.5), on a student really
     distilled from its teacher and on one that keeps the encoder but scrambles its answers."""
-    from driftlm.promotion import GateOptions
+    from driftlm.loop.promotion import GateOptions
 
     threshold = GateOptions().min_top1_agreement
     assert threshold == 0.5

@@ -27,7 +27,7 @@ from driftlm.services.sampling.server import create_server as create_sampling_se
 from driftlm.services.trainer.export import export_onnx
 from driftlm.services.trainer.server import create_server as create_trainer_server
 from driftlm.services.vocab.server import create_server as create_vocab_server
-from driftlm.services.vocab.wordpiece import load_tokenizer_directory
+from driftlm.services.vocab.tokenizer_sources import load_tokenizer_directory
 from driftlm.v1 import (
     common_pb2,
     compare_pb2,

@@ -17,7 +17,7 @@ from transformers import BertConfig, BertForMaskedLM
 from driftlm.services.inference.server import create_server
 from driftlm.services.runtime.config import ServeConfig
 from driftlm.services.trainer.export import export_onnx
-from driftlm.services.vocab.wordpiece import load_tokenizer_directory
+from driftlm.services.vocab.tokenizer_sources import load_tokenizer_directory
 from driftlm.v1 import grpc_predict_v2_pb2_grpc, inference_pb2_grpc
 
 from ..vocab.planted import FILLER, planted_base_directory

@@ -17,7 +17,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from driftlm.services.vocab.wordpiece import train_tokenizer
+from driftlm.services.vocab.tokenizer_sources import train_tokenizer
 from driftlm.v1 import grpc_predict_v2_pb2 as oip
 from driftlm.v1 import inference_pb2
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 
+from driftlm.services.core.model_repository import ModelShape, config_pbtxt
 from driftlm.services.inference.batching import DynamicBatcher, Row, run_rows
 from driftlm.services.inference.metrics import VersionMetrics
 from driftlm.services.inference.model import ModelLoadError, RuntimeOptions
 from driftlm.services.inference.repository import ModelConfigError, ModelSettings, parse_settings
-from driftlm.services.trainer.model_repository import ModelShape, config_pbtxt
 from driftlm.v1 import inference_pb2
 
 from .conftest import MODEL, Planted, Server

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from driftlm.services.runtime.pseudo_likelihood import summarise
+from driftlm.services.core.pseudo_likelihood import summarise
+from driftlm.services.core.vocabulary import WordPieceVocabulary
 from driftlm.services.runtime.tensors import tensor_to_array
 from driftlm.services.trainer.models import mean_embeddings
 from driftlm.services.trainer.pseudo_likelihood import pseudo_log_likelihoods
-from driftlm.services.vocab.wordpiece import WordPieceVocabulary
 from driftlm.v1 import inference_pb2
 
 from .conftest import ANSWERS, CUE, MODEL, Planted, Server

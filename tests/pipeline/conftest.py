@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from transformers import BertConfig, BertForMaskedLM, BertModel
 
-from driftlm.drifting_stream import generate_stream
-from driftlm.services.vocab.wordpiece import train_tokenizer
+from driftlm.loop.drifting_stream import generate_stream
+from driftlm.services.vocab.tokenizer_sources import train_tokenizer
 
 
 def tiny_base_model(directory: Path, *, with_head: bool = True) -> Path:

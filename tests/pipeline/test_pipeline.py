@@ -13,10 +13,10 @@ import pytest
 import torch
 from rich.console import Console
 
-from driftlm.dated_corpus import DatasetError, cut_slices, parse_time, read_dated
-from driftlm.drifting_stream import write_stream
-from driftlm.pipeline import PipelineOptions, run_pipeline
-from driftlm.services.runtime.strategy import Strategy
+from driftlm.loop.dated_corpus import DatasetError, cut_slices, parse_time, read_dated
+from driftlm.loop.drifting_stream import write_stream
+from driftlm.loop.pipeline import PipelineOptions, run_pipeline
+from driftlm.services.core.strategy import Strategy
 
 
 def _options(tmp_path: Path, model: Path, **changes: object) -> PipelineOptions:

@@ -12,15 +12,15 @@ import grpc
 import pytest
 from rich.console import Console
 
-from driftlm.drifting_stream import write_stream
-from driftlm.pipeline import PipelineOptions, run_pipeline
-from driftlm.promotion import STUDENT_MODEL, TEACHER_MODEL, GateOptions, Promotion
+from driftlm.loop.drifting_stream import write_stream
+from driftlm.loop.pipeline import PipelineOptions, run_pipeline
+from driftlm.loop.promotion import STUDENT_MODEL, TEACHER_MODEL, GateOptions, Promotion
 from driftlm.services.compare.client import CompareClient
 from driftlm.services.compare.server import create_server as create_compare_server
+from driftlm.services.core.strategy import Strategy
 from driftlm.services.inference.client import InferenceClient
 from driftlm.services.inference.server import create_server as create_inference_server
 from driftlm.services.runtime.config import ServeConfig
-from driftlm.services.runtime.strategy import Strategy
 from driftlm.services.trainer.client import TrainerClient
 from driftlm.v1 import trainer_pb2
 

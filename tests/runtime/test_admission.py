@@ -14,6 +14,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from driftlm.services.core.errors import ErrorCode
 from driftlm.services.runtime.config import ServeConfig
 from driftlm.services.runtime.interceptor import as_domain_error
 from driftlm.services.vocab.server import create_server
@@ -144,11 +145,11 @@ class PanicException(BaseException):  # pyo3_runtime's, which tokenizers raises 
 
 def test_panics_and_memory_errors_become_statuses() -> None:
     memory = as_domain_error(MemoryError())
-    assert memory is not None and memory.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert memory is not None and memory.code == ErrorCode.RESOURCE_EXHAUSTED
     disk = as_domain_error(OSError(28, "No space left on device"))
-    assert disk is not None and disk.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert disk is not None and disk.code == ErrorCode.RESOURCE_EXHAUSTED
     too_long = as_domain_error(OSError(36, "File name too long"))
-    assert too_long is not None and too_long.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert too_long is not None and too_long.code == ErrorCode.INVALID_ARGUMENT
     assert as_domain_error(PanicException("boom")) is None  # a bug: INTERNAL, logged, but answered
 
 

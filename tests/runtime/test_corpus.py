@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from driftlm.services.runtime.corpus import CorpusError, CorpusFormat, format_of, read_texts
+from driftlm.services.core.corpus import CorpusError, CorpusFormat, format_of, read_texts
 
 TEXTS = ["plain ascii", "Ünïcödé — 中文 — 🦜 — עברית", "", "x" * 1_000_000, "line\nbreak inside"]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from driftlm.services.runtime.errors import InvalidArgumentError, NotFoundError, PermissionDeniedError
-from driftlm.services.runtime.paths import FileRoots, local_path
+from driftlm.services.core.errors import InvalidArgumentError, NotFoundError, PermissionDeniedError
+from driftlm.services.core.paths import FileRoots, local_path
 
 
 @pytest.mark.parametrize(

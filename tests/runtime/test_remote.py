@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import zstandard
 
+from driftlm.services.core.artifacts import normalized, under_prefixes
+from driftlm.services.core.errors import InvalidArgumentError, PermissionDeniedError
+from driftlm.services.core.paths import FileRoots
 from driftlm.services.runtime.config import ServeConfig
-from driftlm.services.runtime.errors import InvalidArgumentError, PermissionDeniedError
-from driftlm.services.runtime.paths import FileRoots
-from driftlm.services.runtime.remote import normalized, under_prefixes
 from driftlm.services.trainer.server import create_server as create_trainer_server
 from driftlm.services.vocab.server import create_server
 from driftlm.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc, vocab_pb2, vocab_pb2_grpc

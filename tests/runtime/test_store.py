@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from driftlm.services.runtime import store
+from driftlm.services.core import store
 
 
 def test_write_replaces_whole_and_leaves_no_temporaries(tmp_path: Path) -> None:
@@ -25,7 +25,7 @@ def test_kill_9_during_a_write_keeps_the_old_content(tmp_path: Path) -> None:
     target = tmp_path / "big.bin"
     target.write_bytes(b"old")
     # A child writes 2 GB through the atomic writer; it is killed while the temporary grows.
-    code = f"from pathlib import Path; from driftlm.services.runtime import store; store.write_bytes_atomically(Path({str(target)!r}), b'x' * (2 << 30))"
+    code = f"from pathlib import Path; from driftlm.services.core import store; store.write_bytes_atomically(Path({str(target)!r}), b'x' * (2 << 30))"
     child = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.monotonic() + 60
     while not list(tmp_path.glob(f"{store.TEMPORARY_PREFIX}*")) and time.monotonic() < deadline:

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from driftlm.services.runtime.errors import InvalidArgumentError, ResourceExhaustedError
+from driftlm.services.core.errors import InvalidArgumentError, ResourceExhaustedError
+from driftlm.services.runtime.errors import to_status
 from driftlm.services.runtime.tensors import array_to_tensor, chunk_requests, collect_stream, tensor_to_array
 from driftlm.v1 import common_pb2, sampling_pb2
 
@@ -96,8 +97,8 @@ def test_empty_stream_and_size_limit() -> None:
 
 
 def test_long_error_messages_are_cut_to_fit_in_trailers() -> None:
-    from driftlm.services.runtime.errors import MAX_MESSAGE_CHARS
+    from driftlm.services.core.errors import MAX_MESSAGE_CHARS
 
     error = InvalidArgumentError("field", "x" * 20_000)
     assert len(error.message) <= MAX_MESSAGE_CHARS and error.message.endswith(" ... (cut off)")
-    assert len(error.to_status().SerializeToString()) < 16_384
+    assert len(to_status(error).SerializeToString()) < 16_384

@@ -15,9 +15,10 @@ from grpc_status import rpc_status
 from scipy import stats
 
 from driftlm import kernels
+from driftlm.services.core.candidates import CandidatePool
+from driftlm.services.core.strategy import Strategy
+from driftlm.services.core.strategy import names as strategy_names
 from driftlm.services.runtime.config import ServeConfig
-from driftlm.services.runtime.strategy import Strategy
-from driftlm.services.runtime.strategy import names as strategy_names
 from driftlm.services.runtime.tensors import array_to_tensor
 from driftlm.services.sampling.client import SamplingClient
 from driftlm.services.sampling.server import create_server
@@ -78,11 +79,8 @@ def test_token_embedding_shift_picks_only_sentences_with_the_most_shifted_tokens
     pool = _planted_pool(np.random.default_rng(2))
     chosen = sampling_client.select_sentences(
         Strategy.TOKEN_EMBEDDING_SHIFT,
+        CandidatePool(lengths=pool["lengths"], token_ids=pool["token_ids"], token_shift=pool["shift"], top_x=5),
         k=200,
-        candidate_lengths=pool["lengths"],
-        candidate_token_ids=pool["token_ids"],
-        token_shift=pool["shift"],
-        top_x=5,
         alpha=0.8,
         seed=1,
     )
@@ -96,10 +94,8 @@ def test_token_embedding_shift_with_explicit_targets_and_fewer_eligible_than_k(s
     pool = _planted_pool(np.random.default_rng(3))
     chosen = sampling_client.select_sentences(
         Strategy.TOKEN_EMBEDDING_SHIFT,
+        CandidatePool(lengths=pool["lengths"], token_ids=pool["token_ids"], target_token_ids=np.array([0, 1, 2, 3, 4])),
         k=1000,
-        candidate_lengths=pool["lengths"],
-        candidate_token_ids=pool["token_ids"],
-        target_token_ids=np.array([0, 1, 2, 3, 4]),
         seed=1,
     )
     assert chosen.eligible_count == 300 and sorted(chosen.indices.tolist()) == pool["carriers"].tolist()
@@ -113,10 +109,8 @@ def test_sentence_embedding_shift_prefers_moved_sentences(sampling_client: Sampl
     new[moved] = rng.standard_normal((moved.size, 32), dtype=np.float32)
     chosen = sampling_client.select_sentences(
         Strategy.SENTENCE_EMBEDDING_SHIFT,
+        CandidatePool(lengths=np.full(2000, 10), old_cls=old, new_cls=new),
         k=100,
-        candidate_lengths=np.full(2000, 10),
-        old_cls=old,
-        new_cls=new,
         alpha=1.0,
         seed=3,
     )
@@ -127,14 +121,14 @@ def test_mlm_loss_prefers_high_loss_sentences(sampling_client: SamplingClient) -
     losses = np.full(5000, 0.01, dtype=np.float32)
     losses[:50] = 8.0
     chosen = sampling_client.select_sentences(
-        Strategy.TOKEN_MLM_LOSS, k=50, candidate_lengths=np.ones(5000, np.int64), losses=losses, alpha=1.0, seed=0
+        Strategy.TOKEN_MLM_LOSS, CandidatePool(lengths=np.ones(5000, np.int64), losses=losses), k=50, alpha=1.0, seed=0
     )
     assert np.mean(chosen.indices < 50) > 0.5  # 50 of 5000 hold 89% of the weight
 
 
 def test_uniform_selects_k_distinct_candidates(sampling_client: SamplingClient) -> None:
     chosen = sampling_client.select_sentences(
-        Strategy.UNIFORM, k=500, candidate_lengths=np.zeros(1000, np.int32), seed=7
+        Strategy.UNIFORM, CandidatePool(lengths=np.zeros(1000, np.int32)), k=500, seed=7
     )
     assert np.unique(chosen.indices).size == 500 and chosen.eligible_count == 1000
 
@@ -491,10 +485,8 @@ def test_shift_and_length_weigh_as_alpha_says_however_small_the_shifts(sampling_
     def weights(alpha: float) -> np.ndarray:
         return sampling_client.select_sentences(
             Strategy.SENTENCE_EMBEDDING_SHIFT,
+            CandidatePool(lengths=lengths, old_cls=old, new_cls=new),
             k=10,
-            candidate_lengths=lengths,
-            old_cls=old,
-            new_cls=new,
             alpha=alpha,
             seed=1,
         ).weights
@@ -514,11 +506,17 @@ def test_no_shift_means_no_preference(sampling_client: SamplingClient) -> None:
     cls = rng.normal(size=(200, 16))
     lengths = rng.integers(1, 50, 200)
     shift_only = sampling_client.select_sentences(
-        Strategy.SENTENCE_EMBEDDING_SHIFT, k=10, candidate_lengths=lengths, old_cls=cls, new_cls=cls.copy(), alpha=1.0
+        Strategy.SENTENCE_EMBEDDING_SHIFT,
+        CandidatePool(lengths=lengths, old_cls=cls, new_cls=cls.copy()),
+        k=10,
+        alpha=1.0,
     )
     assert shift_only.eligible_count == 0 and shift_only.indices.size == 0 and not shift_only.weights.any()
     half = sampling_client.select_sentences(
-        Strategy.SENTENCE_EMBEDDING_SHIFT, k=10, candidate_lengths=lengths, old_cls=cls, new_cls=cls.copy(), alpha=0.5
+        Strategy.SENTENCE_EMBEDDING_SHIFT,
+        CandidatePool(lengths=lengths, old_cls=cls, new_cls=cls.copy()),
+        k=10,
+        alpha=0.5,
     )
     np.testing.assert_allclose(
         half.weights, (0.5 * kernels.fractional_ranks(lengths, inclusive=True)) ** kernels.SHARPNESS, rtol=1e-9
@@ -538,7 +536,7 @@ def test_a_score_that_carries_no_signal_draws_the_marked_sentences_at_the_pools_
 
     def marked_share(losses: np.ndarray, seed: int) -> float:
         chosen = sampling_client.select_sentences(
-            Strategy.TOKEN_MLM_LOSS, k=k, candidate_lengths=lengths, losses=losses, alpha=0.75, seed=seed
+            Strategy.TOKEN_MLM_LOSS, CandidatePool(lengths=lengths, losses=losses), k=k, alpha=0.75, seed=seed
         )
         return float(marked[chosen.indices].mean())
 

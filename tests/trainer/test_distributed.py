@@ -10,7 +10,7 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from driftlm.services.runtime.strategy import Strategy
+from driftlm.services.core.strategy import Strategy
 from driftlm.services.trainer.spec import RunKind, RunSpec
 from driftlm.services.trainer.training import load_selections
 from driftlm.v1 import trainer_pb2

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from driftlm.services.runtime.pseudo_likelihood import masked_copy
+from driftlm.services.core.pseudo_likelihood import masked_copy
 
 M = 4  # [MASK]
 # [CLS] the of g ##l ##i ##m ##x to [SEP]: "the of glimx to", glimx split into five pieces

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from driftlm.services.runtime.errors import NotFoundError
-from driftlm.services.runtime.strategy import Strategy
+from driftlm.services.core.errors import NotFoundError
+from driftlm.services.core.strategy import Strategy
 from driftlm.services.trainer.checkpoints import CheckpointRecord, CheckpointStore
 from driftlm.services.trainer.runs import CANCELLED, QUEUED, RUNNING, SUCCEEDED, RunManager
 from driftlm.services.trainer.spec import RunKind, RunSpec

@@ -14,7 +14,7 @@ import numpy as np
 from benchmarks.changelogs import load
 from benchmarks.stack import Stack as BenchmarkStack
 from benchmarks.strategies import iteration_figures, overlaps, selections, updated_vocabulary
-from driftlm.services.runtime.strategy import Strategy
+from driftlm.services.core.strategy import Strategy
 from driftlm.v1 import common_pb2, trainer_pb2, vocab_pb2
 
 from .conftest import TINY_BERT, Stack, run_request

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from driftlm.local_services import start_service
-from driftlm.services.runtime.store import TEMPORARY_PREFIX
+from driftlm.services.core.store import TEMPORARY_PREFIX
 from driftlm.v1 import vocab_pb2, vocab_pb2_grpc
 
 from .planted import EMERGING, observe, planted_base_directory, planted_slice, register
@@ -24,7 +24,7 @@ from .planted import EMERGING, observe, planted_base_directory, planted_slice, r
 # makes it visible) waits for the test to kill the process: before the rename, or just after it.
 _PAUSED_SERVE = """
 import os, sys, time
-from driftlm.services.runtime import store
+from driftlm.services.core import store
 def paused_rename(source, target, _rename=os.rename):
     publishing = os.path.basename(str(source)).startswith(store.TEMPORARY_PREFIX) and "versions" in str(target)
     if publishing and os.environ["PAUSE"] == "before":

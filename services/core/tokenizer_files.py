@@ -5,25 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from driftlm.services.runtime import store
-
-from .wordpiece import WordPieceVocabulary
-
-# BERT's special-token roles, as transformers names them.
-_ROLES = {
-    "unk_token": "[UNK]",
-    "sep_token": "[SEP]",
-    "pad_token": "[PAD]",
-    "cls_token": "[CLS]",
-    "mask_token": "[MASK]",
-}
+from . import store
+from .vocabulary import WordPieceVocabulary
 
 
 def write_tokenizer_files(vocabulary: WordPieceVocabulary, directory: Path, *, model_max_length: int = 512) -> None:
     """Write tokenizer.json, tokenizer_config.json, special_tokens_map.json and vocab.txt into
     `directory` (which exists): what `AutoTokenizer.from_pretrained` needs offline."""
     normalizer = vocabulary.document.get("normalizer") or {}
-    specials = {role: token for role, token in _ROLES.items() if token in vocabulary.piece_ids}
+    # transformers names each role `<role>_token`.
+    specials = {f"{role}_token": piece for role, piece in vocabulary.role_pieces.items()}
     config = {
         "tokenizer_class": "BertTokenizer",
         "do_lower_case": bool(normalizer.get("lowercase", False)),

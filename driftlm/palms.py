@@ -27,15 +27,15 @@ from typing import Any
 from google.protobuf import json_format
 from rich.console import Console
 
-from driftlm.drifting_stream import generate_stream
 from driftlm.local_services import LocalService, start_service
-from driftlm.pipeline import default_base_model
+from driftlm.loop.drifting_stream import generate_stream
+from driftlm.loop.pipeline import default_base_model
 from driftlm.provenance import provenance
 from driftlm.services.compare.client import CompareClient
+from driftlm.services.core import store as atomic
+from driftlm.services.core.curated import CATEGORIES, read_curated, read_prompts
+from driftlm.services.core.strategy import Strategy
 from driftlm.services.inference.client import InferenceClient
-from driftlm.services.runtime import store as atomic
-from driftlm.services.runtime.curated import CATEGORIES, read_curated, read_prompts
-from driftlm.services.runtime.strategy import Strategy
 from driftlm.services.trainer.client import TrainerClient
 from driftlm.services.vocab.client import VocabClient
 from driftlm.v1 import common_pb2, trainer_pb2

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlparse
 
+from .artifacts import DEFAULT_MAX_REMOTE_BYTES, RemoteArtifacts, check_sha256, is_remote
 from .errors import InvalidArgumentError, NotFoundError, PermissionDeniedError
-from .remote import DEFAULT_MAX_REMOTE_BYTES, RemoteArtifacts, check_sha256, is_remote
 
 # POSIX limits: a longer name fails with ENAMETOOLONG deep inside whatever opens it.
 MAX_PATH_BYTES = 4096

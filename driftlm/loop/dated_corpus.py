@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dateutil import parser as dateutil_parser
 
-from driftlm.services.runtime.corpus import CorpusError, CorpusFormat, format_of, read_records, text_of
+from driftlm.services.core.corpus import CorpusError, CorpusFormat, format_of, read_records, text_of
 
 SLICINGS = ("year", "quarter", "month", "day")
 _SUPPORTED = (CorpusFormat.JSONL, CorpusFormat.CSV, CorpusFormat.PARQUET)

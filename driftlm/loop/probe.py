@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .intervals import LEVEL, RESAMPLES
+from driftlm.loop.intervals import LEVEL, RESAMPLES
 
 _STEPS = 300
 _LEARNING_RATE = 0.5

@@ -1,4 +1,4 @@
-"""WordPiece vocabularies as `tokenizers` JSON: load, train, inspect and edit them in place.
+"""WordPiece vocabularies as `tokenizers` JSON: read, inspect and edit them in place.
 
 A version's vocabulary is the `model.vocab` table of its tokenizer.json. An update edits that
 table (a removed piece's id is given to an added piece), rather than using `add_tokens`: added
@@ -9,18 +9,13 @@ tokens and never takes part in WordPiece's longest-match splitting.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tokenizers import BertWordPieceTokenizer, Tokenizer
-
-# The special tokens of a BERT-style vocabulary trained here, in id order.
-BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-DEFAULT_VOCAB_SIZE = 30_522
+from tokenizers import Tokenizer
 
 
 class VocabularyError(ValueError):
@@ -70,64 +65,6 @@ def _check_pieces(model: dict[str, Any], added_tokens: list[dict[str, Any]]) -> 
         )
 
 
-def load_tokenizer_directory(directory: Path) -> str:
-    """Canonical tokenizer JSON from a Hugging Face directory: tokenizer.json, else vocab.txt.
-
-    With only vocab.txt, the tokenizer is BERT's (BertNormalizer, BertPreTokenizer, [CLS] $A [SEP]),
-    lowercasing unless tokenizer_config.json says `do_lower_case: false`.
-
-    Raises:
-        VocabularyError: neither file is there, a file is malformed (not JSON, not UTF-8, empty), or
-            the tokenizer is not a WordPiece vocabulary a masked LM can use. The message names the
-            file, never its content.
-    """
-    tokenizer_file = directory / "tokenizer.json"
-    if tokenizer_file.is_file():
-        try:
-            return canonical_tokenizer_json(Tokenizer.from_file(str(tokenizer_file)))
-        except VocabularyError:
-            raise
-        except Exception as error:  # the Rust parser raises plain Exception for any bad JSON
-            raise VocabularyError(f"{tokenizer_file.name} is not a tokenizers JSON file") from error
-    vocab_file = directory / "vocab.txt"
-    if not vocab_file.is_file():
-        raise VocabularyError(f"{directory} has neither tokenizer.json nor vocab.txt")
-    try:
-        lines = vocab_file.read_bytes().decode("utf-8").splitlines()
-    except UnicodeDecodeError as error:
-        raise VocabularyError(f"vocab.txt is not UTF-8 (byte {error.start})") from None
-    if not any(line.strip() for line in lines):
-        raise VocabularyError("vocab.txt is empty")
-    lowercase = _lowercase(directory / "tokenizer_config.json")
-    try:
-        bert = BertWordPieceTokenizer(str(vocab_file), lowercase=lowercase)
-    except Exception as error:  # tokenizers' own parse errors
-        raise VocabularyError("vocab.txt cannot be read as a WordPiece vocabulary") from error
-    return canonical_tokenizer_json(bert._tokenizer)
-
-
-def _lowercase(config_file: Path) -> bool:
-    """tokenizer_config.json's do_lower_case (true when absent)."""
-    if not config_file.is_file():
-        return True
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise VocabularyError("tokenizer_config.json is not JSON") from None
-    if not isinstance(config, dict):
-        raise VocabularyError("tokenizer_config.json must hold a JSON object")
-    return bool(config.get("do_lower_case", True))
-
-
-def train_tokenizer(texts: Iterable[str], *, vocab_size: int, cased: bool) -> str:
-    """Train a BERT-style WordPiece tokenizer on `texts`; canonical tokenizer JSON."""
-    bert = BertWordPieceTokenizer(lowercase=not cased)
-    bert.train_from_iterator(
-        iter(texts), vocab_size=vocab_size, min_frequency=2, special_tokens=list(BERT_SPECIALS), show_progress=False
-    )
-    return canonical_tokenizer_json(bert._tokenizer)
-
-
 # The pieces that play each special role, in BERT's and RoBERTa's spelling.
 _ROLE_PIECES = {
     "mask": ("[MASK]", "<mask>"),
@@ -147,6 +84,12 @@ class SpecialTokens:
     pad_id: int
     cls_id: int
     sep_id: int
+
+    def reserved_mask(self, vocab_size: int) -> np.ndarray:
+        """(V,) bool: the reserved pieces, never masked, drawn as replacements or scored."""
+        mask = np.zeros(vocab_size, dtype=bool)
+        mask[[i for i in self.reserved_ids if 0 <= i < vocab_size]] = True
+        return mask
 
 
 @dataclass(frozen=True)
@@ -197,6 +140,17 @@ class WordPieceVocabulary:
     def reserved_ids(self) -> frozenset[int]:
         """Ids of the added tokens (specials among them): never removed or reassigned."""
         return frozenset(int(token["id"]) for token in self.document.get("added_tokens", []))
+
+    @cached_property
+    def role_pieces(self) -> dict[str, str]:
+        """role (unk, mask, pad, cls, sep) -> the piece that plays it, for the roles this vocabulary has."""
+        reserved = {str(token["content"]) for token in self.document.get("added_tokens", [])}
+        roles = {"unk": self.unknown_token}
+        for role, spellings in _ROLE_PIECES.items():
+            piece = next((p for p in spellings if p in reserved), None)
+            if piece is not None:
+                roles[role] = piece
+        return roles
 
     @cached_property
     def special_tokens(self) -> SpecialTokens:

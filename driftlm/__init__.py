@@ -4,4 +4,6 @@ The package root holds the command line (`driftlm`, `python -m driftlm`); the se
 `driftlm.services`, the array kernels in `driftlm.kernels`, the generated contracts in `driftlm.v1`.
 """
 
-__version__ = "0.1.0"
+from driftlm.services.core.version import VERSION
+
+__version__ = VERSION

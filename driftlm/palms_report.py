@@ -19,7 +19,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from driftlm.services.runtime import store
+from driftlm.services.core import store
 
 
 def _toxicity_plot(report: dict[str, Any]) -> Figure:

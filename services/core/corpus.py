@@ -23,6 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from driftlm.v1 import common_pb2
+
+from .errors import InvalidArgumentError, NotFoundError
+from .paths import FileRoots
+
 
 class CorpusFormat(enum.Enum):
     """A corpus file's layout."""
@@ -243,10 +248,62 @@ class Corpus:
     text_field: str = "text"
     # Hex SHA-256 the file's bytes must have (ArtifactRef.sha256); empty: not checked.
     sha256: str = ""
+    # None: from the file's extension.
+    corpus_format: CorpusFormat | None = None
 
 
-def corpus_from_message(source: Any) -> Corpus:
-    """A request's driftlm.v1.CorpusSource as a Corpus."""
-    if source.WhichOneof("source") == "uri":
-        return Corpus(uri=source.uri.uri, text_field=source.text_field or "text", sha256=source.uri.sha256)
-    return Corpus(texts=tuple(source.texts.texts))
+_FORMATS = {
+    common_pb2.CORPUS_FORMAT_JSONL: CorpusFormat.JSONL,
+    common_pb2.CORPUS_FORMAT_CSV: CorpusFormat.CSV,
+    common_pb2.CORPUS_FORMAT_PARQUET: CorpusFormat.PARQUET,
+    common_pb2.CORPUS_FORMAT_TEXT: CorpusFormat.TEXT,
+}
+
+
+def corpus_from_message(source: common_pb2.CorpusSource, field: str = "corpus") -> Corpus:
+    """A request's driftlm.v1.CorpusSource as a Corpus (`field` names it in errors).
+
+    Raises:
+        InvalidArgumentError: a format this version does not know.
+    """
+    if source.WhichOneof("source") != "uri":
+        return Corpus(texts=tuple(source.texts.texts))
+    if source.format not in _FORMATS and source.format != common_pb2.CORPUS_FORMAT_UNSPECIFIED:
+        raise InvalidArgumentError(f"{field}.format", f"is not a CorpusFormat this service knows: {source.format}")
+    return Corpus(
+        uri=source.uri.uri,
+        text_field=source.text_field or "text",
+        sha256=source.uri.sha256,
+        corpus_format=_FORMATS.get(source.format),
+    )
+
+
+def texts_of_files(
+    paths: Sequence[Path], field: str, *, text_field: str = "text", corpus_format: CorpusFormat | None = None
+) -> Iterator[str]:
+    """The texts of corpus files in order, lazily, with a request's errors.
+
+    Raises:
+        InvalidArgumentError: a file that cannot be read as a corpus (named, with the line).
+        NotFoundError: a file that is not there.
+    """
+    try:
+        for path in paths:
+            yield from read_texts(path, text_field=text_field, corpus_format=corpus_format)
+    except CorpusError as error:
+        raise InvalidArgumentError(field, str(error)) from error
+    except FileNotFoundError as error:
+        raise NotFoundError(f"{field}: no file at {error}") from error
+
+
+def open_corpus(corpus: Corpus, roots: FileRoots, field: str) -> Iterator[str]:
+    """The texts of a request's corpus, lazily: inline, or read from a file the caller may read.
+
+    Raises:
+        InvalidArgumentError, NotFoundError: as texts_of_files; PermissionDeniedError: a file
+            outside the roots.
+    """
+    if not corpus.uri:
+        return iter(corpus.texts)
+    path = roots.readable(corpus.uri, f"{field}.uri.uri", sha256=corpus.sha256)
+    return texts_of_files([path], field, text_field=corpus.text_field, corpus_format=corpus.corpus_format)

@@ -20,8 +20,8 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 from driftlm.services.compare.client import CompareClient
+from driftlm.services.core.strategy import Strategy
 from driftlm.services.inference.client import InferenceClient
-from driftlm.services.runtime.strategy import Strategy
 from driftlm.services.trainer.client import TrainerClient
 from driftlm.v1 import compare_pb2, trainer_pb2
 

@@ -37,7 +37,7 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
-from driftlm.services.runtime import store
+from driftlm.services.core import store
 
 
 def _evaluated(report: dict[str, Any]) -> list[dict[str, Any]]:

@@ -33,19 +33,19 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from driftlm.dated_corpus import DatedText, Slice, by_period, cut_slices, read_dated
-from driftlm.drifting_stream import write_stream
-from driftlm.intervals import paired_difference_interval, ratio_interval
 from driftlm.local_services import LocalService, start_service
-from driftlm.probe import probe_score
-from driftlm.promotion import GateOptions, Promotion, cut_model_directory, local_directory
+from driftlm.loop.dated_corpus import DatedText, Slice, by_period, cut_slices, read_dated
+from driftlm.loop.drifting_stream import write_stream
+from driftlm.loop.intervals import paired_difference_interval, ratio_interval
+from driftlm.loop.probe import probe_score
+from driftlm.loop.promotion import GateOptions, Promotion, cut_model_directory, local_directory
 from driftlm.provenance import provenance
 from driftlm.services.compare.client import CompareClient
+from driftlm.services.core import store as atomic
+from driftlm.services.core.strategy import Strategy
 from driftlm.services.inference.client import InferenceClient
-from driftlm.services.runtime import store as atomic
 from driftlm.services.runtime import tracing
 from driftlm.services.runtime.security import PLAINTEXT, ChannelSecurity
-from driftlm.services.runtime.strategy import Strategy
 from driftlm.services.trainer.client import TrainerClient
 from driftlm.services.vocab.client import VocabClient
 from driftlm.v1 import common_pb2, trainer_pb2, vocab_pb2
@@ -636,7 +636,7 @@ def run_pipeline(options: PipelineOptions, console: Console) -> dict[str, Any]:
         )
         covered = [s.label for s in slices[1:] if s.label in task]
         console.print(f"task set {options.task_data}: labelled texts for {len(covered)} of {len(slices) - 1} slices")
-    from driftlm.report import write_report
+    from driftlm.loop.report import write_report
 
     started = time.perf_counter()
     with (

@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from driftlm import __version__, health
+from driftlm.services.core.strategy import Strategy
+from driftlm.services.core.strategy import names as strategy_names
 from driftlm.services.runtime import tracing
 from driftlm.services.runtime.bootstrap import stop_gracefully, stop_requested_on_signals
 from driftlm.services.runtime.config import MIB, SERVICE_DEFAULTS, ServeConfig, default_store
 from driftlm.services.runtime.logs import configure_logging
 from driftlm.services.runtime.metrics import start_metrics_server
-from driftlm.services.runtime.strategy import Strategy
-from driftlm.services.runtime.strategy import names as strategy_names
 
 _LOG = logging.getLogger("driftlm.serve")
 
@@ -519,9 +519,9 @@ def _add_run(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from driftlm.dated_corpus import DatasetError
-    from driftlm.pipeline import PipelineOptions, run_pipeline
-    from driftlm.report import print_summary
+    from driftlm.loop.dated_corpus import DatasetError
+    from driftlm.loop.pipeline import PipelineOptions, run_pipeline
+    from driftlm.loop.report import print_summary
     from driftlm.services.runtime.security import ChannelSecurity
 
     console = Console()
@@ -615,7 +615,7 @@ def _palms(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from driftlm.palms import PalmsOptions, run_palms, shipped
-    from driftlm.services.runtime.curated import CuratedDataError
+    from driftlm.services.core.curated import CuratedDataError
 
     options = PalmsOptions(
         out=args.out,
@@ -661,7 +661,7 @@ def _add_train(subcommands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def _train(args: argparse.Namespace) -> int:
-    from driftlm.services.runtime.errors import DriftlmError
+    from driftlm.services.core.errors import DriftlmError
     from driftlm.services.trainer.standalone import train_from_spec
 
     configure_logging("warning")

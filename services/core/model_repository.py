@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from driftlm.services.runtime import store
+from driftlm.services.core import store
 
 # Model names: Triton takes any directory name; ours are plain so that they are safe as one.
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
