@@ -39,8 +39,8 @@ from driftlm.services.trainer.checkpoints import CheckpointStore
 from driftlm.services.trainer.data import tokenize_texts
 from driftlm.services.trainer.loss_memory import LossMemory
 from driftlm.services.trainer.remote import RemoteVocab
+from driftlm.services.trainer.run_context import Vocabulary, vocabulary_of
 from driftlm.services.trainer.scoring import Occurrences, token_losses
-from driftlm.services.trainer.training import Vocabulary, vocabulary_of
 from driftlm.services.trainer.trigger import Signal, TriggerOptions, score_slice
 from driftlm.services.trainer.words import TextWords, WordSplitter
 from driftlm.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc, vocab_pb2

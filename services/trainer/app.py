@@ -7,7 +7,6 @@ server: a test, a notebook or another process manager can build one from a store
 
 from __future__ import annotations
 
-import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -19,27 +18,26 @@ import torch
 from transformers import PreTrainedModel
 
 from driftlm.services.core import store
-from driftlm.services.core.artifacts import file_sha256, is_remote
 from driftlm.services.core.corpus import (
     Corpus,
     open_corpus,
 )
 from driftlm.services.core.errors import (
-    AlreadyExistsError,
     FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
     ResourceExhaustedError,
 )
-from driftlm.services.core.model_repository import MAX_VERSION, ModelShapeMismatchError, is_model_name
 from driftlm.services.core.paths import FileRoots
 from driftlm.services.core.pseudo_likelihood import CorpusScore, summarise
+from driftlm.services.trainer.run_context import Progress, RunContext, Vocabulary, vocab_hops, vocabulary_of
+from driftlm.services.trainer.selection import IterationSelection
 
-from . import remote_export
 from .checkpoints import CheckpointRecord, CheckpointStore, new_checkpoint_id, now
 from .data import tokenize_texts
 from .distributed import Ranks
-from .export import ExportResult, export_onnx
+from .export import ExportResult
+from .exporting import Exporter
 from .loss_memory import LossMemory
 from .memory_budget import available_bytes, check_fits
 from .models import (
@@ -56,7 +54,7 @@ from .pseudo_likelihood import pseudo_log_likelihoods
 from .runs import RunManager, RunRecord
 from .scoring import token_losses
 from .spec import RunSpec
-from .training import IterationSelection, Progress, RunContext, Vocabulary, execute_run, vocab_hops, vocabulary_of
+from .training import execute_run
 from .trigger import SliceScore, TriggerOptions, sample_texts, score_slice
 from .words import WordSplitter
 
@@ -96,10 +94,6 @@ class ScoredSlice:
     pieces: dict[int, str]
 
 
-# The model an export goes to when the request names none.
-DEFAULT_MODEL_NAME = "driftlm"
-
-
 class TrainerApp:
     """Checkpoints, runs, scoring and export over one store."""
 
@@ -125,6 +119,7 @@ class TrainerApp:
         self._scoring_lock = threading.Lock()
         self._scoring_model: tuple[str, PreTrainedModel] | None = None
         self._runs = RunManager(store_root, self._run_context) if serve_runs else None
+        self._exporter = Exporter(self.checkpoints, self.roots, store_root / "trainer" / "models")
 
     def close(self, timeout_s: float | None = None) -> None:
         """Stop the run worker (a running run saves at a step boundary and resumes on restart)."""
@@ -370,64 +365,8 @@ class TrainerApp:
                 device=self.device,
             )
 
-    # Export ----------------------------------------------------------------------------------
-
     def export_onnx(
         self, checkpoint_id: str, repository: str = "", model_name: str = "", version: int = 0
     ) -> ExportResult:
-        """ONNX (fp32 and int8) with the tokenizer, as a new version in a model repository (Triton's
-        layout); an empty repository means the store's, an empty name `driftlm`, version 0 the next."""
-        name = model_name or DEFAULT_MODEL_NAME
-        if not is_model_name(name):
-            raise InvalidArgumentError(
-                "model_name", "must be letters, digits, '_', '.' or '-' (at most 64), not a path"
-            )
-        if not 0 <= version <= MAX_VERSION:
-            raise InvalidArgumentError("version", f"must be in [0, {MAX_VERSION}] (0 means the next), got {version}")
-        if is_remote(repository):
-            return self._export_to_object_store(checkpoint_id, repository, name, version)
-        target = (
-            self.roots.writable(repository, "destination.uri") if repository else self._store / "trainer" / "models"
-        )
-        result = self._export(checkpoint_id, target, name, version)
-        return replace(
-            result,
-            model_sha256=file_sha256(result.directory / "model.onnx"),
-            quantized_model_sha256=file_sha256(result.quantized_directory / "model.onnx"),
-        )
-
-    def _export_to_object_store(self, checkpoint_id: str, uri: str, name: str, version: int) -> ExportResult:
-        """Export into a local mirror of the remote repository, then upload the new versions."""
-        filesystem, root, clean = self.roots.remote.writable_filesystem(uri, "destination.uri")
-        staging, _ = self.roots.staged_writable(uri, "destination.uri")
-        names = (name, f"{name}_int8")
-        try:
-            existing = remote_export.mirror(filesystem, root, clean, names, staging)
-            result = self._export(checkpoint_id, staging, name, version)
-            hashes = (
-                file_sha256(result.directory / "model.onnx"),
-                file_sha256(result.quantized_directory / "model.onnx"),
-            )
-            remote_export.upload(filesystem, root, clean, staging, names, result.version, existing)
-        finally:
-            shutil.rmtree(staging.parent, ignore_errors=True)
-        return replace(result, published_repository=clean, model_sha256=hashes[0], quantized_model_sha256=hashes[1])
-
-    def _export(self, checkpoint_id: str, target: Path, name: str, version: int) -> ExportResult:
-        try:
-            return export_onnx(
-                self.checkpoints.model(checkpoint_id),
-                self.checkpoints.tokenizer_json(checkpoint_id),
-                target,
-                name,
-                version,
-            )
-        except FileExistsError as error:
-            raise AlreadyExistsError(
-                f"version {version} of model {name} exists in the repository; versions are never rewritten "
-                "(0 takes the next)"
-            ) from error
-        except ModelShapeMismatchError as error:
-            raise FailedPreconditionError(str(error), reason="MODEL_SHAPE_MISMATCH") from error
-        except MemoryError as error:
-            raise ResourceExhaustedError(f"out of memory while exporting {checkpoint_id}") from error
+        """ONNX (fp32 and int8) with the tokenizer, as a new version in a model repository (exporting.py)."""
+        return self._exporter.export_onnx(checkpoint_id, repository, model_name, version)

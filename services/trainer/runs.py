@@ -28,19 +28,13 @@ from driftlm.services.core import store
 from driftlm.services.core.errors import DriftlmError, NotFoundError
 from driftlm.services.runtime import tracing
 from driftlm.services.runtime.interceptor import as_domain_error
+from driftlm.services.trainer.run_context import Progress, RunCancelledError, RunContext, RunPreemptedError
+from driftlm.services.trainer.selection import IterationSelection, load_selections
 
 from . import metrics
 from .checkpoints import now
 from .spec import RunSpec
-from .training import (
-    IterationSelection,
-    Progress,
-    RunCancelledError,
-    RunContext,
-    RunPreemptedError,
-    execute_run,
-    load_selections,
-)
+from .training import execute_run
 
 _LOG = logging.getLogger("driftlm.trainer")
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"

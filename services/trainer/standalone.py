@@ -15,12 +15,12 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from driftlm.services.runtime.resources import usable_cpus
+from driftlm.services.trainer.run_context import Progress
 
 from .app import TrainerApp
 from .distributed import ranks_from_environment
 from .remote import RemoteVocab, sampler_for
 from .spec import RunSpec
-from .training import Progress
 
 
 def train_from_spec(spec_path: Path, *, store: Path, run_id: str, vocab_endpoint: str, sampling_endpoint: str) -> str:

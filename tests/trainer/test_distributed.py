@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from driftlm.services.core.strategy import Strategy
+from driftlm.services.trainer.selection import load_selections
 from driftlm.services.trainer.spec import RunKind, RunSpec
-from driftlm.services.trainer.training import load_selections
 from driftlm.v1 import trainer_pb2
 
 from .conftest import TINY_BERT, Stack, old_slice

@@ -18,9 +18,9 @@ import pytest
 from driftlm.services.core.errors import NotFoundError
 from driftlm.services.core.strategy import Strategy
 from driftlm.services.trainer.checkpoints import CheckpointRecord, CheckpointStore
+from driftlm.services.trainer.run_context import Progress, RunCancelledError, RunContext, RunPreemptedError
 from driftlm.services.trainer.runs import CANCELLED, QUEUED, RUNNING, SUCCEEDED, RunManager
 from driftlm.services.trainer.spec import RunKind, RunSpec
-from driftlm.services.trainer.training import Progress, RunCancelledError, RunContext, RunPreemptedError
 
 SPEC = RunSpec(
     kind=RunKind.MLM,

@@ -11,7 +11,7 @@ import torch
 from driftlm.services.trainer.loss_memory import Calibration, LossMemory
 from driftlm.services.trainer.models import embedding_matrix, masked_logits, model_from_config, output_bias
 from driftlm.services.trainer.remote import RemoteVocab
-from driftlm.services.trainer.training import vocab_hops
+from driftlm.services.trainer.run_context import vocab_hops
 from driftlm.services.trainer.vocab_move import EmbeddingInit, move_to_vocabulary
 from driftlm.services.trainer.word_memory import WordMemory
 
