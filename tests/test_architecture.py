@@ -209,3 +209,32 @@ def test_no_import_cycle() -> None:
 )
 def test_the_cycle_finder_finds_cycles(edges: dict[str, set[str]], expected: list[list[str]]) -> None:
     assert _cycles(edges) == expected
+
+
+# Size bounds that keep each layer readable: a servicer only maps messages; no class grows into a
+# god object (split by idea instead: selection, resume state, export...).
+MAX_SERVICER_LINES = 250
+MAX_CLASS_LINES = 300
+
+
+def test_servicers_only_map_messages_and_classes_stay_small() -> None:
+    too_long = []
+    for folder in PACKAGES:
+        for path in (ROOT / folder).rglob("*.py"):
+            text = path.read_text(encoding="utf-8")
+            name = path.relative_to(ROOT).as_posix()
+            if path.name.endswith("servicer.py") and len(text.splitlines()) > MAX_SERVICER_LINES:
+                too_long.append(f"{name}: {len(text.splitlines())} lines")
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, ast.ClassDef) and (node.end_lineno or 0) - node.lineno + 1 > MAX_CLASS_LINES:
+                    too_long.append(f"{name}: class {node.name}, {(node.end_lineno or 0) - node.lineno + 1} lines")
+    assert too_long == []
+
+
+def test_every_service_has_a_servicer_over_an_app_layer() -> None:
+    """servicer -> app -> domain: each service's servicer builds on its app.py, which imports no grpc."""
+    for service in SERVICES:
+        app = f"driftlm.services.{service}.app"
+        assert app in KNOWN, f"{service} has no app.py"
+        assert any(i.source == f"driftlm.services.{service}.servicer" and i.target == app for i in IMPORTS), service
+        assert not any(i.source == app and _is_grpc(i.target) for i in IMPORTS), service

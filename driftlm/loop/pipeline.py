@@ -18,6 +18,7 @@ same command continues after the last finished slice; --fresh starts over.
 from __future__ import annotations
 
 import contextlib
+import enum
 import hashlib
 import json
 import shutil
@@ -183,12 +184,63 @@ def trigger_record(trigger: trainer_pb2.ScoreSliceResponse) -> dict[str, Any]:
     }
 
 
+class ArmKind(enum.Enum):
+    """How an arm follows the stream (its name in the report: `static`, `incremental`,
+    `incremental+vocab[:strategy]`, `scratch`)."""
+
+    STATIC = "static"
+    INCREMENTAL = "incremental"
+    ADAPTIVE = "incremental+vocab"
+    SCRATCH = "scratch"
+
+    @classmethod
+    def of(cls, name: str) -> ArmKind:
+        return cls(name.split(":", 1)[0])
+
+
 def arm_names(strategies: tuple[Strategy, ...], scratch: bool) -> list[str]:
     """The arms of a run, in report order."""
-    adaptive = (
-        ["incremental+vocab"] if len(strategies) == 1 else [f"incremental+vocab:{s.short_name}" for s in strategies]
-    )
-    return ["static", "incremental", *adaptive, *(["scratch"] if scratch else [])]
+    adaptive = ADAPTIVE_ARM if len(strategies) == 1 else None
+    adaptive_arms = [adaptive] if adaptive else [f"{ADAPTIVE_ARM}:{s.short_name}" for s in strategies]
+    return [
+        ArmKind.STATIC.value,
+        ArmKind.INCREMENTAL.value,
+        *adaptive_arms,
+        *([ArmKind.SCRATCH.value] if scratch else []),
+    ]
+
+
+def adaptive_arm(strategies: tuple[Strategy, ...]) -> str:
+    """The arm the trigger scores and the serving half distils: the first strategy's adaptive arm."""
+    return ADAPTIVE_ARM if len(strategies) == 1 else f"{ADAPTIVE_ARM}:{strategies[0].short_name}"
+
+
+ADAPTIVE_ARM = ArmKind.ADAPTIVE.value
+
+
+def _arm_run(
+    name: str,
+    arms: dict[str, dict[str, Any]],
+    common: dict[str, Any],
+    scratch: dict[str, Any],
+    vocab_version: str,
+    default_strategy: Strategy,
+) -> dict[str, Any] | None:
+    """The training run that brings arm `name` up to the slice (None for the static arm)."""
+    kind = ArmKind.of(name)
+    if kind is ArmKind.STATIC:
+        return None
+    if kind is ArmKind.SCRATCH:
+        return scratch
+    if kind is ArmKind.INCREMENTAL:
+        return {**common, "base_checkpoint_id": arms[name]["checkpoint"], "strategy": Strategy.UNIFORM.proto}
+    strategy = Strategy.from_name(name.split(":", 1)[1]) if ":" in name else default_strategy
+    return {
+        **common,
+        "base_checkpoint_id": arms[name]["checkpoint"],
+        "vocab_version_id": vocab_version,
+        "strategy": strategy.proto,
+    }
 
 
 def default_base_model() -> Path:
@@ -239,6 +291,48 @@ def _services(options: PipelineOptions, console: Console) -> Iterator[dict[str, 
     finally:
         for service in started:
             service.stop()
+
+
+def _initial_state(
+    base_dir: Path,
+    base: trainer_pb2.Checkpoint,
+    base_version: vocab_pb2.VocabVersion,
+    head_steps: int,
+    arms: dict[str, dict[str, Any]],
+    observation: vocab_pb2.ObserveSliceResponse,
+    first: Slice,
+) -> dict[str, Any]:
+    """The loop's state once the base has trained on the first slice (pipeline-state.json)."""
+    return {
+        "format": "driftlm.pipeline-state/v1",
+        "base": {
+            "model": str(base_dir),
+            "checkpoint": base.checkpoint_id,
+            "vocab_version": base_version.version_id,
+            "new_mlm_head": base.new_mlm_head,
+            "head_steps": head_steps,
+        },
+        "vocab_version": base_version.version_id,
+        "arms": arms,
+        "first_observation": observation.observation_id,
+        "previous_observation": observation.observation_id,
+        "slices": [
+            {
+                "slice": first.label,
+                "texts": len(first.train),
+                "heldout_texts": len(first.heldout),
+                "trigger": None,
+                "vocab": {
+                    "version": base_version.version_id,
+                    "added": [],
+                    "removed": [],
+                    "top_n_overlap": None,
+                    "top_n_overlap_first": None,
+                },
+                "arms": {},
+            }
+        ],
+    }
 
 
 class _Loop:
@@ -392,36 +486,7 @@ class _Loop:
             name: {"checkpoint": run.checkpoint_id, "train_tokens": run.train_tokens, "wall_s": run.wall_s}
             for name in arm_names(options.strategies, options.scratch)
         }
-        return {
-            "format": "driftlm.pipeline-state/v1",
-            "base": {
-                "model": str(base_dir),
-                "checkpoint": base.checkpoint_id,
-                "vocab_version": base_version.version_id,
-                "new_mlm_head": base.new_mlm_head,
-                "head_steps": head_steps,
-            },
-            "vocab_version": base_version.version_id,
-            "arms": arms,
-            "first_observation": observation.observation_id,
-            "previous_observation": observation.observation_id,
-            "slices": [
-                {
-                    "slice": first.label,
-                    "texts": len(first.train),
-                    "heldout_texts": len(first.heldout),
-                    "trigger": None,
-                    "vocab": {
-                        "version": base_version.version_id,
-                        "added": [],
-                        "removed": [],
-                        "top_n_overlap": None,
-                        "top_n_overlap_first": None,
-                    },
-                    "arms": {},
-                }
-            ],
-        }
+        return _initial_state(base_dir, base, base_version, head_steps, arms, observation, first)
 
     def step(self, state: dict[str, Any], slices: list[Slice], index: int, progress: Progress) -> None:
         """One slice: evaluate every arm on it, trigger, update the vocabulary, train."""
@@ -437,7 +502,7 @@ class _Loop:
             }
             for name, arm in arms.items()
         }
-        main_arm = arm_names(options.strategies, options.scratch)[2]
+        main_arm = adaptive_arm(options.strategies)
         trigger = self.trainer.score_slice(
             arms[main_arm]["checkpoint"],
             item.train,
@@ -486,32 +551,18 @@ class _Loop:
                 "replay_slices": replay,
                 "replay_fraction": options.replay_fraction,
             }
+            from_scratch = {
+                "base_checkpoint_id": state["base"]["checkpoint"],
+                "slices": [self.slice_file(s) for s in slices[: index + 1]],
+                "steps": options.first_steps + options.steps * index,
+                "strategy": Strategy.UNIFORM.proto,
+            }
             for name in arms:
-                if name == "static":
+                fields = _arm_run(name, arms, common, from_scratch, version.version_id, options.strategies[0])
+                if fields is None:
                     continue
-                if name == "scratch":
-                    fields: dict[str, Any] = {
-                        "base_checkpoint_id": state["base"]["checkpoint"],
-                        "slices": [self.slice_file(s) for s in slices[: index + 1]],
-                        "steps": options.first_steps + options.steps * index,
-                        "strategy": Strategy.UNIFORM.proto,
-                    }
-                elif name == "incremental":
-                    fields = {
-                        **common,
-                        "base_checkpoint_id": arms[name]["checkpoint"],
-                        "strategy": Strategy.UNIFORM.proto,
-                    }
-                else:
-                    strategy = Strategy.from_name(name.split(":", 1)[1]) if ":" in name else options.strategies[0]
-                    fields = {
-                        **common,
-                        "base_checkpoint_id": arms[name]["checkpoint"],
-                        "vocab_version_id": version.version_id,
-                        "strategy": strategy.proto,
-                    }
                 run = self.train(progress, f"{item.label} {name}", **fields)
-                scratch = name == "scratch"
+                scratch = ArmKind.of(name) is ArmKind.SCRATCH
                 arms[name] = {
                     "checkpoint": run.checkpoint_id,
                     "train_tokens": run.train_tokens + (0 if scratch else arms[name]["train_tokens"]),
@@ -555,7 +606,7 @@ class _Loop:
         if not trained:
             return {"promoted": False, "served": served, "gate": ["the trigger did not fire: nothing new to serve"]}
         options = self.options
-        teacher = state["arms"][arm_names(options.strategies, options.scratch)[2]]["checkpoint"]
+        teacher = state["arms"][adaptive_arm(options.strategies)]["checkpoint"]
         student = state.get("student") or self.first_student(teacher, vocab_version, state["base"]["vocab_version"])
 
         def train(label: str, **fields: Any) -> trainer_pb2.RunStatus:

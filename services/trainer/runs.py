@@ -262,7 +262,7 @@ class RunManager:
             out_of_memory = "out of memory" in str(error) or "can't allocate memory" in str(error)
             if domain is None:
                 _LOG.exception("run failed", extra={"run_id": record.run_id})
-            code = domain.code.value[0] if domain else code_pb2.INTERNAL
+            code = int(domain.code) if domain else code_pb2.INTERNAL
             outcome = {
                 "state": FAILED,
                 "error_code": code_pb2.RESOURCE_EXHAUSTED if out_of_memory else code,
