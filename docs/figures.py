@@ -10,7 +10,9 @@ Every number the README quotes from a run stands between `<!-- figures:NAME -->`
 | benchmarks/results/trigger_power.json | `python -m benchmarks trigger_power`                            |
 | benchmarks/results/strategies.json    | `python -m benchmarks strategies`                               |
 
-The plots in docs/images are drawn from the same files, and docs/images/sources.json records each
+The table of `driftlm serve` settings between `<!-- settings:serve -->` markers is written from
+ServeConfig's fields (services/runtime/settings.py), so flags, environment variables and README
+agree. The plots in docs/images are drawn from the same files, and docs/images/sources.json records each
 plot's source file and that file's SHA-256: a plot whose source has changed since it was drawn is
 reported by `--check` as stale (PNG bytes themselves differ between matplotlib versions, so they
 are not compared). tests/test_readme_figures.py runs the check.
@@ -33,6 +35,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from driftlm.services.runtime.config import ServeConfig
+from driftlm.services.runtime.settings import flag_table
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 IMAGES = ROOT / "docs" / "images"
@@ -41,6 +46,8 @@ LOOP = ROOT / "docs" / "example-report.json"
 PALMS = ROOT / "docs" / "example-palms-report.json"
 POWER = ROOT / "benchmarks" / "results" / "trigger_power.json"
 STRATEGIES = ROOT / "benchmarks" / "results" / "strategies.json"
+# The table of `driftlm serve` settings, written from ServeConfig's fields (runtime/settings.py).
+_SETTINGS = re.compile(r"(<!-- settings:serve -->\n)(.*?)(<!-- /settings:serve -->)", re.S)
 _BLOCK = re.compile(r"(<!-- figures:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /figures:(?P=name) -->)", re.S)
 
 
@@ -343,7 +350,7 @@ def rendered_readme() -> str:
         source, render = BLOCKS[name]
         return match.group(1) + render(_load(source)) + match.group(4)
 
-    return _BLOCK.sub(block, text)
+    return _SETTINGS.sub(lambda m: m.group(1) + flag_table(ServeConfig) + m.group(3), _BLOCK.sub(block, text))
 
 
 def problems() -> list[str]:
@@ -354,6 +361,9 @@ def problems() -> list[str]:
     for old, new in zip(_BLOCK.finditer(current), _BLOCK.finditer(wanted), strict=True):
         if old.group("body") != new.group("body"):
             found.append(f"README.md block {old.group('name')!r} differs from {BLOCKS[old.group('name')][0].name}")
+    settings = (_SETTINGS.search(current), _SETTINGS.search(wanted))
+    if settings[0] is None or settings[1] is None or settings[0].group(2) != settings[1].group(2):
+        found.append("README.md's table of `driftlm serve` settings differs from ServeConfig's flags")
     present = {m.group("name") for m in _BLOCK.finditer(current)}
     found += [f"README.md has no figures block {name!r}" for name in sorted(BLOCKS.keys() - present)]
     recorded = _load(SOURCES) if SOURCES.exists() else {}

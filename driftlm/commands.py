@@ -19,9 +19,10 @@ from driftlm.services.core.strategy import Strategy
 from driftlm.services.core.strategy import names as strategy_names
 from driftlm.services.runtime import tracing
 from driftlm.services.runtime.bootstrap import stop_gracefully, stop_requested_on_signals
-from driftlm.services.runtime.config import MIB, SERVICE_DEFAULTS, ServeConfig, default_store
+from driftlm.services.runtime.config import SERVICE_DEFAULTS, ServeConfig, default_store
 from driftlm.services.runtime.logs import configure_logging
 from driftlm.services.runtime.metrics import start_metrics_server
+from driftlm.services.runtime.settings import add_flags, config_values
 
 _LOG = logging.getLogger("driftlm.serve")
 
@@ -31,155 +32,10 @@ def _env(name: str, default: str | None) -> str | None:
 
 
 def _add_serve(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`driftlm serve NAME`: one flag per ServeConfig setting (runtime/config.py)."""
     serve = subcommands.add_parser("serve", help="run one service until SIGTERM or SIGINT")
     serve.add_argument("service", choices=sorted(SERVICE_DEFAULTS), help="which service")
-    serve.add_argument(
-        "--host", default=_env("HOST", "127.0.0.1"), help="interface to bind (env DRIFTLM_HOST; 0.0.0.0 in containers)"
-    )
-    serve.add_argument(
-        "--port",
-        type=int,
-        default=_env("PORT", None),
-        help="gRPC port, 0 for a free one (env DRIFTLM_PORT; default: the service's own)",
-    )
-    serve.add_argument(
-        "--store", type=Path, default=default_store(), help="data directory (env DRIFTLM_STORE; default ~/.driftlm)"
-    )
-    serve.add_argument(
-        "--metrics-port",
-        type=int,
-        default=_env("METRICS_PORT", None),
-        help="Prometheus port, 0 for a free one (env DRIFTLM_METRICS_PORT; default: the service's own)",
-    )
-    serve.add_argument(
-        "--metrics-host",
-        default=_env("METRICS_HOST", None),
-        help="interface for /metrics, e.g. 127.0.0.1 to keep it off the network (env DRIFTLM_METRICS_HOST; "
-        "default: --host)",
-    )
-    serve.add_argument(
-        "--no-metrics",
-        action="store_true",
-        default=_env("NO_METRICS", "") == "1",
-        help="serve no /metrics endpoint (env DRIFTLM_NO_METRICS=1)",
-    )
-    serve.add_argument(
-        "--max-message-mb",
-        type=int,
-        default=int(_env("MAX_MESSAGE_MB", "64") or 64),
-        help="largest gRPC message each way, MiB (env DRIFTLM_MAX_MESSAGE_MB)",
-    )
-    serve.add_argument(
-        "--max-stream-mb",
-        type=int,
-        default=int(_env("MAX_STREAM_MB", "512") or 512),
-        help="largest total of tensors in one request stream, MiB (env DRIFTLM_MAX_STREAM_MB)",
-    )
-    serve.add_argument(
-        "--grace-s",
-        type=float,
-        default=float(_env("GRACE_S", "30") or 30),
-        help="seconds in-flight calls get after SIGTERM (env DRIFTLM_GRACE_S)",
-    )
-    serve.add_argument(
-        "--workers",
-        type=int,
-        default=int(_env("WORKERS", "8") or 8),
-        help="heavy calls (tokenize, train, score, export) worked on at once (env DRIFTLM_WORKERS)",
-    )
-    serve.add_argument(
-        "--max-in-flight",
-        type=int,
-        default=int(_env("MAX_IN_FLIGHT", "0") or 0),
-        help="calls admitted at once, waiting ones included; 0: 4 x workers (env DRIFTLM_MAX_IN_FLIGHT)",
-    )
-    serve.add_argument(
-        "--queue-timeout-s",
-        type=float,
-        default=float(_env("QUEUE_TIMEOUT_S", "60") or 60),
-        help="longest wait for a heavy-call slot (env DRIFTLM_QUEUE_TIMEOUT_S)",
-    )
-    _add_security(serve)
-    serve.add_argument(
-        "--vocab-endpoint",
-        default=_env("VOCAB_ENDPOINT", ""),
-        help="host:port of the vocab service, for the trainer (env DRIFTLM_VOCAB_ENDPOINT)",
-    )
-    serve.add_argument(
-        "--sampling-endpoint",
-        default=_env("SAMPLING_ENDPOINT", ""),
-        help="host:port of the sampling service, for the trainer; empty: in-process (env DRIFTLM_SAMPLING_ENDPOINT)",
-    )
-    serve.add_argument(
-        "--inference-endpoint",
-        default=_env("INFERENCE_ENDPOINT", ""),
-        help="host:port of the inference service, for compare (env DRIFTLM_INFERENCE_ENDPOINT)",
-    )
-    serve.add_argument(
-        "--toxicity-scorer",
-        default=_env("TOXICITY_SCORER", "profanity-check"),
-        help="compare: the toxicity classifier, profanity-check or module:callable (env DRIFTLM_TOXICITY_SCORER)",
-    )
-    _add_inference(serve)
-    serve.add_argument(
-        "--log-level",
-        default=_env("LOG_LEVEL", "info"),
-        choices=["debug", "info", "warning", "error"],
-        help="(env DRIFTLM_LOG_LEVEL)",
-    )
-
-
-def _add_inference(serve: argparse.ArgumentParser) -> None:
-    """Flags of the inference service (README: Inference)."""
-    serve.add_argument(
-        "--model-repository",
-        type=Path,
-        default=_optional_path("MODEL_REPOSITORY"),
-        help="the Triton-layout model repository to serve (env DRIFTLM_MODEL_REPOSITORY; default: "
-        "<store>/trainer/models, where the trainer's ExportOnnx writes)",
-    )
-    serve.add_argument(
-        "--torch-threads",
-        type=int,
-        default=int(_env("TORCH_THREADS", "0") or 0),
-        help="trainer: PyTorch threads, 0 for the CPUs the process may use; results depend on it, so pin it "
-        "to reproduce a run on another machine (env DRIFTLM_TORCH_THREADS)",
-    )
-    serve.add_argument(
-        "--ort-threads",
-        type=int,
-        default=int(_env("ORT_THREADS", "0") or 0),
-        help="ONNX Runtime threads per run, 0 for one per core (env DRIFTLM_ORT_THREADS)",
-    )
-    serve.add_argument(
-        "--ort-optimization",
-        choices=["disable", "basic", "extended", "all"],
-        default=_env("ORT_OPTIMIZATION", "all"),
-        help="ONNX Runtime graph optimisation level (env DRIFTLM_ORT_OPTIMIZATION)",
-    )
-    serve.add_argument(
-        "--ort-provider",
-        choices=["auto", "cpu", "cuda"],
-        default=_env("ORT_PROVIDER", "auto"),
-        help="execution provider; auto takes CUDA when onnxruntime-gpu sees a GPU (env DRIFTLM_ORT_PROVIDER)",
-    )
-    serve.add_argument(
-        "--no-dynamic-batching",
-        action="store_true",
-        default=_env("NO_DYNAMIC_BATCHING", "") == "1",
-        help="run each inference request alone (env DRIFTLM_NO_DYNAMIC_BATCHING=1)",
-    )
-    serve.add_argument(
-        "--repository-poll-s",
-        type=float,
-        default=float(_env("REPOSITORY_POLL_S", "0") or 0),
-        help="seconds between looks for new model versions, swapped in as they appear; 0: only on "
-        "RepositoryModelLoad / LoadModel (env DRIFTLM_REPOSITORY_POLL_S)",
-    )
-
-
-def _paths(value: str | None) -> list[Path]:
-    return [Path(part) for part in (value or "").split(os.pathsep) if part]
+    add_flags(serve, ServeConfig)
 
 
 def _optional_path(name: str) -> Path | None:
@@ -187,107 +43,19 @@ def _optional_path(name: str) -> Path | None:
     return Path(value) if value else None
 
 
-def _add_security(serve: argparse.ArgumentParser) -> None:
-    """Flags for file roots, TLS, tokens and peer calls (README: Security)."""
-    serve.add_argument(
-        "--read-root",
-        type=Path,
-        action="append",
-        default=_paths(_env("READ_ROOTS", "")),
-        help="a directory calls may read files from, beyond the store; repeatable (env DRIFTLM_READ_ROOTS, "
-        "os.pathsep-separated)",
-    )
-    serve.add_argument(
-        "--write-root",
-        type=Path,
-        action="append",
-        default=_paths(_env("WRITE_ROOTS", "")),
-        help="a directory calls may write exports to, beyond the store; repeatable (env DRIFTLM_WRITE_ROOTS)",
-    )
-    for flag, env, what in (
-        ("--read-uri-prefix", "READ_URI_PREFIXES", "an object-store prefix calls may read from (s3://bucket/corpora/)"),
-        ("--write-uri-prefix", "WRITE_URI_PREFIXES", "an object-store prefix calls may export to"),
-    ):
-        serve.add_argument(
-            flag,
-            action="append",
-            default=(_env(env, "") or "").split(),
-            help=f"{what}; repeatable; none: remote URIs are refused (env DRIFTLM_{env}, space-separated)",
-        )
-    for flag, env, what in (
-        ("--tls-cert", "TLS_CERT", "the server's TLS certificate chain, PEM"),
-        ("--tls-key", "TLS_KEY", "its private key, PEM"),
-        ("--tls-client-ca", "TLS_CLIENT_CA", "require client certificates signed by this CA (mutual TLS)"),
-        ("--auth-token-file", "AUTH_TOKEN_FILE", "require 'authorization: Bearer <token>', tokens one a line"),
-        ("--peer-tls-ca", "PEER_TLS_CA", "CA of the peers' certificates, for calls to vocab and sampling"),
-        ("--peer-tls-cert", "PEER_TLS_CERT", "this service's client certificate for peers (mutual TLS)"),
-        ("--peer-tls-key", "PEER_TLS_KEY", "its private key"),
-        ("--peer-token-file", "PEER_TOKEN_FILE", "the bearer token (first line) to send to peers"),
-    ):
-        serve.add_argument(flag, type=Path, default=_optional_path(env), help=f"{what} (env DRIFTLM_{env})")
-    serve.add_argument(
-        "--otlp-endpoint",
-        default=tracing.otlp_endpoint_from_environment(),
-        help="send traces to this OTLP collector (gRPC, e.g. http://collector:4317); off when empty "
-        "(env DRIFTLM_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT; needs driftlm[otel])",
-    )
-    serve.add_argument(
-        "--closed-reflection",
-        action="store_true",
-        default=_env("CLOSED_REFLECTION", "") == "1",
-        help="with --auth-token-file, reflection too needs a token (env DRIFTLM_CLOSED_REFLECTION=1)",
-    )
-    serve.add_argument(
-        "--peer-timeout-s",
-        type=float,
-        default=float(_env("PEER_TIMEOUT_S", "120") or 120),
-        help="longest a call to a peer may take; a caller's shorter deadline wins (env DRIFTLM_PEER_TIMEOUT_S)",
-    )
-
-
 def _serve(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     defaults = SERVICE_DEFAULTS[args.service]
+    values = config_values(args, ServeConfig)
     config = ServeConfig(
-        host=args.host,
-        port=defaults.grpc_port if args.port is None else int(args.port),
-        store=args.store.expanduser(),
-        metrics_port=None
-        if args.no_metrics
-        else (defaults.metrics_port if args.metrics_port is None else int(args.metrics_port)),
-        max_message_bytes=args.max_message_mb * MIB,
-        max_stream_bytes=args.max_stream_mb * MIB,
-        grace_s=args.grace_s,
-        workers=args.workers,
-        max_in_flight=args.max_in_flight,
-        queue_timeout_s=args.queue_timeout_s,
-        read_roots=tuple(args.read_root),
-        write_roots=tuple(args.write_root),
-        read_uri_prefixes=tuple(args.read_uri_prefix),
-        write_uri_prefixes=tuple(args.write_uri_prefix),
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_client_ca=args.tls_client_ca,
-        auth_token_file=args.auth_token_file,
-        open_reflection=not args.closed_reflection,
-        peer_tls_ca=args.peer_tls_ca,
-        peer_tls_cert=args.peer_tls_cert,
-        peer_tls_key=args.peer_tls_key,
-        peer_token_file=args.peer_token_file,
-        peer_timeout_s=args.peer_timeout_s,
-        log_level=args.log_level,
-        vocab_endpoint=args.vocab_endpoint,
-        sampling_endpoint=args.sampling_endpoint,
-        inference_endpoint=args.inference_endpoint,
-        toxicity_scorer=args.toxicity_scorer,
-        model_repository=args.model_repository,
-        ort_threads=args.ort_threads,
-        torch_threads=args.torch_threads,
-        ort_optimization=args.ort_optimization,
-        ort_provider=args.ort_provider,
-        dynamic_batching=not args.no_dynamic_batching,
-        repository_poll_s=args.repository_poll_s,
-        otlp_endpoint=args.otlp_endpoint,
+        **{
+            **values,
+            "store": values["store"].expanduser(),
+            "port": defaults.grpc_port if values["port"] is None else values["port"],
+            "metrics_port": None
+            if not values["metrics"]
+            else (defaults.metrics_port if values["metrics_port"] is None else values["metrics_port"]),
+        }
     )
     try:
         module = importlib.import_module(f"driftlm.services.{args.service}.server")
@@ -306,7 +74,7 @@ def _serve(args: argparse.Namespace) -> int:
             metrics_port = (
                 None
                 if config.metrics_port is None
-                else start_metrics_server(args.metrics_host or config.host, config.metrics_port)
+                else start_metrics_server(config.metrics_host or config.host, config.metrics_port)
             )
         except (RuntimeError, OSError, ValueError) as error:
             print(f"driftlm serve {args.service}: {error}", file=sys.stderr)
