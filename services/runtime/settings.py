@@ -75,7 +75,8 @@ def _parsed(flag: Flag, field: dataclasses.Field[Any], text: str, source: str) -
     try:
         value = flag.parse(text)
     except ValueError:
-        kind = {int: "a whole number", float: "a number"}.get(flag.parse, "a value it can read")
+        names: dict[object, str] = {int: "a whole number", float: "a number"}
+        kind = names.get(flag.parse, "a value it can read")
         raise SystemExit(f"driftlm: {source} must be {kind}, got {text!r}") from None
     if flag.choices and value not in flag.choices:
         raise SystemExit(f"driftlm: {source} must be one of {', '.join(flag.choices)}, got {text!r}")
@@ -96,7 +97,8 @@ def _default(field: dataclasses.Field[Any], flag: Flag) -> Any:
         return _parsed(flag, field, environment, source)
     if flag.optional or field.default is None:
         return None
-    return field.default // flag.scale if flag.scale != 1 else field.default
+    default: Any = field.default
+    return default // flag.scale if flag.scale != 1 else default
 
 
 def add_flags(parser: argparse.ArgumentParser, config_type: type) -> None:
@@ -110,8 +112,9 @@ def add_flags(parser: argparse.ArgumentParser, config_type: type) -> None:
         elif flag.kind == "list":
             parser.add_argument(flag.flag_name(field.name), action="append", type=flag.parse, **common)
         else:
-            choices = {"choices": flag.choices} if flag.choices else {}
-            parser.add_argument(flag.flag_name(field.name), type=flag.parse, **choices, **common)
+            if flag.choices:
+                common["choices"] = flag.choices
+            parser.add_argument(flag.flag_name(field.name), type=flag.parse, **common)
 
 
 def config_values(args: argparse.Namespace, config_type: type) -> dict[str, Any]:
