@@ -18,7 +18,6 @@ same command continues after the last finished slice; --fresh starts over.
 from __future__ import annotations
 
 import contextlib
-import enum
 import hashlib
 import json
 import shutil
@@ -40,6 +39,16 @@ from driftlm.loop.drifting_stream import write_stream
 from driftlm.loop.intervals import paired_difference_interval, ratio_interval
 from driftlm.loop.probe import probe_score
 from driftlm.loop.promotion import GateOptions, Promotion, cut_model_directory, local_directory
+from driftlm.loop.state import (
+    ArmKind,
+    ArmRecord,
+    BaseRecord,
+    PipelineState,
+    SliceRecord,
+    adaptive_arm,
+    arm_names,
+    arm_strategy,
+)
 from driftlm.provenance import provenance
 from driftlm.services.compare.client import CompareClient
 from driftlm.services.core import store as atomic
@@ -184,43 +193,9 @@ def trigger_record(trigger: trainer_pb2.ScoreSliceResponse) -> dict[str, Any]:
     }
 
 
-class ArmKind(enum.Enum):
-    """How an arm follows the stream (its name in the report: `static`, `incremental`,
-    `incremental+vocab[:strategy]`, `scratch`)."""
-
-    STATIC = "static"
-    INCREMENTAL = "incremental"
-    ADAPTIVE = "incremental+vocab"
-    SCRATCH = "scratch"
-
-    @classmethod
-    def of(cls, name: str) -> ArmKind:
-        return cls(name.split(":", 1)[0])
-
-
-def arm_names(strategies: tuple[Strategy, ...], scratch: bool) -> list[str]:
-    """The arms of a run, in report order."""
-    adaptive = ADAPTIVE_ARM if len(strategies) == 1 else None
-    adaptive_arms = [adaptive] if adaptive else [f"{ADAPTIVE_ARM}:{s.short_name}" for s in strategies]
-    return [
-        ArmKind.STATIC.value,
-        ArmKind.INCREMENTAL.value,
-        *adaptive_arms,
-        *([ArmKind.SCRATCH.value] if scratch else []),
-    ]
-
-
-def adaptive_arm(strategies: tuple[Strategy, ...]) -> str:
-    """The arm the trigger scores and the serving half distils: the first strategy's adaptive arm."""
-    return ADAPTIVE_ARM if len(strategies) == 1 else f"{ADAPTIVE_ARM}:{strategies[0].short_name}"
-
-
-ADAPTIVE_ARM = ArmKind.ADAPTIVE.value
-
-
 def _arm_run(
     name: str,
-    arms: dict[str, dict[str, Any]],
+    arms: dict[str, ArmRecord],
     common: dict[str, Any],
     scratch: dict[str, Any],
     vocab_version: str,
@@ -233,13 +208,12 @@ def _arm_run(
     if kind is ArmKind.SCRATCH:
         return scratch
     if kind is ArmKind.INCREMENTAL:
-        return {**common, "base_checkpoint_id": arms[name]["checkpoint"], "strategy": Strategy.UNIFORM.proto}
-    strategy = Strategy.from_name(name.split(":", 1)[1]) if ":" in name else default_strategy
+        return {**common, "base_checkpoint_id": arms[name].checkpoint, "strategy": Strategy.UNIFORM.proto}
     return {
         **common,
-        "base_checkpoint_id": arms[name]["checkpoint"],
+        "base_checkpoint_id": arms[name].checkpoint,
         "vocab_version_id": vocab_version,
-        "strategy": strategy.proto,
+        "strategy": arm_strategy(name, default_strategy).proto,
     }
 
 
@@ -298,41 +272,26 @@ def _initial_state(
     base: trainer_pb2.Checkpoint,
     base_version: vocab_pb2.VocabVersion,
     head_steps: int,
-    arms: dict[str, dict[str, Any]],
+    arms: dict[str, ArmRecord],
     observation: vocab_pb2.ObserveSliceResponse,
     first: Slice,
-) -> dict[str, Any]:
-    """The loop's state once the base has trained on the first slice (pipeline-state.json)."""
-    return {
-        "format": "driftlm.pipeline-state/v1",
-        "base": {
-            "model": str(base_dir),
-            "checkpoint": base.checkpoint_id,
-            "vocab_version": base_version.version_id,
-            "new_mlm_head": base.new_mlm_head,
-            "head_steps": head_steps,
-        },
-        "vocab_version": base_version.version_id,
-        "arms": arms,
-        "first_observation": observation.observation_id,
-        "previous_observation": observation.observation_id,
-        "slices": [
-            {
-                "slice": first.label,
-                "texts": len(first.train),
-                "heldout_texts": len(first.heldout),
-                "trigger": None,
-                "vocab": {
-                    "version": base_version.version_id,
-                    "added": [],
-                    "removed": [],
-                    "top_n_overlap": None,
-                    "top_n_overlap_first": None,
-                },
-                "arms": {},
-            }
-        ],
+) -> PipelineState:
+    """The loop's state once the base has trained on the first slice."""
+    first_vocab: dict[str, Any] = {
+        "version": base_version.version_id,
+        "added": [],
+        "removed": [],
+        "top_n_overlap": None,
+        "top_n_overlap_first": None,
     }
+    return PipelineState(
+        base=BaseRecord(str(base_dir), base.checkpoint_id, base_version.version_id, base.new_mlm_head, head_steps),
+        vocab_version=base_version.version_id,
+        arms=arms,
+        first_observation=observation.observation_id,
+        previous_observation=observation.observation_id,
+        slices=[SliceRecord(first.label, len(first.train), len(first.heldout), None, first_vocab, {}, evaluated=False)],
+    )
 
 
 class _Loop:
@@ -375,13 +334,13 @@ class _Loop:
 
     # State ------------------------------------------------------------------------------------
 
-    def load_state(self) -> dict[str, Any] | None:
+    def load_state(self) -> PipelineState | None:
         if self.options.fresh and self.directory.exists():
             shutil.rmtree(self.directory)
-        return atomic.read_json(self.state_path) if self.state_path.exists() else None
+        return PipelineState.from_json(atomic.read_json(self.state_path)) if self.state_path.exists() else None
 
-    def save_state(self, state: dict[str, Any]) -> None:
-        atomic.write_json_atomically(self.state_path, state)
+    def save_state(self, state: PipelineState) -> None:
+        atomic.write_json_atomically(self.state_path, state.to_json())
 
     def slice_file(self, item: Slice) -> common_pb2.ArtifactRef:
         path = self.directory / "slices" / f"{item.label}.jsonl"
@@ -451,7 +410,7 @@ class _Loop:
         score = probe_score(train_x, [r.label for r in train], test_x, [r.label for r in test], seed=self.options.seed)
         return {f"task_{name}": float(value) for name, value in asdict(score).items()}
 
-    def start(self, slices: list[Slice], progress: Progress) -> dict[str, Any]:
+    def start(self, slices: list[Slice], progress: Progress) -> PipelineState:
         """Register the base, train it on the first slice: the starting point of every arm."""
         options = self.options
         base_dir = options.base_model or default_base_model()
@@ -483,42 +442,42 @@ class _Loop:
         )
         observation = self.vocab.observe(base_version.version_id, first.train, slice_label=first.label)
         arms = {
-            name: {"checkpoint": run.checkpoint_id, "train_tokens": run.train_tokens, "wall_s": run.wall_s}
+            name: ArmRecord(run.checkpoint_id, run.train_tokens, run.wall_s)
             for name in arm_names(options.strategies, options.scratch)
         }
         return _initial_state(base_dir, base, base_version, head_steps, arms, observation, first)
 
-    def step(self, state: dict[str, Any], slices: list[Slice], index: int, progress: Progress) -> None:
+    def step(self, state: PipelineState, slices: list[Slice], index: int, progress: Progress) -> None:
         """One slice: evaluate every arm on it, trigger, update the vocabulary, train."""
         options, item = self.options, slices[index]
-        arms: dict[str, dict[str, Any]] = state["arms"]
-        evaluations = {name: self.evaluate(arm["checkpoint"], item.heldout) for name, arm in arms.items()}
+        arms = state.arms
+        evaluations = {name: self.evaluate(arm.checkpoint, item.heldout) for name, arm in arms.items()}
         figures = {
             name: {
                 **evaluations[name].figures,
-                **self.probe(arm["checkpoint"], item.label),
-                "train_tokens": arm["train_tokens"],
-                "wall_s": arm["wall_s"],
+                **self.probe(arm.checkpoint, item.label),
+                "train_tokens": arm.train_tokens,
+                "wall_s": arm.wall_s,
             }
             for name, arm in arms.items()
         }
         main_arm = adaptive_arm(options.strategies)
         trigger = self.trainer.score_slice(
-            arms[main_arm]["checkpoint"],
+            arms[main_arm].checkpoint,
             item.train,
             seed=options.seed,
             max_length=options.max_length,
             false_fire_rate=options.false_fire_rate,
         )
         fired = trigger.fire
-        base_version = state["base"]["vocab_version"]
+        base_version = state.base.vocab_version
         drift_observation = self.vocab.observe(base_version, item.train, slice_label=item.label)
-        drift = self.vocab.drift(state["previous_observation"], drift_observation.observation_id, top_n=TOP_N)
+        drift = self.vocab.drift(state.previous_observation, drift_observation.observation_id, top_n=TOP_N)
         overlap_first = self.vocab.drift(
-            state["first_observation"], drift_observation.observation_id, top_n=TOP_N
+            state.first_observation, drift_observation.observation_id, top_n=TOP_N
         ).top_n_overlap
         vocab_record: dict[str, Any] = {
-            "version": state["vocab_version"],
+            "version": state.vocab_version,
             "added": [],
             "removed": [],
             "top_n_overlap": drift.top_n_overlap,
@@ -527,18 +486,18 @@ class _Loop:
             "top_n_tied": [drift.before_tied_at_cut, drift.after_tied_at_cut],
         }
         if fired:
-            seen = self.vocab.observe(state["vocab_version"], item.train, slice_label=item.label)
+            seen = self.vocab.observe(state.vocab_version, item.train, slice_label=item.label)
             # The base has no history of use yet: its first slice's observation stands for it.
-            history = [state["first_observation"]] if state["vocab_version"] == base_version else []
+            history = [state.first_observation] if state.vocab_version == base_version else []
             proposal = self.vocab.propose(
-                state["vocab_version"],
+                state.vocab_version,
                 [seen.observation_id],
                 k=options.vocab_k,
                 history_observation_ids=history,
                 language=options.language,
             )
-            version = self._commit(state["vocab_version"], proposal.proposal_id, item.label)
-            state["vocab_version"] = version.version_id
+            version = self._commit(state.vocab_version, proposal.proposal_id, item.label)
+            state.vocab_version = version.version_id
             vocab_record.update(
                 version=version.version_id,
                 added=[p.piece for p in version.change.added],
@@ -552,7 +511,7 @@ class _Loop:
                 "replay_fraction": options.replay_fraction,
             }
             from_scratch = {
-                "base_checkpoint_id": state["base"]["checkpoint"],
+                "base_checkpoint_id": state.base.checkpoint,
                 "slices": [self.slice_file(s) for s in slices[: index + 1]],
                 "steps": options.first_steps + options.steps * index,
                 "strategy": Strategy.UNIFORM.proto,
@@ -563,24 +522,24 @@ class _Loop:
                     continue
                 run = self.train(progress, f"{item.label} {name}", **fields)
                 scratch = ArmKind.of(name) is ArmKind.SCRATCH
-                arms[name] = {
-                    "checkpoint": run.checkpoint_id,
-                    "train_tokens": run.train_tokens + (0 if scratch else arms[name]["train_tokens"]),
-                    "wall_s": run.wall_s + arms[name]["wall_s"],
-                }
-        serving = self.serve(state, item, progress, trained=fired, vocab_version=state["vocab_version"])
-        state["previous_observation"] = drift_observation.observation_id
-        state["slices"].append(
-            {
-                "slice": item.label,
-                "texts": len(item.train),
-                "heldout_texts": len(item.heldout),
-                "trigger": trigger_record(trigger),
-                "vocab": vocab_record,
-                "arms": figures,
-                "comparisons": comparisons(evaluations, seed=options.seed),
-                "serving": serving,
-            }
+                arms[name] = ArmRecord(
+                    run.checkpoint_id,
+                    run.train_tokens + (0 if scratch else arms[name].train_tokens),
+                    run.wall_s + arms[name].wall_s,
+                )
+        serving = self.serve(state, item, progress, trained=fired, vocab_version=state.vocab_version)
+        state.previous_observation = drift_observation.observation_id
+        state.slices.append(
+            SliceRecord(
+                slice=item.label,
+                texts=len(item.train),
+                heldout_texts=len(item.heldout),
+                trigger=trigger_record(trigger),
+                vocab=vocab_record,
+                arms=figures,
+                comparisons=comparisons(evaluations, seed=options.seed),
+                serving=serving,
+            )
         )
 
     def first_student(self, teacher: str, vocab_version: str, base_version: str) -> str:
@@ -596,23 +555,23 @@ class _Loop:
         return checkpoint.checkpoint_id
 
     def serve(
-        self, state: dict[str, Any], item: Slice, progress: Progress, *, trained: bool, vocab_version: str
+        self, state: PipelineState, item: Slice, progress: Progress, *, trained: bool, vocab_version: str
     ) -> dict[str, Any] | None:
         """Distil the adaptive arm's new checkpoint into the student, compare them, and serve them if
         the gate passes (promotion.py); None when the loop does not serve."""
         if self.promotion is None:
             return None
-        served = state.get("served")
+        served = state.served
         if not trained:
             return {"promoted": False, "served": served, "gate": ["the trigger did not fire: nothing new to serve"]}
         options = self.options
-        teacher = state["arms"][adaptive_arm(options.strategies)]["checkpoint"]
-        student = state.get("student") or self.first_student(teacher, vocab_version, state["base"]["vocab_version"])
+        teacher = state.arms[adaptive_arm(options.strategies)].checkpoint
+        student = state.student or self.first_student(teacher, vocab_version, state.base.vocab_version)
 
         def train(label: str, **fields: Any) -> trainer_pb2.RunStatus:
             return self.train(progress, label, **fields)
 
-        previous = state.get("teacher") if options.ensemble_teachers else None
+        previous = state.teacher if options.ensemble_teachers else None
         if previous is not None:
             moved = f"{item.label} previous teacher, moved to the new vocabulary"
             previous = self.promotion.moved(train, moved, previous, vocab_version, self.slice_file(item))
@@ -626,10 +585,10 @@ class _Loop:
             self.slice_file(item),
             options.distill_steps,
         )
-        state["student"], state["teacher"] = student, teacher
+        state.student, state.teacher = student, teacher
         with self.console.status(f"{item.label}: export, compare, serve"):
             record = self.promotion.promote(teacher, student, item.heldout, item.label, served, previous)
-        state["served"] = record["served"]
+        state.served = record["served"]
         return record
 
 
@@ -705,9 +664,9 @@ def run_pipeline(options: PipelineOptions, console: Console) -> dict[str, Any]:
                 state = loop.start(slices, progress)
                 loop.save_state(state)
             else:
-                console.print(f"continuing after slice {state['slices'][-1]['slice']} ({loop.state_path})")
-            overall = progress.add_task("slices", total=len(slices), completed=len(state["slices"]))
-            for index in range(len(state["slices"]), len(slices)):
+                console.print(f"continuing after slice {state.slices[-1].slice} ({loop.state_path})")
+            overall = progress.add_task("slices", total=len(slices), completed=len(state.slices))
+            for index in range(len(state.slices), len(slices)):
                 with tracing.span(f"slice {slices[index].label}", slice=slices[index].label):
                     loop.step(state, slices, index, progress)
                 loop.save_state(state)
@@ -725,10 +684,10 @@ def run_pipeline(options: PipelineOptions, console: Console) -> dict[str, Any]:
             "strategies": [s.short_name for s in options.strategies],
         },
         "arms": arm_names(options.strategies, options.scratch),
-        "base": state["base"],
-        "final_checkpoints": {name: arm["checkpoint"] for name, arm in state["arms"].items()},
-        "served": state.get("served"),
-        "slices": state["slices"],
+        "base": state.base.to_json(),
+        "final_checkpoints": {name: arm.checkpoint for name, arm in state.arms.items()},
+        "served": state.served,
+        "slices": [s.to_json() for s in state.slices],
         "wall_s": time.perf_counter() - started,
     }
     write_report(report, options.out)
