@@ -4,7 +4,8 @@ signal over it (the added pieces, embedding shifts, MLM losses), and the sampler
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,24 @@ def load_selections(run_directory: Path) -> list[IterationSelection]:
     return selections
 
 
+@dataclass(frozen=True)
+class _Moment:
+    """What a strategy's signal may look at when one iteration's sentences are chosen."""
+
+    model: PreTrainedModel
+    pool: TokenizedPool
+    # The candidates' positions in the pool, ascending.
+    candidates: np.ndarray
+    vocabulary: Vocabulary
+    iteration: int
+    # The signal taken before the last iteration trained (signal_before); None at the first.
+    before: np.ndarray | None = None
+    # (V,) how often the last iteration trained on each token; None at the first.
+    trained_counts: np.ndarray | None = None
+    # First iteration: ids of the pieces the vocabulary updates added.
+    added: list[int] = field(default_factory=list)
+
+
 class Selector:
     """Chooses a run's sentences, iteration by iteration, never among the held-out texts."""
 
@@ -101,6 +120,11 @@ class Selector:
         self.device = context.device
         # The pool's texts a run may train on: all but those held out for the loss memory.
         self.trainable = trainable
+        self._signals: dict[Strategy, Callable[[_Moment], CandidatePool | None]] = {
+            Strategy.TOKEN_EMBEDDING_SHIFT: self._token_shift_pool,
+            Strategy.SENTENCE_EMBEDDING_SHIFT: self._sentence_shift_pool,
+            Strategy.TOKEN_MLM_LOSS: self._mlm_loss_pool,
+        }
 
     def candidates(self, pool: TokenizedPool, fresh: int, iteration: int) -> np.ndarray:
         """A fresh uniform pool of candidate sentences (never the held-out ones), ascending."""
@@ -155,29 +179,12 @@ class Selector:
     def _select(
         self,
         candidates: np.ndarray,
-        pool: TokenizedPool,
         fresh: int,
         iteration: int,
         strategy: Strategy,
-        *,
-        candidate_token_ids: np.ndarray | None = None,
-        token_shift: np.ndarray | None = None,
-        target_token_ids: np.ndarray | None = None,
-        old_cls: np.ndarray | None = None,
-        new_cls: np.ndarray | None = None,
-        losses: np.ndarray | None = None,
+        candidate_pool: CandidatePool,
     ) -> IterationSelection:
         """Ask the sampler for the iteration's sentences; top up uniformly when too few are eligible."""
-        candidate_pool = CandidatePool(
-            lengths=pool.lengths[candidates],
-            token_ids=candidate_token_ids,
-            token_shift=token_shift,
-            target_token_ids=np.empty(0, dtype=np.int64) if target_token_ids is None else target_token_ids,
-            top_x=min(self.spec.top_x, len(token_shift)) if token_shift is not None else 0,
-            old_cls=old_cls,
-            new_cls=new_cls,
-            losses=losses,
-        )
         chosen = self.context.sampler.select_sentences(
             strategy,
             candidate_pool,
@@ -200,31 +207,21 @@ class Selector:
             target_token_ids=tuple(int(i) for i in np.asarray(chosen.target_token_ids)),
         )
 
+    def _choose(self, moment: _Moment, fresh: int) -> IterationSelection:
+        """The run's strategy over the candidates, by its signal; uniform while it has none."""
+        signal = self._signals.get(self.spec.strategy)
+        scored = signal(moment) if signal is not None else None
+        if scored is None:
+            uniform = CandidatePool(lengths=moment.pool.lengths[moment.candidates])
+            return self._select(moment.candidates, fresh, moment.iteration, Strategy.UNIFORM, uniform)
+        return self._select(moment.candidates, fresh, moment.iteration, self.spec.strategy, scored)
+
     def first(
         self, model: PreTrainedModel, pool: TokenizedPool, fresh: int, vocabulary: Vocabulary, added: list[int]
     ) -> IterationSelection:
+        """The first iteration's sentences: nothing has trained yet."""
         candidates = self.candidates(pool, fresh, 0)
-        strategy = self.spec.strategy
-        if strategy is Strategy.TOKEN_EMBEDDING_SHIFT and added:
-            # Nothing has shifted yet: the added pieces are the targets, the rarest in the pool
-            # first, so that the draw covers every new piece rather than the commonest one.
-            sentences_with = self._sentences_with(pool, candidates, len(vocabulary.pieces))
-            rarity = np.zeros(len(vocabulary.pieces))
-            rarity[added] = 1.0 / np.maximum(sentences_with[added], 1)
-            return self._select(
-                candidates,
-                pool,
-                fresh,
-                0,
-                strategy,
-                candidate_token_ids=pool.flat_ids(candidates.tolist()),
-                token_shift=rarity,
-                target_token_ids=np.asarray(added),
-            )
-        if strategy is Strategy.TOKEN_MLM_LOSS:
-            losses = self._sentence_losses(model, pool, candidates, vocabulary, 0)
-            return self._select(candidates, pool, fresh, 0, strategy, losses=losses)
-        return self._select(candidates, pool, fresh, 0, Strategy.UNIFORM)
+        return self._choose(_Moment(model, pool, candidates, vocabulary, 0, added=added), fresh)
 
     def next(
         self,
@@ -237,37 +234,59 @@ class Selector:
         iteration: int,
         trained_counts: np.ndarray,
     ) -> IterationSelection:
-        strategy = self.spec.strategy
-        if strategy is Strategy.TOKEN_EMBEDDING_SHIFT and before is not None:
-            after = embedding_matrix(model).detach().float().cpu().numpy()
-            shift, _ = self.context.sampler.cosine_distance(before, after)
+        """A later iteration's sentences, by what the last iteration's training changed."""
+        moment = _Moment(model, pool, candidates, vocabulary, iteration, before=before, trained_counts=trained_counts)
+        return self._choose(moment, fresh)
+
+    # Each strategy's signal: the candidate pool it weighs, or None to draw uniformly ------------
+
+    def _token_shift_pool(self, moment: _Moment) -> CandidatePool | None:
+        """First iteration: the added pieces are the targets, the rarest in the pool first, so that
+        the draw covers every new piece rather than the commonest one (nothing has shifted yet).
+        Later: the tokens that moved beyond noise (shift_targets), candidates scored by their best."""
+        pool, candidates, vocabulary = moment.pool, moment.candidates, moment.vocabulary
+        if moment.iteration == 0:
+            if not moment.added:
+                return None
+            sentences_with = self._sentences_with(pool, candidates, len(vocabulary.pieces))
+            rarity = np.zeros(len(vocabulary.pieces))
+            rarity[moment.added] = 1.0 / np.maximum(sentences_with[moment.added], 1)
+            targets, scores = np.asarray(moment.added), rarity
+        else:
+            if moment.before is None or moment.trained_counts is None:
+                return None
+            after = embedding_matrix(moment.model).detach().float().cpu().numpy()
+            shift, _ = self.context.sampler.cosine_distance(moment.before, after)
             targets, scores = shift_targets(
                 shift,
-                trained_counts[: len(shift)],
+                moment.trained_counts[: len(shift)],
                 candidate_sentences=self._sentences_with(pool, candidates, len(shift)),
                 added=np.asarray(self._added_pieces(), dtype=np.int64),
                 special=vocabulary.special.numpy(),
                 limit=self.spec.top_x,
             )
-            if targets.size:
-                return self._select(
-                    candidates,
-                    pool,
-                    fresh,
-                    iteration,
-                    strategy,
-                    candidate_token_ids=pool.flat_ids(candidates.tolist()),
-                    # Candidates are scored by their best target (shift_targets' order), not the raw shift.
-                    token_shift=scores,
-                    target_token_ids=targets,
-                )
-        if strategy is Strategy.SENTENCE_EMBEDDING_SHIFT and before is not None:
-            after_cls = self._cls(model, pool, candidates)
-            return self._select(candidates, pool, fresh, iteration, strategy, old_cls=before, new_cls=after_cls)
-        if strategy is Strategy.TOKEN_MLM_LOSS:
-            losses = self._sentence_losses(model, pool, candidates, vocabulary, iteration)
-            return self._select(candidates, pool, fresh, iteration, strategy, losses=losses)
-        return self._select(candidates, pool, fresh, iteration, Strategy.UNIFORM)
+            if not targets.size:
+                return None
+        return CandidatePool(
+            lengths=pool.lengths[candidates],
+            token_ids=pool.flat_ids(candidates.tolist()),
+            token_shift=scores,
+            target_token_ids=targets,
+            top_x=min(self.spec.top_x, len(scores)),
+        )
+
+    def _sentence_shift_pool(self, moment: _Moment) -> CandidatePool | None:
+        """The candidates' [CLS] before and after the last iteration (none before the first)."""
+        if moment.before is None:
+            return None
+        after_cls = self._cls(moment.model, moment.pool, moment.candidates)
+        return CandidatePool(lengths=moment.pool.lengths[moment.candidates], old_cls=moment.before, new_cls=after_cls)
+
+    def _mlm_loss_pool(self, moment: _Moment) -> CandidatePool:
+        losses = self._sentence_losses(
+            moment.model, moment.pool, moment.candidates, moment.vocabulary, moment.iteration
+        )
+        return CandidatePool(lengths=moment.pool.lengths[moment.candidates], losses=losses)
 
     @staticmethod
     def _sentences_with(pool: TokenizedPool, candidates: np.ndarray, vocab_size: int) -> np.ndarray:
