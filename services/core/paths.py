@@ -42,6 +42,9 @@ class FileRoots:
     read_prefixes: tuple[str, ...] = field(default=())
     write_prefixes: tuple[str, ...] = field(default=())
     max_remote_bytes: int = DEFAULT_MAX_REMOTE_BYTES
+    # Subtrees of the store the services manage themselves (versions, checkpoints, runs, the model
+    # repository, records, caches): never a destination a call may name.
+    managed: tuple[str, ...] = ("vocab", "trainer", "compare", "inference", "cache")
 
     @property
     def remote(self) -> RemoteArtifacts:
@@ -87,12 +90,28 @@ class FileRoots:
             raise InvalidArgumentError(field_name, f"cannot be read: {error.strerror}") from None
         if kind == "directory" and not stat.S_ISDIR(mode):
             raise InvalidArgumentError(field_name, f"{path} is not a directory")
+        if stat.S_ISDIR(mode):
+            self._check_links_inside(path, field_name)
         if kind == "file" and not stat.S_ISREG(mode):
             what = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a device, FIFO or socket)"
             raise InvalidArgumentError(field_name, f"{path} is {what}; name a file")
         if kind == "any" and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             raise InvalidArgumentError(field_name, f"{path} is not a regular file or directory")
         return path
+
+    def _check_links_inside(self, directory: Path, field_name: str) -> None:
+        """Every entry of a directory a call names must resolve inside the readable roots: a link in
+        a granted directory to a file elsewhere (tokenizer.json -> /etc/...) is not a way out."""
+        roots = self.readable_roots()
+        for folder, subfolders, files in os.walk(directory):
+            for name in (*subfolders, *files):
+                entry = Path(folder) / name
+                if entry.is_symlink() and not _under(Path(os.path.realpath(entry)), roots):
+                    raise PermissionDeniedError(
+                        f"{field_name}: {entry} links outside the directories this service may read; "
+                        "copy the file in instead",
+                        reason="LINK_OUTSIDE_ROOTS",
+                    )
 
     def staged_writable(self, uri: str, field_name: str) -> tuple[Path, str | None]:
         """Where to write what `uri` names: the local path (writable(), and None), or for an
@@ -111,7 +130,17 @@ class FileRoots:
             InvalidArgumentError: empty, NUL bytes, too long, or another scheme.
             PermissionDeniedError: outside every writable root.
         """
-        return self._confined(uri, field_name, self.writable_roots(), "--write-root")
+        path = self._confined(uri, field_name, self.writable_roots(), "--write-root")
+        store = Path(os.path.realpath(self.store))
+        owned = tuple(store / name for name in self.managed)
+        if _under(path, owned):
+            raise PermissionDeniedError(
+                f"{field_name}: {path} lies in what the services manage in their store ("
+                + ", ".join(f"{name}/" for name in self.managed)
+                + "); export somewhere else, e.g. exports/ under the store or a --write-root",
+                reason="SERVICE_MANAGED_PATH",
+            )
+        return path
 
     def _confined(self, uri: str, field_name: str, roots: tuple[Path, ...], flag: str) -> Path:
         path = local_path(uri, self.store, field_name)

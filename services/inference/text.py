@@ -52,8 +52,8 @@ def encode(model: LoadedModel, texts: Sequence[str], *, truncate: bool, field: s
     """The texts' encodings, cut to the model's max_length when `truncate`.
 
     Raises:
-        InvalidArgumentError: no text, too many, one too long in characters, or (without
-            truncate) one longer than max_length pieces.
+        InvalidArgumentError: no text, too many, one too long in characters, one without a piece,
+            or (without truncate) one longer than max_length pieces.
     """
     if not texts:
         raise InvalidArgumentError(field, "is empty; send at least one text")
@@ -65,6 +65,11 @@ def encode(model: LoadedModel, texts: Sequence[str], *, truncate: bool, field: s
                 field, f"text {index} has {len(text):,} characters; at most {MAX_TEXT_CHARS:,} are taken"
             )
     encodings: list[Encoding] = model.truncating_tokenizer.encode_batch(list(texts))
+    for index, encoding in enumerate(encodings):
+        if not encoding.ids:  # a tokenizer that adds no [CLS]/[SEP], and a text with nothing it keeps
+            raise InvalidArgumentError(
+                field, f"text {index} has no pieces under this model's tokenizer (empty, or only characters it drops)"
+            )
     if not truncate:
         for index, encoding in enumerate(encodings):
             if encoding.overflowing:

@@ -31,6 +31,7 @@ from driftlm.services.runtime.errors import peer_failure, to_status
 
 from . import calls
 from .admission import Admission
+from .enums import check_enums
 from .metrics import record_rpc, record_started
 from .security import check_bearer
 
@@ -97,10 +98,12 @@ def _undecodable_error() -> InvalidArgumentError:
 
 
 def _checked(requests: Iterator[Any]) -> Iterator[Any]:
-    """A request stream that raises INVALID_ARGUMENT at the first message that did not decode."""
+    """A request stream that raises INVALID_ARGUMENT at the first message that did not decode or
+    holds an unknown enum value."""
     for request in requests:
         if isinstance(request, _Undecodable):
             raise _undecodable_error()
+        check_enums(request)
         yield request
 
 
@@ -136,11 +139,12 @@ def _code_name(context: grpc.ServicerContext) -> str:
 
 def _decoded(request: Any) -> Any:
     """The request, or for a stream an iterator that checks each message; INVALID_ARGUMENT for bytes
-    that did not decode."""
+    that did not decode and for enum values no enum names (enums.py)."""
     if isinstance(request, _Undecodable):
         raise _undecodable_error()
     if isinstance(request, Iterator):
         return _checked(request)
+    check_enums(request)
     return request
 
 

@@ -26,16 +26,13 @@ BEARER = "bearer "
 
 
 def read_tokens(path: Path) -> frozenset[str]:
-    """The tokens in `path`: one a line; blank lines and lines starting with # are skipped.
+    """The tokens in `path`: one a line; blank lines and comments (# after any indentation) are skipped.
 
     Raises:
         ValueError: the file holds no token.
     """
-    tokens = frozenset(
-        line.strip()
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip() and not line.startswith("#")
-    )
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    tokens = frozenset(line for line in lines if line and not line.startswith("#"))
     if not tokens:
         raise ValueError(f"{path} holds no token (one a line)")
     return tokens

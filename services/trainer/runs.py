@@ -25,7 +25,7 @@ import torch
 from google.rpc import code_pb2
 
 from driftlm.services.core import store
-from driftlm.services.core.errors import DriftlmError, NotFoundError
+from driftlm.services.core.errors import DriftlmError, NotFoundError, UnavailableError
 from driftlm.services.runtime import tracing
 from driftlm.services.runtime.interceptor import as_domain_error
 from driftlm.services.trainer.run_context import Progress, RunCancelledError, RunContext, RunPreemptedError
@@ -167,7 +167,12 @@ class RunManager:
             return self._runs[run_id]
 
     def watch(self, run_id: str, is_active: Callable[[], bool]) -> Iterator[RunRecord]:
-        """The run's state now and after every change, until it ends or the caller leaves."""
+        """The run's state now and after every change, until it ends or the caller leaves.
+
+        Raises:
+            UnavailableError: the service stops while the run is still under way (it resumes when
+                the service restarts; watch again then).
+        """
         last = self.get(run_id)
         yield last
         while last.state not in TERMINAL and is_active() and not self._closing:
@@ -175,6 +180,12 @@ class RunManager:
             if current is not last:
                 last = current
                 yield last
+        if last.state not in TERMINAL and self._closing:
+            raise UnavailableError(
+                f"the trainer is stopping while run {run_id} is {last.state}; it resumes when the service "
+                "restarts: watch it again then",
+                reason="SERVICE_STOPPING",
+            )
 
     def _next_state(self, run_id: str, seen: RunRecord) -> RunRecord:
         """The run's state once it differs from `seen`, or after a second (to notice a gone caller)."""

@@ -185,8 +185,15 @@ class _SliceCounter:
         text_of = np.searchsorted(np.cumsum(lengths), unknown_positions, side="right")
         first_token = np.concatenate(([0], np.cumsum(lengths)[:-1]))
         normalizer = self.tokenizer.normalizer
+        # An Encoding builds its offsets list anew on every access: fetch each text's once (one text
+        # of 16k emoji took 18 s when they were fetched per unknown piece).
+        offsets_of: dict[int, list[tuple[int, int]]] = {}
         for position, text_index in zip(unknown_positions.tolist(), text_of.tolist(), strict=True):
-            start, end = encodings[text_index].offsets[position - int(first_token[text_index])]
+            offsets = offsets_of.get(text_index)
+            if offsets is None:
+                stop_if_abandoned()
+                offsets = offsets_of[text_index] = encodings[text_index].offsets
+            start, end = offsets[position - int(first_token[text_index])]
             if end - start > MAX_CANDIDATE_CHARS:
                 continue
             word = texts[text_index][start:end]

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import BertWordPieceTokenizer, Tokenizer
+from tokenizers import BertWordPieceTokenizer, Tokenizer, processors
 
 from driftlm.services.core.vocabulary import VocabularyError, canonical_tokenizer_json
 
@@ -70,4 +70,10 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int, cased: bool) -> st
     bert.train_from_iterator(
         iter(texts), vocab_size=vocab_size, min_frequency=2, special_tokens=list(BERT_SPECIALS), show_progress=False
     )
-    return canonical_tokenizer_json(bert._tokenizer)
+    # Trained without a vocabulary, the tokenizer has no post-processor: texts would get no [CLS]
+    # and [SEP], though every BERT (and TokenizeTexts' contract) expects them.
+    tokenizer = bert._tokenizer
+    tokenizer.post_processor = processors.BertProcessing(
+        ("[SEP]", tokenizer.token_to_id("[SEP]")), ("[CLS]", tokenizer.token_to_id("[CLS]"))
+    )
+    return canonical_tokenizer_json(tokenizer)

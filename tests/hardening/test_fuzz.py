@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf import descriptor as d
+from google.protobuf import message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -267,3 +268,60 @@ def test_bytes_that_are_no_message_are_invalid_argument(
             channel.unary_unary(path, **codec)(garbage, timeout=CALL_TIMEOUT_S)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
     assert "not a valid protobuf message" in raised.value.details()
+
+
+def _enum_paths(descriptor: d.Descriptor, prefix: tuple[str, ...] = (), depth: int = 0) -> list[tuple[str, ...]]:
+    """Every enum field reachable in a request type (nested messages up to three levels down)."""
+    found: list[tuple[str, ...]] = []
+    for field in descriptor.fields:
+        if field.type == d.FieldDescriptor.TYPE_ENUM:
+            found.append((*prefix, field.name))
+        elif field.message_type is not None and not field.message_type.GetOptions().map_entry and depth < 3:
+            found += _enum_paths(field.message_type, (*prefix, field.name), depth + 1)
+    return found
+
+
+def _with_unknown_enum(descriptor: d.Descriptor, path: tuple[str, ...]) -> tuple[Any, str]:
+    """A request whose enum at `path` holds 99, and the dotted path the refusal must name."""
+    request = message_factory.GetMessageClass(descriptor)()
+    target, shown = request, []
+    for name in path[:-1]:
+        field = target.DESCRIPTOR.fields_by_name[name]
+        if field.is_repeated:
+            target, shown = getattr(target, name).add(), [*shown, f"{name}[0]"]
+        else:
+            target, shown = getattr(target, name), [*shown, name]
+    last = target.DESCRIPTOR.fields_by_name[path[-1]]
+    if last.is_repeated:
+        getattr(target, path[-1]).append(99)
+        shown.append(f"{path[-1]}[0]")
+    else:
+        setattr(target, path[-1], 99)
+        shown.append(path[-1])
+    return request, ".".join(shown)
+
+
+_ENUM_CASES = [(service, method, path) for service, method in _methods() for path in _enum_paths(method.input_type)]
+
+
+def test_every_request_enum_is_walked() -> None:
+    """The table below is not empty by accident: strategies, kinds, poolings, formats are there."""
+    named = {".".join(path) for _, _, path in _ENUM_CASES}
+    assert {"strategy", "kind", "pooling"} <= named and len(_ENUM_CASES) >= 10
+
+
+@pytest.mark.parametrize(
+    ("service", "method", "path"),
+    _ENUM_CASES,
+    ids=lambda v: getattr(v, "name", ".".join(v) if isinstance(v, tuple) else v),
+)
+def test_an_enum_value_no_enum_names_is_invalid_argument(
+    services: Services, service: str, method: d.MethodDescriptor, path: tuple[str, ...]
+) -> None:
+    """EmbedTexts(pooling=99) once answered OK: every enum field of every request refuses numbers
+    its enum does not define, naming the field, before any handler runs."""
+    request, shown = _with_unknown_enum(method.input_type, path)
+    with pytest.raises(grpc.RpcError) as raised:
+        _call(services.channels[service], method, [request])
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()
+    assert shown in raised.value.details()

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from driftlm.services.runtime.config import ServeConfig
-from driftlm.services.runtime.security import ChannelSecurity
+from driftlm.services.runtime.security import ChannelSecurity, read_tokens
 from driftlm.services.sampling.client import SamplingClient
 from driftlm.services.sampling.server import create_server
 
@@ -224,3 +224,24 @@ def test_the_health_command_speaks_mutual_tls_with_the_peer_credentials(secured:
     )  # fmt: skip
     assert with_credentials.returncode == 0, with_credentials.stderr
     assert _health("--target", secured, "--timeout-s", "2").returncode == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "tokens"),
+    [
+        ("alpha\n# comment\n\nbeta\n", {"alpha", "beta"}),  # comments and blank lines skipped
+        ("alpha\n    # an indented comment\n\t#tab\n", {"alpha"}),  # once, an indented '#' line was a token
+        ("  padded  \n", {"padded"}),  # surrounding spaces are not part of a token
+    ],
+)
+def test_the_token_file_holds_tokens_and_nothing_else(content: str, tokens: set[str], tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_text(content, encoding="utf-8")
+    assert read_tokens(path) == tokens
+
+
+def test_a_token_file_of_comments_only_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_text("  # nothing but a comment\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="holds no token"):
+        read_tokens(path)

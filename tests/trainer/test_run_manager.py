@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from driftlm.services.core.errors import NotFoundError
+from driftlm.services.core.errors import NotFoundError, UnavailableError
 from driftlm.services.core.strategy import Strategy
 from driftlm.services.trainer.checkpoints import CheckpointRecord, CheckpointStore
 from driftlm.services.trainer.run_context import Progress, RunCancelledError, RunContext, RunPreemptedError
@@ -111,11 +111,21 @@ def test_close_preempts_the_running_run_and_a_new_manager_resumes_it(tmp_path: P
     queued = manager.start(SPEC).run_id
     assert executor.stepping.wait(30)
     watched: list[str] = []
-    watcher = threading.Thread(target=lambda: watched.extend(r.state for r in manager.watch(running, lambda: True)))
+    ended: list[BaseException] = []
+
+    def watch() -> None:
+        try:
+            watched.extend(r.state for r in manager.watch(running, lambda: True))
+        except UnavailableError as error:
+            ended.append(error)
+
+    watcher = threading.Thread(target=watch)
     watcher.start()
     manager.close(timeout_s=30)
     watcher.join(30)
-    assert not watcher.is_alive() and watched[-1] == RUNNING  # the stream ends; the run is not over
+    assert not watcher.is_alive() and watched[-1] == RUNNING
+    # The stream ends UNAVAILABLE, not OK: the run is not over (it once ended as if it were).
+    assert len(ended) == 1 and "resumes when the service restarts" in ended[0].message
     assert manager.get(running).state == RUNNING and manager.get(queued).state == QUEUED
     assert executor.calls == {running: 1}
 

@@ -5,13 +5,20 @@ that names the field and the limit, never a file's content."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 
+from driftlm.services.runtime.tensors import tensor_to_array
+from driftlm.services.vocab.observation import _SliceCounter
+from driftlm.services.vocab.repository import VocabRepository
 from driftlm.v1 import common_pb2, vocab_pb2, vocab_pb2_grpc
 
 from .planted import register
@@ -192,3 +199,106 @@ def test_register_reads_only_what_it_may(vocab_stub: Stub, tmp_path: Path) -> No
     from .planted import planted_base_directory
 
     assert register(vocab_stub, planted_base_directory(tmp_path / "base")).size > 0
+
+
+def test_many_unknown_words_in_one_text_are_counted_in_one_pass_over_its_offsets(
+    vocab_stub: Stub, vocab_store: Path, planted_base: vocab_pb2.VocabVersion
+) -> None:
+    """One text of 16k emoji took 18 s (its offsets were rebuilt for every [UNK]); now each text's
+    offsets are read once, and every unknown word is still counted."""
+    text = " ".join(["🦜"] * 3_000 + ["🦩"] * 2_000)
+
+    class CountingEncoding:
+        def __init__(self, encoding: Any) -> None:
+            self.encoding, self.reads = encoding, 0
+
+        @property
+        def offsets(self) -> list[tuple[int, int]]:
+            self.reads += 1
+            return list(self.encoding.offsets)
+
+    vocabulary, tokenizer = VocabRepository(vocab_store).load(planted_base.version_id)
+    counter = _SliceCounter(vocabulary, tokenizer)
+    encoding = CountingEncoding(tokenizer.encode(text, add_special_tokens=False))
+    ids = np.asarray(encoding.encoding.ids, dtype=np.int64)
+    counter._count_unknown_words(ids, np.array([ids.size]), np.ones(1, dtype=np.int64), [text], [encoding])
+    assert encoding.reads == 1
+    assert counter.fragmented_words["🦜"] == 3_000 and counter.fragmented_words["🦩"] == 2_000
+
+    request = vocab_pb2.ObserveSliceRequest(
+        version_id=planted_base.version_id,
+        corpus=common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=[" ".join(["🦜"] * 16_000)])),
+    )
+    started = time.monotonic()
+    observation = vocab_stub.ObserveSlice(iter([request]), timeout=60)
+    assert time.monotonic() - started < 30  # a bound on a hang, not a benchmark
+    assert observation.text_count == 1 and observation.unknown_rate == 1.0
+
+
+@pytest.mark.parametrize(
+    "destination",
+    [
+        "vocab/children/B",  # once succeeded, and every later commit on B failed ("Is a directory")
+        "trainer/models/driftlm/3",  # the model repository inference serves
+        "cache/outgoing/x",
+    ],
+)
+def test_the_services_own_subtrees_are_never_an_export_destination(
+    vocab_stub: Stub, vocab_store: Path, planted_base: vocab_pb2.VocabVersion, destination: str
+) -> None:
+    error = _fails(
+        vocab_stub.ExportVersion,
+        vocab_pb2.ExportVersionRequest(
+            version_id=planted_base.version_id, destination=common_pb2.ArtifactRef(uri=destination)
+        ),
+    )
+    assert error.code() == CODE.PERMISSION_DENIED and "manage" in error.details()
+    assert not (vocab_store / destination).exists()
+    written = vocab_stub.ExportVersion(
+        vocab_pb2.ExportVersionRequest(
+            version_id=planted_base.version_id, destination=common_pb2.ArtifactRef(uri="exports/fine")
+        )
+    )
+    assert Path(written.directory.uri.removeprefix("file://"), "tokenizer.json").is_file()
+
+
+def test_a_link_in_a_granted_directory_to_a_file_outside_is_refused(vocab_stub: Stub, tmp_path: Path) -> None:
+    """tokenizer_dir inside a read root whose tokenizer.json links to a file outside every root."""
+    from .planted import planted_base_directory
+
+    outside = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    try:
+        source = planted_base_directory(outside / "real")
+        linked = tmp_path / "linked"
+        linked.mkdir()
+        for entry in source.iterdir():
+            (linked / entry.name).symlink_to(entry)
+        error = _fails(
+            vocab_stub.CreateVocabulary,
+            vocab_pb2.CreateVocabularyRequest(tokenizer_dir=common_pb2.ArtifactRef(uri=str(linked))),
+        )
+        assert error.code() == CODE.PERMISSION_DENIED and "links outside" in error.details()
+        assert "[UNK]" not in error.details()  # no file content in the message
+    finally:
+        shutil.rmtree(outside)
+
+
+def test_a_vocabulary_trained_on_a_corpus_adds_cls_and_sep_as_the_contract_says(vocab_stub: Stub) -> None:
+    """TokenizeTexts(["the of"]) on a corpus-trained version once gave [58, 81]: no [CLS]/[SEP]."""
+    texts = ["the of and a the of"] * 50 + ["hello world again"] * 20
+    version = vocab_stub.CreateVocabulary(
+        vocab_pb2.CreateVocabularyRequest(
+            training_corpus=common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=texts)), vocab_size=120
+        )
+    ).version
+    special = version.special_tokens
+    answer = vocab_stub.TokenizeTexts(
+        vocab_pb2.TokenizeTextsRequest(version_id=version.version_id, texts=["the of", ""])
+    )
+    ids, lengths = tensor_to_array(answer.input_ids, "input_ids"), tensor_to_array(answer.lengths, "lengths")
+    assert lengths.tolist() == [4, 2]
+    assert [ids[0], ids[3], ids[4], ids[5]] == [special.cls_id, special.sep_id, special.cls_id, special.sep_id]
+    bare = vocab_stub.TokenizeTexts(
+        vocab_pb2.TokenizeTextsRequest(version_id=version.version_id, texts=["the of"], omit_special_tokens=True)
+    )
+    assert tensor_to_array(bare.lengths, "lengths").tolist() == [2]
