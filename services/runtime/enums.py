@@ -22,7 +22,7 @@ def _unknown_enum_path(message: Message, prefix: str) -> str | None:
             continue
         repeated = field.is_repeated
         items = list(value) if repeated else [value]
-        if field.type == FieldDescriptor.TYPE_ENUM:
+        if field.type == FieldDescriptor.TYPE_ENUM and field.enum_type is not None:
             for index, item in enumerate(items):
                 if field.enum_type.values_by_number.get(item) is None:
                     return f"{path}[{index}]" if repeated else path
