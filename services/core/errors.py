@@ -15,6 +15,7 @@ arguments, a `google.rpc.BadRequest` naming the field.
     ├── UnauthenticatedError      UNAUTHENTICATED     no bearer token, or not one the service knows
     ├── DeadlineExceededError     DEADLINE_EXCEEDED   the caller's deadline passed mid-work
     ├── CancelledError            CANCELLED           the caller went away (or the server is stopping)
+    ├── UnimplementedError        UNIMPLEMENTED       no such method on this service
     ├── UnavailableError          UNAVAILABLE         a service this one needs cannot be reached; retry
     └── PeerError                 INTERNAL            a service this one needs failed; retrying will not help
 """
@@ -40,6 +41,7 @@ class ErrorCode(enum.IntEnum):
     RESOURCE_EXHAUSTED = 8
     FAILED_PRECONDITION = 9
     ABORTED = 10
+    UNIMPLEMENTED = 12
     INTERNAL = 13
     UNAVAILABLE = 14
     UNAUTHENTICATED = 16
@@ -142,6 +144,13 @@ class CancelledError(DriftlmError):
 
     code = ErrorCode.CANCELLED
     default_reason = "CANCELLED"
+
+
+class UnimplementedError(DriftlmError):
+    """The service has no such method (an older server, or a mistyped name)."""
+
+    code = ErrorCode.UNIMPLEMENTED
+    default_reason = "UNIMPLEMENTED"
 
 
 class PeerError(DriftlmError):

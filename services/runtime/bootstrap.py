@@ -155,6 +155,11 @@ def build_server(
         elif config.tls_client_ca is not None:
             raise ValueError("--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS first")
         else:
+            if tokens:
+                _LOG.warning(
+                    "bearer tokens over plaintext: anyone on the network path can read them; "
+                    "serve TLS too (--tls-cert, --tls-key) unless a mesh encrypts the traffic"
+                )
             port = server.add_insecure_port(address)
     except RuntimeError as error:  # grpc's own message points at GRPC_VERBOSITY, not at the cause
         raise RuntimeError(f"cannot listen on {address}: the port is in use or the host is not local") from error

@@ -26,6 +26,7 @@ from driftlm.services.core.errors import (
     InvalidArgumentError,
     PermissionDeniedError,
     ResourceExhaustedError,
+    UnimplementedError,
 )
 from driftlm.services.runtime.errors import peer_failure, to_status
 
@@ -148,6 +149,14 @@ def _decoded(request: Any) -> Any:
     return request
 
 
+def _unimplemented(method: str) -> Behaviour:
+    def refuse(requests: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        raise UnimplementedError(f"this service has no method {method[:200]!r}")
+        yield  # a generator, as streaming behaviours are
+
+    return refuse
+
+
 class RpcInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """Wraps every handler of the server (health and reflection included)."""
 
@@ -216,9 +225,15 @@ class RpcInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = continuation(handler_call_details)
-        if handler is None:
-            return None
         method = handler_call_details.method
+        if handler is None:
+            # No such method: still authenticated first (UNAUTHENTICATED tells a caller without a
+            # token nothing about what exists) and counted, then UNIMPLEMENTED.
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_streaming_response(_unimplemented(method), method, "unknown"),
+                request_deserializer=None,
+                response_serializer=None,
+            )
         codec = {
             "request_deserializer": _lenient(handler.request_deserializer),
             "response_serializer": handler.response_serializer,

@@ -10,6 +10,7 @@ material through `ChannelSecurity`.
 from __future__ import annotations
 
 import hmac
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +58,31 @@ def check_bearer(metadata: Sequence[tuple[str, str | bytes]], tokens: frozenset[
         raise UnauthenticatedError("the bearer token is not one this service accepts")
 
 
+def check_key_pair(cert: Path, key: Path) -> None:
+    """The key must be the certificate's: gRPC's own failure reads as if the port were in use.
+
+    Raises:
+        ValueError: the files are no PEM certificate chain and key, or the key is another's.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key, password=lambda: b"")
+    except ssl.SSLError as error:
+        reason = error.reason or "unreadable"
+        if "MISMATCH" in reason.upper():
+            raise ValueError(f"--tls-key {key} is not the key of --tls-cert {cert}") from None
+        raise ValueError(
+            f"--tls-cert {cert} and --tls-key {key} are not a PEM certificate and key ({reason})"
+        ) from None
+
+
 def server_credentials(cert: Path, key: Path, client_ca: Path | None) -> grpc.ServerCredentials:
-    """TLS credentials; with `client_ca`, clients must present a certificate it signed."""
+    """TLS credentials; with `client_ca`, clients must present a certificate it signed.
+
+    Raises:
+        ValueError: the key is not the certificate's, or they are not PEM (check_key_pair).
+    """
+    check_key_pair(cert, key)
     return grpc.ssl_server_credentials(
         [(key.read_bytes(), cert.read_bytes())],
         root_certificates=None if client_ca is None else client_ca.read_bytes(),

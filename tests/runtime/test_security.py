@@ -245,3 +245,55 @@ def test_a_token_file_of_comments_only_is_refused(tmp_path: Path) -> None:
     path.write_text("  # nothing but a comment\n", encoding="utf-8")
     with pytest.raises(ValueError, match="holds no token"):
         read_tokens(path)
+
+
+def test_a_key_that_is_not_the_certificates_is_said_to_be_so(pki: dict[str, Path]) -> None:
+    """A mismatched key was reported as "the port is in use"."""
+    config = ServeConfig(tls_cert=pki["cert"], tls_key=pki["stranger_key"])
+    with pytest.raises(ValueError, match="is not the key of --tls-cert"):
+        create_server("127.0.0.1:0", config)
+    with pytest.raises(ValueError, match="are not a PEM certificate and key"):
+        create_server("127.0.0.1:0", ServeConfig(tls_cert=pki["tokens"], tls_key=pki["key"]))
+
+
+def test_tokens_without_tls_are_served_with_a_warning(pki: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="driftlm.server"):
+        server, _ = create_server("127.0.0.1:0", ServeConfig(auth_token_file=pki["tokens"]))
+        server.stop(grace=None)
+    assert any("bearer tokens over plaintext" in record.getMessage() for record in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="driftlm.server"):
+        server, _ = create_server("127.0.0.1:0", ServeConfig(tls_cert=pki["cert"], tls_key=pki["key"]))
+        server.stop(grace=None)
+    assert not any("plaintext" in record.getMessage() for record in caplog.records)
+
+
+def test_an_unknown_method_is_authenticated_first_then_unimplemented_and_counted(
+    secured: str, pki: dict[str, Path]
+) -> None:
+    """Without a token an unknown method was UNIMPLEMENTED (telling a stranger what exists) and
+    never counted in the metrics."""
+    from prometheus_client import REGISTRY
+
+    method = "/driftlm.v1.SamplingService/NoSuchMethod"
+
+    def call(security: ChannelSecurity) -> grpc.RpcError:
+        channel = security.channel(secured)
+        with channel, pytest.raises(grpc.RpcError) as raised:
+            channel.unary_unary(method)(b"", timeout=10)
+        return raised.value
+
+    def counted() -> float:
+        return sum(
+            sample.value
+            for metric in REGISTRY.collect()
+            for sample in metric.samples
+            if sample.name == "grpc_server_started_total" and sample.labels.get("grpc_method") == "NoSuchMethod"
+        )
+
+    before = counted()
+    ca = pki["ca"].read_bytes()
+    assert call(ChannelSecurity(root_ca=ca)).code() == grpc.StatusCode.UNAUTHENTICATED
+    refused = call(ChannelSecurity(root_ca=ca, token=TOKEN))
+    assert refused.code() == grpc.StatusCode.UNIMPLEMENTED and "NoSuchMethod" in refused.details()
+    assert counted() >= before + 2

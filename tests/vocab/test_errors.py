@@ -72,8 +72,8 @@ def test_protected_pieces_shrink_what_can_be_removed(vocab_stub: Stub, planted_b
         protected_words_language="none",
     )
     removed = vocab_stub.ProposeUpdate(request).change.removed
-    assert [p.piece for p in removed] not in (["zorblax"], ["quintessa"], ["brontide"], ["velcrath"])
-    assert len(removed) == 1
+    assert len(removed) == 1  # something is removed, and it is not a protected piece
+    assert removed[0].piece not in {"zorblax", "quintessa", "brontide", "velcrath"}
     # With the filler words protected as English's most frequent too, nothing is left to remove.
     request.ClearField("protected_words_language")
     response = vocab_stub.ProposeUpdate(request)
