@@ -21,6 +21,7 @@ import onnx.utils
 import onnxruntime
 from tokenizers import Tokenizer
 
+from driftlm.services.core.errors import ResourceExhaustedError
 from driftlm.services.core.model_repository import INPUTS, OUTPUTS
 from driftlm.services.core.vocabulary import VocabularyError, WordPieceVocabulary, canonical_tokenizer_json
 
@@ -79,6 +80,17 @@ class RuntimeOptions:
         if self.provider == "cuda" or (self.provider == "auto" and cuda in available):
             return [cuda, "CPUExecutionProvider"]
         return ["CPUExecutionProvider"]
+
+
+def _run_options() -> onnxruntime.RunOptions:
+    """Every run gives its arena growth back: without it the CPU arena keeps the peak of the largest
+    call (three large FillMask calls left 4.5 GB resident, and the next call failed to allocate)."""
+    options = onnxruntime.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
+
+
+_RUN_OPTIONS = _run_options()
 
 
 def _session(path: Path | bytes, options: RuntimeOptions) -> onnxruntime.InferenceSession:
@@ -178,7 +190,16 @@ class LoadedModel:
         wanted = list(outputs or self.output_names)
         mask = np.ones_like(input_ids) if attention_mask is None else attention_mask
         session = self.session if "logits" in wanted else self.encoder
-        values = session.run(wanted, {"input_ids": input_ids, "attention_mask": mask})
+        try:
+            values = session.run(wanted, {"input_ids": input_ids, "attention_mask": mask}, _RUN_OPTIONS)
+        except Exception as error:  # ONNX Runtime raises its own RuntimeException types
+            if "alloc" in str(error).lower():
+                raise ResourceExhaustedError(
+                    f"the model ran out of memory on a batch of {input_ids.shape[0]} x {input_ids.shape[1]} pieces; "
+                    "send fewer or shorter texts",
+                    reason="OUT_OF_MEMORY",
+                ) from None
+            raise
         return dict(zip(wanted, values, strict=True))
 
 

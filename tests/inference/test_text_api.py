@@ -3,6 +3,7 @@ logits and embeddings match PyTorch's, and token losses are the trainer's pseudo
 
 from __future__ import annotations
 
+import grpc
 import numpy as np
 import pytest
 import torch
@@ -221,3 +222,43 @@ def test_drawn_masks_are_the_same_for_every_model_of_a_vocabulary(version_one: S
         )
     )
     assert tensor_to_array(other_seed.positions, "p").tolist() != fp32[TEXTS[1]][0]
+
+
+def test_a_fill_mask_over_too_many_masks_is_refused_up_front_and_the_server_stays_well(version_one: Server) -> None:
+    """FillMask(["[MASK]" * 62] * 256) once added 1.7 GB, kept it, and later calls failed INTERNAL."""
+    crowded = ["[MASK] " * 62] * 256
+    with pytest.raises(grpc.RpcError) as raised:
+        version_one.stub.FillMask(inference_pb2.FillMaskRequest(model=_target(), texts=crowded, top_k=1))
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "fills at most 4,096" in raised.value.details()
+    request = inference_pb2.FillMaskRequest(model=_target(), texts=[f"the of and {CUE} [MASK] in"])
+    assert version_one.stub.FillMask(request).predictions[0].candidates[0].piece == ANSWERS[1]
+
+
+def test_masks_filled_a_chunk_at_a_time_are_those_filled_one_text_at_a_time(version_one: Server) -> None:
+    """Many texts with many masks (each chunk reduced to its top k before the next runs)."""
+    texts = [f"the of and {CUE} [MASK] in is was [MASK] {' '.join(['[MASK]'] * (i % 5))}" for i in range(40)]
+    together = version_one.stub.FillMask(inference_pb2.FillMaskRequest(model=_target(), texts=texts, top_k=2))
+    alone = [
+        p
+        for text in texts[:5]
+        for p in version_one.stub.FillMask(
+            inference_pb2.FillMaskRequest(model=_target(), texts=[text], top_k=2)
+        ).predictions
+    ]
+    first = [p for p in together.predictions if p.text_index < 5]
+    assert [(p.position, [c.piece for c in p.candidates]) for p in first] == [
+        (p.position, [c.piece for c in p.candidates]) for p in alone
+    ]
+    assert len(together.predictions) == sum(2 + i % 5 for i in range(40))
+
+
+@pytest.mark.parametrize("text", ["", " ", "\u200b"])
+def test_texts_with_nothing_to_embed_are_never_an_internal_error(version_one: Server, text: str) -> None:
+    """EmbedTexts([""]) once answered INTERNAL (a Reshape on an empty sequence)."""
+    request = inference_pb2.EmbedTextsRequest(model=_target(), texts=[text], pooling=inference_pb2.POOLING_MEAN)
+    try:
+        embeddings = tensor_to_array(version_one.stub.EmbedTexts(request).embeddings, "embeddings")
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "has no pieces" in error.details()
+    else:
+        assert embeddings.shape[0] == 1 and not embeddings.any()  # [CLS] and [SEP] only: nothing to average
