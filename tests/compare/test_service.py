@@ -143,7 +143,7 @@ def test_each_slice_is_reported_and_the_record_is_stored(services: Services, tmp
         (
             {"gate": compare_pb2.PromotionGate(basis=7)},  # type: ignore[arg-type]
             grpc.StatusCode.INVALID_ARGUMENT,
-            "gate.basis: is 7; give GATE_BASIS_POINT or GATE_BASIS_INTERVAL_BOUND",
+            "gate.basis: is 7, which GateBasis does not define; give one of GATE_BASIS_POINT, GATE_BASIS_INTERVAL_BOUND",
         ),
         (
             {

@@ -33,6 +33,7 @@ from driftlm.v1 import (
     common_pb2,
     compare_pb2,
     grpc_predict_v2_pb2,
+    grpc_predict_v2_pb2_grpc,
     inference_pb2,
     sampling_pb2,
     sampling_pb2_grpc,
@@ -393,6 +394,9 @@ def test_well_shaped_text_requests_get_past_validation_and_never_crash(
     OK, none INTERNAL, none hangs."""
     strategy = next(s for svc, n, s in _well_shaped_requests(services.known_ids) if (svc, n) == (service, name))
     method = next(m for svc, m in _methods() if svc == service and m.name == name)
+    if service == "inference":  # the random fuzz above may have unloaded it
+        oip = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(services.channels["inference"])
+        oip.RepositoryModelLoad(grpc_predict_v2_pb2.RepositoryModelLoadRequest(model_name=MODEL), timeout=60)
     outcomes: list[grpc.StatusCode] = []
 
     @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)

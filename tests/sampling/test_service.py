@@ -311,8 +311,8 @@ BAD_INPUT: list[tuple[str, list[Any], grpc.StatusCode, str]] = [
         "SelectSentences",
         [sampling_pb2.SelectSentencesRequest(strategy=99, k=1, candidate_lengths=T(np.ones(3, np.int64)))],  # type: ignore[arg-type]
         grpc.StatusCode.INVALID_ARGUMENT,
-        "strategy: must be one of SAMPLING_STRATEGY_UNIFORM, SAMPLING_STRATEGY_TOKEN_EMBEDDING_SHIFT, "
-        "SAMPLING_STRATEGY_SENTENCE_EMBEDDING_SHIFT, SAMPLING_STRATEGY_TOKEN_MLM_LOSS, got 99",
+        "strategy: is 99, which SamplingStrategy does not define; give one of SAMPLING_STRATEGY_UNIFORM, "
+        "SAMPLING_STRATEGY_TOKEN_EMBEDDING_SHIFT, SAMPLING_STRATEGY_SENTENCE_EMBEDDING_SHIFT, SAMPLING_STRATEGY_TOKEN_MLM_LOSS",
     ),
     (
         "SelectSentences",
