@@ -374,6 +374,22 @@ def _well_shaped_requests(known: dict[str, list[str]]) -> list[tuple[str, str, A
             texts.map(lambda t: inference_pb2.ComputeTokenLossRequest(model=target, texts=t)),
         ),
         (
+            "compare",
+            "CompareModels",
+            st.lists(_TEXT, min_size=1, max_size=4).map(
+                lambda t: compare_pb2.CompareModelsRequest(
+                    teachers=[compare_pb2.ModelRef(name=MODEL)],
+                    student=compare_pb2.ModelRef(name=f"{MODEL}_int8"),
+                    slices=[
+                        compare_pb2.HeldOutSlice(
+                            label="fuzz",
+                            corpus=common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=[*t, "the of"])),
+                        )
+                    ],
+                )
+            ),
+        ),
+        (
             "trainer",
             "ScorePseudoLikelihood",
             texts.map(lambda t: trainer_pb2.ScorePseudoLikelihoodRequest(checkpoint_id=checkpoint, texts=t)),
@@ -383,6 +399,7 @@ def _well_shaped_requests(known: dict[str, list[str]]) -> list[tuple[str, str, A
 
 _WELL_SHAPED = [("vocab", "TokenizeTexts"), ("vocab", "ObserveSlice"), ("inference", "FillMask")]
 _WELL_SHAPED += [("inference", "EmbedTexts"), ("inference", "ComputeTokenLoss"), ("trainer", "ScorePseudoLikelihood")]
+_WELL_SHAPED += [("compare", "CompareModels")]
 
 
 @pytest.mark.parametrize(("service", "name"), _WELL_SHAPED)
@@ -394,9 +411,10 @@ def test_well_shaped_text_requests_get_past_validation_and_never_crash(
     OK, none INTERNAL, none hangs."""
     strategy = next(s for svc, n, s in _well_shaped_requests(services.known_ids) if (svc, n) == (service, name))
     method = next(m for svc, m in _methods() if svc == service and m.name == name)
-    if service == "inference":  # the random fuzz above may have unloaded it
+    if service in ("inference", "compare"):  # the random fuzz above may have unloaded the models
         oip = grpc_predict_v2_pb2_grpc.GRPCInferenceServiceStub(services.channels["inference"])
-        oip.RepositoryModelLoad(grpc_predict_v2_pb2.RepositoryModelLoadRequest(model_name=MODEL), timeout=60)
+        for model in (MODEL, f"{MODEL}_int8"):
+            oip.RepositoryModelLoad(grpc_predict_v2_pb2.RepositoryModelLoadRequest(model_name=model), timeout=60)
     outcomes: list[grpc.StatusCode] = []
 
     @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
