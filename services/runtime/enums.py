@@ -21,7 +21,9 @@ def _unknown_enum(message: Message, prefix: str) -> tuple[str, int, EnumDescript
                 if found:
                     return found
             continue
-        items = list(value) if field.is_repeated else [value]
+        if field.type not in (FieldDescriptor.TYPE_ENUM, FieldDescriptor.TYPE_MESSAGE):
+            continue  # scalars and bytes (a tensor's payload) are never walked
+        items = value if field.is_repeated else [value]
         if field.type == FieldDescriptor.TYPE_ENUM and field.enum_type is not None:
             for index, item in enumerate(items):
                 if field.enum_type.values_by_number.get(item) is None:
