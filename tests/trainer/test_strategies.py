@@ -63,5 +63,9 @@ def test_each_strategy_selects_by_its_own_signal(stack: Stack) -> None:
         "token-shift / mlm-loss",
         "sentence-shift / mlm-loss",
     }
+    # Not mostly the same sentences (the defect: 0.91-0.93). Sentence shift and MLM loss share part of
+    # their signal on new text (a new word moves the [CLS] and is hard to predict): their top tenths
+    # overlapped 0.50-0.63 over vocabularies trained in different processes (tokenizers' trainer
+    # breaks ties by hash order, so the base vocabulary differs from run to run).
     for pair in pairs:
-        assert pair["top_overlap"] <= 0.5, pair
+        assert pair["top_overlap"] <= 0.7, pair
