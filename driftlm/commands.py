@@ -1,4 +1,5 @@
-"""The `driftlm` command: `driftlm serve <service>` runs one service; `driftlm run` the main job.
+"""The `driftlm` command: `driftlm serve <service>` runs one service; `driftlm run` the main job;
+`driftlm follow` keeps a served model fresh on a live source.
 
 Every flag falls back to an environment variable (`--port` -> `DRIFTLM_PORT`, ...), so a
 container sets its configuration through env alone.
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from driftlm import __version__, health
+from driftlm.follow.command import add_follow, follow_command
 from driftlm.services.core.strategy import Strategy
 from driftlm.services.core.strategy import names as strategy_names
 from driftlm.services.runtime import tracing
@@ -459,5 +461,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     _add_palms(subcommands)
     _add_train(subcommands)
     _add_health(subcommands)
+    follow_parser = add_follow(subcommands)
     args = parser.parse_args(argv)
+    if args.command == "follow":
+        sys.exit(follow_command(follow_parser, args, argv))
     sys.exit({"serve": _serve, "run": _run, "palms": _palms, "train": _train, "health": _health}[args.command](args))

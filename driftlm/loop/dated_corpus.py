@@ -206,6 +206,18 @@ def _is_heldout(text: str, index: int, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "little") / 2**64 < fraction
 
 
+def split_slice(label: str, texts: list[str], *, heldout_fraction: float, heldout_max: int) -> Slice | None:
+    """The texts split by a stable coin into training and at most heldout_max held-out texts;
+    None when either part would be empty."""
+    held = {i for i, t in enumerate(texts) if _is_heldout(t, i, heldout_fraction)}
+    held = set(sorted(held)[:heldout_max])
+    heldout = [t for i, t in enumerate(texts) if i in held]
+    train = [t for i, t in enumerate(texts) if i not in held]
+    if not heldout or not train:
+        return None
+    return Slice(label, train, heldout)
+
+
 def cut_slices(records: Sequence[DatedText], slicing: str, *, heldout_fraction: float, heldout_max: int) -> list[Slice]:
     """Slices in time order, each with at most heldout_max held-out texts.
 
@@ -219,16 +231,13 @@ def cut_slices(records: Sequence[DatedText], slicing: str, *, heldout_fraction: 
             raise DatasetError(
                 f"slice {label} ({group[0].source} to {group[-1].source}) has no text, only empty records"
             )
-        held = {i for i, t in enumerate(texts) if _is_heldout(t, i, heldout_fraction)}
-        held = set(sorted(held)[:heldout_max])
-        heldout = [t for i, t in enumerate(texts) if i in held]
-        train = [t for i, t in enumerate(texts) if i not in held]
-        if not heldout or not train:
+        item = split_slice(label, texts, heldout_fraction=heldout_fraction, heldout_max=heldout_max)
+        if item is None:
             raise DatasetError(
                 f"slice {label} has {len(texts)} texts: too few to hold some out for evaluation and train on the rest; "
                 "use a coarser --slice"
             )
-        slices.append(Slice(label, train, heldout))
+        slices.append(item)
     if len(slices) < 2:
         raise DatasetError(
             f"the data makes {len(slices)} slice(s) by {slicing}; the loop needs at least two: use a finer --slice"

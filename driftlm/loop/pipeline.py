@@ -193,6 +193,25 @@ def trigger_record(trigger: trainer_pb2.ScoreSliceResponse) -> dict[str, Any]:
     }
 
 
+def run_request(options: Any, label: str, *, steps: int, **fields: Any) -> trainer_pb2.StartRunRequest:
+    """A training run of `steps` steps with the options' batch, length, rate and seed; with a
+    strategy other than uniform, in options.iterations iterations, between which the strategy
+    chooses the next sentences (uniform: one). `fields` set or override the request's fields."""
+    chooses = fields.get("strategy", Strategy.UNIFORM.proto) != Strategy.UNIFORM.proto
+    iterations = max(1, min(options.iterations, steps)) if chooses else 1
+    defaults: dict[str, Any] = {
+        "kind": trainer_pb2.RUN_KIND_MLM,
+        "iterations": iterations,
+        "steps_per_iteration": max(1, steps // iterations),
+        "batch_size": options.batch_size,
+        "max_length": options.max_length,
+        "learning_rate": options.learning_rate,
+        "seed": options.seed,
+        "display_name": label,
+    }
+    return trainer_pb2.StartRunRequest(**{**defaults, **fields})
+
+
 def _arm_run(
     name: str,
     arms: dict[str, ArmRecord],
@@ -353,22 +372,8 @@ class _Loop:
     # Steps ------------------------------------------------------------------------------------
 
     def train(self, progress: Progress, label: str, *, steps: int, **fields: Any) -> trainer_pb2.RunStatus:
-        """A run of `steps` steps; with a strategy other than uniform, in options.iterations
-        iterations, between which the strategy chooses the next sentences (uniform: one)."""
-        options = self.options
-        chooses = fields.get("strategy", Strategy.UNIFORM.proto) != Strategy.UNIFORM.proto
-        iterations = max(1, min(options.iterations, steps)) if chooses else 1
-        defaults: dict[str, Any] = {
-            "kind": trainer_pb2.RUN_KIND_MLM,
-            "iterations": iterations,
-            "steps_per_iteration": max(1, steps // iterations),
-            "batch_size": options.batch_size,
-            "max_length": options.max_length,
-            "learning_rate": options.learning_rate,
-            "seed": options.seed,
-            "display_name": label,
-        }
-        request = trainer_pb2.StartRunRequest(**{**defaults, **fields})
+        """A run of `steps` steps (see run_request)."""
+        request = run_request(self.options, label, steps=steps, **fields)
         task = progress.add_task(f"train {label}", total=request.iterations * request.steps_per_iteration)
         try:
             return self.trainer.train(request, on_progress=lambda run: progress.update(task, completed=run.step))

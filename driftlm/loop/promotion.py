@@ -19,6 +19,8 @@ from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
+import grpc
+
 from driftlm.services.compare.client import CompareClient
 from driftlm.services.core.strategy import Strategy
 from driftlm.services.inference.client import InferenceClient
@@ -141,16 +143,21 @@ class Promotion:
         label: str,
         served: dict[str, int] | None,
         previous_teacher: str | None = None,
+        *,
+        versions: dict[str, int] | None = None,
     ) -> dict[str, Any]:
         """Export both, load them beside what is served, compare, and serve them if the gate passes.
 
         `served` is what is served now ({"teacher": v, "student": w}) or None; the returned record
         says what is served afterwards and why. With `previous_teacher` (on the teacher's
         vocabulary) the student is compared with the ensemble of both teachers, as it was distilled.
+        With `versions` ({"teacher": v, "student": w}) the exports take those versions, so that a
+        retry after a crash repeats the same promotion (every step of it is idempotent then).
         """
+        asked = versions or {"teacher": 0, "student": 0}
         exported = {
-            "teacher": self.trainer.export_onnx(teacher, model_name=TEACHER_MODEL),
-            "student": self.trainer.export_onnx(student, model_name=STUDENT_MODEL),
+            "teacher": self.trainer.export_onnx(teacher, model_name=TEACHER_MODEL, version=asked["teacher"]),
+            "student": self.trainer.export_onnx(student, model_name=STUDENT_MODEL, version=asked["student"]),
         }
         candidate = {role: int(answer.version) for role, answer in exported.items()}
         names = {"teacher": TEACHER_MODEL, "student": STUDENT_MODEL}
@@ -180,7 +187,7 @@ class Promotion:
         }
         sizes = {role: _file_size(answer.model.uri) for role, answer in exported.items()}
         if previous_teacher is not None:
-            self.inference.unload_model(*teachers[1])  # compared with, never served
+            self._unload(*teachers[1])  # compared with, never served
         if comparison.gate.passed:
             for role, name in names.items():
                 self.inference.load_model(name, candidate[role], make_default=True, unload_previous=True)
@@ -188,7 +195,7 @@ class Promotion:
         else:
             for role, name in names.items():
                 if served is None or served[role] != candidate[role]:
-                    self.inference.unload_model(name, candidate[role])
+                    self._unload(name, candidate[role])
             now_served = served
         overall = comparison.overall
         return {
@@ -208,6 +215,14 @@ class Promotion:
             "size_ratio": sizes["student"] / sizes["teacher"] if sizes["teacher"] and sizes["student"] else None,
             "speed_ratio": speeds["teacher"] / speeds["student"] if speeds["student"] else None,
         }
+
+    def _unload(self, name: str, version: int) -> None:
+        """Unload a candidate; one a crashed attempt unloaded already is fine."""
+        try:
+            self.inference.unload_model(name, version)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                raise
 
 
 def _file_size(uri: str) -> int:

@@ -120,7 +120,7 @@ def _required(values: dict[str, Any], fields: Sequence[str], path: Path, locatio
     return Record(location, values)
 
 
-def _read_jsonl(path: Path, fields: Sequence[str]) -> Iterator[Record]:
+def _read_jsonl(path: Path, fields: Sequence[str], required: Sequence[str]) -> Iterator[Record]:
     for number, line in _decoded_lines(path):
         if not line.strip():
             continue
@@ -130,10 +130,10 @@ def _read_jsonl(path: Path, fields: Sequence[str]) -> Iterator[Record]:
             raise CorpusError(path, f"line {number}", f"not valid JSON ({error.msg})") from error
         if not isinstance(record, dict):
             raise CorpusError(path, f"line {number}", f"expected a JSON object, got {type(record).__name__}")
-        yield _required({name: record.get(name) for name in fields}, fields, path, f"line {number}")
+        yield _required({name: record.get(name) for name in fields}, required, path, f"line {number}")
 
 
-def _read_csv(path: Path, fields: Sequence[str]) -> Iterator[Record]:
+def _read_csv(path: Path, fields: Sequence[str], required: Sequence[str]) -> Iterator[Record]:
     csv.field_size_limit(sys.maxsize)  # real texts can be far longer than csv's 128 KiB default
     reader = csv.DictReader(line for _number, line in _decoded_lines(path))
     try:
@@ -143,12 +143,12 @@ def _read_csv(path: Path, fields: Sequence[str]) -> Iterator[Record]:
                 path, "line 1", f"no column {missing[0]!r} among the header's {len(reader.fieldnames or ())} columns"
             )
         for row in reader:
-            yield _required({name: row.get(name) for name in fields}, fields, path, f"line {reader.line_num}")
+            yield _required({name: row.get(name) for name in fields}, required, path, f"line {reader.line_num}")
     except csv.Error as error:
         raise CorpusError(path, f"line {reader.line_num}", f"not valid CSV ({error})") from error
 
 
-def _read_parquet(path: Path, fields: Sequence[str]) -> Iterator[Record]:
+def _read_parquet(path: Path, fields: Sequence[str], required: Sequence[str]) -> Iterator[Record]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -168,7 +168,7 @@ def _read_parquet(path: Path, fields: Sequence[str]) -> Iterator[Record]:
         columns = [batch.column(i).to_pylist() for i in range(len(fields))]
         for values in zip(*columns, strict=True):
             row += 1
-            yield _required(dict(zip(fields, values, strict=True)), fields, path, f"row {row}")
+            yield _required(dict(zip(fields, values, strict=True)), required, path, f"row {row}")
 
 
 def _read_text(path: Path) -> Iterator[str]:
@@ -191,11 +191,18 @@ def _compression_errors_named(path: Path, items: Iterator[Any]) -> Iterator[Any]
         raise CorpusError(path, f"after text {read}", f"broken {kind} data ({error})") from error
 
 
-def read_records(path: Path, fields: Sequence[str], *, corpus_format: CorpusFormat | None = None) -> Iterator[Record]:
-    """The records of a JSONL, CSV or Parquet corpus with the given fields, in file order, lazily.
+def read_records(
+    path: Path,
+    fields: Sequence[str],
+    *,
+    corpus_format: CorpusFormat | None = None,
+    required: Sequence[str] | None = None,
+) -> Iterator[Record]:
+    """The records of a JSONL, CSV or Parquet corpus with the given fields, in file order, lazily;
+    a field of `required` (default: all) must be in every record, another is None where missing.
 
     Raises:
-        CorpusError: a malformed file, a plain-text file, or a record without one of the fields;
+        CorpusError: a malformed file, a plain-text file, or a record without a required field;
             the message names the file and line.
         FileNotFoundError: no such file.
     """
@@ -207,7 +214,7 @@ def read_records(path: Path, fields: Sequence[str], *, corpus_format: CorpusForm
         raise CorpusError(
             path, "", "plain text has no fields; use JSONL, CSV or Parquet (by extension: .jsonl, .csv, .parquet)"
         )
-    return _compression_errors_named(path, readers[chosen](path, fields))
+    return _compression_errors_named(path, readers[chosen](path, fields, fields if required is None else required))
 
 
 def read_texts(path: Path, *, text_field: str = "text", corpus_format: CorpusFormat | None = None) -> Iterator[str]:

@@ -85,9 +85,17 @@ def _sample_inputs(vocab_size: int, seed: int, shape: tuple[int, int]) -> tuple[
 
 
 def export_onnx(
-    model: PreTrainedModel, tokenizer_json: str, repository: Path, name: str, version: int = 0, *, opset: int = 17
+    model: PreTrainedModel,
+    tokenizer_json: str,
+    repository: Path,
+    name: str,
+    version: int = 0,
+    *,
+    opset: int = 17,
+    checkpoint_id: str = "",
 ) -> ExportResult:
-    """Publish version `version` (0: the next) of models `name` (fp32) and `name`_int8 in `repository`.
+    """Publish version `version` (0: the next) of models `name` (fp32) and `name`_int8 in `repository`;
+    each version's export.json names the checkpoint (see earlier_export).
 
     Raises:
         FileExistsError: that version exists already.
@@ -150,6 +158,7 @@ def export_onnx(
                 total += int(real.sum())
             results.append((worst, agree / total))
         report = {
+            "checkpoint_id": checkpoint_id,
             "inputs": list(INPUTS),
             "outputs": list(OUTPUTS),
             "opset": opset,
@@ -167,3 +176,28 @@ def export_onnx(
                 (temporary / "export.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
                 store.publish_directory(temporary, repository / model_name / str(version))
     return ExportResult(repository, names[0], names[1], version, results[0][0], results[1][0], results[1][1])
+
+
+def earlier_export(repository: Path, name: str, version: int, checkpoint_id: str) -> ExportResult | None:
+    """The result of an earlier export of `checkpoint_id` as this version of both models, read from
+    their export.json files; None when the version holds something else (or only one of the two)."""
+    names = (name, f"{name}_int8")
+    reports = []
+    for model_name in names:
+        path = repository / model_name / str(version) / "export.json"
+        try:
+            reports.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            return None
+    if not checkpoint_id or any(r.get("checkpoint_id") != checkpoint_id for r in reports):
+        return None
+    first = reports[0]
+    return ExportResult(
+        repository,
+        names[0],
+        names[1],
+        version,
+        float(first["max_abs_diff"]),
+        float(first["quantized_max_abs_diff"]),
+        float(first["quantized_top1_agreement"]),
+    )

@@ -4,6 +4,7 @@ or an object store (mirrored locally, then uploaded); failures as driftlm errors
 from __future__ import annotations
 
 import shutil
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from driftlm.services.core.paths import FileRoots
 
 from . import remote_export
 from .checkpoints import CheckpointStore
-from .export import ExportResult, export_onnx
+from .export import ExportResult, earlier_export, export_onnx
 
 # The model an export goes to when the request names none.
 DEFAULT_MODEL_NAME = "driftlm"
@@ -32,6 +33,7 @@ class Exporter:
         self.checkpoints = checkpoints
         self.roots = roots
         self._default_repository = default_repository
+        self._exporting = threading.Lock()
 
     def export_onnx(
         self, checkpoint_id: str, repository: str = "", model_name: str = "", version: int = 0
@@ -73,6 +75,13 @@ class Exporter:
         return replace(result, published_repository=clean, model_sha256=hashes[0], quantized_model_sha256=hashes[1])
 
     def _export(self, checkpoint_id: str, target: Path, name: str, version: int) -> ExportResult:
+        with self._exporting:  # a retry arriving while the first attempt still writes waits for it
+            return self._export_once(checkpoint_id, target, name, version)
+
+    def _export_once(self, checkpoint_id: str, target: Path, name: str, version: int) -> ExportResult:
+        earlier = earlier_export(target, name, version, checkpoint_id) if version else None
+        if earlier is not None:
+            return earlier  # a retry of an export that finished: the same answer
         try:
             return export_onnx(
                 self.checkpoints.model(checkpoint_id),
@@ -80,6 +89,7 @@ class Exporter:
                 target,
                 name,
                 version,
+                checkpoint_id=checkpoint_id,
             )
         except FileExistsError as error:
             raise AlreadyExistsError(

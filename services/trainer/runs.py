@@ -11,6 +11,7 @@ from the last iteration's checkpoint after a kill.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import secrets
 import threading
@@ -25,7 +26,7 @@ import torch
 from google.rpc import code_pb2
 
 from driftlm.services.core import store
-from driftlm.services.core.errors import DriftlmError, NotFoundError, UnavailableError
+from driftlm.services.core.errors import AlreadyExistsError, DriftlmError, NotFoundError, UnavailableError
 from driftlm.services.runtime import tracing
 from driftlm.services.runtime.interceptor import as_domain_error
 from driftlm.services.trainer.run_context import Progress, RunCancelledError, RunContext, RunPreemptedError
@@ -74,6 +75,11 @@ class RunRecord:
 RunExecutor = Callable[[RunSpec, RunContext], Any]
 
 
+def run_id_of(request_id: str) -> str:
+    """The run id a request_id gives: the same key, the same run (and checkpoint ids after it)."""
+    return "run-" + hashlib.sha256(request_id.encode()).hexdigest()[:16]
+
+
 class RunManager:
     """Starts, tracks, cancels and resumes runs; one at a time (one run per device).
 
@@ -111,10 +117,24 @@ class RunManager:
     # API ------------------------------------------------------------------------------------
 
     def start(self, spec: RunSpec) -> RunRecord:
-        """Queue a run; it starts when the runs before it end."""
-        record = RunRecord(run_id=f"run-{secrets.token_hex(8)}", spec=spec, state=QUEUED, create_time=now())
-        self._save(record)
-        with self._changed:
+        """Queue a run; it starts when the runs before it end. A spec with a request_id that an
+        earlier run had gets that run back (idempotent retries).
+
+        Raises:
+            AlreadyExistsError: the request_id was an earlier run's with other parameters.
+        """
+        run_id = run_id_of(spec.request_id) if spec.request_id else f"run-{secrets.token_hex(8)}"
+        with self._changed:  # held through the save: two retries of one request make one run
+            earlier = self._runs.get(run_id)
+            if earlier is not None:
+                if earlier.spec != spec:
+                    raise AlreadyExistsError(
+                        f"request_id {spec.request_id!r} started run {run_id} with other parameters; "
+                        "a retry repeats the request unchanged, a new request takes a new request_id"
+                    )
+                return earlier
+            record = RunRecord(run_id=run_id, spec=spec, state=QUEUED, create_time=now())
+            self._save(record)
             self._runs[record.run_id] = record
             self._traces[record.run_id] = tracing.current_trace()
             self._queue.append(record.run_id)

@@ -56,6 +56,8 @@ class RunSpec:
     memory_texts: int = 20_000
     # Only the MLM head's transform and bias train (a new head's warm-up).
     head_only: bool = False
+    # The caller's idempotency key (StartRunRequest.request_id); empty: none.
+    request_id: str = ""
 
     @property
     def total_steps(self) -> int:

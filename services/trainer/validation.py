@@ -37,6 +37,8 @@ MAX_LENGTH = 8192
 MAX_CANDIDATES = 1_000_000
 # Trained texts scored at a run's end for the trigger's memory.
 MAX_MEMORY_TEXTS = 1_000_000
+# Longest idempotency key StartRun takes (a UUID is 36).
+MAX_REQUEST_ID = 128
 
 
 def _count(value: int, field: str, *, low: int = 1, high: int = MAX_STEPS) -> int:
@@ -130,4 +132,14 @@ def run_spec(request: trainer_pb2.StartRunRequest, *, roots: FileRoots) -> RunSp
         ),
         memory_texts=_count(request.memory_texts or 20_000, "memory_texts", high=MAX_MEMORY_TEXTS),
         head_only=request.head_only,
+        request_id=_request_id(request.request_id),
     )
+
+
+def _request_id(value: str) -> str:
+    """The idempotency key, checked: printable ASCII, at most MAX_REQUEST_ID characters."""
+    if len(value) > MAX_REQUEST_ID or not all(" " <= c <= "~" for c in value):
+        raise InvalidArgumentError(
+            "request_id", f"must be at most {MAX_REQUEST_ID} printable ASCII characters (a UUID, say)"
+        )
+    return value

@@ -366,6 +366,7 @@ class StartRunRequest(_message.Message):
     HEAD_ONLY_FIELD_NUMBER: _builtins.int
     MEMORY_DECAY_FIELD_NUMBER: _builtins.int
     MEMORY_TEXTS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     kind: Global___RunKind.ValueType
     """Training or distillation."""
     base_checkpoint_id: _builtins.str
@@ -439,6 +440,13 @@ class StartRunRequest(_message.Message):
     0 means 20,000 (drawn uniformly when the slices hold more). Every trained text counts for
     the word memory.
     """
+    request_id: _builtins.str
+    """An idempotency key (AIP-155), at most 128 printable ASCII characters: a StartRun that repeats
+    the request_id of an earlier run returns that run (whatever its state) instead of starting
+    another, so a caller that lost the answer (a crash, a timeout) asks again safely; the same key
+    with other parameters is ALREADY_EXISTS. The run's id, and its checkpoints' ids, follow from
+    the key. Empty: every call starts a new run.
+    """
     @_builtins.property
     def slices(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ArtifactRef]:
         """The slices to train on (corpus files on the trainer's machine)."""
@@ -482,10 +490,11 @@ class StartRunRequest(_message.Message):
         head_only: _builtins.bool = ...,
         memory_decay: _builtins.float | None = ...,
         memory_texts: _builtins.int = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_memory_decay", b"_memory_decay", "_sampling_alpha", b"_sampling_alpha", "memory_decay", b"memory_decay", "sampling_alpha", b"sampling_alpha"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_memory_decay", b"_memory_decay", "_sampling_alpha", b"_sampling_alpha", "base_checkpoint_id", b"base_checkpoint_id", "batch_size", b"batch_size", "candidate_pool_size", b"candidate_pool_size", "display_name", b"display_name", "distill_alpha", b"distill_alpha", "embedding_init", b"embedding_init", "head_only", b"head_only", "iterations", b"iterations", "kind", b"kind", "learning_rate", b"learning_rate", "mask_fraction", b"mask_fraction", "max_length", b"max_length", "memory_decay", b"memory_decay", "memory_texts", b"memory_texts", "random_batches", b"random_batches", "reference_texts", b"reference_texts", "replay_fraction", b"replay_fraction", "replay_slices", b"replay_slices", "sampling_alpha", b"sampling_alpha", "seed", b"seed", "slices", b"slices", "steps_per_iteration", b"steps_per_iteration", "strategy", b"strategy", "teacher_checkpoint_ids", b"teacher_checkpoint_ids", "temperature", b"temperature", "text_field", b"text_field", "top_x", b"top_x", "vocab_version_id", b"vocab_version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_memory_decay", b"_memory_decay", "_sampling_alpha", b"_sampling_alpha", "base_checkpoint_id", b"base_checkpoint_id", "batch_size", b"batch_size", "candidate_pool_size", b"candidate_pool_size", "display_name", b"display_name", "distill_alpha", b"distill_alpha", "embedding_init", b"embedding_init", "head_only", b"head_only", "iterations", b"iterations", "kind", b"kind", "learning_rate", b"learning_rate", "mask_fraction", b"mask_fraction", "max_length", b"max_length", "memory_decay", b"memory_decay", "memory_texts", b"memory_texts", "random_batches", b"random_batches", "reference_texts", b"reference_texts", "replay_fraction", b"replay_fraction", "replay_slices", b"replay_slices", "request_id", b"request_id", "sampling_alpha", b"sampling_alpha", "seed", b"seed", "slices", b"slices", "steps_per_iteration", b"steps_per_iteration", "strategy", b"strategy", "teacher_checkpoint_ids", b"teacher_checkpoint_ids", "temperature", b"temperature", "text_field", b"text_field", "top_x", b"top_x", "vocab_version_id", b"vocab_version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__memory_decay: _TypeAlias = _typing.Literal["memory_decay"]  # noqa: Y015
     _WhichOneofArgType__memory_decay: _TypeAlias = _typing.Literal["_memory_decay", b"_memory_decay"]  # noqa: Y015
@@ -1347,7 +1356,9 @@ class ExportOnnxRequest(_message.Message):
     model_name: _builtins.str
     """The model: fp32 goes to `<model_name>`, int8 to `<model_name>_int8`. Empty means "driftlm"."""
     version: _builtins.int
-    """The version to publish (a positive integer, never rewritten); 0 means the next free one."""
+    """The version to publish (a positive integer, never rewritten); 0 means the next free one. Asking
+    again for a version that an export of the same checkpoint wrote returns that export (a retry).
+    """
     @_builtins.property
     def destination(self) -> _common_pb2.ArtifactRef:
         """The model repository to publish into (created when missing; the layout NVIDIA Triton reads);
