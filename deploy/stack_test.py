@@ -36,6 +36,10 @@ from driftlm.services.vocab.client import VocabClient
 DEPLOY = Path(__file__).resolve().parent
 ROOT = DEPLOY.parent
 SERVICES = ("sampling", "vocab", "inference", "compare", "trainer")  # cheapest build first
+IMAGES = (*SERVICES, "follow")
+# The controller's model names, apart from the `driftlm run` loop's (each owns its versions).
+FOLLOW_MODEL = "fresh"
+FOLLOW_METRICS = "http://127.0.0.1:9109"
 PROJECT = "driftlm-deploy-test"
 DEBIAN_BASE = "localhost/driftlm-python-base:3.11-bookworm"
 DEBIAN_PACKAGES = "python3,python3-venv,python-is-python3,ca-certificates"
@@ -81,7 +85,9 @@ class Engine:
         compose = (
             [str(Path(sys.executable).parent / "podman-compose")] if self.name == "podman" else ["docker", "compose"]
         )
-        files = ["compose.yaml", "compose.loop.yaml", *(["compose.tls.yaml"] if tls else [])]
+        # The controller joins the plaintext stack (with TLS it would need client certificates too).
+        files = ["compose.yaml", "compose.loop.yaml", *(["compose.tls.yaml"] if tls else ["compose.follow.yaml"])]
+        self.follows = not tls
         self.compose = [*compose, "-p", PROJECT, *(a for name in files for a in ("-f", str(DEPLOY / name)))]
 
     def check_space(self, needed_gib: float) -> None:
@@ -163,7 +169,7 @@ def _build(engine: Engine, base: str, tag: str, pip_ca: Path | None, torch_wheel
     if torch_wheel is not None:
         wheels.mkdir(exist_ok=True)
         shutil.copy2(torch_wheel, wheels / torch_wheel.name)
-    for service in SERVICES:
+    for service in IMAGES:
         command = [engine.name, "build", "-f", str(DEPLOY / "Dockerfile"), "--target", service]
         command += ["--build-arg", f"PYTHON_IMAGE={base}", "-t", f"driftlm-{service}:{tag}"]
         if engine.name == "podman":
@@ -234,15 +240,21 @@ def _wait_healthy(engine: Engine, timeout_s: float, security: ChannelSecurity) -
 
 def _inspect(engine: Engine) -> None:
     """Each container runs as the images' user, on a read-only root, and its health check passes."""
-    for service in SERVICES:
+    for service in IMAGES if engine.follows else SERVICES:
         name = _container(engine, service)
         config = json.loads(_run([engine.name, "inspect", name]).stdout)[0]
         user, read_only = config["Config"]["User"], config["HostConfig"]["ReadonlyRootfs"]
         if user != str(UID) or read_only is not True:
             raise SystemExit(f"{service}: user {user!r}, read-only root {read_only}")
         healthcheck = [engine.name, "healthcheck", "run", name] if engine.name == "podman" else None
-        if healthcheck is not None:
-            _run(healthcheck)  # podman runs health checks from systemd timers, absent here: run it once
+        deadline = time.monotonic() + 120  # the controller's /healthz comes up once the services answer
+        while healthcheck is not None:
+            # podman runs health checks from systemd timers, absent here: run it until it passes
+            if _run(healthcheck, check_rc=False).returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                _run(healthcheck)
+            time.sleep(3)
         print(f"   {service}: user {user}, read-only root, health check passes")
 
 
@@ -320,9 +332,60 @@ def _loop(shared: Path, out: Path, steps: int, security: ChannelSecurity, secret
         )
 
 
+def _metric(name: str) -> float:
+    """A sample of the controller's /metrics (0 before it exists)."""
+    import re
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{FOLLOW_METRICS}/metrics", timeout=10) as response:
+            body = response.read().decode()
+    except OSError:
+        return 0.0
+    found = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", body, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def _follow(shared: Path, security: ChannelSecurity, timeout_s: float) -> None:
+    """Dated files dropped into the controller's feed, a year at a time; it must close the first
+    two years, train, and promote both (the gate is off here: a short run checks the plumbing, the
+    tests check the gate), and inference must answer from the promoted version."""
+    from driftlm.loop.drifting_stream import generate_stream
+
+    years: dict[str, list[dict[str, str]]] = {}
+    for record in generate_stream(texts_per_period=200, seed=5):
+        years.setdefault(record["time"][:4], []).append(record)
+    feed = shared / "feed"
+    drops = [("2016", years["2016"]), ("2017", [{**r, "time": "2017" + r["time"][4:]} for r in years["2021"]])]
+    drops.append(("2018", [{**years["2018"][0], "time": "2018-06-01"}]))
+    for name, records in drops:
+        temporary = feed / f".{name}.jsonl.part"
+        temporary.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        temporary.rename(feed / f"{name}.jsonl")
+    deadline = time.monotonic() + timeout_s
+    while _metric("driftlm_follow_promotions_total") < 2:
+        if time.monotonic() > deadline:
+            raise SystemExit(
+                f"the controller promoted {_metric('driftlm_follow_promotions_total'):.0f} of 2 slices in {timeout_s:.0f} s"
+            )
+        time.sleep(5)
+    print(f"   follow: 2 slices promoted, {_metric('driftlm_follow_trigger_fires_total'):.0f} fired")
+    with InferenceClient(
+        f"127.0.0.1:{SERVICE_DEFAULTS['inference'].grpc_port}", timeout_s=60, security=security
+    ) as inference:
+        served = {m.name: m.version for m in inference.list_models() if m.is_default}
+        if served.get(FOLLOW_MODEL) != 2:
+            raise SystemExit(f"inference serves {served}, not version 2 of {FOLLOW_MODEL}")
+        (fill,) = inference.fill_mask(FOLLOW_MODEL, ["the new [MASK] was released today."], top_k=3)
+        print(f"   inference: {FOLLOW_MODEL} v2 fills {[c.piece for c in fill.candidates]}")
+    report = shared / "follow-report" / "report.html"
+    if "<img" not in report.read_text(encoding="utf-8"):
+        raise SystemExit(f"{report} has no plots")
+
+
 def _stop(engine: Engine) -> None:
     """SIGTERM every container; each must exit 0 (a graceful stop) within its grace period."""
-    names = {s: _container(engine, s) for s in SERVICES}
+    names = {s: _container(engine, s) for s in (IMAGES if engine.follows else SERVICES)}
     _run([*engine.compose, "stop"])
     for service, name in names.items():
         code = json.loads(_run([engine.name, "inspect", name]).stdout)[0]["State"]["ExitCode"]
@@ -368,6 +431,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from driftlm.loop.pipeline import default_base_model
 
     shutil.copytree(default_base_model(), shared / "minilm")
+    # The controller's feed and its settings: short training, a year a slice, the gate off.
+    (shared / "feed").mkdir()
+    (shared / "follow.yaml").write_text(
+        "head_steps: 20\nfirst_steps: 12\nsteps: 12\ndistill_steps: 12\n"
+        f"max_length: 32\ngate_min_agreement: none\nmodel_name: {FOLLOW_MODEL}\n",
+        encoding="utf-8",
+    )
+    os.environ.update(
+        DRIFTLM_FEED=str(shared / "feed"),
+        DRIFTLM_FOLLOW_CONFIG=str(shared / "follow.yaml"),
+        DRIFTLM_FOLLOW_SLICE="year",
+        DRIFTLM_FOLLOW_POLL_S="2",
+    )
     security, secrets = _write_secrets(DEPLOY / "secrets") if args.tls else (ChannelSecurity(), {})
     started = time.monotonic()
     try:
@@ -376,7 +452,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with _step("base image", timings):
                 base = _base_image(engine, args.base_image)
                 _containers_conf_for_sandboxes(engine, base)
-            with _step("build five images", timings):
+            with _step("build six images", timings):
                 _build(engine, base, args.tag, args.pip_ca, args.torch_wheel)
         else:
             _containers_conf_for_sandboxes(engine, f"driftlm-sampling:{args.tag}")
@@ -388,6 +464,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _smoke(shared, security)
         with _step("driftlm run --endpoints", timings):
             _loop(shared, shared / "report", args.steps, security, secrets)
+        if engine.follows:
+            with _step("driftlm follow: files dropped until promoted", timings):
+                _follow(shared, security, 1800)
         with _step("graceful stop", timings):
             _stop(engine)
     except CannotRunContainersError as error:

@@ -9,10 +9,11 @@ Every number the README quotes from a run stands between `<!-- figures:NAME -->`
 | docs/example-palms-report.json        | `driftlm palms --out palms-out`, its report.json                |
 | benchmarks/results/trigger_power.json | `python -m benchmarks trigger_power`                            |
 | benchmarks/results/strategies.json    | `python -m benchmarks strategies`                               |
+| benchmarks/results/follow.json        | `python -m benchmarks follow`                                   |
 
-The table of `driftlm serve` settings between `<!-- settings:serve -->` markers is written from
-ServeConfig's fields (services/runtime/settings.py), so flags, environment variables and README
-agree. The plots in docs/images are drawn from the same files, and docs/images/sources.json records each
+The tables of settings between `<!-- settings:serve -->` and `<!-- settings:follow -->` markers
+are written from ServeConfig's and FollowOptions' fields (services/runtime/settings.py), so flags,
+environment variables and README agree. The plots in docs/images are drawn from the same files, and docs/images/sources.json records each
 plot's source file and that file's SHA-256: a plot whose source has changed since it was drawn is
 reported by `--check` as stale (PNG bytes themselves differ between matplotlib versions, so they
 are not compared). tests/test_readme_figures.py runs the check.
@@ -35,6 +36,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from driftlm.follow.options import FollowOptions
 from driftlm.services.runtime.config import ServeConfig
 from driftlm.services.runtime.settings import flag_table
 
@@ -46,8 +48,10 @@ LOOP = ROOT / "docs" / "example-report.json"
 PALMS = ROOT / "docs" / "example-palms-report.json"
 POWER = ROOT / "benchmarks" / "results" / "trigger_power.json"
 STRATEGIES = ROOT / "benchmarks" / "results" / "strategies.json"
-# The table of `driftlm serve` settings, written from ServeConfig's fields (runtime/settings.py).
-_SETTINGS = re.compile(r"(<!-- settings:serve -->\n)(.*?)(<!-- /settings:serve -->)", re.S)
+FOLLOW = ROOT / "benchmarks" / "results" / "follow.json"
+# The tables of settings, written from their config classes' fields (runtime/settings.py).
+SETTINGS: dict[str, type] = {"serve": ServeConfig, "follow": FollowOptions}
+_SETTINGS = re.compile(r"(<!-- settings:(?P<name>\w+) -->\n)(.*?)(<!-- /settings:(?P=name) -->)", re.S)
 _BLOCK = re.compile(r"(<!-- figures:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /figures:(?P=name) -->)", re.S)
 
 
@@ -285,6 +289,40 @@ def strategies(result: dict[str, Any]) -> str:
     )
 
 
+def follow(result: dict[str, Any]) -> str:
+    """`driftlm follow`: per year slice, the delays and steps; the soak's memory."""
+    rows = []
+    for row in result["years"]:
+        steps = row["step_seconds"]
+        heaviest = max(steps, key=steps.get)
+        rows.append(
+            [
+                row["slice"],
+                "yes" if row["fired"] else "no",
+                "yes" if row["promoted"] else "no",
+                f"{row['landed_to_closed_s']:.1f}",
+                f"{row['closed_to_done_s']:.0f}",
+                f"{heaviest} {steps[heaviest]:.0f}",
+            ]
+        )
+    table = _table(
+        ["slice", "fired", "promoted", "file landed to slice closed (s)", "closed to done (s)", "longest step (s)"],
+        rows,
+    )
+    memory = [r["controller_rss_mib"] for r in result["soak"]]
+    fired = sum(r["fired"] for r in result["soak"])
+    tenth = max(1, len(memory) // 10)
+    return (
+        table
+        + f"\nEvery slice closed within one poll interval ({result['poll_interval_s']:.0f} s) of the file that "
+        f"closed it landing, and was served (when promoted) as soon as its steps ended. Over "
+        f"{len(memory)} slices of the soak ({fired} fired), the controller's resident memory went from "
+        f"{memory[0]:.0f} MiB after the first to {memory[-1]:.0f} MiB after the last (at most {max(memory):.0f}; "
+        f"mean of the first tenth {sum(memory[:tenth]) / tenth:.0f}, of the last {sum(memory[-tenth:]) / tenth:.0f}).\n"
+        "\n![Time per slice by step, and the controller's memory over the soak](docs/images/follow.png)\n"
+    )
+
+
 BLOCKS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "loop-summary": (LOOP, loop_summary),
     "loop-trigger": (LOOP, loop_trigger),
@@ -293,6 +331,7 @@ BLOCKS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "palms": (PALMS, palms),
     "trigger-power": (POWER, trigger_power),
     "strategies": (STRATEGIES, strategies),
+    "follow": (FOLLOW, follow),
 }
 
 
@@ -319,6 +358,26 @@ def _power_plot(result: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def _follow_plot(result: dict[str, Any], path: Path) -> None:
+    figure, (steps_axis, memory_axis) = plt.subplots(1, 2, figsize=(11, 3.8))
+    years = result["years"]
+    names = sorted({name for row in years for name in row["step_seconds"]})
+    bottom = [0.0] * len(years)
+    for name in names:
+        heights = [row["step_seconds"].get(name, 0.0) for row in years]
+        steps_axis.bar([row["slice"] for row in years], heights, bottom=bottom, label=name)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    steps_axis.set(title="Time per slice, by step (a year at a time)", ylabel="seconds")
+    steps_axis.legend(fontsize=7, ncol=2)
+    soak = result["soak"]
+    memory_axis.plot(range(1, len(soak) + 1), [r["controller_rss_mib"] for r in soak], marker=".")
+    memory_axis.set(title=f"Controller memory over {len(soak)} slices", xlabel="slice", ylabel="resident MiB")
+    memory_axis.set_ylim(bottom=0)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    plt.close(figure)
+
+
 def _plots() -> dict[Path, list[Path]]:
     """Each source file and the plots drawn from it (drawing them)."""
     from driftlm.loop.report import draw_plots
@@ -332,6 +391,9 @@ def _plots() -> dict[Path, list[Path]]:
     if POWER.exists():
         _power_plot(_load(POWER), IMAGES / "trigger_power.png")
         drawn[POWER] = [IMAGES / "trigger_power.png"]
+    if FOLLOW.exists():
+        _follow_plot(_load(FOLLOW), IMAGES / "follow.png")
+        drawn[FOLLOW] = [IMAGES / "follow.png"]
     return drawn
 
 
@@ -350,7 +412,10 @@ def rendered_readme() -> str:
         source, render = BLOCKS[name]
         return match.group(1) + render(_load(source)) + match.group(4)
 
-    return _SETTINGS.sub(lambda m: m.group(1) + flag_table(ServeConfig) + m.group(3), _BLOCK.sub(block, text))
+    def settings(match: re.Match[str]) -> str:
+        return match.group(1) + flag_table(SETTINGS[match.group("name")]) + match.group(4)
+
+    return _SETTINGS.sub(settings, _BLOCK.sub(block, text))
 
 
 def problems() -> list[str]:
@@ -361,9 +426,10 @@ def problems() -> list[str]:
     for old, new in zip(_BLOCK.finditer(current), _BLOCK.finditer(wanted), strict=True):
         if old.group("body") != new.group("body"):
             found.append(f"README.md block {old.group('name')!r} differs from {BLOCKS[old.group('name')][0].name}")
-    settings = (_SETTINGS.search(current), _SETTINGS.search(wanted))
-    if settings[0] is None or settings[1] is None or settings[0].group(2) != settings[1].group(2):
-        found.append("README.md's table of `driftlm serve` settings differs from ServeConfig's flags")
+    tables = {m.group("name"): m.group(3) for m in _SETTINGS.finditer(current)}
+    for name, config in SETTINGS.items():
+        if tables.get(name) != flag_table(config):
+            found.append(f"README.md's table of `driftlm {name}` settings differs from {config.__name__}'s flags")
     present = {m.group("name") for m in _BLOCK.finditer(current)}
     found += [f"README.md has no figures block {name!r}" for name in sorted(BLOCKS.keys() - present)]
     recorded = _load(SOURCES) if SOURCES.exists() else {}

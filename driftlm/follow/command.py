@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,9 +24,9 @@ def add_follow(subcommands: argparse._SubParsersAction[argparse.ArgumentParser])
     parser.add_argument(
         "--config",
         type=Path,
-        default=None,
+        default=Path(os.environ["DRIFTLM_FOLLOW_CONFIG"]) if os.environ.get("DRIFTLM_FOLLOW_CONFIG") else None,
         help="a YAML file of settings (the flags' names: slice: week, poll_interval_s: 60, ...); flags and "
-        "DRIFTLM_* variables override it",
+        "DRIFTLM_* variables override it (env DRIFTLM_FOLLOW_CONFIG)",
     )
     add_flags(parser, FollowOptions)
     return parser

@@ -158,9 +158,7 @@ class Follower:
                 self.intake.close(label)
         served = self.state.served
         if served is not None:
-            from driftlm.loop.promotion import STUDENT_MODEL, TEACHER_MODEL
-
-            for role, name in (("teacher", TEACHER_MODEL), ("student", STUDENT_MODEL)):
+            for role, name in self.production.promotion.names.items():
                 try:
                     self.inference.load_model(name, int(served[role]), make_default=True)
                 except grpc.RpcError as error:
@@ -200,6 +198,7 @@ class Follower:
         store.write_bytes_atomically(slices / f"{label}.jsonl", _jsonl(item.train))
         store.write_bytes_atomically(slices / f"{label}.heldout.jsonl", _jsonl(item.heldout))
         self.state.queue.append(label)
+        self.state.closed_at[label] = _now()
         self.states.save(self.state)
         self.intake.close(label)
         _LOG.info("slice closed", extra={"slice": label, "texts": len(texts)})
@@ -210,7 +209,14 @@ class Follower:
         while self.state.current is not None or self.state.queue:
             if self.state.current is None:
                 label = self.state.queue.pop(0)
-                self.state.current = {"slice": label, "closed_at": _now(), "steps": {}, "seconds": {}, "attempts": {}}
+                closed_at = self.state.closed_at.pop(label, _now())
+                self.state.current = {
+                    "slice": label,
+                    "closed_at": closed_at,
+                    "steps": {},
+                    "seconds": {},
+                    "attempts": {},
+                }
                 self.states.save(self.state)
             if not self._process_current():
                 return False
@@ -262,7 +268,7 @@ class Follower:
         _LOG.info("step started", extra={"slice": label, "step": name})
         started = time.perf_counter()
         try:
-            result = step()
+            result = self._interruptible(step, name, label)
         except (grpc.RpcError, RunFailedError) as error:
             metrics.FAILURES.labels(name).inc()
             failures = self._failures[name] = self._failures.get(name, 0) + 1
@@ -285,6 +291,33 @@ class Follower:
         metrics.STEP_SECONDS.labels(name).observe(seconds)
         _LOG.info("step done", extra={"slice": label, "step": name, "seconds": round(seconds, 3)})
         return True
+
+    def _interruptible(self, step: Any, name: str, label: str) -> dict[str, Any]:
+        """The step's result. After SIGTERM it is given --stop-grace-s to finish; then it is left
+        (StopRequestedError): the process exits, and a restart repeats the step, which attaches
+        to the same training run (request ids) or redoes what is idempotent."""
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                outcome["result"] = step()
+            except Exception as error:  # noqa: BLE001 (re-raised in the controller's thread below)
+                outcome["error"] = error
+
+        worker = threading.Thread(target=work, name=f"step-{name}", daemon=True)
+        worker.start()
+        stop_seen: float | None = None
+        while worker.is_alive():
+            worker.join(0.2)
+            if self.stop.is_set() and worker.is_alive():
+                stop_seen = stop_seen if stop_seen is not None else time.monotonic()
+                if time.monotonic() - stop_seen > self.options.stop_grace_s:
+                    _LOG.info("stopping mid-step; it repeats on restart", extra={"slice": label, "step": name})
+                    raise StopRequestedError
+        if "error" in outcome:
+            raise outcome["error"]
+        result: dict[str, Any] = outcome["result"]
+        return result
 
     def _slice_data(self, label: str) -> SliceData:
         slices = self.directory / "slices"
@@ -387,7 +420,9 @@ def follow(options: FollowOptions, stop: threading.Event) -> int:
             trainer = clients.enter_context(TrainerClient(targets["trainer"], security=security))
             inference = clients.enter_context(InferenceClient(targets["inference"], security=security))
             compare = clients.enter_context(CompareClient(targets["compare"], security=security))
-            promotion = Promotion(trainer, inference, compare, gate=gate, seed=options.seed)
+            promotion = Promotion(
+                trainer, inference, compare, gate=gate, seed=options.seed, model_name=options.model_name
+            )
             production = ProductionArm(options, vocab, trainer, promotion, options.state_directory)
             code = Follower(options, open_source(options.source), production, inference, stop, health).run()
         server.shutdown()

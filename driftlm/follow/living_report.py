@@ -1,5 +1,6 @@
 """The controller's living report: report.json and a self-contained report.html (plots inlined),
 rewritten (atomically) after every slice, so a browser pointed at it always shows the latest.
+report.html is drawn by `python -m driftlm.follow.living_report`, a process of its own.
 
 Plots: what the trigger measured per slice (and where it fired), what freshness buys (the
 production model against the frozen baseline on each slice's held-out texts), the time each
@@ -11,6 +12,9 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +150,32 @@ Served now: {html.escape(str(report["served"]))}; {len(slices)} slices processed
 
 
 def write_living_report(report: dict[str, Any], out: Path) -> None:
-    """report.json and report.html under `out`, each replaced whole."""
+    """report.json, then report.html drawn from it by a short-lived process, each replaced whole.
+
+    The plots are drawn in a child process so that the long-running controller never holds
+    matplotlib and its caches (in-process, its resident memory crept up 27 MiB over 60 reports).
+
+    Raises:
+        OSError: a file cannot be written, or the drawing failed (its message says why).
+    """
     store.write_json_atomically(out / "report.json", report)
-    store.write_bytes_atomically(out / "report.html", render_html(report).encode())
+    done = subprocess.run(
+        [sys.executable, "-m", "driftlm.follow.living_report", str(out / "report.json"), str(out / "report.html")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise OSError(f"drawing report.html failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+
+
+def main(argv: list[str]) -> int:
+    """`python -m driftlm.follow.living_report REPORT_JSON REPORT_HTML`."""
+    report = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    store.write_bytes_atomically(Path(argv[1]), render_html(report).encode())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from driftlm.follow.periods import SlicePlan, SlicingError, parse_duration
+from driftlm.services.core.model_repository import is_model_name
 from driftlm.services.core.strategy import Strategy
 from driftlm.services.core.strategy import names as strategy_names
 from driftlm.services.runtime.config import default_store
@@ -49,6 +50,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise ValueError(text)
+    return value
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0 <= value < 1:
@@ -65,7 +73,12 @@ class FollowOptions:
     """Everything `driftlm follow` takes (see its --help)."""
 
     source: str = setting(
-        "", Flag("a directory or object-store prefix (s3://bucket/feed/) where dated files arrive", "(required)")
+        "",
+        Flag(
+            "a directory or object-store prefix (s3://bucket/feed/) where dated files arrive",
+            "(required)",
+            env="FOLLOW_SOURCE",
+        ),
     )
     store: Path = setting(
         default_store(),
@@ -86,6 +99,15 @@ class FollowOptions:
     poll_interval_s: float = setting(10.0, Flag("seconds between looks at the source", "10", parse=_positive_float))
     once: bool = setting(
         False, Flag("process the slices that are closed now, then exit (a CronJob)", "off", kind="switch")
+    )
+    stop_grace_s: float = setting(
+        30.0,
+        Flag(
+            "after SIGTERM, how long a running step may take to finish before the controller leaves it "
+            "(it repeats on restart)",
+            "30",
+            parse=_non_negative_float,
+        ),
     )
     time_field: str = setting("time", Flag("field of the record's time", "time"))
     text_field: str = setting("text", Flag("field of the record's text", "text"))
@@ -116,6 +138,13 @@ class FollowOptions:
     )
     distill_steps: int = setting(48, Flag("distillation steps per fired slice", "48", parse=_positive_int))
     student_layers: int = setting(0, Flag("layers of the student; 0: half the base's", "0", parse=_non_negative_int))
+    model_name: str = setting(
+        "driftlm",
+        Flag(
+            "the served model's name in the repository (the student: NAME-student); this controller owns its versions",
+            "driftlm",
+        ),
+    )
     gate_min_agreement: float | None = setting(
         0.5,
         Flag("serve a student only if its top-1 agreement is at least this (none: off)", "0.5", parse=_optional_float),
@@ -194,7 +223,7 @@ class FollowOptions:
             "source", "slicing", "allowed_lateness", "time_field", "text_field", "base_model", "strategy", "steps",
             "first_steps", "head_steps", "iterations", "batch_size", "max_length", "learning_rate", "vocab_k",
             "language", "heldout_fraction", "heldout_max", "replay_fraction", "false_fire_rate", "distill_steps",
-            "student_layers", "gate_min_agreement", "gate_max_kl", "shadow", "seed",
+            "student_layers", "model_name", "gate_min_agreement", "gate_max_kl", "shadow", "seed",
         )  # fmt: skip
         relevant = {name: str(getattr(self, name)) for name in kept}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
@@ -209,6 +238,8 @@ class FollowOptions:
             self.plan, self.lateness  # noqa: B018 (parsed for their errors)
         except SlicingError as error:
             raise ConfigError(str(error)) from None
+        if not is_model_name(f"{self.model_name}-student"):
+            raise ConfigError(f"model_name: letters, digits, '_', '.' or '-', at most 56, not {self.model_name!r}")
         unknown = [
             item
             for item in self.endpoints

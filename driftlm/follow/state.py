@@ -42,6 +42,8 @@ class FollowState:
     next_version: int = 1
     # Closed slices not yet processed, oldest first, and the one under way.
     queue: list[str] = field(default_factory=list)
+    # When each closed slice closed (wall clock, ISO 8601), until it is done.
+    closed_at: dict[str, str] = field(default_factory=dict)
     current: dict[str, Any] | None = None
     slices: list[dict[str, Any]] = field(default_factory=list)
 
@@ -60,6 +62,7 @@ class FollowState:
             "served": self.served,
             "next_version": self.next_version,
             "queue": self.queue,
+            "closed_at": self.closed_at,
             "current": self.current,
             "slices": self.slices,
         }
@@ -82,6 +85,7 @@ class FollowState:
             served=record["served"],
             next_version=int(record["next_version"]),
             queue=list(record["queue"]),
+            closed_at=dict(record["closed_at"]),
             current=record["current"],
             slices=list(record["slices"]),
         )

@@ -89,12 +89,15 @@ class Promotion:
         *,
         gate: GateOptions,
         seed: int,
+        model_name: str = TEACHER_MODEL,
     ) -> None:
         self.trainer = trainer
         self.inference = inference
         self.compare = compare
         self.gate = gate
         self.seed = seed
+        # The served models' names: the teacher's, and `<name>-student`.
+        self.names = {"teacher": model_name, "student": f"{model_name}-student"}
 
     def moved(self, train: Any, label: str, checkpoint: str, vocab_version: str, slice_ref: Any) -> str:
         """The checkpoint on `vocab_version` (itself when it is on it already)."""
@@ -156,21 +159,21 @@ class Promotion:
         """
         asked = versions or {"teacher": 0, "student": 0}
         exported = {
-            "teacher": self.trainer.export_onnx(teacher, model_name=TEACHER_MODEL, version=asked["teacher"]),
-            "student": self.trainer.export_onnx(student, model_name=STUDENT_MODEL, version=asked["student"]),
+            "teacher": self.trainer.export_onnx(teacher, model_name=self.names["teacher"], version=asked["teacher"]),
+            "student": self.trainer.export_onnx(student, model_name=self.names["student"], version=asked["student"]),
         }
         candidate = {role: int(answer.version) for role, answer in exported.items()}
-        names = {"teacher": TEACHER_MODEL, "student": STUDENT_MODEL}
+        names = self.names
         for role, name in names.items():
             self.inference.load_model(name, candidate[role])
-        teachers: list[tuple[str, int]] = [(TEACHER_MODEL, candidate["teacher"])]
+        teachers: list[tuple[str, int]] = [(names["teacher"], candidate["teacher"])]
         if previous_teacher is not None:
             member = int(self.trainer.export_onnx(previous_teacher, model_name=PREVIOUS_TEACHER_MODEL).version)
             self.inference.load_model(PREVIOUS_TEACHER_MODEL, member)
             teachers.append((PREVIOUS_TEACHER_MODEL, member))
         comparison = self.compare.compare(
             teachers,
-            (STUDENT_MODEL, candidate["student"]),
+            (names["student"], candidate["student"]),
             {label: heldout},
             min_top1_agreement=self.gate.min_top1_agreement,
             max_kl=self.gate.max_kl,

@@ -57,11 +57,16 @@ def test_every_variable_the_compose_files_set_is_one_the_services_read() -> None
     ).stdout
     known = set(re.findall(r"DRIFTLM_[A-Z_]+", helps))
     assert {"DRIFTLM_READ_ROOTS", "DRIFTLM_TLS_CERT", "DRIFTLM_OTLP_ENDPOINT"} <= known
+    follow_helps = subprocess.run(
+        [sys.executable, "-m", "driftlm", "follow", "--help"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    follow_known = set(re.findall(r"DRIFTLM_[A-Z_]+", follow_helps))
+    assert {"DRIFTLM_FOLLOW_SOURCE", "DRIFTLM_ENDPOINT", "DRIFTLM_SLICE"} <= follow_known
     for path in COMPOSE_FILES:
         compose = yaml.safe_load(path.read_text(encoding="utf-8"))
         for service, spec in compose["services"].items():
             for name in spec.get("environment", {}):
-                assert name in known, (path.name, service, name)
+                assert name in (follow_known if service == "follow" else known), (path.name, service, name)
     secrets = yaml.safe_load((DEPLOY / "compose.tls.yaml").read_text(encoding="utf-8"))
     mounted = {f"/run/secrets/{name}" for name in secrets["secrets"]}
     for spec in secrets["services"].values():
@@ -187,3 +192,40 @@ def test_the_service_monitor_scrapes_every_service_on_its_metrics_port() -> None
     for service in selected:
         ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
         assert ports[endpoint["port"]] == SERVICE_DEFAULTS[service["metadata"]["name"]].metrics_port
+
+
+def test_the_controller_has_an_image_a_compose_service_and_a_deployment() -> None:
+    dockerfile = (DEPLOY / "Dockerfile").read_text(encoding="utf-8")
+    assert re.search(r"^FROM runtime AS follow$", dockerfile, re.MULTILINE)
+    assert re.search(r'^ENTRYPOINT \["driftlm", "follow"\]$', dockerfile, re.MULTILINE)
+    assert "/healthz" in dockerfile.split("FROM runtime AS follow", 1)[1]
+    compose = yaml.safe_load((DEPLOY / "compose.follow.yaml").read_text(encoding="utf-8"))["services"]["follow"]
+    assert compose["build"]["target"] == "follow" and compose["read_only"] is True and compose["cap_drop"] == ["ALL"]
+    assert compose["ports"] == ["127.0.0.1:9109:9109"] and "/healthz" in " ".join(compose["healthcheck"]["test"])
+    assert set(compose["depends_on"]) == {"vocab", "trainer", "inference", "compare"}
+    assert all(c == {"condition": "service_healthy"} for c in compose["depends_on"].values())
+    assert any(volume.endswith(":/feed:ro") for volume in compose["volumes"])
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed: the kustomize output cannot be rendered")
+def test_one_controller_on_kubernetes_sharing_its_files_with_the_services_that_read_them() -> None:
+    resources = _rendered(DEPLOY / "kustomize" / "overlays" / "follow")
+    deployments = {r["metadata"]["name"]: r for r in resources if r["kind"] == "Deployment"}
+    follow = deployments["follow"]
+    assert follow["spec"]["replicas"] == 1 and follow["spec"]["strategy"]["type"] == "Recreate"
+    pod = follow["spec"]["template"]
+    assert pod["metadata"]["labels"]["driftlm-client"] == "true"  # the network policy admits it
+    (container,) = pod["spec"]["containers"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert [p["containerPort"] for p in container["ports"]] == [9109]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["DRIFTLM_STORE"].startswith("/shared/") and env["DRIFTLM_BASE_MODEL"].startswith("/shared/")
+    claims = {r["metadata"]["name"]: r for r in resources if r["kind"] == "PersistentVolumeClaim"}
+    assert claims["driftlm-shared"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    for reader in ("trainer", "vocab"):
+        spec = deployments[reader]["spec"]["template"]["spec"]
+        (main,) = spec["containers"]
+        roots = {e["name"]: e.get("value") for e in main["env"]}["DRIFTLM_READ_ROOTS"]
+        assert "/shared" in roots.split(":")
+        assert {"name": "shared", "mountPath": "/shared", "readOnly": True} in main["volumeMounts"]
+        assert {"name": "shared", "persistentVolumeClaim": {"claimName": "driftlm-shared"}} in spec["volumes"]

@@ -67,6 +67,20 @@ def services(store: Path, model: Path) -> Iterator[list[str]]:
         ]
 
 
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_controller_outlives_its_test() -> Iterator[None]:
+    """A test that fails midway leaves no controller running (it would hold ports and files)."""
+    yield
+    while _STARTED:
+        process = _STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 class Controller:
     """A `driftlm follow` process whose JSON log lines arrive on a queue."""
 
@@ -80,6 +94,7 @@ class Controller:
             stderr=subprocess.PIPE,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+        _STARTED.append(self.process)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 

@@ -1,7 +1,8 @@
 """kill -9 anywhere, restart: the final state equals an uninterrupted run's.
 
 One run is killed at five points in turn (mid-intake, mid-training of the first slice, mid-export,
-mid-training after a vocabulary update, mid-promotion), restarted after each; another runs through
+mid-training after a vocabulary update, mid-promotion) and stopped by SIGTERM mid-distillation,
+restarted after each; another runs through
 on its own services and store. Slices, vocabulary versions, checkpoints, the served versions and
 the report must be the same (timings aside)."""
 
@@ -28,6 +29,14 @@ def _without_timings(record: dict[str, Any]) -> dict[str, Any]:
     if kept.get("serving"):
         kept["serving"] = {k: v for k, v in kept["serving"].items() if k not in _SERVING_TIMINGS}
     return kept
+
+
+def _drained(controller: Controller) -> list[dict[str, Any]]:
+    """The log entries the controller wrote that no wait_for has read yet."""
+    entries = []
+    while not controller.events.empty():
+        entries.append(controller.events.get())
+    return entries
 
 
 def _checkpoint_name(directory: Path) -> str:
@@ -86,14 +95,20 @@ def test_kill_9_at_five_points_changes_nothing(
         (event("step started", slice="2016", step="train"), 1.0),  # mid-training
         (event("step started", slice="2016", step="promote"), 0.5),  # mid-export
         (event("step started", slice="2017", step="train"), 0.5),  # mid-training on a new vocabulary
+        (event("step started", slice="2017", step="distil"), -1.0),  # SIGTERM mid-distillation (no grace)
         (event("step started", slice="2017", step="promote"), 2.0),  # mid-promotion (exported, comparing)
     ]
     killed_store = tmp_path / "killed"
     with services(killed_store, tiny_model) as endpoints:
         log = tmp_path / "killed.log"
         for matches, delay_s in points:
-            controller = Controller(arguments(killed_store, endpoints), log)
+            controller = Controller([*arguments(killed_store, endpoints), "--stop-grace-s", "0"], log)
             controller.wait_for(matches)
+            if delay_s < 0:  # SIGTERM: the step is left at once, and the controller exits 0
+                assert controller.stop() == 0
+                left = controller.seen + _drained(controller)
+                assert any(e.get("msg") == "stopping mid-step; it repeats on restart" for e in left)
+                continue
             time.sleep(delay_s)
             controller.kill()
         assert Controller(arguments(killed_store, endpoints), log).wait() == 0

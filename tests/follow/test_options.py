@@ -90,3 +90,22 @@ def test_one_controller_per_state(tmp_path: Path) -> None:
         Lease(tmp_path).__enter__()
     with Lease(tmp_path):  # released on exit
         pass
+
+
+def test_the_grafana_dashboard_charts_the_metrics_the_controller_exports() -> None:
+    import json
+    import re
+
+    from prometheus_client import REGISTRY
+
+    from driftlm.follow import observability  # noqa: F401  # registers the metrics
+
+    # Every series name the registry can expose (a counter's _total, a histogram's _bucket...).
+    exported = {name for name in REGISTRY._names_to_collectors if name.startswith("driftlm_follow_")}
+    dashboard = json.loads((Path(__file__).parents[2] / "deploy" / "grafana" / "driftlm-follow.json").read_text())
+    expressions = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    charted = {name for expr in expressions for name in re.findall(r"driftlm_follow_\w+", expr)}
+    assert charted <= exported, charted - exported  # no panel charts a metric that does not exist
+    families = {metric.name for metric in REGISTRY.collect() if metric.name.startswith("driftlm_follow_")}
+    uncharted = {f for f in families if not any(name.startswith(f) for name in charted)}
+    assert uncharted == {"driftlm_follow_watermark_timestamp_seconds", "driftlm_follow_open_slices"}

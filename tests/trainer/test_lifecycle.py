@@ -187,10 +187,22 @@ def test_export_writes_onnx_that_matches_pytorch(stack: Stack, tmp_path: Path) -
     mask = (ids != 0).astype(np.int64)
     logits, cls, _hidden = session.run(None, {"input_ids": ids, "attention_mask": mask})
     assert logits.shape == (2, 5, stack.base_version.size) and cls.shape == (2, 32)
+    # The same checkpoint asked again for version 1 (a retry): the same answer, nothing rewritten.
+    written = (version / "model.onnx").stat().st_mtime_ns
+    retried = stack.trainer.ExportOnnx(
+        trainer_pb2.ExportOnnxRequest(
+            checkpoint_id=trained.checkpoint_id, destination=common_pb2.ArtifactRef(uri=str(repository)), version=1
+        )
+    )
+    assert (retried.version, retried.max_abs_diff) == (1, exported.max_abs_diff)
+    assert (version / "model.onnx").stat().st_mtime_ns == written
+    # Another checkpoint there: versions are never rewritten.
     with pytest.raises(grpc.RpcError) as again:
         stack.trainer.ExportOnnx(
             trainer_pb2.ExportOnnxRequest(
-                checkpoint_id=trained.checkpoint_id, destination=common_pb2.ArtifactRef(uri=str(repository)), version=1
+                checkpoint_id=stack.base_checkpoint.checkpoint_id,
+                destination=common_pb2.ArtifactRef(uri=str(repository)),
+                version=1,
             )
         )
     assert again.value.code() == grpc.StatusCode.ALREADY_EXISTS
@@ -351,3 +363,25 @@ def test_embeddings_are_mean_pooled_per_text_and_bad_input_is_refused(stack: Sta
             trainer_pb2.ComputeEmbeddingsRequest(checkpoint_id=stack.base_checkpoint.checkpoint_id, max_length=65)
         )
     assert too_long.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_request_id_makes_start_run_safe_to_retry(stack: Stack) -> None:
+    request = run_request(stack, [stack.slice_file("old", old_slice(17))], iterations=1, steps_per_iteration=2)
+    request.request_id = "follow/key/2020/train/0"
+    first = stack.trainer.StartRun(request).run
+    again = stack.trainer.StartRun(request).run  # the answer was lost: ask again
+    assert again.run_id == first.run_id
+    finished = list(stack.trainer.WatchRun(trainer_pb2.WatchRunRequest(run_id=first.run_id)))[-1].run
+    after = stack.trainer.StartRun(request).run  # also after it ended: the same run, with its checkpoint
+    assert after.run_id == first.run_id and after.checkpoint_id == finished.checkpoint_id != ""
+    assert len([r for r in stack.trainer.ListRuns(trainer_pb2.ListRunsRequest()).runs if r.run_id == first.run_id]) == 1
+    changed = trainer_pb2.StartRunRequest()
+    changed.CopyFrom(request)
+    changed.learning_rate = request.learning_rate / 2
+    with pytest.raises(grpc.RpcError) as other:
+        stack.trainer.StartRun(changed)
+    assert other.value.code() == grpc.StatusCode.ALREADY_EXISTS and "other parameters" in (other.value.details() or "")
+    changed.request_id = "x" * 129
+    with pytest.raises(grpc.RpcError) as bad:
+        stack.trainer.StartRun(changed)
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "request_id" in (bad.value.details() or "")
