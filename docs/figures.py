@@ -292,13 +292,13 @@ def strategies(result: dict[str, Any]) -> str:
 def follow(result: dict[str, Any]) -> str:
     """`driftlm follow`: per year slice, the delays and steps; the soak's memory."""
     rows = []
-    for row in result["years"]:
+    for index, row in enumerate(result["years"]):
         steps = row["step_seconds"]
         heaviest = max(steps, key=steps.get)
         rows.append(
             [
                 row["slice"],
-                "yes" if row["fired"] else "no",
+                "first slice" if index == 0 else "yes" if row["fired"] else "no",
                 "yes" if row["promoted"] else "no",
                 f"{row['landed_to_closed_s']:.1f}",
                 f"{row['closed_to_done_s']:.0f}",
@@ -312,10 +312,11 @@ def follow(result: dict[str, Any]) -> str:
     memory = [r["controller_rss_mib"] for r in result["soak"]]
     fired = sum(r["fired"] for r in result["soak"])
     tenth = max(1, len(memory) // 10)
+    slowest = max(r["landed_to_closed_s"] for r in result["years"])
     return (
         table
-        + f"\nEvery slice closed within one poll interval ({result['poll_interval_s']:.0f} s) of the file that "
-        f"closed it landing, and was served (when promoted) as soon as its steps ended. Over "
+        + f"\nThe slowest slice closed {slowest:.1f} s after the file that closed it landed (the poll interval is "
+        f"{result['poll_interval_s']:.0f} s); a promoted model is served the moment its slice's last step ends. Over "
         f"{len(memory)} slices of the soak ({fired} fired), the controller's resident memory went from "
         f"{memory[0]:.0f} MiB after the first to {memory[-1]:.0f} MiB after the last (at most {max(memory):.0f}; "
         f"mean of the first tenth {sum(memory[:tenth]) / tenth:.0f}, of the last {sum(memory[-tenth:]) / tenth:.0f}).\n"

@@ -192,7 +192,8 @@ class Intake:
         )
 
     def _take(self, source: Source, item: SourceFile, report: PollReport) -> None:
-        path = source.fetch(item, self.directory / "cache")
+        cache = self.directory / "cache"
+        path = source.fetch(item, cache)
         key = _key(item.name)
         entry: dict[str, Any] = {"size": item.size, "version": item.version, "key": key}
         try:
@@ -204,6 +205,9 @@ class Intake:
             report.unreadable[item.name] = problem
             _LOG.warning("file does not parse; retried when it changes", extra={"file": item.name, "error": problem})
             return
+        finally:
+            if path.is_relative_to(cache):  # a downloaded copy: read once, not kept
+                shutil.rmtree(path.parent, ignore_errors=True)
         late = self._place_late(spools)
         for label, rows in spools.items():
             store.write_bytes_atomically(self.directory / "spool" / label / f"{key}.jsonl", _jsonl(rows))

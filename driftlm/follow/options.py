@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +203,7 @@ class FollowOptions:
         return SlicePlan.parse(self.slicing)
 
     @property
-    def lateness(self) -> Any:
+    def lateness(self) -> timedelta:
         return parse_duration(self.allowed_lateness)
 
     @property
