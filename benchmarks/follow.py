@@ -85,7 +85,9 @@ def _years(work: Path, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         _drop(source, f"{years[0]}.jsonl", [r for r in records if r["time"].startswith(years[0])])
         for previous, year in zip(years, closing, strict=True):
             print(f"  dropping {year} (closes {previous})", flush=True)
-            texts = [r for r in records if r["time"].startswith(year)] or [{"time": f"{year}-01-01", "text": "a new year"}]
+            texts = [r for r in records if r["time"].startswith(year)] or [
+                {"time": f"{year}-01-01", "text": "a new year"}
+            ]
             landed[previous] = _drop(source, f"{year}.jsonl", texts)
             closed = _wait(log, process, "slice closed", slice=previous)
             done = _wait(log, process, "slice done", slice=previous)
