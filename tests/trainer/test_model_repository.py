@@ -94,8 +94,16 @@ def test_versions_are_never_rewritten_and_a_model_keeps_one_shape(stack: Stack, 
     repository = tmp_path / "repository"
     checkpoint = stack.base_checkpoint.checkpoint_id
     assert _export(stack, checkpoint, repository, version=7).version == 7
+    # The same checkpoint to the same version again is a retry: the earlier export's answer.
+    assert _export(stack, checkpoint, repository, version=7).version == 7
+    other = stack.trainer.CreateCheckpoint(
+        trainer_pb2.CreateCheckpointRequest(
+            model_config_json=TINY_BERT, vocab_version_id=stack.base_version.version_id, seed=99
+        )
+    ).checkpoint
+    assert other.checkpoint_id != checkpoint
     with pytest.raises(grpc.RpcError) as again:
-        _export(stack, checkpoint, repository, version=7)
+        _export(stack, other.checkpoint_id, repository, version=7)
     assert again.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert _export(stack, checkpoint, repository).version == 8  # the next after the highest
     wider = stack.trainer.CreateCheckpoint(
