@@ -92,3 +92,19 @@ def test_the_walk_sees_a_known_dependency() -> None:
     assert "torch" in third_party_imports("driftlm.services.trainer.server")
     assert "numba" in third_party_imports("driftlm.services.sampling.server")
     assert "safetensors" in third_party_imports("driftlm.services.vocab.server")
+
+
+def test_the_controller_image_has_what_driftlm_follow_imports_and_no_torch() -> None:
+    """The follow image installs driftlm[follow,s3] (and MiniLM's files with --no-deps)."""
+    imported = set()
+    for module in ("driftlm.commands", "driftlm.follow.controller", "driftlm.follow.living_report"):
+        imported |= third_party_imports(module)
+    by_package = metadata.packages_distributions()
+    installed = extra_closure("follow") | extra_closure("s3")
+    missing = {
+        package: sorted(dists)
+        for package in imported
+        if not (dists := {d.lower().replace("_", "-") for d in by_package.get(package, [package])}) & installed
+    }
+    assert not missing, f"driftlm[follow] lacks what the controller imports: {missing}"
+    assert "grpcio" in installed and "torch" not in installed and "transformers" not in installed
