@@ -140,7 +140,8 @@ class ProductionArm:
 
     def _register(self) -> dict[str, Any]:
         model = self._base_model()
-        version = self.vocab.register_directory(model, display_name="base")
+        # A lineage of its own: the controller's updates form their own chain from the base.
+        version = self.vocab.register_directory(model, display_name="base", lineage=f"follow/{self.options.name}")
         base = self.trainer.import_model(model, version.version_id, seed=self.options.seed, display_name="base")
         return {
             "model": model,

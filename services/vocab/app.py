@@ -38,6 +38,8 @@ MAX_CANDIDATES = 1_000_000
 # A base vocabulary's size: tokenizers panics (and aborts the process) on absurd sizes.
 MIN_VOCAB_SIZE = 100
 MAX_VOCAB_SIZE = 1_000_000
+# Longest lineage name a base version is registered under.
+MAX_LINEAGE = 64
 DEFAULT_MIN_COUNT = 2
 # History observations one update may name.
 MAX_HISTORY_OBSERVATIONS = 1_000
@@ -111,16 +113,18 @@ class VocabApp:
             tokenizer_json=self.repository.tokenizer_json(record.version_id) if include_tokenizer_json else "",
         )
 
-    def create_from_directory(self, uri: str, sha256: str, display_name: str) -> VersionRecord:
+    def create_from_directory(self, uri: str, sha256: str, display_name: str, lineage: str = "") -> VersionRecord:
         """A base version from a Hugging Face tokenizer directory the caller may read."""
         directory = self.roots.readable(uri, "tokenizer_dir.uri", kind="directory", sha256=sha256)
         try:
             tokenizer_json = load_tokenizer_directory(directory)
         except VocabularyError as error:
             raise InvalidArgumentError("tokenizer_dir", str(error)) from error
-        return self.repository.create_base(tokenizer_json, display_name)
+        return self.repository.create_base(tokenizer_json, display_name, _checked_lineage(lineage))
 
-    def create_from_corpus(self, corpus: Corpus, *, vocab_size: int, cased: bool, display_name: str) -> VersionRecord:
+    def create_from_corpus(
+        self, corpus: Corpus, *, vocab_size: int, cased: bool, display_name: str, lineage: str = ""
+    ) -> VersionRecord:
         """A base version trained on a corpus (vocab_size 0: DEFAULT_VOCAB_SIZE)."""
         vocab_size = vocab_size or DEFAULT_VOCAB_SIZE
         if not MIN_VOCAB_SIZE <= vocab_size <= MAX_VOCAB_SIZE:
@@ -131,7 +135,8 @@ class VocabApp:
         texts = list(open_corpus(corpus, self.roots, "training_corpus"))
         if not any(text.strip() for text in texts):
             raise InvalidArgumentError("training_corpus", "has no text to train on")
-        return self.repository.create_base(train_tokenizer(texts, vocab_size=vocab_size, cased=cased), display_name)
+        tokenizer_json = train_tokenizer(texts, vocab_size=vocab_size, cased=cased)
+        return self.repository.create_base(tokenizer_json, display_name, _checked_lineage(lineage))
 
     def diff(self, from_version_id: str, to_version_id: str) -> VersionDiff:
         before, _ = self.repository.load(from_version_id)
@@ -296,3 +301,12 @@ class VocabApp:
             )
         except BatchTooLargeError as error:
             raise ResourceExhaustedError(str(error), reason="ANSWER_TOO_LARGE") from error
+
+
+def _checked_lineage(lineage: str) -> str:
+    """The lineage, or INVALID_ARGUMENT for one that is not a short plain name."""
+    if len(lineage) > MAX_LINEAGE or not all(c.isascii() and (c.isalnum() or c in "-_./") for c in lineage):
+        raise InvalidArgumentError(
+            "lineage", f"must be at most {MAX_LINEAGE} letters, digits, '-', '_', '.' or '/' (a name for the chain)"
+        )
+    return lineage

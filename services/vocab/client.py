@@ -56,10 +56,13 @@ class VocabClient(ServiceClient):
         self._stub = vocab_pb2_grpc.VocabServiceStub(self._channel)
         self._chunk_bytes = chunk_bytes
 
-    def register_directory(self, directory: str | Path, *, display_name: str = "") -> vocab_pb2.VocabVersion:
-        """Register a Hugging Face tokenizer directory (on the service's machine) as a base version."""
+    def register_directory(
+        self, directory: str | Path, *, display_name: str = "", lineage: str = ""
+    ) -> vocab_pb2.VocabVersion:
+        """Register a Hugging Face tokenizer directory (on the service's machine) as a base version
+        (of its own chain under a `lineage`)."""
         request = vocab_pb2.CreateVocabularyRequest(
-            tokenizer_dir=common_pb2.ArtifactRef(uri=str(directory)), display_name=display_name
+            tokenizer_dir=common_pb2.ArtifactRef(uri=str(directory)), display_name=display_name, lineage=lineage
         )
         response: vocab_pb2.CreateVocabularyResponse = self._stub.CreateVocabulary(request, timeout=self._timeout())
         return response.version

@@ -210,9 +210,10 @@ class VocabRepository:
         marker = self._children / version_id
         return marker.read_text(encoding="utf-8").strip() if marker.is_file() else None
 
-    def create_base(self, tokenizer_json: str, display_name: str) -> VersionRecord:
-        """Store a base version (idempotent: the same tokenizer gives the existing version)."""
-        version_id = _content_id("v", "", _tokenizer_digest(tokenizer_json))
+    def create_base(self, tokenizer_json: str, display_name: str, lineage: str = "") -> VersionRecord:
+        """Store a base version (idempotent: the same tokenizer and lineage give the existing version)."""
+        # "lineage:" keeps a lineage from ever reading as a parent's id (a child's id hashes its parent's).
+        version_id = _content_id("v", f"lineage:{lineage}" if lineage else "", _tokenizer_digest(tokenizer_json))
         if (self._versions / version_id / "version.json").is_file():
             return self.get(version_id)
         record = VersionRecord(version_id, "", WordPieceVocabulary(tokenizer_json).size, _now(), display_name)

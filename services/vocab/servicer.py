@@ -80,13 +80,16 @@ class VocabServicer(vocab_pb2_grpc.VocabServiceServicer):
         origin = request.WhichOneof("origin")
         if origin == "tokenizer_dir":
             directory = request.tokenizer_dir
-            record = self._app.create_from_directory(directory.uri, directory.sha256, request.display_name)
+            record = self._app.create_from_directory(
+                directory.uri, directory.sha256, request.display_name, request.lineage
+            )
         elif origin == "training_corpus":
             record = self._app.create_from_corpus(
                 corpus_from_message(request.training_corpus, "training_corpus"),
                 vocab_size=request.vocab_size,
                 cased=request.cased,
                 display_name=request.display_name,
+                lineage=request.lineage,
             )
         else:
             raise InvalidArgumentError("origin", "set tokenizer_dir (an existing tokenizer) or training_corpus")

@@ -216,3 +216,32 @@ def test_two_commits_on_one_parent_one_wins(vocab_stub: Stub, planted_base: voca
     # The winning commit, repeated, is idempotent.
     listed = vocab_stub.ListVersions(vocab_pb2.ListVersionsRequest()).versions
     assert [v.version_id for v in listed if v.parent_id == planted_base.version_id] == winners
+
+
+def test_a_lineage_of_its_own_is_updated_on_its_own(
+    vocab_stub: Stub, planted_base: vocab_pb2.VocabVersion, tmp_path: Path
+) -> None:
+    """Two owners of one base (an experiment and a production controller) each keep a chain."""
+    directory = tmp_path / "planted-base"  # where the planted_base fixture wrote it
+    request = vocab_pb2.CreateVocabularyRequest(tokenizer_dir=common_pb2.ArtifactRef(uri=str(directory)))
+    request.lineage = "follow/production"
+    own = vocab_stub.CreateVocabulary(request).version
+    assert own.version_id != planted_base.version_id and own.size == planted_base.size
+    assert vocab_stub.CreateVocabulary(request).version.version_id == own.version_id  # idempotent
+    children = []
+    for base, k in ((planted_base, 2), (own, 3)):  # each base takes its own, different update
+        observation = observe(vocab_stub, base.version_id, planted_slice(np.random.default_rng(1), EMERGING))
+        proposal = vocab_stub.ProposeUpdate(
+            vocab_pb2.ProposeUpdateRequest(
+                version_id=base.version_id, observation_ids=[observation.observation_id], k=k
+            )
+        )
+        children.append(
+            vocab_stub.CommitUpdate(vocab_pb2.CommitUpdateRequest(proposal_id=proposal.proposal_id)).version
+        )
+    assert [c.parent_id for c in children] == [planted_base.version_id, own.version_id]
+    for bad in ("x" * 65, "two words", "ünïcode", "lineage:x"):
+        request.lineage = bad
+        with pytest.raises(grpc.RpcError) as refused:
+            vocab_stub.CreateVocabulary(request)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "lineage" in str(refused.value.details())

@@ -30,12 +30,19 @@ class CreateVocabularyRequest(_message.Message):
     VOCAB_SIZE_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     CASED_FIELD_NUMBER: _builtins.int
+    LINEAGE_FIELD_NUMBER: _builtins.int
     vocab_size: _builtins.int
     """Training only: the vocabulary size, at least 100. 0 means 30,522."""
     display_name: _builtins.str
     """A human label for the version (`minilm-base`); not unique, may be empty."""
     cased: _builtins.bool
     """Training only: keep letter case. By default texts are lowercased, as in bert-base-uncased."""
+    lineage: _builtins.str
+    """The chain this base starts: at most 64 letters, digits, '-', '_', '.' or '/'. A version has one
+    child, so two owners that update the same base on their own (a production controller and an
+    experiment) each register it under a lineage of their own: the same tokenizer under another
+    lineage is another base version. Empty: the default lineage.
+    """
     @_builtins.property
     def tokenizer_dir(self) -> _common_pb2.ArtifactRef:
         """A Hugging Face tokenizer directory with tokenizer.json (a WordPiece model), or with
@@ -56,10 +63,11 @@ class CreateVocabularyRequest(_message.Message):
         vocab_size: _builtins.int = ...,
         display_name: _builtins.str = ...,
         cased: _builtins.bool = ...,
+        lineage: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["origin", b"origin", "tokenizer_dir", b"tokenizer_dir", "training_corpus", b"training_corpus"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cased", b"cased", "display_name", b"display_name", "origin", b"origin", "tokenizer_dir", b"tokenizer_dir", "training_corpus", b"training_corpus", "vocab_size", b"vocab_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cased", b"cased", "display_name", b"display_name", "lineage", b"lineage", "origin", b"origin", "tokenizer_dir", b"tokenizer_dir", "training_corpus", b"training_corpus", "vocab_size", b"vocab_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_origin: _TypeAlias = _typing.Literal["tokenizer_dir", "training_corpus"]  # noqa: Y015
     _WhichOneofArgType_origin: _TypeAlias = _typing.Literal["origin", b"origin"]  # noqa: Y015
