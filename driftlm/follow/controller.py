@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from driftlm.follow.living_report import write_living_report
 from driftlm.follow.options import FollowOptions
 from driftlm.follow.production import ProductionArm, SliceData
 from driftlm.follow.sources import Source, open_source
-from driftlm.follow.state import StateStore
+from driftlm.follow.state import Lease, LeaseHeldError, StateStore
 from driftlm.local_services import LocalService, start_service
 from driftlm.loop.dated_corpus import split_slice
 from driftlm.loop.pipeline import default_base_model
@@ -62,8 +63,6 @@ def _resident_bytes() -> int:
         pages = int(Path("/proc/self/statm").read_text().split()[1])
     except (OSError, IndexError, ValueError):
         return 0
-    import os
-
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
@@ -390,42 +389,32 @@ def _read_jsonl(path: Path) -> list[str]:
 
 
 def follow(options: FollowOptions, stop: threading.Event) -> int:
-    """Run the controller until stopped; the exit code."""
-    from driftlm.follow.state import Lease, LeaseHeldError
-
+    """Run the controller until stopped; the exit code (3: another controller holds the state)."""
     health = metrics.Health(options.health_timeout_s)
-    try:
-        lease = Lease(options.state_directory).__enter__()
-    except LeaseHeldError as error:
-        _LOG.error("state in use", extra={"error": str(error)})
-        return 3
-    try:
+    security = ChannelSecurity.from_files(
+        root_ca=Path(options.tls_ca) if options.tls_ca else None,
+        client_cert=Path(options.tls_cert) if options.tls_cert else None,
+        client_key=Path(options.tls_key) if options.tls_key else None,
+        token_file=Path(options.token_file) if options.token_file else None,
+    )
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(Lease(options.state_directory))
+        except LeaseHeldError as error:
+            _LOG.error("state in use", extra={"error": str(error)})
+            return 3
         server = metrics.serve_observability(options.metrics_host, options.metrics_port, health)
+        stack.callback(server.shutdown)
         _LOG.info(
             "following",
             extra={"source": options.source, "state": str(options.state_directory), "metrics_port": server.server_port},
         )
-        security = ChannelSecurity.from_files(
-            root_ca=Path(options.tls_ca) if options.tls_ca else None,
-            client_cert=Path(options.tls_cert) if options.tls_cert else None,
-            client_key=Path(options.tls_key) if options.tls_key else None,
-            token_file=Path(options.token_file) if options.token_file else None,
-        )
+        targets = stack.enter_context(started_services(options))
+        vocab = stack.enter_context(VocabClient(targets["vocab"], security=security))
+        trainer = stack.enter_context(TrainerClient(targets["trainer"], security=security))
+        inference = stack.enter_context(InferenceClient(targets["inference"], security=security))
+        compare = stack.enter_context(CompareClient(targets["compare"], security=security))
         gate = GateOptions(options.gate_min_agreement, options.gate_max_kl)
-        with (
-            started_services(options) as targets,
-            contextlib.ExitStack() as clients,
-        ):
-            vocab = clients.enter_context(VocabClient(targets["vocab"], security=security))
-            trainer = clients.enter_context(TrainerClient(targets["trainer"], security=security))
-            inference = clients.enter_context(InferenceClient(targets["inference"], security=security))
-            compare = clients.enter_context(CompareClient(targets["compare"], security=security))
-            promotion = Promotion(
-                trainer, inference, compare, gate=gate, seed=options.seed, model_name=options.model_name
-            )
-            production = ProductionArm(options, vocab, trainer, promotion, options.state_directory)
-            code = Follower(options, open_source(options.source), production, inference, stop, health).run()
-        server.shutdown()
-    finally:
-        lease.__exit__(None, None, None)
-    return code
+        promotion = Promotion(trainer, inference, compare, gate=gate, seed=options.seed, model_name=options.model_name)
+        production = ProductionArm(options, vocab, trainer, promotion, options.state_directory)
+        return Follower(options, open_source(options.source), production, inference, stop, health).run()

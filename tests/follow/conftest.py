@@ -67,18 +67,20 @@ def services(store: Path, model: Path) -> Iterator[list[str]]:
         ]
 
 
-_STARTED: list[subprocess.Popen[bytes]] = []
+_STARTED: list[Controller] = []
 
 
 @pytest.fixture(autouse=True)
 def _no_controller_outlives_its_test() -> Iterator[None]:
-    """A test that fails midway leaves no controller running (it would hold ports and files)."""
+    """A test that fails midway leaves no controller running (it would hold ports and files), nor
+    its log pipe open."""
     yield
     while _STARTED:
-        process = _STARTED.pop()
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        controller = _STARTED.pop()
+        if controller.process.poll() is None:
+            controller.kill()
+        elif controller.process.stderr is not None and not controller.process.stderr.closed:
+            controller.wait()
 
 
 class Controller:
@@ -94,7 +96,7 @@ class Controller:
             stderr=subprocess.PIPE,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        _STARTED.append(self.process)
+        _STARTED.append(self)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
