@@ -25,6 +25,9 @@ from driftlm.services.core.strategy import names as strategy_names
 from driftlm.services.runtime.config import default_store
 from driftlm.services.runtime.settings import Flag, flags_of, setting
 
+# The services a controller calls (sampling only through the trainer).
+PEERS = ("vocab", "trainer", "inference", "compare")
+
 
 class ConfigError(ValueError):
     """A setting cannot be used; the message names it and says why."""
@@ -241,17 +244,13 @@ class FollowOptions:
             raise ConfigError(str(error)) from None
         if not is_model_name(f"{self.model_name}-student"):
             raise ConfigError(f"model_name: letters, digits, '_', '.' or '-', at most 56, not {self.model_name!r}")
-        unknown = [
-            item
-            for item in self.endpoints
-            if item.split("=", 1)[0] not in ("vocab", "trainer", "inference", "compare") or "=" not in item
-        ]
+        unknown = [item for item in self.endpoints if "=" not in item or item.split("=", 1)[0] not in PEERS]
         if unknown:
             raise ConfigError(
                 f"endpoint: NAME=HOST:PORT with NAME vocab, trainer, inference or compare; not {unknown[0]!r}"
             )
-        if self.endpoints and {"vocab", "trainer", "inference", "compare"} - self.endpoint_map.keys():
-            missing = {"vocab", "trainer", "inference", "compare"} - self.endpoint_map.keys()
+        missing = set(PEERS) - self.endpoint_map.keys()
+        if self.endpoints and missing:
             raise ConfigError(f"endpoint: with running services give all four; missing {', '.join(sorted(missing))}")
 
 
