@@ -307,10 +307,10 @@ class Follower:
         worker.start()
         stop_seen: float | None = None
         while worker.is_alive():
-            worker.join(0.2)
+            worker.join(0.05)
             if self.stop.is_set() and worker.is_alive():
                 stop_seen = stop_seen if stop_seen is not None else time.monotonic()
-                if time.monotonic() - stop_seen > self.options.stop_grace_s:
+                if time.monotonic() - stop_seen >= self.options.stop_grace_s:
                     _LOG.info("stopping mid-step; it repeats on restart", extra={"slice": label, "step": name})
                     raise StopRequestedError
         if "error" in outcome:

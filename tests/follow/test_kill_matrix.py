@@ -14,8 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from driftlm.services.inference.client import InferenceClient
 from driftlm.services.vocab.client import VocabClient
+from driftlm.v1 import trainer_pb2, trainer_pb2_grpc
 
 from .conftest import TRAINING, Controller, drop, event, services
 
@@ -44,6 +47,21 @@ def _checkpoint_name(directory: Path) -> str:
     (its id follows from the directory it came from, which is in the store)."""
     record = json.loads((directory / "checkpoint.json").read_text())
     return directory.name if record["run_id"] else f"imported {record['display_name']}"
+
+
+def _await_running_run(endpoints: list[str], timeout_s: float = 120) -> None:
+    """Returns once the trainer holds a run in RUNNING, so that a signal sent now lands mid-training
+    (a fixed delay after "step started" missed runs that take half a second)."""
+    targets = dict(e.split("=", 1) for e in endpoints if "=" in e)
+    with grpc.insecure_channel(targets["trainer"]) as channel:
+        trainer = trainer_pb2_grpc.TrainerServiceStub(channel)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            runs = trainer.ListRuns(trainer_pb2.ListRunsRequest(page_size=5), timeout=10).runs
+            if any(run.state == trainer_pb2.RUN_STATE_RUNNING for run in runs):
+                return
+            time.sleep(0.005)
+    raise AssertionError(f"no run reached RUNNING in {timeout_s} s")
 
 
 def _final(store: Path, endpoints: list[str]) -> dict[str, Any]:
@@ -90,27 +108,32 @@ def test_kill_9_at_five_points_changes_nothing(
     assert [s["slice"] for s in reference["report"]] == ["2016", "2017"]
     assert reference["report"][1]["fired"] and reference["served"] == [("driftlm", 2), ("driftlm-student", 2)]
 
-    points: list[tuple[Callable[[dict[str, Any]], bool], float]] = [
-        (event("file consumed", file="2017a.jsonl.gz"), 0.0),  # mid-intake
-        (event("step started", slice="2016", step="train"), 1.0),  # mid-training
-        (event("step started", slice="2016", step="promote"), 0.5),  # mid-export
-        (event("step started", slice="2017", step="train"), 0.5),  # mid-training on a new vocabulary
-        (event("step started", slice="2017", step="distil"), -1.0),  # SIGTERM mid-distillation (no grace)
-        (event("step started", slice="2017", step="promote"), 2.0),  # mid-promotion (exported, comparing)
+    # (the log entry to wait for, then: "run" waits until the trainer is mid-run, a delay in seconds,
+    # and how to stop: kill -9, or SIGTERM with no grace)
+    points: list[tuple[Callable[[dict[str, Any]], bool], float | str, str]] = [
+        (event("file consumed", file="2017a.jsonl.gz"), 0.0, "kill"),  # mid-intake
+        (event("step started", slice="2016", step="train"), "run", "kill"),  # mid-training
+        (event("step started", slice="2016", step="promote"), 0.5, "kill"),  # mid-export
+        (event("step started", slice="2017", step="train"), "run", "kill"),  # mid-training on a new vocabulary
+        (event("step started", slice="2017", step="distil"), "run", "term"),  # mid-distillation, no grace
+        (event("step started", slice="2017", step="promote"), 2.0, "kill"),  # mid-promotion (exported, comparing)
     ]
     killed_store = tmp_path / "killed"
     with services(killed_store, tiny_model) as endpoints:
         log = tmp_path / "killed.log"
-        for matches, delay_s in points:
+        for matches, when, how in points:
             controller = Controller([*arguments(killed_store, endpoints), "--stop-grace-s", "0"], log)
             controller.wait_for(matches)
-            if delay_s < 0:  # SIGTERM: the step is left at once, and the controller exits 0
-                assert controller.stop() == 0
-                left = controller.seen + _drained(controller)
-                assert any(e.get("msg") == "stopping mid-step; it repeats on restart" for e in left)
+            if when == "run":
+                _await_running_run(endpoints)
+            else:
+                time.sleep(float(when))
+            if how == "kill":
+                controller.kill()
                 continue
-            time.sleep(delay_s)
-            controller.kill()
+            assert controller.stop() == 0  # SIGTERM: the step is left at once, and the controller exits 0
+            left = controller.seen + _drained(controller)
+            assert any(e.get("msg") == "stopping mid-step; it repeats on restart" for e in left)
         assert Controller(arguments(killed_store, endpoints), log).wait() == 0
         killed = _final(killed_store, endpoints)
     for part in reference:
