@@ -47,6 +47,10 @@ class CorpusError(ValueError):
         self.location = location
         self.problem = problem
 
+    def __reduce__(self) -> tuple[type[CorpusError], tuple[Path, str, str]]:
+        """Rebuilt from its parts where it is unpickled (a Ray worker's error reaching the service)."""
+        return (CorpusError, (self.path, self.location, self.problem))
+
 
 _SUFFIXES = {".jsonl": CorpusFormat.JSONL, ".ndjson": CorpusFormat.JSONL, ".json": CorpusFormat.JSONL}
 _SUFFIXES |= {".csv": CorpusFormat.CSV, ".parquet": CorpusFormat.PARQUET, ".pq": CorpusFormat.PARQUET}
@@ -246,9 +250,14 @@ def text_of(record: Record, field: str, path: Path) -> str:
     return value
 
 
+# Files one sharded corpus may name.
+MAX_SHARDS = 100_000
+
+
 @dataclass(frozen=True)
 class Corpus:
-    """Texts sent in a request, or a corpus file on the service's machine (when uri is set)."""
+    """Texts sent in a request, a corpus file on the service's machine (when uri is set), or a
+    corpus split across files (when shards is set)."""
 
     texts: tuple[str, ...] = ()
     uri: str = ""
@@ -257,6 +266,13 @@ class Corpus:
     sha256: str = ""
     # None: from the file's extension.
     corpus_format: CorpusFormat | None = None
+    # (uri, sha256) of each file of a sharded corpus, in order.
+    shards: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def files(self) -> tuple[tuple[str, str], ...]:
+        """(uri, sha256) of the corpus's files, in order; none for inline texts."""
+        return ((self.uri, self.sha256),) if self.uri else self.shards
 
 
 _FORMATS = {
@@ -273,16 +289,20 @@ def corpus_from_message(source: common_pb2.CorpusSource, field: str = "corpus") 
     Raises:
         InvalidArgumentError: a format this version does not know.
     """
-    if source.WhichOneof("source") != "uri":
+    kind = source.WhichOneof("source")
+    if kind not in ("uri", "shards"):
         return Corpus(texts=tuple(source.texts.texts))
     if source.format not in _FORMATS and source.format != common_pb2.CORPUS_FORMAT_UNSPECIFIED:
         raise InvalidArgumentError(f"{field}.format", f"is not a CorpusFormat this service knows: {source.format}")
-    return Corpus(
-        uri=source.uri.uri,
-        text_field=source.text_field or "text",
-        sha256=source.uri.sha256,
-        corpus_format=_FORMATS.get(source.format),
-    )
+    options = {"text_field": source.text_field or "text", "corpus_format": _FORMATS.get(source.format)}
+    if kind == "uri":
+        return Corpus(uri=source.uri.uri, sha256=source.uri.sha256, **options)
+    files = source.shards.files
+    if not files:
+        raise InvalidArgumentError(f"{field}.shards.files", "name at least one file")
+    if len(files) > MAX_SHARDS:
+        raise InvalidArgumentError(f"{field}.shards.files", f"at most {MAX_SHARDS:,} files, got {len(files):,}")
+    return Corpus(shards=tuple((f.uri, f.sha256) for f in files), **options)
 
 
 def texts_of_files(
@@ -310,7 +330,21 @@ def open_corpus(corpus: Corpus, roots: FileRoots, field: str) -> Iterator[str]:
         InvalidArgumentError, NotFoundError: as texts_of_files; PermissionDeniedError: a file
             outside the roots.
     """
-    if not corpus.uri:
+    if not corpus.files:
         return iter(corpus.texts)
-    path = roots.readable(corpus.uri, f"{field}.uri.uri", sha256=corpus.sha256)
-    return texts_of_files([path], field, text_field=corpus.text_field, corpus_format=corpus.corpus_format)
+    paths = corpus_paths(corpus, roots, field)
+    return texts_of_files(paths, field, text_field=corpus.text_field, corpus_format=corpus.corpus_format)
+
+
+def corpus_paths(corpus: Corpus, roots: FileRoots, field: str) -> list[Path]:
+    """The corpus's files, each checked against the roots (object-store ones fetched), in order.
+
+    Raises:
+        InvalidArgumentError, NotFoundError, PermissionDeniedError: as FileRoots.readable.
+    """
+    if corpus.uri:
+        return [roots.readable(corpus.uri, f"{field}.uri.uri", sha256=corpus.sha256)]
+    return [
+        roots.readable(uri, f"{field}.shards.files[{index}].uri", sha256=sha256)
+        for index, (uri, sha256) in enumerate(corpus.shards)
+    ]

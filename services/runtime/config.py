@@ -208,6 +208,14 @@ class ServeConfig:
             parse=int,
         ),
     )
+    ray_address: str = setting(
+        "",
+        Flag(
+            "vocab, trainer: the Ray cluster that runs calls asking for the Ray engine (`auto`, `host:6379`, "
+            "`ray://host:10001`); a trusted cluster of the operator's, never one a caller names",
+            "none (Ray engine off)",
+        ),
+    )
     inference_endpoint: str = setting("", Flag("compare: host:port of the inference service (required)", "none"))
     toxicity_scorer: str = setting(
         "profanity-check",

@@ -7,14 +7,17 @@ The servicer maps messages onto it.
 
 from __future__ import annotations
 
+import itertools
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from driftlm.services.core.artifacts import file_sha256
-from driftlm.services.core.corpus import Corpus, open_corpus
+from driftlm.services.core.corpus import Corpus, corpus_paths, open_corpus, texts_of_files
+from driftlm.services.core.engine import IN_PROCESS, Engine, EngineChoice, RayCluster
 from driftlm.services.core.errors import (
     AlreadyExistsError,
     FailedPreconditionError,
@@ -26,7 +29,7 @@ from driftlm.services.core.tokenizer_files import export_directory
 from driftlm.services.core.vocabulary import SpecialTokens, VocabularyError
 
 from .drift import DriftReport, measure_drift
-from .observation import Observation, observe_slice
+from .observation import Observation, PartialObservation, SliceCounter, finish_observation
 from .protection import DEFAULT_LANGUAGE, DEFAULT_TOP_WORDS, MAX_TOP_WORDS, UnknownLanguageError, pieces_of
 from .repository import Proposal, VersionRecord, VocabRepository
 from .tokenization import BYTES_PER_PIECE, BatchTooLargeError, TokenizedBatch, tokenize_batch
@@ -96,8 +99,11 @@ class VersionDiff:
 class VocabApp:
     """Every operation of the vocab service, over one VocabRepository."""
 
-    def __init__(self, repository: VocabRepository, roots: FileRoots, *, max_answer_bytes: int) -> None:
+    def __init__(
+        self, repository: VocabRepository, roots: FileRoots, *, max_answer_bytes: int, ray: RayCluster | None = None
+    ) -> None:
         self.repository = repository
+        self.ray = ray
         self.roots = roots
         self._max_answer_pieces = max_answer_bytes // BYTES_PER_PIECE
 
@@ -166,13 +172,22 @@ class VocabApp:
 
     # Observations and updates ----------------------------------------------------------------
 
-    def corpus_texts(self, corpus: Corpus, field_name: str) -> Iterator[str]:
-        return open_corpus(corpus, self.roots, field_name)
-
     def observe(
-        self, version_id: str, texts: Iterable[str], *, slice_label: str, max_candidates: int, min_count: int
+        self,
+        version_id: str,
+        corpus: Corpus,
+        streamed: Iterable[str] = (),
+        *,
+        slice_label: str,
+        max_candidates: int,
+        min_count: int,
+        engine: EngineChoice = IN_PROCESS,
     ) -> Observation:
-        """Count a slice's pieces and candidate words under a version, and keep the observation."""
+        """Count a slice's pieces and candidate words under a version, and keep the observation.
+
+        The corpus's files are shards 0..n-1 and its inline texts, followed by the streamed ones,
+        the next shard; the Ray engine counts the files on the cluster.
+        """
         vocabulary, tokenizer = self.repository.load(version_id)
         max_candidates = max_candidates or DEFAULT_MAX_CANDIDATES
         min_count = min_count or DEFAULT_MIN_COUNT
@@ -180,10 +195,23 @@ class VocabApp:
             raise InvalidArgumentError("max_candidates", f"must be in [1, {MAX_CANDIDATES}], got {max_candidates}")
         if min_count < 1:
             raise InvalidArgumentError("min_candidate_count", f"must be >= 1 (0 means 2), got {min_count}")
-        observation = observe_slice(
+        paths = corpus_paths(corpus, self.roots, "corpus") if corpus.files else []
+        counter = SliceCounter(vocabulary, tokenizer)
+        if engine.engine is Engine.RAY:
+            if not paths:
+                raise InvalidArgumentError(
+                    "corpus", "the Ray engine reads files: name the corpus as uri or shards, or ask for the local engine"
+                )
+            counter.partial = self._observe_on_ray(paths, vocabulary.tokenizer_json, corpus, engine.workers)
+        else:
+            for shard, path in enumerate(paths):
+                options = {"text_field": corpus.text_field, "corpus_format": corpus.corpus_format}
+                counter.add_shard(shard, texts_of_files([path], "corpus", **options))
+        counter.add_shard(len(paths), itertools.chain(corpus.texts, streamed))
+        observation = finish_observation(
             vocabulary,
             tokenizer,
-            texts,
+            counter.partial,
             version_id=version_id,
             slice_label=slice_label,
             max_candidates=max_candidates,
@@ -191,6 +219,20 @@ class VocabApp:
         )
         self.repository.save_observation(observation)
         return observation
+
+    def _observe_on_ray(self, paths: list[Path], tokenizer_json: str, corpus: Corpus, workers: int) -> PartialObservation:
+        if self.ray is None:
+            raise FailedPreconditionError("this service has no Ray cluster configured", reason="RAY_NOT_CONFIGURED")
+        from .ray_observation import observe_on_ray  # imports Ray Data's client side only when asked for
+
+        return observe_on_ray(
+            self.ray,
+            paths,
+            tokenizer_json,
+            text_field=corpus.text_field,
+            corpus_format=corpus.corpus_format,
+            workers=workers,
+        )
 
     def propose(self, request: UpdateRequest) -> ProposedUpdate:
         """A fixed-size update from observations of the version, stored as a proposal."""

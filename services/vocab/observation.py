@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer, models, trainers
 
+from driftlm.services.core.ray_corpus import DIGEST_BLOCK_TEXTS
 from driftlm.services.core.vocabulary import WordPieceVocabulary
 from driftlm.services.runtime.calls import stop_if_abandoned
 
@@ -113,25 +114,89 @@ def _batches(texts: Iterable[str]) -> Iterator[list[str]]:
         yield batch
 
 
-class _SliceCounter:
-    """Accumulates counts batch by batch."""
+def block_digest(texts: list[str]) -> bytes:
+    """SHA-256 of one block's texts, in order."""
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+    return digest.digest()
+
+
+@dataclass
+class PartialObservation:
+    """Counts over part of a slice (some blocks of some shards), mergeable in any order: what a
+    worker of a distributed engine returns, and what the local engine accumulates."""
+
+    counts: np.ndarray
+    fragmented_words: Counter[str] = field(default_factory=Counter)
+    text_count: int = 0
+    # (shard, block, SHA-256 of the block's texts) of every block counted.
+    blocks: list[tuple[int, int, bytes]] = field(default_factory=list)
+
+    def merge(self, other: PartialObservation) -> None:
+        """Add another part's counts (the parts must not overlap)."""
+        self.counts += other.counts
+        self.fragmented_words.update(other.fragmented_words)
+        self.text_count += other.text_count
+        self.blocks.extend(other.blocks)
+
+    def digest(self, options: str) -> str:
+        """A hex id of the texts (block by block, in shard order) and the options."""
+        digest = hashlib.sha256()
+        for shard, block, block_sha in sorted(self.blocks):
+            digest.update(f"{shard}:{block}:".encode() + block_sha)
+        digest.update(options.encode())
+        return digest.hexdigest()
+
+
+class SliceCounter:
+    """Counts blocks of texts into a PartialObservation."""
 
     def __init__(self, vocabulary: WordPieceVocabulary, tokenizer: Tokenizer) -> None:
         self.vocabulary = vocabulary
         self.tokenizer = tokenizer
-        self.counts = np.zeros(vocabulary.size, dtype=np.int64)
+        self.partial = PartialObservation(np.zeros(vocabulary.size, dtype=np.int64))
         self.continuation = np.asarray(vocabulary.continuation_mask, dtype=bool)
-        self.fragmented_words: Counter[str] = Counter()
         # Hash of a run of piece ids -> its word, so a word is spelled out once per slice.
         self._words_by_hash: dict[int, str] = {}
-        self.text_count = 0
-        self.digest = hashlib.sha256()
+
+    @property
+    def fragmented_words(self) -> Counter[str]:
+        return self.partial.fragmented_words
+
+    def add_shard(self, shard: int, texts: Iterable[str]) -> None:
+        """Count one shard's texts as they stream in, hashing them block by block as
+        ray_corpus.text_blocks cuts them; between batches it stops when the call it serves is cancelled or past its deadline."""
+        digest, in_block, block_index = hashlib.sha256(), 0, 0
+        batch: list[str] = []
+        characters = 0
+        for text in texts:
+            digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+            in_block += 1
+            if in_block == DIGEST_BLOCK_TEXTS:
+                self.partial.blocks.append((shard, block_index, digest.digest()))
+                digest, in_block, block_index = hashlib.sha256(), 0, block_index + 1
+            batch.append(text)
+            characters += len(text)
+            if len(batch) == BATCH_TEXTS or characters >= BATCH_CHARACTERS:
+                stop_if_abandoned()
+                self.add(batch)
+                batch, characters = [], 0
+        if in_block:
+            self.partial.blocks.append((shard, block_index, digest.digest()))
+        stop_if_abandoned()
+        if batch:
+            self.add(batch)
+
+    def add_block(self, shard: int, block_index: int, texts: list[str]) -> None:
+        """Count one block of ray_corpus.text_blocks (what a Ray worker is handed)."""
+        self.partial.blocks.append((shard, block_index, block_digest(texts)))
+        for batch in _batches(texts):
+            self.add(batch)
 
     def add(self, texts: list[str]) -> None:
         """Count one batch. Repeated texts (retweets, boilerplate) are encoded once and weighted."""
-        for text in texts:
-            self.digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
-        self.text_count += len(texts)
+        self.partial.text_count += len(texts)
         repeats = Counter(texts)
         distinct = list(repeats)
         multiplicity = np.fromiter(repeats.values(), dtype=np.int64, count=len(distinct))
@@ -139,7 +204,8 @@ class _SliceCounter:
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         ids = np.fromiter((i for e in encodings for i in e.ids), dtype=np.int64, count=int(lengths.sum()))
         token_weights = np.repeat(multiplicity, lengths)
-        self.counts += np.bincount(ids, weights=token_weights, minlength=self.counts.shape[0]).astype(np.int64)
+        counts = self.partial.counts
+        counts += np.bincount(ids, weights=token_weights, minlength=counts.shape[0]).astype(np.int64)
         self._count_fragmented_words(ids, lengths, token_weights)
         self._count_unknown_words(ids, lengths, multiplicity, distinct, encodings)
 
@@ -251,18 +317,39 @@ def observe_slice(
     max_candidates: int,
     min_candidate_count: int,
 ) -> Observation:
-    """Count a slice's use of a version and find its candidate new pieces.
+    """Count a slice's use of a version and find its candidate new pieces (the texts as one shard).
 
     `tokenizer` is the version's, without truncation or padding. The observation id is a hash of
     the version, the options and the texts, so the same slice observed twice has the same id.
     Between batches it stops when the call it serves is cancelled or past its deadline.
     """
-    counter = _SliceCounter(vocabulary, tokenizer)
-    for batch in _batches(texts):
-        stop_if_abandoned()
-        counter.add(batch)
+    counter = SliceCounter(vocabulary, tokenizer)
+    counter.add_shard(0, texts)
+    return finish_observation(
+        vocabulary,
+        tokenizer,
+        counter.partial,
+        version_id=version_id,
+        slice_label=slice_label,
+        max_candidates=max_candidates,
+        min_candidate_count=min_candidate_count,
+    )
+
+
+def finish_observation(
+    vocabulary: WordPieceVocabulary,
+    tokenizer: Tokenizer,
+    partial: PartialObservation,
+    *,
+    version_id: str,
+    slice_label: str,
+    max_candidates: int,
+    min_candidate_count: int,
+) -> Observation:
+    """The observation of a whole slice from its merged counts: the candidates are found once, on
+    every fragmented word of the slice, so parts counted apart give the same candidates."""
     stop_if_abandoned()
-    words = counter.fragmented_words
+    words = partial.fragmented_words
     candidates = _slice_model_candidates(vocabulary, tokenizer, words, max_candidates) if words else Counter()
     for word, count in words.items():  # a frequent word may enter whole
         if word not in vocabulary.piece_ids:
@@ -271,14 +358,14 @@ def observe_slice(
         ((piece, count) for piece, count in candidates.items() if count >= min_candidate_count and piece.strip()),
         key=lambda item: (-item[1], item[0]),
     )[:max_candidates]
-    counts = counter.counts
-    word_starts = ~counter.continuation
-    counter.digest.update(f"{version_id}\0{slice_label}\0{max_candidates}\0{min_candidate_count}".encode())
+    counts = partial.counts
+    word_starts = ~np.asarray(vocabulary.continuation_mask, dtype=bool)
+    options = f"{version_id}\0{slice_label}\0{max_candidates}\0{min_candidate_count}"
     return Observation(
-        observation_id=f"obs-{counter.digest.hexdigest()[:16]}",
+        observation_id=f"obs-{partial.digest(options)[:16]}",
         version_id=version_id,
         slice_label=slice_label,
-        text_count=counter.text_count,
+        text_count=partial.text_count,
         piece_count=int(counts.sum()),
         word_count=int(counts[word_starts].sum()),
         unknown_count=int(counts[vocabulary.unknown_id]),

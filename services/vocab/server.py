@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from driftlm.services.core.engine import RayCluster
 from driftlm.services.runtime.bootstrap import ServiceBinding, build_server
 from driftlm.services.runtime.config import ServeConfig
 from driftlm.v1 import vocab_pb2, vocab_pb2_grpc
@@ -22,7 +23,12 @@ HEAVY_METHODS = frozenset(
 def create_server(address: str = "127.0.0.1:0", config: ServeConfig | None = None) -> tuple[grpc.Server, int]:
     """A started vocab server on `address` over `config.store`; returns it and its port."""
     config = config or ServeConfig()
-    app = VocabApp(VocabRepository(config.store), config.roots, max_answer_bytes=config.limits.max_message_bytes)
+    app = VocabApp(
+        VocabRepository(config.store),
+        config.roots,
+        max_answer_bytes=config.limits.max_message_bytes,
+        ray=RayCluster(config.ray_address),
+    )
     servicer = VocabServicer(app, config.limits)
     binding = ServiceBinding(
         SERVICE_NAME,

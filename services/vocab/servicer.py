@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 import grpc
 
 from driftlm.services.core.corpus import corpus_from_message
+from driftlm.services.core.engine import engine_from_message
 from driftlm.services.core.errors import InvalidArgumentError, ResourceExhaustedError
 from driftlm.services.runtime.limits import RequestLimits
 from driftlm.services.runtime.paging import page_of
@@ -101,16 +101,14 @@ class VocabServicer(vocab_pb2_grpc.VocabServiceServicer):
         first = next(request_iterator, None)
         if first is None:
             raise InvalidArgumentError("request", "the request stream carried no messages")
-        texts: Iterable[str] = itertools.chain(
-            self._app.corpus_texts(corpus_from_message(first.corpus, "corpus"), "corpus"),
-            _streamed_texts(request_iterator, self._limits.max_stream_bytes - first.ByteSize()),
-        )
         observation = self._app.observe(
             first.version_id,
-            texts,
+            corpus_from_message(first.corpus, "corpus"),
+            _streamed_texts(request_iterator, self._limits.max_stream_bytes - first.ByteSize()),
             slice_label=first.slice_label,
             max_candidates=first.max_candidates,
             min_count=first.min_candidate_count,
+            engine=engine_from_message(first.engine),
         )
         return _observation_message(observation)
 
@@ -229,8 +227,9 @@ def _streamed_texts(requests: Iterator[vocab_pb2.ObserveSliceRequest], budget_by
                 "observe the slice in parts, or name a corpus file",
                 reason="STREAM_TOO_LARGE",
             )
-        if message.corpus.WhichOneof("source") == "uri":
+        kind = message.corpus.WhichOneof("source")
+        if kind in ("uri", "shards"):
             raise InvalidArgumentError(
-                f"request[{index}].corpus.uri", "only the stream's first message may name a corpus file"
+                f"request[{index}].corpus.{kind}", "only the stream's first message may name a corpus file"
             )
         yield from message.corpus.texts.texts

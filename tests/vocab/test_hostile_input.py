@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from driftlm.services.runtime.tensors import tensor_to_array
-from driftlm.services.vocab.observation import _SliceCounter
+from driftlm.services.vocab.observation import SliceCounter
 from driftlm.services.vocab.repository import VocabRepository
 from driftlm.v1 import common_pb2, vocab_pb2, vocab_pb2_grpc
 
@@ -218,7 +218,7 @@ def test_many_unknown_words_in_one_text_are_counted_in_one_pass_over_its_offsets
             return list(self.encoding.offsets)
 
     vocabulary, tokenizer = VocabRepository(vocab_store).load(planted_base.version_id)
-    counter = _SliceCounter(vocabulary, tokenizer)
+    counter = SliceCounter(vocabulary, tokenizer)
     encoding = CountingEncoding(tokenizer.encode(text, add_special_tokens=False))
     ids = np.asarray(encoding.encoding.ids, dtype=np.int64)
     counter._count_unknown_words(ids, np.array([ids.size]), np.ones(1, dtype=np.int64), [text], [encoding])

@@ -24,19 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64riftlm/v1/common.proto\x12\ndriftlm.v1\"G\n\x06Tensor\x12 \n\x05\x64type\x18\x01 \x01(\x0e\x32\x11.driftlm.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"*\n\x0b\x41rtifactRef\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\'\n\tTimeRange\x12\r\n\x05start\x18\x01 \x01(\t\x12\x0b\n\x03\x65nd\x18\x02 \x01(\t\"\xa6\x01\n\x0c\x43orpusSource\x12&\n\x05texts\x18\x01 \x01(\x0b\x32\x15.driftlm.v1.TextBatchH\x00\x12&\n\x03uri\x18\x02 \x01(\x0b\x32\x17.driftlm.v1.ArtifactRefH\x00\x12\x12\n\ntext_field\x18\x03 \x01(\t\x12(\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x18.driftlm.v1.CorpusFormatB\x08\n\x06source\"\x1a\n\tTextBatch\x12\r\n\x05texts\x18\x01 \x03(\t*\x91\x01\n\x05\x44Type\x12\x16\n\x12\x44_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44_TYPE_FLOAT32\x10\x01\x12\x12\n\x0e\x44_TYPE_FLOAT64\x10\x02\x12\x10\n\x0c\x44_TYPE_INT32\x10\x03\x12\x10\n\x0c\x44_TYPE_INT64\x10\x04\x12\x12\n\x0e\x44_TYPE_FLOAT16\x10\x05\x12\x10\n\x0c\x44_TYPE_UINT8\x10\x06*\x90\x01\n\x0c\x43orpusFormat\x12\x1d\n\x19\x43ORPUS_FORMAT_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43ORPUS_FORMAT_JSONL\x10\x01\x12\x15\n\x11\x43ORPUS_FORMAT_CSV\x10\x02\x12\x19\n\x15\x43ORPUS_FORMAT_PARQUET\x10\x03\x12\x16\n\x12\x43ORPUS_FORMAT_TEXT\x10\x04*\xd7\x01\n\x10SamplingStrategy\x12!\n\x1dSAMPLING_STRATEGY_UNSPECIFIED\x10\x00\x12\x1d\n\x19SAMPLING_STRATEGY_UNIFORM\x10\x01\x12+\n\'SAMPLING_STRATEGY_TOKEN_EMBEDDING_SHIFT\x10\x02\x12.\n*SAMPLING_STRATEGY_SENTENCE_EMBEDDING_SHIFT\x10\x03\x12$\n SAMPLING_STRATEGY_TOKEN_MLM_LOSS\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x64riftlm/v1/common.proto\x12\ndriftlm.v1\"G\n\x06Tensor\x12 \n\x05\x64type\x18\x01 \x01(\x0e\x32\x11.driftlm.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"*\n\x0b\x41rtifactRef\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"\'\n\tTimeRange\x12\r\n\x05start\x18\x01 \x01(\t\x12\x0b\n\x03\x65nd\x18\x02 \x01(\t\"\xd2\x01\n\x0c\x43orpusSource\x12&\n\x05texts\x18\x01 \x01(\x0b\x32\x15.driftlm.v1.TextBatchH\x00\x12&\n\x03uri\x18\x02 \x01(\x0b\x32\x17.driftlm.v1.ArtifactRefH\x00\x12*\n\x06shards\x18\x05 \x01(\x0b\x32\x18.driftlm.v1.CorpusShardsH\x00\x12\x12\n\ntext_field\x18\x03 \x01(\t\x12(\n\x06\x66ormat\x18\x04 \x01(\x0e\x32\x18.driftlm.v1.CorpusFormatB\x08\n\x06source\"6\n\x0c\x43orpusShards\x12&\n\x05\x66iles\x18\x01 \x03(\x0b\x32\x17.driftlm.v1.ArtifactRef\"J\n\rEngineOptions\x12(\n\x06\x65ngine\x18\x01 \x01(\x0e\x32\x18.driftlm.v1.CorpusEngine\x12\x0f\n\x07workers\x18\x02 \x01(\x05\"\x1a\n\tTextBatch\x12\r\n\x05texts\x18\x01 \x03(\t*\x91\x01\n\x05\x44Type\x12\x16\n\x12\x44_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44_TYPE_FLOAT32\x10\x01\x12\x12\n\x0e\x44_TYPE_FLOAT64\x10\x02\x12\x10\n\x0c\x44_TYPE_INT32\x10\x03\x12\x10\n\x0c\x44_TYPE_INT64\x10\x04\x12\x12\n\x0e\x44_TYPE_FLOAT16\x10\x05\x12\x10\n\x0c\x44_TYPE_UINT8\x10\x06*\x90\x01\n\x0c\x43orpusFormat\x12\x1d\n\x19\x43ORPUS_FORMAT_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43ORPUS_FORMAT_JSONL\x10\x01\x12\x15\n\x11\x43ORPUS_FORMAT_CSV\x10\x02\x12\x19\n\x15\x43ORPUS_FORMAT_PARQUET\x10\x03\x12\x16\n\x12\x43ORPUS_FORMAT_TEXT\x10\x04*]\n\x0c\x43orpusEngine\x12\x1d\n\x19\x43ORPUS_ENGINE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43ORPUS_ENGINE_LOCAL\x10\x01\x12\x15\n\x11\x43ORPUS_ENGINE_RAY\x10\x02*\xd7\x01\n\x10SamplingStrategy\x12!\n\x1dSAMPLING_STRATEGY_UNSPECIFIED\x10\x00\x12\x1d\n\x19SAMPLING_STRATEGY_UNIFORM\x10\x01\x12+\n\'SAMPLING_STRATEGY_TOKEN_EMBEDDING_SHIFT\x10\x02\x12.\n*SAMPLING_STRATEGY_SENTENCE_EMBEDDING_SHIFT\x10\x03\x12$\n SAMPLING_STRATEGY_TOKEN_MLM_LOSS\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'driftlm.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=395
-  _globals['_DTYPE']._serialized_end=540
-  _globals['_CORPUSFORMAT']._serialized_start=543
-  _globals['_CORPUSFORMAT']._serialized_end=687
-  _globals['_SAMPLINGSTRATEGY']._serialized_start=690
-  _globals['_SAMPLINGSTRATEGY']._serialized_end=905
+  _globals['_DTYPE']._serialized_start=571
+  _globals['_DTYPE']._serialized_end=716
+  _globals['_CORPUSFORMAT']._serialized_start=719
+  _globals['_CORPUSFORMAT']._serialized_end=863
+  _globals['_CORPUSENGINE']._serialized_start=865
+  _globals['_CORPUSENGINE']._serialized_end=958
+  _globals['_SAMPLINGSTRATEGY']._serialized_start=961
+  _globals['_SAMPLINGSTRATEGY']._serialized_end=1176
   _globals['_TENSOR']._serialized_start=39
   _globals['_TENSOR']._serialized_end=110
   _globals['_ARTIFACTREF']._serialized_start=112
@@ -44,7 +46,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TIMERANGE']._serialized_start=156
   _globals['_TIMERANGE']._serialized_end=195
   _globals['_CORPUSSOURCE']._serialized_start=198
-  _globals['_CORPUSSOURCE']._serialized_end=364
-  _globals['_TEXTBATCH']._serialized_start=366
-  _globals['_TEXTBATCH']._serialized_end=392
+  _globals['_CORPUSSOURCE']._serialized_end=408
+  _globals['_CORPUSSHARDS']._serialized_start=410
+  _globals['_CORPUSSHARDS']._serialized_end=464
+  _globals['_ENGINEOPTIONS']._serialized_start=466
+  _globals['_ENGINEOPTIONS']._serialized_end=540
+  _globals['_TEXTBATCH']._serialized_start=542
+  _globals['_TEXTBATCH']._serialized_end=568
 # @@protoc_insertion_point(module_scope)

@@ -95,6 +95,34 @@ CORPUS_FORMAT_TEXT: CorpusFormat.ValueType  # 4
 """One text per line."""
 Global___CorpusFormat: _TypeAlias = CorpusFormat  # noqa: Y015
 
+class _CorpusEngine:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CorpusEngineEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CorpusEngine.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CORPUS_ENGINE_UNSPECIFIED: _CorpusEngine.ValueType  # 0
+    """The service's own process (the same as LOCAL)."""
+    CORPUS_ENGINE_LOCAL: _CorpusEngine.ValueType  # 1
+    """The service's own process."""
+    CORPUS_ENGINE_RAY: _CorpusEngine.ValueType  # 2
+    """The Ray cluster the service was started with (`--ray-address`); the results equal LOCAL's.
+    Needs a file corpus (uri or shards) the cluster's workers can read.
+    """
+
+class CorpusEngine(_CorpusEngine, metaclass=_CorpusEngineEnumTypeWrapper):
+    """Where a corpus-scale pass (an observation, candidate scoring) runs."""
+
+CORPUS_ENGINE_UNSPECIFIED: CorpusEngine.ValueType  # 0
+"""The service's own process (the same as LOCAL)."""
+CORPUS_ENGINE_LOCAL: CorpusEngine.ValueType  # 1
+"""The service's own process."""
+CORPUS_ENGINE_RAY: CorpusEngine.ValueType  # 2
+"""The Ray cluster the service was started with (`--ray-address`); the results equal LOCAL's.
+Needs a file corpus (uri or shards) the cluster's workers can read.
+"""
+Global___CorpusEngine: _TypeAlias = CorpusEngine  # noqa: Y015
+
 class _SamplingStrategy:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -234,6 +262,7 @@ class CorpusSource(_message.Message):
 
     TEXTS_FIELD_NUMBER: _builtins.int
     URI_FIELD_NUMBER: _builtins.int
+    SHARDS_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_FIELD_NUMBER: _builtins.int
     FORMAT_FIELD_NUMBER: _builtins.int
     text_field: _builtins.str
@@ -250,23 +279,80 @@ class CorpusSource(_message.Message):
         file:// URI. Services read it with one reader, so a corpus means the same everywhere.
         """
 
+    @_builtins.property
+    def shards(self) -> Global___CorpusShards:
+        """A corpus split across files (each named as `uri` is), read in the order given. The Ray
+        engine reads them in parallel; the local engine one after the other.
+        """
+
     def __init__(
         self,
         *,
         texts: Global___TextBatch | None = ...,
         uri: Global___ArtifactRef | None = ...,
+        shards: Global___CorpusShards | None = ...,
         text_field: _builtins.str = ...,
         format: Global___CorpusFormat.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "texts", b"texts", "uri", b"uri"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["shards", b"shards", "source", b"source", "texts", b"texts", "uri", b"uri"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "source", b"source", "text_field", b"text_field", "texts", b"texts", "uri", b"uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "shards", b"shards", "source", b"source", "text_field", b"text_field", "texts", b"texts", "uri", b"uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["texts", "uri"]  # noqa: Y015
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["texts", "uri", "shards"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
 
 Global___CorpusSource: _TypeAlias = CorpusSource  # noqa: Y015
+
+@_typing.final
+class CorpusShards(_message.Message):
+    """The files of a sharded corpus, in order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArtifactRef]:
+        """At most 100,000 files."""
+
+    def __init__(
+        self,
+        *,
+        files: _abc.Iterable[Global___ArtifactRef] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["files", b"files"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CorpusShards: _TypeAlias = CorpusShards  # noqa: Y015
+
+@_typing.final
+class EngineOptions(_message.Message):
+    """How a corpus-scale pass runs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENGINE_FIELD_NUMBER: _builtins.int
+    WORKERS_FIELD_NUMBER: _builtins.int
+    engine: Global___CorpusEngine.ValueType
+    """Where it runs."""
+    workers: _builtins.int
+    """Ray: workers (actors) at once, each one CPU; 0 means one per CPU of the cluster, at most 1,024."""
+    def __init__(
+        self,
+        *,
+        engine: Global___CorpusEngine.ValueType = ...,
+        workers: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["engine", b"engine", "workers", b"workers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EngineOptions: _TypeAlias = EngineOptions  # noqa: Y015
 
 @_typing.final
 class TextBatch(_message.Message):

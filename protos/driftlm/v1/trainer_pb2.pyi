@@ -1553,3 +1553,105 @@ class ScorePseudoLikelihoodResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ScorePseudoLikelihoodResponse: _TypeAlias = ScorePseudoLikelihoodResponse  # noqa: Y015
+
+@_typing.final
+class ScoreCandidatesRequest(_message.Message):
+    """Scores a corpus's texts as sampling candidates."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
+    BASELINE_CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
+    CORPUS_FIELD_NUMBER: _builtins.int
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    MAX_LENGTH_FIELD_NUMBER: _builtins.int
+    MASK_FRACTION_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    ENGINE_FIELD_NUMBER: _builtins.int
+    checkpoint_id: _builtins.str
+    """The checkpoint whose loss and [CLS] embeddings are scored."""
+    baseline_checkpoint_id: _builtins.str
+    """Optional: a checkpoint of the same vocabulary whose [CLS] embeddings are scored too, as the
+    "before" of the sentence-embedding-shift strategy.
+    """
+    max_length: _builtins.int
+    """Pieces per text, specials included; longer texts are scored on their first pieces. 0 means 128."""
+    mask_fraction: _builtins.float
+    """Fraction of pieces masked per pass; each text is scored over ceil(1 / fraction) passes, and at
+    least one piece per pass. 0 means 0.15.
+    """
+    seed: _builtins.int
+    """Seeds each text's masks (with its shard and line), so the scores do not depend on the engine,
+    the batching or the number of workers.
+    """
+    @_builtins.property
+    def corpus(self) -> _common_pb2.CorpusSource:
+        """The texts. The Ray engine needs a file (uri) or files (shards)."""
+
+    @_builtins.property
+    def destination(self) -> _common_pb2.ArtifactRef:
+        """The Parquet file to write, under a write root or an allowed object-store prefix; empty means
+        `scores/<checkpoint>-<digest>.parquet` under the store.
+        """
+
+    @_builtins.property
+    def engine(self) -> _common_pb2.EngineOptions:
+        """Where the scoring runs."""
+
+    def __init__(
+        self,
+        *,
+        checkpoint_id: _builtins.str = ...,
+        baseline_checkpoint_id: _builtins.str = ...,
+        corpus: _common_pb2.CorpusSource | None = ...,
+        destination: _common_pb2.ArtifactRef | None = ...,
+        max_length: _builtins.int = ...,
+        mask_fraction: _builtins.float = ...,
+        seed: _builtins.int = ...,
+        engine: _common_pb2.EngineOptions | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["corpus", b"corpus", "destination", b"destination", "engine", b"engine"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["baseline_checkpoint_id", b"baseline_checkpoint_id", "checkpoint_id", b"checkpoint_id", "corpus", b"corpus", "destination", b"destination", "engine", b"engine", "mask_fraction", b"mask_fraction", "max_length", b"max_length", "seed", b"seed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScoreCandidatesRequest: _TypeAlias = ScoreCandidatesRequest  # noqa: Y015
+
+@_typing.final
+class ScoreCandidatesResponse(_message.Message):
+    """Where the scores are."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCORES_FIELD_NUMBER: _builtins.int
+    TEXT_COUNT_FIELD_NUMBER: _builtins.int
+    SCORED_COUNT_FIELD_NUMBER: _builtins.int
+    WALL_S_FIELD_NUMBER: _builtins.int
+    text_count: _builtins.int
+    """Texts read, blank ones included."""
+    scored_count: _builtins.int
+    """Rows written."""
+    wall_s: _builtins.float
+    """Seconds spent."""
+    @_builtins.property
+    def scores(self) -> _common_pb2.ArtifactRef:
+        """The Parquet file: one row per non-blank text, in corpus order, with columns shard, line,
+        length, mlm_loss, cls (list of float), and with a baseline baseline_cls and cls_shift.
+        """
+
+    def __init__(
+        self,
+        *,
+        scores: _common_pb2.ArtifactRef | None = ...,
+        text_count: _builtins.int = ...,
+        scored_count: _builtins.int = ...,
+        wall_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scores", b"scores"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scored_count", b"scored_count", "scores", b"scores", "text_count", b"text_count", "wall_s", b"wall_s"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScoreCandidatesResponse: _TypeAlias = ScoreCandidatesResponse  # noqa: Y015

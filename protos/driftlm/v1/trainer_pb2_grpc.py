@@ -101,6 +101,11 @@ class TrainerServiceStub:
                 request_serializer=driftlm_dot_v1_dot_trainer__pb2.ComputeEmbeddingsRequest.SerializeToString,
                 response_deserializer=driftlm_dot_v1_dot_trainer__pb2.ComputeEmbeddingsResponse.FromString,
                 _registered_method=True)
+        self.ScoreCandidates = channel.unary_unary(
+                '/driftlm.v1.TrainerService/ScoreCandidates',
+                request_serializer=driftlm_dot_v1_dot_trainer__pb2.ScoreCandidatesRequest.SerializeToString,
+                response_deserializer=driftlm_dot_v1_dot_trainer__pb2.ScoreCandidatesResponse.FromString,
+                _registered_method=True)
 
 
 class TrainerServiceServicer:
@@ -205,6 +210,15 @@ class TrainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ScoreCandidates(self, request, context):
+        """Scores every text of a corpus for the sampling strategies, as batch inference (in process, or
+        on Ray actors): its length, mean MLM loss, [CLS] embedding, and optionally a baseline
+        checkpoint's [CLS] embedding and the cosine distance between the two. Writes a Parquet file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -267,6 +281,11 @@ def add_TrainerServiceServicer_to_server(servicer, server):
                     servicer.ComputeEmbeddings,
                     request_deserializer=driftlm_dot_v1_dot_trainer__pb2.ComputeEmbeddingsRequest.FromString,
                     response_serializer=driftlm_dot_v1_dot_trainer__pb2.ComputeEmbeddingsResponse.SerializeToString,
+            ),
+            'ScoreCandidates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ScoreCandidates,
+                    request_deserializer=driftlm_dot_v1_dot_trainer__pb2.ScoreCandidatesRequest.FromString,
+                    response_serializer=driftlm_dot_v1_dot_trainer__pb2.ScoreCandidatesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -600,6 +619,33 @@ class TrainerService:
             '/driftlm.v1.TrainerService/ComputeEmbeddings',
             driftlm_dot_v1_dot_trainer__pb2.ComputeEmbeddingsRequest.SerializeToString,
             driftlm_dot_v1_dot_trainer__pb2.ComputeEmbeddingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ScoreCandidates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/driftlm.v1.TrainerService/ScoreCandidates',
+            driftlm_dot_v1_dot_trainer__pb2.ScoreCandidatesRequest.SerializeToString,
+            driftlm_dot_v1_dot_trainer__pb2.ScoreCandidatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -77,6 +77,11 @@ class TrainerServiceStub:
     """Sentence embeddings of texts from a checkpoint's encoder: the mean of the last hidden states of
     each text's pieces (specials excluded), for probes and downstream checks.
     """
+    ScoreCandidates: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.ScoreCandidatesRequest, _trainer_pb2.ScoreCandidatesResponse]
+    """Scores every text of a corpus for the sampling strategies, as batch inference (in process, or
+    on Ray actors): its length, mean MLM loss, [CLS] embedding, and optionally a baseline
+    checkpoint's [CLS] embedding and the cosine distance between the two. Writes a Parquet file.
+    """
 
 @_typing.type_check_only
 class TrainerServiceAsyncStub(TrainerServiceStub):
@@ -126,6 +131,11 @@ class TrainerServiceAsyncStub(TrainerServiceStub):
     ComputeEmbeddings: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ComputeEmbeddingsRequest, _trainer_pb2.ComputeEmbeddingsResponse]  # type: ignore[assignment]
     """Sentence embeddings of texts from a checkpoint's encoder: the mean of the last hidden states of
     each text's pieces (specials excluded), for probes and downstream checks.
+    """
+    ScoreCandidates: _aio.UnaryUnaryMultiCallable[_trainer_pb2.ScoreCandidatesRequest, _trainer_pb2.ScoreCandidatesResponse]  # type: ignore[assignment]
+    """Scores every text of a corpus for the sampling strategies, as batch inference (in process, or
+    on Ray actors): its length, mean MLM loss, [CLS] embedding, and optionally a baseline
+    checkpoint's [CLS] embedding and the cosine distance between the two. Writes a Parquet file.
     """
 
 class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -245,6 +255,17 @@ class TrainerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_trainer_pb2.ComputeEmbeddingsResponse, _abc.Awaitable[_trainer_pb2.ComputeEmbeddingsResponse]]:
         """Sentence embeddings of texts from a checkpoint's encoder: the mean of the last hidden states of
         each text's pieces (specials excluded), for probes and downstream checks.
+        """
+
+    @_abc_1.abstractmethod
+    def ScoreCandidates(
+        self,
+        request: _trainer_pb2.ScoreCandidatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.ScoreCandidatesResponse, _abc.Awaitable[_trainer_pb2.ScoreCandidatesResponse]]:
+        """Scores every text of a corpus for the sampling strategies, as batch inference (in process, or
+        on Ray actors): its length, mean MLM loss, [CLS] embedding, and optionally a baseline
+        checkpoint's [CLS] embedding and the cosine distance between the two. Writes a Parquet file.
         """
 
 def add_TrainerServiceServicer_to_server(servicer: TrainerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -293,6 +293,7 @@ class ObserveSliceRequest(_message.Message):
     SLICE_LABEL_FIELD_NUMBER: _builtins.int
     MAX_CANDIDATES_FIELD_NUMBER: _builtins.int
     MIN_CANDIDATE_COUNT_FIELD_NUMBER: _builtins.int
+    ENGINE_FIELD_NUMBER: _builtins.int
     version_id: _builtins.str
     """First message only: the version to count with."""
     slice_label: _builtins.str
@@ -305,6 +306,13 @@ class ObserveSliceRequest(_message.Message):
     def corpus(self) -> _common_pb2.CorpusSource:
         """The slice's texts (any message), or a corpus file (first message only)."""
 
+    @_builtins.property
+    def engine(self) -> _common_pb2.EngineOptions:
+        """First message only: where the counting runs. The Ray engine reads a file corpus (uri or
+        shards) on the cluster and merges the workers' partial counts into one observation, equal to
+        (and with the same id as) the local engine's.
+        """
+
     def __init__(
         self,
         *,
@@ -313,10 +321,11 @@ class ObserveSliceRequest(_message.Message):
         slice_label: _builtins.str = ...,
         max_candidates: _builtins.int = ...,
         min_candidate_count: _builtins.int = ...,
+        engine: _common_pb2.EngineOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["corpus", b"corpus"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["corpus", b"corpus", "engine", b"engine"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["corpus", b"corpus", "max_candidates", b"max_candidates", "min_candidate_count", b"min_candidate_count", "slice_label", b"slice_label", "version_id", b"version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["corpus", b"corpus", "engine", b"engine", "max_candidates", b"max_candidates", "min_candidate_count", b"min_candidate_count", "slice_label", b"slice_label", "version_id", b"version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

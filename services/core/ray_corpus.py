@@ -1,0 +1,70 @@
+"""A corpus's files as blocks of texts for the Ray engine, cut where the local engine cuts them.
+
+A block is DIGEST_BLOCK_TEXTS consecutive texts of one shard (the last block of a shard may be
+shorter), named (shard, block). The local engine hashes and scores in the same blocks, so both
+engines give the same ids and the same per-text seeds whatever the number of workers. Workers read
+the files themselves: they must see the paths the service resolved (a shared volume).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .corpus import CorpusError, CorpusFormat, read_texts
+from .errors import InvalidArgumentError, NotFoundError
+
+# Texts per block: the unit of hashing, and what one worker is handed at once.
+DIGEST_BLOCK_TEXTS = 16_384
+
+
+def text_blocks(texts: Iterable[str]) -> Iterator[list[str]]:
+    """A shard's texts in blocks of DIGEST_BLOCK_TEXTS."""
+    block: list[str] = []
+    for text in texts:
+        block.append(text)
+        if len(block) == DIGEST_BLOCK_TEXTS:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def _read_blocks(
+    batch: dict[str, np.ndarray], text_field: str, corpus_format: CorpusFormat | None
+) -> Iterator[dict[str, list[Any]]]:
+    """Ray Data UDF: one row per block of each shard named in the batch."""
+    for shard, path in zip(batch["shard"].tolist(), batch["path"].tolist(), strict=True):
+        texts = read_texts(Path(path), text_field=text_field, corpus_format=corpus_format)
+        for index, block in enumerate(text_blocks(texts)):
+            yield {"shard": [shard], "block": [index], "texts": [block]}
+
+
+def shard_blocks(ray: Any, paths: list[Path], text_field: str, corpus_format: CorpusFormat | None) -> Any:
+    """A Ray Dataset of the files' blocks (columns shard, block, texts), one read task per file.
+
+    Reading asks for a fraction of a CPU, so that Ray does not fuse it into the workers that
+    follow: then one long file's blocks still spread over every worker."""
+    shards = ray.data.from_items(
+        [{"shard": index, "path": str(path)} for index, path in enumerate(paths)],
+        override_num_blocks=len(paths),
+    )
+    return shards.map_batches(
+        _read_blocks, batch_size=1, num_cpus=0.25, fn_kwargs={"text_field": text_field, "corpus_format": corpus_format}
+    )
+
+
+def raised_by_workers(error: BaseException, field: str) -> BaseException:
+    """What a failed Ray job means to the caller: the corpus error a worker hit, named as the local
+    engine names it, or the error itself (our bug: INTERNAL)."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, CorpusError):  # Ray's subclass of it reads as the whole traceback
+            return InvalidArgumentError(field, str(CorpusError(cause.path, cause.location, cause.problem)))
+        if isinstance(cause, FileNotFoundError):
+            return NotFoundError(f"{field}: a worker of the Ray cluster found no file at {cause.filename}")
+        cause = getattr(cause, "cause", None) or cause.__cause__
+    return error

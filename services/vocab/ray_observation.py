@@ -1,0 +1,91 @@
+"""Observing a slice on Ray: workers count blocks of the corpus's files into partial observations,
+and the service merges them; the candidates are then found once, on the merged counts, so the
+observation equals (and has the same id as) the local engine's."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from driftlm.services.core.corpus import CorpusFormat
+from driftlm.services.core.engine import RayCluster, single_threaded_worker
+from driftlm.services.core.ray_corpus import raised_by_workers, shard_blocks
+from driftlm.services.core.vocabulary import WordPieceVocabulary
+from driftlm.services.runtime.calls import stop_if_abandoned
+
+from .observation import PartialObservation, SliceCounter
+
+
+class _BlockCounter:
+    """Ray Data actor: a block of texts in, its partial observation out (as columns)."""
+
+    def __init__(self, tokenizer_json: str) -> None:
+        single_threaded_worker()
+        self.vocabulary = WordPieceVocabulary(tokenizer_json)
+        self.tokenizer = Tokenizer.from_str(tokenizer_json)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+        columns: dict[str, list[Any]] = {
+            name: [] for name in ("shard", "block", "digest", "texts", "ids", "counts", "words", "word_counts")
+        }
+        for shard, block, texts in zip(batch["shard"].tolist(), batch["block"].tolist(), batch["texts"], strict=True):
+            counter = SliceCounter(self.vocabulary, self.tokenizer)
+            counter.add_block(shard, block, [str(text) for text in texts])
+            partial = counter.partial
+            used = np.flatnonzero(partial.counts)
+            columns["shard"].append(shard)
+            columns["block"].append(block)
+            columns["digest"].append(partial.blocks[0][2])
+            columns["texts"].append(partial.text_count)
+            columns["ids"].append(used)
+            columns["counts"].append(partial.counts[used])
+            columns["words"].append(list(partial.fragmented_words))
+            columns["word_counts"].append(list(partial.fragmented_words.values()))
+        return columns
+
+
+def observe_on_ray(
+    cluster: RayCluster,
+    paths: list[Path],
+    tokenizer_json: str,
+    *,
+    text_field: str,
+    corpus_format: CorpusFormat | None,
+    workers: int,
+) -> PartialObservation:
+    """The merged partial observation of the files (shards 0..len(paths)-1), counted on Ray.
+
+    Raises:
+        FailedPreconditionError, UnavailableError: no cluster configured, Ray missing, unreachable.
+        InvalidArgumentError, NotFoundError: a file a worker could not read as a corpus.
+    """
+    ray = cluster.connect()
+    vocabulary = WordPieceVocabulary(tokenizer_json)
+    total = PartialObservation(np.zeros(vocabulary.size, dtype=np.int64))
+    counted = shard_blocks(ray, paths, text_field, corpus_format).map_batches(
+        _BlockCounter,
+        batch_size=1,
+        concurrency=(1, cluster.workers(workers)),
+        num_cpus=1,
+        fn_constructor_kwargs={"tokenizer_json": tokenizer_json},
+    )
+    try:
+        for batch in counted.iter_batches(batch_size=16, batch_format="numpy"):
+            stop_if_abandoned()
+            for row in range(len(batch["shard"])):
+                total.counts[batch["ids"][row]] += batch["counts"][row]
+                total.fragmented_words.update(
+                    Counter(dict(zip(batch["words"][row].tolist(), batch["word_counts"][row].tolist(), strict=True)))
+                )
+                total.text_count += int(batch["texts"][row])
+                total.blocks.append((int(batch["shard"][row]), int(batch["block"][row]), bytes(batch["digest"][row])))
+    except Exception as error:  # a worker's error arrives wrapped in Ray's
+        meant = raised_by_workers(error, "corpus")
+        if meant is error:
+            raise
+        raise meant from error
+    return total
