@@ -6,6 +6,7 @@ Errors surface as grpc.RpcError with the server's status; a run that fails raise
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -105,6 +106,36 @@ class TrainerClient(ServiceClient):
         )
         response: trainer_pb2.ComputeEmbeddingsResponse = self._stub.ComputeEmbeddings(request, timeout=self._timeout())
         return tensor_to_array(response.embeddings, "embeddings")
+
+    def score_candidates(
+        self,
+        checkpoint_id: str,
+        files: Sequence[str | Path],
+        *,
+        baseline_checkpoint_id: str = "",
+        destination: str = "",
+        max_length: int = 0,
+        seed: int = 0,
+        engine: int = common_pb2.CORPUS_ENGINE_LOCAL,
+        workers: int = 0,
+        text_field: str = "",
+    ) -> trainer_pb2.ScoreCandidatesResponse:
+        """Score the texts of corpus files (shards, in order) for the sampling strategies; the
+        response names the Parquet file written."""
+        request = trainer_pb2.ScoreCandidatesRequest(
+            checkpoint_id=checkpoint_id,
+            baseline_checkpoint_id=baseline_checkpoint_id,
+            corpus=common_pb2.CorpusSource(
+                shards=common_pb2.CorpusShards(files=[common_pb2.ArtifactRef(uri=str(f)) for f in files]),
+                text_field=text_field,
+            ),
+            destination=common_pb2.ArtifactRef(uri=destination),
+            max_length=max_length,
+            seed=seed,
+            engine=common_pb2.EngineOptions(engine=engine, workers=workers),
+        )
+        response: trainer_pb2.ScoreCandidatesResponse = self._stub.ScoreCandidates(request, timeout=self._timeout())
+        return response
 
     def pseudo_likelihood(
         self, checkpoint_id: str, texts: Sequence[str], *, max_length: int = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import torch
 
+from driftlm.services.core.engine import RayCluster
 from driftlm.services.runtime.bootstrap import ServiceBinding, build_server
 from driftlm.services.runtime.config import ServeConfig
 from driftlm.services.runtime.resources import usable_cpus
@@ -18,7 +19,7 @@ from .servicer import TrainerServicer
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
 # Calls that load or run a model; runs themselves train on the run worker, not on a call's thread.
 HEAVY_METHODS = frozenset(
-    {"CreateCheckpoint", "ScoreSlice", "ScorePseudoLikelihood", "ComputeEmbeddings", "ExportOnnx"}
+    {"CreateCheckpoint", "ScoreSlice", "ScorePseudoLikelihood", "ComputeEmbeddings", "ExportOnnx", "ScoreCandidates"}
 )
 
 
@@ -46,7 +47,9 @@ def create_server(address: str = "127.0.0.1:0", config: ServeConfig | None = Non
     security = config.peer_security()
     vocab = RemoteVocab(config.vocab_endpoint, security=security, timeout_s=config.peer_timeout_s)
     sampler = sampler_for(config.sampling_endpoint, security=security, timeout_s=config.peer_timeout_s)
-    app = TrainerApp(config.store, vocab, sampler, pick_device(), roots=config.roots)
+    app = TrainerApp(
+        config.store, vocab, sampler, pick_device(), roots=config.roots, ray=RayCluster(config.ray_address)
+    )
     servicer = TrainerServicer(app)
     binding = ServiceBinding(
         SERVICE_NAME,

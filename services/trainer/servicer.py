@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 
 from driftlm.services.core.corpus import corpus_from_message
+from driftlm.services.core.engine import engine_from_message
 from driftlm.services.runtime.paging import page_of
 from driftlm.services.runtime.tensors import array_to_tensor
 from driftlm.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
@@ -124,6 +125,25 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     ) -> trainer_pb2.ComputeEmbeddingsResponse:
         embeddings = self._app.embed_texts(request.checkpoint_id, request.texts, max_length=request.max_length)
         return trainer_pb2.ComputeEmbeddingsResponse(embeddings=array_to_tensor(embeddings))
+
+    def ScoreCandidates(
+        self, request: trainer_pb2.ScoreCandidatesRequest, context: grpc.ServicerContext
+    ) -> trainer_pb2.ScoreCandidatesResponse:
+        scores = self._app.score_candidates(
+            request.checkpoint_id,
+            corpus_from_message(request.corpus),
+            baseline_checkpoint_id=request.baseline_checkpoint_id,
+            destination=request.destination.uri,
+            max_length=request.max_length,
+            mask_fraction=request.mask_fraction,
+            seed=request.seed,
+            engine=engine_from_message(request.engine),
+        )
+        return trainer_pb2.ScoreCandidatesResponse(
+            scores=common_pb2.ArtifactRef(uri=scores.uri, sha256=scores.sha256),
+            scored_count=scores.rows,
+            wall_s=scores.wall_s,
+        )
 
     def ExportOnnx(
         self, request: trainer_pb2.ExportOnnxRequest, context: grpc.ServicerContext

@@ -200,7 +200,8 @@ class VocabApp:
         if engine.engine is Engine.RAY:
             if not paths:
                 raise InvalidArgumentError(
-                    "corpus", "the Ray engine reads files: name the corpus as uri or shards, or ask for the local engine"
+                    "corpus",
+                    "the Ray engine reads files: name the corpus as uri or shards, or ask for the local engine",
                 )
             counter.partial = self._observe_on_ray(paths, vocabulary.tokenizer_json, corpus, engine.workers)
         else:
@@ -220,7 +221,9 @@ class VocabApp:
         self.repository.save_observation(observation)
         return observation
 
-    def _observe_on_ray(self, paths: list[Path], tokenizer_json: str, corpus: Corpus, workers: int) -> PartialObservation:
+    def _observe_on_ray(
+        self, paths: list[Path], tokenizer_json: str, corpus: Corpus, workers: int
+    ) -> PartialObservation:
         if self.ray is None:
             raise FailedPreconditionError("this service has no Ray cluster configured", reason="RAY_NOT_CONFIGURED")
         from .ray_observation import observe_on_ray  # imports Ray Data's client side only when asked for

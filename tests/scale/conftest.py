@@ -76,7 +76,9 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     very long lines, duplicates), split unevenly across three files of three formats; the first
     is longer than one block (16,384 texts), so blocks and shards both matter."""
     folder = tmp_path_factory.mktemp("shards")
-    texts = [json.loads(line)["text"] for line in write_stream(folder / "stream.jsonl", seed=11).read_text().splitlines()]
+    texts = [
+        json.loads(line)["text"] for line in write_stream(folder / "stream.jsonl", seed=11).read_text().splitlines()
+    ]
     awkward = ["", "   ", "naïve café — déjà vu", "東京で新しいカメラを買った", "🦜🦜 parrots #birds", "x" * 5000]
     corpus = (texts * 10 + awkward * 50)[:24_000]
     first, second, third = corpus[:17_000], corpus[17_000:23_990], corpus[23_990:]

@@ -62,7 +62,10 @@ def _stored(store: Path, observation_id: str) -> dict[str, Any]:
 
 
 def test_ray_observation_equals_local(
-    local_stub: vocab_pb2_grpc.VocabServiceStub, ray_stub: vocab_pb2_grpc.VocabServiceStub, shards: list[Path], tmp_path: Path
+    local_stub: vocab_pb2_grpc.VocabServiceStub,
+    ray_stub: vocab_pb2_grpc.VocabServiceStub,
+    shards: list[Path],
+    tmp_path: Path,
 ) -> None:
     local_version = register(local_stub, _minilm(), "minilm")
     ray_version = register(ray_stub, _minilm(), "minilm")
@@ -109,7 +112,10 @@ def _texts(path: Path) -> list[str]:
 
 
 def test_ray_engine_refuses_what_it_cannot_do(
-    local_stub: vocab_pb2_grpc.VocabServiceStub, ray_stub: vocab_pb2_grpc.VocabServiceStub, shards: list[Path], tmp_path: Path
+    local_stub: vocab_pb2_grpc.VocabServiceStub,
+    ray_stub: vocab_pb2_grpc.VocabServiceStub,
+    shards: list[Path],
+    tmp_path: Path,
 ) -> None:
     version_id = register(ray_stub, _minilm(), "minilm").version_id
     register(local_stub, _minilm(), "minilm")
@@ -140,4 +146,6 @@ def test_ray_engine_refuses_what_it_cannot_do(
         bad = _request(version_id, shards, common_pb2.CORPUS_ENGINE_RAY, workers=5000)
         ray_stub.ObserveSlice(iter([bad]))
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert ray_stub.ObserveSlice(iter([_request(version_id, shards[2:], common_pb2.CORPUS_ENGINE_RAY)])).text_count == 10
+    assert (
+        ray_stub.ObserveSlice(iter([_request(version_id, shards[2:], common_pb2.CORPUS_ENGINE_RAY)])).text_count == 10
+    )

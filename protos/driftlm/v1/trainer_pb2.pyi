@@ -1625,32 +1625,29 @@ class ScoreCandidatesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SCORES_FIELD_NUMBER: _builtins.int
-    TEXT_COUNT_FIELD_NUMBER: _builtins.int
     SCORED_COUNT_FIELD_NUMBER: _builtins.int
     WALL_S_FIELD_NUMBER: _builtins.int
-    text_count: _builtins.int
-    """Texts read, blank ones included."""
     scored_count: _builtins.int
-    """Rows written."""
+    """Rows written: the non-blank texts."""
     wall_s: _builtins.float
     """Seconds spent."""
     @_builtins.property
     def scores(self) -> _common_pb2.ArtifactRef:
-        """The Parquet file: one row per non-blank text, in corpus order, with columns shard, line,
-        length, mlm_loss, cls (list of float), and with a baseline baseline_cls and cls_shift.
+        """The Parquet file (with its SHA-256): one row per non-blank text, in corpus order, with
+        columns shard, line (the text's position in its shard), length (pieces, specials included),
+        mlm_loss (nats), cls (H floats), and with a baseline baseline_cls and cls_shift (1 - cosine).
         """
 
     def __init__(
         self,
         *,
         scores: _common_pb2.ArtifactRef | None = ...,
-        text_count: _builtins.int = ...,
         scored_count: _builtins.int = ...,
         wall_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["scores", b"scores"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["scored_count", b"scored_count", "scores", b"scores", "text_count", b"text_count", "wall_s", b"wall_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["scored_count", b"scored_count", "scores", b"scores", "wall_s", b"wall_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,61 @@
+"""ScoreCandidates on Ray: actors (one CPU each) score blocks of the corpus's files with the same
+BlockScorer as the trainer's process, and the service writes their rows in corpus order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from driftlm.services.core.corpus import CorpusFormat
+from driftlm.services.core.engine import RayCluster, single_threaded_worker
+from driftlm.services.core.ray_corpus import raised_by_workers, shard_blocks
+
+from .candidate_scoring import BlockScorer, ScoringSetup
+
+
+class _ScoringActor:
+    """Ray Data actor: a block of texts in, its scored rows out."""
+
+    def __init__(self, setup: ScoringSetup) -> None:
+        single_threaded_worker()
+        torch.set_num_threads(1)
+        self.scorer = BlockScorer(setup, torch.device("cpu"))
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        [shard], [block], [texts] = batch["shard"].tolist(), batch["block"].tolist(), batch["texts"]
+        return self.scorer.score_block(int(shard), int(block), [str(text) for text in texts])
+
+
+def score_on_ray(
+    cluster: RayCluster,
+    paths: list[Path],
+    setup: ScoringSetup,
+    *,
+    text_field: str,
+    corpus_format: CorpusFormat | None,
+    workers: int,
+) -> Iterator[dict[str, np.ndarray]]:
+    """The scored rows of the files, block by block in corpus order.
+
+    Raises:
+        FailedPreconditionError, UnavailableError: no cluster configured, Ray missing, unreachable.
+        InvalidArgumentError, NotFoundError: a file a worker could not read as a corpus.
+    """
+    ray = cluster.connect()
+    scored = shard_blocks(ray, paths, text_field, corpus_format).map_batches(
+        _ScoringActor,
+        batch_size=1,
+        concurrency=(1, cluster.workers(workers)),
+        num_cpus=1,
+        fn_constructor_kwargs={"setup": setup},
+    )
+    try:
+        yield from scored.iter_batches(batch_size=None, batch_format="numpy")
+    except Exception as error:  # a worker's error arrives wrapped in Ray's
+        meant = raised_by_workers(error, "corpus")
+        if meant is error:
+            raise
+        raise meant from error
