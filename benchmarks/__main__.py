@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-SUITES = ("sampling", "vocab", "trainer", "strategies", "trigger_power", "inference", "follow")
+SUITES = ("sampling", "vocab", "trainer", "strategies", "trigger_power", "inference", "follow", "scale")
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ Every number the README quotes from a run stands between `<!-- figures:NAME -->`
 | benchmarks/results/trigger_power.json | `python -m benchmarks trigger_power`                            |
 | benchmarks/results/strategies.json    | `python -m benchmarks strategies`                               |
 | benchmarks/results/follow.json        | `python -m benchmarks follow`                                   |
+| benchmarks/results/scale.json         | `python -m benchmarks scale`                                    |
 
 The tables of settings between `<!-- settings:serve -->` and `<!-- settings:follow -->` markers
 are written from ServeConfig's and FollowOptions' fields (services/runtime/settings.py), so flags,
@@ -49,6 +50,7 @@ PALMS = ROOT / "docs" / "example-palms-report.json"
 POWER = ROOT / "benchmarks" / "results" / "trigger_power.json"
 STRATEGIES = ROOT / "benchmarks" / "results" / "strategies.json"
 FOLLOW = ROOT / "benchmarks" / "results" / "follow.json"
+SCALE = ROOT / "benchmarks" / "results" / "scale.json"
 # The tables of settings, written from their config classes' fields (runtime/settings.py).
 SETTINGS: dict[str, type] = {"serve": ServeConfig, "follow": FollowOptions}
 _SETTINGS = re.compile(r"(<!-- settings:(?P<name>\w+) -->\n)(.*?)(<!-- /settings:(?P=name) -->)", re.S)
@@ -324,6 +326,44 @@ def follow(result: dict[str, Any]) -> str:
     )
 
 
+def scale(result: dict[str, Any]) -> str:
+    """Corpus scale: observation and candidate scoring by engine, and the 100M-text estimate."""
+    lines, scored = result["lines"], result["scored_texts"]
+
+    def rows(table: list[dict[str, Any]], baseline: dict[str, Any]) -> list[list[str]]:
+        return [
+            [
+                row["engine"],
+                str(row["workers"]),
+                f"{row['seconds']:,.1f}",
+                f"{row['texts_per_s']:,.0f}",
+                f"{row['texts_per_s'] / row['workers']:,.0f}",
+                f"{row['peak_mib']:,.0f}",
+                f"{row['texts_per_s'] / baseline['texts_per_s']:.2f}x",
+            ]
+            for row in table
+        ]
+
+    headers = ["engine", "workers", "seconds", "texts/s", "texts/s per worker", "peak MiB", "vs baseline"]
+    observation, scoring = result["observation"], result["scoring"]
+    estimate = _table(
+        ["pass", "texts/s per Ray worker (measured)", "worker-hours per 100M texts", "workers for 100M in an hour"],
+        [
+            [r["pass"], f"{r['texts_per_s_per_worker']:,.0f}", f"{r['worker_hours']:,.1f}", f"{r['workers_for_one_hour']:,}"]
+            for r in result["estimate"]
+        ],
+    )
+    return (
+        f"Observation of {lines:,} real-like lines ({result['distinct_share']:.0%} distinct) in {result['shards']} "
+        f"JSONL shards, MiniLM ({result['device']['cores']} cores, {result['device']['cpu']}):\n\n"
+        + _table(headers, rows(observation, observation[0]))
+        + f"\nCandidate scoring of {scored:,} of those lines, MiniLM and a baseline, 64 pieces, 7 masked passes:\n\n"
+        + _table(headers, rows(scoring, scoring[0]))
+        + "\nOn paper, from the one-worker rates, for a slice of 100M texts:\n\n"
+        + estimate
+    )
+
+
 BLOCKS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "loop-summary": (LOOP, loop_summary),
     "loop-trigger": (LOOP, loop_trigger),
@@ -333,6 +373,7 @@ BLOCKS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "trigger-power": (POWER, trigger_power),
     "strategies": (STRATEGIES, strategies),
     "follow": (FOLLOW, follow),
+    "scale": (SCALE, scale),
 }
 
 

@@ -111,6 +111,11 @@ class RayCluster:
         return requested or max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
+def actor_pool(ray: Any, workers: int) -> Any:
+    """Up to `workers` actors, started as blocks wait for them (a corpus of one block needs one)."""
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=workers)
+
+
 def single_threaded_worker() -> None:
     """Called first in a Ray worker that holds one CPU: the Rust tokenizer and PyTorch must not each
     start a thread per core of the machine beside the cluster's other workers."""

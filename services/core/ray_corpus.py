@@ -46,14 +46,15 @@ def _read_blocks(
 def shard_blocks(ray: Any, paths: list[Path], text_field: str, corpus_format: CorpusFormat | None) -> Any:
     """A Ray Dataset of the files' blocks (columns shard, block, texts), one read task per file.
 
-    Reading asks for a fraction of a CPU, so that Ray does not fuse it into the workers that
-    follow: then one long file's blocks still spread over every worker."""
+    Reading asks for no CPU of its own: then Ray does not fuse it into the workers that follow
+    (one long file's blocks still spread over every worker), and workers holding every CPU of the
+    cluster never starve the reads that feed them."""
     shards = ray.data.from_items(
         [{"shard": index, "path": str(path)} for index, path in enumerate(paths)],
         override_num_blocks=len(paths),
     )
     return shards.map_batches(
-        _read_blocks, batch_size=1, num_cpus=0.25, fn_kwargs={"text_field": text_field, "corpus_format": corpus_format}
+        _read_blocks, batch_size=1, num_cpus=0, fn_kwargs={"text_field": text_field, "corpus_format": corpus_format}
     )
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from driftlm.services.core.corpus import CorpusFormat
-from driftlm.services.core.engine import RayCluster, single_threaded_worker
+from driftlm.services.core.engine import RayCluster, actor_pool, single_threaded_worker
 from driftlm.services.core.ray_corpus import raised_by_workers, shard_blocks
 
 from .candidate_scoring import BlockScorer, ScoringSetup
@@ -48,7 +48,7 @@ def score_on_ray(
     scored = shard_blocks(ray, paths, text_field, corpus_format).map_batches(
         _ScoringActor,
         batch_size=1,
-        concurrency=(1, cluster.workers(workers)),
+        compute=actor_pool(ray, cluster.workers(workers)),
         num_cpus=1,
         fn_constructor_kwargs={"setup": setup},
     )

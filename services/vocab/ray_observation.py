@@ -12,7 +12,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from driftlm.services.core.corpus import CorpusFormat
-from driftlm.services.core.engine import RayCluster, single_threaded_worker
+from driftlm.services.core.engine import RayCluster, actor_pool, single_threaded_worker
 from driftlm.services.core.ray_corpus import raised_by_workers, shard_blocks
 from driftlm.services.core.vocabulary import WordPieceVocabulary
 from driftlm.services.runtime.calls import stop_if_abandoned
@@ -69,7 +69,7 @@ def observe_on_ray(
     counted = shard_blocks(ray, paths, text_field, corpus_format).map_batches(
         _BlockCounter,
         batch_size=1,
-        concurrency=(1, cluster.workers(workers)),
+        compute=actor_pool(ray, cluster.workers(workers)),
         num_cpus=1,
         fn_constructor_kwargs={"tokenizer_json": tokenizer_json},
     )
