@@ -179,7 +179,8 @@ def run() -> dict[str, Any]:
         roots = {"read_roots": (root, minilm.parent), "write_roots": (root,)}
         vocab_server, vocab_port = create_vocab("127.0.0.1:0", ServeConfig(store=store, ray_address=address, **roots))
         trainer_server, trainer_port = create_trainer(
-            "127.0.0.1:0", ServeConfig(store=store, vocab_endpoint=f"127.0.0.1:{vocab_port}", ray_address=address, **roots)
+            "127.0.0.1:0",
+            ServeConfig(store=store, vocab_endpoint=f"127.0.0.1:{vocab_port}", ray_address=address, **roots),
         )
         try:
             with VocabClient(f"127.0.0.1:{vocab_port}", timeout_s=None) as vocab:
@@ -279,6 +280,12 @@ def _print(result: dict[str, Any]) -> None:
         for column in ("engine", "workers", "seconds", "texts/s", "peak MiB"):
             table.add_column(column)
         for row in result[key]:
-            table.add_row(row["engine"], str(row["workers"]), f"{row['seconds']:.1f}", f"{row['texts_per_s']:,.0f}", f"{row['peak_mib']:,.0f}")
+            table.add_row(
+                row["engine"],
+                str(row["workers"]),
+                f"{row['seconds']:.1f}",
+                f"{row['texts_per_s']:,.0f}",
+                f"{row['peak_mib']:,.0f}",
+            )
         console.print(table)
     console.print(result["estimate"])

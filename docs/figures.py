@@ -330,26 +330,40 @@ def scale(result: dict[str, Any]) -> str:
     """Corpus scale: observation and candidate scoring by engine, and the 100M-text estimate."""
     lines, scored = result["lines"], result["scored_texts"]
 
-    def rows(table: list[dict[str, Any]], baseline: dict[str, Any]) -> list[list[str]]:
-        return [
-            [
-                row["engine"],
-                str(row["workers"]),
-                f"{row['seconds']:,.1f}",
-                f"{row['texts_per_s']:,.0f}",
-                f"{row['texts_per_s'] / row['workers']:,.0f}",
-                f"{row['peak_mib']:,.0f}",
-                f"{row['texts_per_s'] / baseline['texts_per_s']:.2f}x",
-            ]
-            for row in table
-        ]
+    cores = result["device"]["cores"]
 
-    headers = ["engine", "workers", "seconds", "texts/s", "texts/s per worker", "peak MiB", "vs baseline"]
+    def rows(table: list[dict[str, Any]], baseline: dict[str, Any]) -> list[list[str]]:
+        """Ray rows per worker (one CPU each); the others use every core of one process."""
+        out = []
+        for row in table:
+            ray = row["engine"].endswith("Ray")
+            units = row["workers"] if ray else cores
+            out.append(
+                [
+                    row["engine"],
+                    f"{row['workers']} worker{'s' if row['workers'] > 1 else ''}"
+                    if ray
+                    else f"1 process, {cores} threads",
+                    f"{row['seconds']:,.1f}",
+                    f"{row['texts_per_s']:,.0f}",
+                    f"{row['texts_per_s'] / units:,.0f}",
+                    f"{row['peak_mib']:,.0f}",
+                    f"{row['texts_per_s'] / baseline['texts_per_s']:.2f}x",
+                ]
+            )
+        return out
+
+    headers = ["engine", "runs on", "seconds", "texts/s", "texts/s per CPU", "peak MiB", "vs baseline"]
     observation, scoring = result["observation"], result["scoring"]
     estimate = _table(
         ["pass", "texts/s per Ray worker (measured)", "worker-hours per 100M texts", "workers for 100M in an hour"],
         [
-            [r["pass"], f"{r['texts_per_s_per_worker']:,.0f}", f"{r['worker_hours']:,.1f}", f"{r['workers_for_one_hour']:,}"]
+            [
+                r["pass"],
+                f"{r['texts_per_s_per_worker']:,.0f}",
+                f"{r['worker_hours']:,.1f}",
+                f"{r['workers_for_one_hour']:,}",
+            ]
             for r in result["estimate"]
         ],
     )

@@ -34,7 +34,9 @@ def use_token_authentication() -> None:
     """
     if "ray" in sys.modules:
         raise RuntimeError("Ray was imported before its token was set; call use_token_authentication() first")
-    os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"})
+    os.environ.update(
+        {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"}
+    )
 
 
 @contextmanager

@@ -294,15 +294,15 @@ def corpus_from_message(source: common_pb2.CorpusSource, field: str = "corpus") 
         return Corpus(texts=tuple(source.texts.texts))
     if source.format not in _FORMATS and source.format != common_pb2.CORPUS_FORMAT_UNSPECIFIED:
         raise InvalidArgumentError(f"{field}.format", f"is not a CorpusFormat this service knows: {source.format}")
-    options = {"text_field": source.text_field or "text", "corpus_format": _FORMATS.get(source.format)}
+    text_field, corpus_format = source.text_field or "text", _FORMATS.get(source.format)
     if kind == "uri":
-        return Corpus(uri=source.uri.uri, sha256=source.uri.sha256, **options)
+        return Corpus(uri=source.uri.uri, sha256=source.uri.sha256, text_field=text_field, corpus_format=corpus_format)
     files = source.shards.files
     if not files:
         raise InvalidArgumentError(f"{field}.shards.files", "name at least one file")
     if len(files) > MAX_SHARDS:
         raise InvalidArgumentError(f"{field}.shards.files", f"at most {MAX_SHARDS:,} files, got {len(files):,}")
-    return Corpus(shards=tuple((f.uri, f.sha256) for f in files), **options)
+    return Corpus(shards=tuple((f.uri, f.sha256) for f in files), text_field=text_field, corpus_format=corpus_format)
 
 
 def texts_of_files(

@@ -9,6 +9,7 @@ One connection per process, opened on the first call that asks for Ray; Ray is a
 from __future__ import annotations
 
 import enum
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -92,7 +93,7 @@ class RayCluster:
                         namespace="driftlm",
                         log_to_driver=False,
                         ignore_reinit_error=True,
-                        logging_level="warning",
+                        logging_level=logging.WARNING,
                     )
                 except (ConnectionError, RuntimeError, ValueError) as error:
                     raise UnavailableError(

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .corpus import CorpusError, CorpusFormat, read_texts
+from .engine import RayCluster, actor_pool
 from .errors import InvalidArgumentError, NotFoundError
 
 # Texts per block: the unit of hashing, and what one worker is handed at once.
@@ -56,6 +57,40 @@ def shard_blocks(ray: Any, paths: list[Path], text_field: str, corpus_format: Co
     return shards.map_batches(
         _read_blocks, batch_size=1, num_cpus=0, fn_kwargs={"text_field": text_field, "corpus_format": corpus_format}
     )
+
+
+def map_blocks(
+    cluster: RayCluster,
+    paths: list[Path],
+    actor: type,
+    constructor_kwargs: dict[str, Any],
+    *,
+    text_field: str,
+    corpus_format: CorpusFormat | None,
+    workers: int,
+) -> Iterator[dict[str, np.ndarray]]:
+    """The files' blocks through `actor` (a Ray Data callable class, one CPU each, up to `workers`
+    of them), its outputs block by block in corpus order.
+
+    Raises:
+        FailedPreconditionError, UnavailableError: no cluster configured, Ray missing, unreachable.
+        InvalidArgumentError, NotFoundError: a file a worker could not read as a corpus.
+    """
+    ray = cluster.connect()
+    mapped = shard_blocks(ray, paths, text_field, corpus_format).map_batches(
+        actor,
+        batch_size=1,
+        compute=actor_pool(ray, cluster.workers(workers)),
+        num_cpus=1,
+        fn_constructor_kwargs=constructor_kwargs,
+    )
+    try:
+        yield from mapped.iter_batches(batch_size=None, batch_format="numpy")
+    except Exception as error:  # a worker's error arrives wrapped in Ray's
+        meant = raised_by_workers(error, "corpus")
+        if meant is error:
+            raise
+        raise meant from error
 
 
 def raised_by_workers(error: BaseException, field: str) -> BaseException:

@@ -7,11 +7,7 @@ server: a test, a notebook or another process manager can build one from a store
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,14 +18,11 @@ import torch
 from transformers import PreTrainedModel
 
 from driftlm.services.core import store
-from driftlm.services.core.artifacts import file_sha256
 from driftlm.services.core.corpus import (
     Corpus,
-    corpus_paths,
     open_corpus,
-    texts_of_files,
 )
-from driftlm.services.core.engine import Engine, EngineChoice, RayCluster
+from driftlm.services.core.engine import RayCluster
 from driftlm.services.core.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
@@ -38,12 +31,10 @@ from driftlm.services.core.errors import (
 )
 from driftlm.services.core.paths import FileRoots
 from driftlm.services.core.pseudo_likelihood import CorpusScore, summarise
-from driftlm.services.core.ray_corpus import text_blocks
 from driftlm.services.trainer.run_context import Progress, RunContext, Vocabulary, vocab_hops, vocabulary_of
 from driftlm.services.trainer.selection import IterationSelection
 
-from .candidate_files import scores_schema, write_scores
-from .candidate_scoring import BlockScorer, ScoringSetup
+from .candidates import CandidateRequest, CandidateScores, CandidateScoring
 from .checkpoints import CheckpointRecord, CheckpointStore, new_checkpoint_id, now
 from .data import tokenize_texts
 from .distributed import Ranks
@@ -71,8 +62,6 @@ from .words import WordSplitter
 
 # Most texts one ScorePseudoLikelihood call scores (each costs one forward pass per piece).
 MAX_SCORED_TEXTS = 10_000
-# ScoreCandidates: the mask fraction's range (each text is scored over ceil(1 / fraction) passes).
-MIN_CANDIDATE_MASK_FRACTION, MAX_CANDIDATE_MASK_FRACTION = 0.05, 0.5
 
 
 @dataclass(frozen=True)
@@ -107,16 +96,6 @@ class ScoredSlice:
     pieces: dict[int, str]
 
 
-@dataclass(frozen=True)
-class CandidateScores:
-    """Where ScoreCandidates wrote its file, and what it holds."""
-
-    uri: str
-    sha256: str
-    rows: int
-    wall_s: float
-
-
 class TrainerApp:
     """Checkpoints, runs, scoring and export over one store."""
 
@@ -136,11 +115,13 @@ class TrainerApp:
         `roots` are the directories calls may name files in (default: the store alone)."""
         self._store = store_root
         self.roots = roots or FileRoots(store_root)
-        self.ray = ray or RayCluster("")
         self._vocab = vocab
         self._sampler = sampler
         self.device = device
         self.checkpoints = CheckpointStore(store_root)
+        self._candidates = CandidateScoring(
+            self.checkpoints, vocab, self.roots, store_root, device, ray or RayCluster("")
+        )
         self._scoring_lock = threading.Lock()
         self._scoring_model: tuple[str, PreTrainedModel] | None = None
         self._runs = RunManager(store_root, self._run_context) if serve_runs else None
@@ -390,117 +371,11 @@ class TrainerApp:
                 device=self.device,
             )
 
-    def score_candidates(
-        self,
-        checkpoint_id: str,
-        corpus: Corpus,
-        *,
-        baseline_checkpoint_id: str = "",
-        destination: str = "",
-        max_length: int = 0,
-        mask_fraction: float = 0.0,
-        seed: int = 0,
-        engine: EngineChoice,
-    ) -> CandidateScores:
-        """Every non-blank text of the corpus scored for the sampling strategies, written to a
-        Parquet file (ScoreCandidates): in this process, or on the Ray cluster."""
-        started = time.perf_counter()
-        setup = self._scoring_setup(checkpoint_id, baseline_checkpoint_id, max_length, mask_fraction, seed)
-        paths = corpus_paths(corpus, self.roots, "corpus") if corpus.files else []
-        if engine.engine is Engine.RAY and not paths:
-            raise InvalidArgumentError(
-                "corpus", "the Ray engine reads files: name the corpus as uri or shards, or ask for the local engine"
-            )
-        target, remote_uri = self._scores_target(destination, checkpoint_id, setup, corpus)
-        schema = scores_schema(self._hidden_size(checkpoint_id), baseline=setup.baseline_dir is not None)
-        options = {"text_field": corpus.text_field, "corpus_format": corpus.corpus_format}
-        rows = 0
-        try:
-            if engine.engine is Engine.RAY:
-                from .ray_scoring import score_on_ray  # Ray's client side only when asked for
-
-                rows = write_scores(
-                    target, score_on_ray(self.ray, paths, setup, workers=engine.workers, **options), schema
-                )
-            else:
-                with self._scoring_lock:
-                    scorer = BlockScorer(setup, self.device)
-                    shards = [texts_of_files([p], "corpus", **options) for p in paths] or [iter(corpus.texts)]
-                    blocks = (
-                        scorer.score_block(shard, index, block)
-                        for shard, texts in enumerate(shards)
-                        for index, block in enumerate(text_blocks(texts))
-                    )
-                    rows = write_scores(target, blocks, schema)
-            if rows == 0:
-                raise InvalidArgumentError("corpus", "holds no text to score (every text is empty or blank)")
-            uri = (
-                target.as_uri()
-                if remote_uri is None
-                else self.roots.remote.publish(target, remote_uri, "destination.uri")
-            )
-            return CandidateScores(uri, file_sha256(target), rows, time.perf_counter() - started)
-        finally:
-            if remote_uri is not None:  # the local staging copy of an upload
-                shutil.rmtree(target.parent, ignore_errors=True)
-            elif rows == 0:
-                target.unlink(missing_ok=True)
-
-    def _scoring_setup(
-        self, checkpoint_id: str, baseline_checkpoint_id: str, max_length: int, mask_fraction: float, seed: int
-    ) -> ScoringSetup:
-        record = self.checkpoints.record(checkpoint_id)
-        baseline_dir = None
-        if baseline_checkpoint_id:
-            baseline = self.checkpoints.record(baseline_checkpoint_id)
-            if baseline.vocab_version_id != record.vocab_version_id:
-                raise InvalidArgumentError(
-                    "baseline_checkpoint_id",
-                    f"uses vocab version {baseline.vocab_version_id} and the checkpoint {record.vocab_version_id}; "
-                    "[CLS] embeddings are compared over one vocabulary",
-                )
-            baseline_dir = str(self.checkpoints.directory(baseline_checkpoint_id))
-        mask_fraction = mask_fraction or 0.15
-        if not MIN_CANDIDATE_MASK_FRACTION <= mask_fraction <= MAX_CANDIDATE_MASK_FRACTION:
-            raise InvalidArgumentError(
-                "mask_fraction",
-                f"must be in [{MIN_CANDIDATE_MASK_FRACTION}, {MAX_CANDIDATE_MASK_FRACTION}] (0 means 0.15), "
-                f"got {mask_fraction}",
-            )
-        if seed < 0:
-            raise InvalidArgumentError("seed", f"must be >= 0, got {seed}")
-        vocabulary = vocabulary_of(self._vocab.version(record.vocab_version_id))
-        return ScoringSetup(
-            model_dir=str(self.checkpoints.directory(checkpoint_id)),
-            baseline_dir=baseline_dir,
-            tokenizer_json=vocabulary.tokenizer_json,
-            special=vocabulary.special.numpy().copy(),
-            mask_id=vocabulary.mask_id,
-            pad_id=vocabulary.pad_id,
-            max_length=self._max_length(checkpoint_id, max_length),
-            mask_fraction=mask_fraction,
-            seed=seed,
-        )
-
-    def _hidden_size(self, checkpoint_id: str) -> int:
-        config: dict[str, Any] = store.read_json(self.checkpoints.directory(checkpoint_id) / "config.json")
-        return int(config["hidden_size"])
-
-    def _scores_target(
-        self, destination: str, checkpoint_id: str, setup: ScoringSetup, corpus: Corpus
-    ) -> tuple[Path, str | None]:
-        """Where to write: the destination (a local staging file for an object-store URI), or by
-        default a name in the store that follows from what is scored."""
-        if destination:
-            path, remote_uri = self.roots.staged_writable(destination, "destination.uri")
-            return (path.with_suffix(".parquet") if remote_uri is not None else path), remote_uri
-        identity = json.dumps(
-            [checkpoint_id, setup.baseline_dir, setup.max_length, setup.mask_fraction, setup.seed, corpus.files,
-             corpus.text_field, None if corpus.corpus_format is None else corpus.corpus_format.value,
-             hashlib.sha256("\0".join(corpus.texts).encode("utf-8", "surrogatepass")).hexdigest()]
-        )  # fmt: skip
-        name = f"{checkpoint_id}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}.parquet"
-        return self._store / "trainer" / "scores" / name, None
+    def score_candidates(self, checkpoint_id: str, corpus: Corpus, request: CandidateRequest) -> CandidateScores:
+        """Every non-blank text of the corpus scored for the sampling strategies (ScoreCandidates)."""
+        setup = self._candidates.setup(checkpoint_id, request, self._max_length(checkpoint_id, request.max_length))
+        with self._scoring_lock:  # the local engine's models share this process's threads
+            return self._candidates.score(checkpoint_id, corpus, request, setup)
 
     def export_onnx(
         self, checkpoint_id: str, repository: str = "", model_name: str = "", version: int = 0

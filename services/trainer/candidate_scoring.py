@@ -25,7 +25,7 @@ from driftlm.kernels.counter_rng import PURPOSE_CANDIDATE_MASKS, stream_for
 from driftlm.services.core.ray_corpus import DIGEST_BLOCK_TEXTS
 from driftlm.services.runtime.calls import stop_if_abandoned
 
-from .models import autocast, cls_embeddings, load_model, masked_logits
+from .models import autocast, cls_embeddings, load_model, masked_logits, on_device
 
 # Texts per forward pass.
 SCORE_BATCH = 64
@@ -119,7 +119,7 @@ class BlockScorer:
                 sums, counts = self._masked_losses(input_ids, attention, shard, lines[rows], pass_index)
                 loss_sums[rows] += sums
                 loss_counts[rows] += counts
-        columns = {
+        columns: dict[str, np.ndarray] = {
             "shard": np.full(len(ids), shard, dtype=np.int32),
             "line": lines,
             "length": lengths.astype(np.int32),
@@ -156,8 +156,7 @@ class BlockScorer:
 
 
 def _eval_model(directory: str, device: torch.device) -> PreTrainedModel:
-    model = load_model(Path(directory))
-    return model.to(device).eval()
+    return on_device(load_model(Path(directory)), device).eval()
 
 
 def _padded(rows: list[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -116,7 +116,7 @@ class TrainerClient(ServiceClient):
         destination: str = "",
         max_length: int = 0,
         seed: int = 0,
-        engine: int = common_pb2.CORPUS_ENGINE_LOCAL,
+        engine: common_pb2.CorpusEngine.ValueType = common_pb2.CORPUS_ENGINE_LOCAL,
         workers: int = 0,
         text_field: str = "",
     ) -> trainer_pb2.ScoreCandidatesResponse:

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from driftlm.services.core.corpus import CorpusFormat
-from driftlm.services.core.engine import RayCluster, actor_pool, single_threaded_worker
-from driftlm.services.core.ray_corpus import raised_by_workers, shard_blocks
+from driftlm.services.core.engine import RayCluster, single_threaded_worker
+from driftlm.services.core.ray_corpus import map_blocks
 
 from .candidate_scoring import BlockScorer, ScoringSetup
 
@@ -44,18 +44,12 @@ def score_on_ray(
         FailedPreconditionError, UnavailableError: no cluster configured, Ray missing, unreachable.
         InvalidArgumentError, NotFoundError: a file a worker could not read as a corpus.
     """
-    ray = cluster.connect()
-    scored = shard_blocks(ray, paths, text_field, corpus_format).map_batches(
+    return map_blocks(
+        cluster,
+        paths,
         _ScoringActor,
-        batch_size=1,
-        compute=actor_pool(ray, cluster.workers(workers)),
-        num_cpus=1,
-        fn_constructor_kwargs={"setup": setup},
+        {"setup": setup},
+        text_field=text_field,
+        corpus_format=corpus_format,
+        workers=workers,
     )
-    try:
-        yield from scored.iter_batches(batch_size=None, batch_format="numpy")
-    except Exception as error:  # a worker's error arrives wrapped in Ray's
-        meant = raised_by_workers(error, "corpus")
-        if meant is error:
-            raise
-        raise meant from error

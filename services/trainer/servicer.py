@@ -14,6 +14,7 @@ from driftlm.services.runtime.tensors import array_to_tensor
 from driftlm.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 
 from .app import ModelSource, TrainerApp
+from .candidates import CandidateRequest
 from .messages import checkpoint_message, run_message, selection_message, slice_score_message
 from .trigger import trigger_options
 from .validation import run_spec
@@ -132,12 +133,14 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         scores = self._app.score_candidates(
             request.checkpoint_id,
             corpus_from_message(request.corpus),
-            baseline_checkpoint_id=request.baseline_checkpoint_id,
-            destination=request.destination.uri,
-            max_length=request.max_length,
-            mask_fraction=request.mask_fraction,
-            seed=request.seed,
-            engine=engine_from_message(request.engine),
+            CandidateRequest(
+                baseline_checkpoint_id=request.baseline_checkpoint_id,
+                destination=request.destination.uri,
+                max_length=request.max_length,
+                mask_fraction=request.mask_fraction,
+                seed=request.seed,
+                engine=engine_from_message(request.engine),
+            ),
         )
         return trainer_pb2.ScoreCandidatesResponse(
             scores=common_pb2.ArtifactRef(uri=scores.uri, sha256=scores.sha256),

@@ -206,8 +206,10 @@ class VocabApp:
             counter.partial = self._observe_on_ray(paths, vocabulary.tokenizer_json, corpus, engine.workers)
         else:
             for shard, path in enumerate(paths):
-                options = {"text_field": corpus.text_field, "corpus_format": corpus.corpus_format}
-                counter.add_shard(shard, texts_of_files([path], "corpus", **options))
+                texts = texts_of_files(
+                    [path], "corpus", text_field=corpus.text_field, corpus_format=corpus.corpus_format
+                )
+                counter.add_shard(shard, texts)
         counter.add_shard(len(paths), itertools.chain(corpus.texts, streamed))
         observation = finish_observation(
             vocabulary,

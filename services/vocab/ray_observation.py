@@ -12,8 +12,8 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from driftlm.services.core.corpus import CorpusFormat
-from driftlm.services.core.engine import RayCluster, actor_pool, single_threaded_worker
-from driftlm.services.core.ray_corpus import raised_by_workers, shard_blocks
+from driftlm.services.core.engine import RayCluster, single_threaded_worker
+from driftlm.services.core.ray_corpus import map_blocks
 from driftlm.services.core.vocabulary import WordPieceVocabulary
 from driftlm.services.runtime.calls import stop_if_abandoned
 
@@ -63,29 +63,24 @@ def observe_on_ray(
         FailedPreconditionError, UnavailableError: no cluster configured, Ray missing, unreachable.
         InvalidArgumentError, NotFoundError: a file a worker could not read as a corpus.
     """
-    ray = cluster.connect()
     vocabulary = WordPieceVocabulary(tokenizer_json)
     total = PartialObservation(np.zeros(vocabulary.size, dtype=np.int64))
-    counted = shard_blocks(ray, paths, text_field, corpus_format).map_batches(
+    blocks = map_blocks(
+        cluster,
+        paths,
         _BlockCounter,
-        batch_size=1,
-        compute=actor_pool(ray, cluster.workers(workers)),
-        num_cpus=1,
-        fn_constructor_kwargs={"tokenizer_json": tokenizer_json},
+        {"tokenizer_json": tokenizer_json},
+        text_field=text_field,
+        corpus_format=corpus_format,
+        workers=workers,
     )
-    try:
-        for batch in counted.iter_batches(batch_size=16, batch_format="numpy"):
-            stop_if_abandoned()
-            for row in range(len(batch["shard"])):
-                total.counts[batch["ids"][row]] += batch["counts"][row]
-                total.fragmented_words.update(
-                    Counter(dict(zip(batch["words"][row].tolist(), batch["word_counts"][row].tolist(), strict=True)))
-                )
-                total.text_count += int(batch["texts"][row])
-                total.blocks.append((int(batch["shard"][row]), int(batch["block"][row]), bytes(batch["digest"][row])))
-    except Exception as error:  # a worker's error arrives wrapped in Ray's
-        meant = raised_by_workers(error, "corpus")
-        if meant is error:
-            raise
-        raise meant from error
+    for batch in blocks:
+        stop_if_abandoned()
+        for row in range(len(batch["shard"])):
+            total.counts[batch["ids"][row]] += batch["counts"][row]
+            total.fragmented_words.update(
+                Counter(dict(zip(batch["words"][row].tolist(), batch["word_counts"][row].tolist(), strict=True)))
+            )
+            total.text_count += int(batch["texts"][row])
+            total.blocks.append((int(batch["shard"][row]), int(batch["block"][row]), bytes(batch["digest"][row])))
     return total

@@ -13,7 +13,7 @@ from driftlm.local_ray import local_ray_cluster, use_token_authentication
 from driftlm.loop.drifting_stream import write_stream
 
 use_token_authentication()  # before Ray's first import
-pytest.importorskip("ray", reason="the Ray engine's tests need driftlm[ray]")
+import ray  # noqa: E402, F401  # driftlm[ray], part of the dev install: these tests must run, not skip
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +29,9 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     very long lines, duplicates), split unevenly across three files of two formats; the first
     is longer than one block (16,384 texts), so blocks and shards both matter."""
     folder = tmp_path_factory.mktemp("shards")
-    texts = [json.loads(line)["text"] for line in write_stream(folder / "stream.jsonl", seed=11).read_text().splitlines()]
+    texts = [
+        json.loads(line)["text"] for line in write_stream(folder / "stream.jsonl", seed=11).read_text().splitlines()
+    ]
     awkward = ["", "   ", "naïve café — déjà vu", "東京で新しいカメラを買った", "🦜🦜 parrots #birds", "x" * 5000]
     corpus = [awkward[i % len(awkward)] if i % 97 == 0 else text for i, text in enumerate((texts * 10)[:24_000])]
     first, second, third = corpus[:17_000], corpus[17_000:23_990], corpus[23_990:]

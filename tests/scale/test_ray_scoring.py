@@ -37,7 +37,9 @@ class Trainer:
 
 
 @pytest.fixture(scope="module")
-def trainer(tmp_path_factory: pytest.TempPathFactory, test_roots: dict[str, Any], ray_address: str) -> Iterator[Trainer]:
+def trainer(
+    tmp_path_factory: pytest.TempPathFactory, test_roots: dict[str, Any], ray_address: str
+) -> Iterator[Trainer]:
     folder = tmp_path_factory.mktemp("scoring")
     store = folder / "store"
     vocab_server, vocab_port = create_vocab_server("127.0.0.1:0", ServeConfig(store=store, **test_roots))
@@ -117,7 +119,10 @@ def test_scoring_refuses_bad_requests(trainer: Trainer, shards: list[Path], tmp_
     cases = {
         "mask_fraction": ({"mask_fraction": 0.9}, grpc.StatusCode.INVALID_ARGUMENT),
         "checkpoint": ({"checkpoint_id": "ckpt-0000000000000000"}, grpc.StatusCode.NOT_FOUND),
-        "destination": ({"destination": common_pb2.ArtifactRef(uri="/etc/scores.parquet")}, grpc.StatusCode.PERMISSION_DENIED),
+        "destination": (
+            {"destination": common_pb2.ArtifactRef(uri="/etc/scores.parquet")},
+            grpc.StatusCode.PERMISSION_DENIED,
+        ),
     }
     for name, (fields, code) in cases.items():
         request = trainer_pb2.ScoreCandidatesRequest(
