@@ -166,7 +166,8 @@ class SliceCounter:
 
     def add_shard(self, shard: int, texts: Iterable[str]) -> None:
         """Count one shard's texts as they stream in, hashing them block by block as
-        ray_corpus.text_blocks cuts them; between batches it stops when the call it serves is cancelled or past its deadline."""
+        ray_corpus.text_blocks cuts them; between batches it stops when the call it serves is
+        cancelled or past its deadline."""
         digest, in_block, block_index = hashlib.sha256(), 0, 0
         batch: list[str] = []
         characters = 0

@@ -77,10 +77,13 @@ def observe_on_ray(
     for batch in blocks:
         stop_if_abandoned()
         for row in range(len(batch["shard"])):
-            total.counts[batch["ids"][row]] += batch["counts"][row]
-            total.fragmented_words.update(
-                Counter(dict(zip(batch["words"][row].tolist(), batch["word_counts"][row].tolist(), strict=True)))
+            part = PartialObservation(
+                np.bincount(batch["ids"][row], weights=batch["counts"][row], minlength=vocabulary.size).astype(
+                    np.int64
+                ),
+                Counter(dict(zip(batch["words"][row].tolist(), batch["word_counts"][row].tolist(), strict=True))),
+                int(batch["texts"][row]),
+                [(int(batch["shard"][row]), int(batch["block"][row]), bytes(batch["digest"][row]))],
             )
-            total.text_count += int(batch["texts"][row])
-            total.blocks.append((int(batch["shard"][row]), int(batch["block"][row]), bytes(batch["digest"][row])))
+            total.merge(part)
     return total
