@@ -105,10 +105,10 @@ def _small_cases(device: dict[str, object]) -> list[Case]:
     for n in (100_000, SERIAL_BELOW):
         weights, keys = generator.random(n), np.empty(n)
         serial = median_ms(
-            lambda w=weights, k=keys: draw._EXPONENTIAL_KEYS.serial(w, stream, k), repeats=15, idle_s=0.02
+            lambda w=weights, k=keys: draw._EXPONENTIAL_KEYS.serial(w, stream, k, False), repeats=15, idle_s=0.02
         )
         parallel = median_ms(
-            lambda w=weights, k=keys: draw._EXPONENTIAL_KEYS.parallel(w, stream, k), repeats=15, idle_s=0.02
+            lambda w=weights, k=keys: draw._EXPONENTIAL_KEYS.parallel(w, stream, k, False), repeats=15, idle_s=0.02
         )
         cases.append(
             compare(f"exponential keys of {n:,} weights, idle pool: serial", serial, "parallel", parallel, device)

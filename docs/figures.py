@@ -11,6 +11,7 @@ Every number the README quotes from a run stands between `<!-- figures:NAME -->`
 | benchmarks/results/strategies.json    | `python -m benchmarks strategies`                               |
 | benchmarks/results/follow.json        | `python -m benchmarks follow`                                   |
 | benchmarks/results/scale.json         | `python -m benchmarks scale`                                    |
+| benchmarks/results/<suite>.json       | `python -m benchmarks <suite>` (sampling, vocab, trainer, inference) |
 
 The tables of settings between `<!-- settings:serve -->` and `<!-- settings:follow -->` markers
 are written from ServeConfig's and FollowOptions' fields (services/runtime/settings.py), so flags,
@@ -51,6 +52,7 @@ POWER = ROOT / "benchmarks" / "results" / "trigger_power.json"
 STRATEGIES = ROOT / "benchmarks" / "results" / "strategies.json"
 FOLLOW = ROOT / "benchmarks" / "results" / "follow.json"
 SCALE = ROOT / "benchmarks" / "results" / "scale.json"
+RESULTS = ROOT / "benchmarks" / "results"
 # The tables of settings, written from their config classes' fields (runtime/settings.py).
 SETTINGS: dict[str, type] = {"serve": ServeConfig, "follow": FollowOptions}
 _SETTINGS = re.compile(r"(<!-- settings:(?P<name>\w+) -->\n)(.*?)(<!-- /settings:(?P=name) -->)", re.S)
@@ -378,6 +380,32 @@ def scale(result: dict[str, Any]) -> str:
     )
 
 
+def _amount(value: float, unit: str) -> str:
+    """A measured value as the tables print it: rates whole, times to three figures."""
+    if unit.endswith("/s") or value >= 100:
+        return f"{value:,.0f} {unit}"
+    return f"{value:,.{1 if value >= 10 else 2}f} {unit}"
+
+
+def bench(cases: Any) -> str:
+    """A benchmark suite's cases (benchmarks/harness.py): driftlm, the baseline a user would
+    otherwise run in the same process and run, and their ratio (> 1: driftlm is faster); a case
+    with several baselines names itself once."""
+    rows, previous = [], None
+    for case in cases:
+        rows.append(
+            [
+                "" if case["name"] == previous else case["name"],
+                _amount(case["value"], case["unit"]),
+                f"{case['baseline']}, {_amount(case['baseline_value'], case['unit'])}",
+                f"{case['ratio']:.2f}x",
+            ]
+        )
+        previous = case["name"]
+    device = cases[0]["device"]
+    return f"{device['cores']} cores, {device['cpu']}:\n\n" + _table(["case", "driftlm", "baseline", "ratio"], rows)
+
+
 BLOCKS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "loop-summary": (LOOP, loop_summary),
     "loop-trigger": (LOOP, loop_trigger),
@@ -388,6 +416,7 @@ BLOCKS: dict[str, tuple[Path, Callable[[dict[str, Any]], str]]] = {
     "strategies": (STRATEGIES, strategies),
     "follow": (FOLLOW, follow),
     "scale": (SCALE, scale),
+    **{f"bench-{suite}": (RESULTS / f"{suite}.json", bench) for suite in ("sampling", "vocab", "trainer", "inference")},
 }
 
 

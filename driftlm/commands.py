@@ -20,7 +20,7 @@ from driftlm.follow.command import add_follow, follow_command
 from driftlm.services.core.strategy import Strategy
 from driftlm.services.core.strategy import names as strategy_names
 from driftlm.services.runtime import tracing
-from driftlm.services.runtime.bootstrap import stop_gracefully, stop_requested_on_signals
+from driftlm.services.runtime.bootstrap import leave_now, stop_gracefully, stop_requested_on_signals
 from driftlm.services.runtime.config import SERVICE_DEFAULTS, ServeConfig, default_store
 from driftlm.services.runtime.logs import configure_logging
 from driftlm.services.runtime.metrics import start_metrics_server
@@ -94,7 +94,7 @@ def _serve(args: argparse.Namespace) -> int:
         stop_requested.wait()
         stop_gracefully(server, config.grace_s)
         tracing.disable()  # the last spans reach the collector
-    return 0
+    leave_now()  # stopped and closed: no interpreter teardown to hang in
 
 
 def _add_health(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

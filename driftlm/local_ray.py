@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 
@@ -55,6 +56,7 @@ def local_ray_cluster(cpus: int, *, object_store_bytes: int = 200_000_000) -> It
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the cluster's processes stop with it
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
@@ -70,10 +72,16 @@ def local_ray_cluster(cpus: int, *, object_store_bytes: int = 200_000_000) -> It
     finally:
         if "ray" in sys.modules:
             sys.modules["ray"].shutdown()
-        head.terminate()
-        try:
-            head.wait(60)
-        except subprocess.TimeoutExpired:
-            head.kill()
-            head.wait()
+        # `ray start --block` gives its processes 30 s to stop after SIGTERM; a test cluster has
+        # nothing to save, so its process group gets two seconds, then SIGKILL.
+        _signal_group(head, signal.SIGTERM)
+        with suppress(subprocess.TimeoutExpired):
+            head.wait(2)
+        _signal_group(head, signal.SIGKILL)
+        head.wait()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _signal_group(process: subprocess.Popen[bytes], signum: signal.Signals) -> None:
+    with suppress(ProcessLookupError):  # the whole group is gone already
+        os.killpg(process.pid, signum)

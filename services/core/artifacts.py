@@ -37,6 +37,14 @@ MAX_URI_BYTES = 4096
 DEFAULT_MAX_REMOTE_BYTES = 64 * 1024**3
 
 
+@dataclass(frozen=True)
+class FileRef:
+    """A file a call names (an ArtifactRef): its URI, and optionally the SHA-256 its bytes must have."""
+
+    uri: str
+    sha256: str = ""
+
+
 def is_remote(uri: str) -> bool:
     """Whether `uri` names an object store rather than a local path (file:// and C:\\ are local)."""
     scheme = urlparse(uri).scheme

@@ -18,10 +18,8 @@ import torch
 from transformers import PreTrainedModel
 
 from driftlm.services.core import store
-from driftlm.services.core.corpus import (
-    Corpus,
-    open_corpus,
-)
+from driftlm.services.core.artifacts import FileRef
+from driftlm.services.core.corpus import Corpus, open_corpus
 from driftlm.services.core.engine import RayCluster
 from driftlm.services.core.errors import (
     FailedPreconditionError,
@@ -34,8 +32,9 @@ from driftlm.services.core.pseudo_likelihood import CorpusScore, summarise
 from driftlm.services.trainer.run_context import Progress, RunContext, Vocabulary, vocab_hops, vocabulary_of
 from driftlm.services.trainer.selection import IterationSelection
 
-from .candidates import CandidateRequest, CandidateScores, CandidateScoring
+from .candidate_files import ScoresFile
 from .checkpoints import CheckpointRecord, CheckpointStore, new_checkpoint_id, now
+from .corpus_passes import CorpusPasses
 from .data import tokenize_texts
 from .distributed import Ranks
 from .export import ExportResult
@@ -54,11 +53,11 @@ from .models import (
 from .peers import Sampler, VocabPeer
 from .pseudo_likelihood import pseudo_log_likelihoods
 from .runs import RunManager, RunRecord
+from .scored_inputs import slice_sample_from_file
 from .scoring import token_losses
 from .spec import RunSpec
 from .training import execute_run
-from .trigger import SliceScore, TriggerOptions, sample_texts, score_slice
-from .words import WordSplitter
+from .trigger import ScoredSlice, TriggerOptions, judge_slice, sample_texts
 
 # Most texts one ScorePseudoLikelihood call scores (each costs one forward pass per piece).
 MAX_SCORED_TEXTS = 10_000
@@ -88,14 +87,6 @@ class CheckpointInfo:
     remembered_tokens: float
 
 
-@dataclass(frozen=True)
-class ScoredSlice:
-    """The trigger's decision, with each spiking token's piece."""
-
-    score: SliceScore
-    pieces: dict[int, str]
-
-
 class TrainerApp:
     """Checkpoints, runs, scoring and export over one store."""
 
@@ -119,10 +110,18 @@ class TrainerApp:
         self._sampler = sampler
         self.device = device
         self.checkpoints = CheckpointStore(store_root)
-        self._candidates = CandidateScoring(
-            self.checkpoints, vocab, self.roots, store_root, device, ray or RayCluster("")
-        )
         self._scoring_lock = threading.Lock()
+        # The corpus passes (ScoreCandidates, a corpus's PLL), here or on Ray.
+        self.corpus_passes = CorpusPasses(
+            self.checkpoints,
+            vocab,
+            self.roots,
+            store_root,
+            device,
+            ray or RayCluster(""),
+            max_length=self._max_length,
+            lock=self._scoring_lock,
+        )
         self._scoring_model: tuple[str, PreTrainedModel] | None = None
         self._runs = RunManager(store_root, self._run_context) if serve_runs else None
         self._exporter = Exporter(self.checkpoints, self.roots, store_root / "trainer" / "models")
@@ -306,19 +305,31 @@ class TrainerApp:
             )
         return self._scoring_model[1]
 
-    def score_slice(self, checkpoint_id: str, corpus: Corpus, options: TriggerOptions) -> ScoredSlice:
-        """The trigger: the slice's per-token MLM loss against the checkpoint's loss memory."""
+    def score_slice(
+        self, checkpoint_id: str, corpus: Corpus, options: TriggerOptions, scores: FileRef | None = None
+    ) -> ScoredSlice:
+        """The trigger: the slice's per-token MLM loss against the checkpoint's loss memory; the
+        losses scored here, or read from a ScoreCandidates file of the slice (`scores`)."""
         record = self.checkpoints.record(checkpoint_id)
+        vocabulary = vocabulary_of(self._vocab.version(record.vocab_version_id))
+        if scores is not None:
+            texts, occurrences = slice_sample_from_file(
+                ScoresFile(self.roots.readable(scores.uri, "scores.uri", sha256=scores.sha256), "scores"),
+                checkpoint_id,
+                corpus,
+                self.roots,
+                tokenizer_json=vocabulary.tokenizer_json,
+                options=options,
+            )
+            return judge_slice(texts, occurrences, vocabulary, self.checkpoints.memory(checkpoint_id), options)
         max_length = self._max_length(checkpoint_id, options.max_length)
         texts = self._texts(corpus)
-        vocabulary = vocabulary_of(self._vocab.version(record.vocab_version_id))
         pool = tokenize_texts(
             vocabulary.tokenizer_json,
             sample_texts(texts, options.max_texts, options.seed),
             max_length=max_length,
             pad_id=vocabulary.pad_id,
         )
-        words = WordSplitter(vocabulary.tokenizer_json).text_words(pool.texts)
         if len(pool) == 0:
             raise InvalidArgumentError("corpus", "holds no text to score (every text is empty or blank)")
         with self._scoring_lock:
@@ -331,9 +342,7 @@ class TrainerApp:
                 seed=options.seed,
                 device=self.device,
             )
-        score = score_slice(occurrences, words, self.checkpoints.memory(checkpoint_id), options)
-        names = {index: piece for piece, index in vocabulary.pieces.items()}
-        return ScoredSlice(score, {s.token_id: names.get(s.token_id, "") for s in score.tokens.spikes})
+        return judge_slice(pool.texts, occurrences, vocabulary, self.checkpoints.memory(checkpoint_id), options)
 
     def _text_batch(self, checkpoint_id: str, texts: Sequence[str], max_length: int) -> tuple[Vocabulary, int]:
         """The checkpoint's vocabulary and the pieces per text, for a bounded batch of texts to score."""
@@ -370,12 +379,6 @@ class TrainerApp:
                 max_length=max_length,
                 device=self.device,
             )
-
-    def score_candidates(self, checkpoint_id: str, corpus: Corpus, request: CandidateRequest) -> CandidateScores:
-        """Every non-blank text of the corpus scored for the sampling strategies (ScoreCandidates)."""
-        setup = self._candidates.setup(checkpoint_id, request, self._max_length(checkpoint_id, request.max_length))
-        with self._scoring_lock:  # the local engine's models share this process's threads
-            return self._candidates.score(checkpoint_id, corpus, request, setup)
 
     def export_onnx(
         self, checkpoint_id: str, repository: str = "", model_name: str = "", version: int = 0

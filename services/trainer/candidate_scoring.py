@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -29,6 +29,8 @@ from .models import autocast, cls_embeddings, load_model, masked_logits, on_devi
 
 # Texts per forward pass.
 SCORE_BATCH = 64
+# The columns with a list per text, and their element types.
+RAGGED_COLUMNS = {"token_ids": np.int32, "token_losses": np.float32}
 _GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _TWO_POW_MINUS_53 = 1.0 / 9007199254740992.0
 
@@ -72,6 +74,12 @@ def mask_uniforms(seed: int, shard: int, lines: np.ndarray, pass_index: int, wid
     return ((z >> np.uint64(11)).astype(np.float64) + 0.5) * _TWO_POW_MINUS_53
 
 
+class BlockScoring(Protocol):
+    """What a corpus pass runs on each block, in the trainer's process or on a Ray actor."""
+
+    def score_block(self, shard: int, block: int, texts: list[str]) -> dict[str, np.ndarray]: ...
+
+
 class BlockScorer:
     """Scores blocks of texts with a checkpoint (and a baseline) on one device."""
 
@@ -87,8 +95,9 @@ class BlockScorer:
 
     @torch.no_grad()
     def score_block(self, shard: int, block: int, texts: list[str]) -> dict[str, np.ndarray]:
-        """Columns for the block's non-blank texts, in order: shard, line, length, mlm_loss, cls and,
-        with a baseline, baseline_cls and cls_shift."""
+        """Columns for the block's non-blank texts, in order: shard, line, length, mlm_loss,
+        token_ids and token_losses (its masked occurrences), cls and, with a baseline, baseline_cls
+        and cls_shift."""
         first_line = block * DIGEST_BLOCK_TEXTS
         kept = [i for i, text in enumerate(texts) if text.strip()]
         lines = np.asarray(kept, dtype=np.int64) + first_line
@@ -98,8 +107,7 @@ class BlockScorer:
         hidden = int(self.model.config.hidden_size)
         cls = np.zeros((len(ids), hidden), dtype=np.float32)
         baseline_cls = np.zeros_like(cls) if self.baseline is not None else None
-        loss_sums = np.zeros(len(ids))
-        loss_counts = np.zeros(len(ids), dtype=np.int64)
+        occurrences: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (text, token id, loss) per pass
         order = np.argsort(lengths, kind="stable")  # a batch pads to about its own texts' length
         for start in range(0, len(order), SCORE_BATCH):
             stop_if_abandoned()
@@ -116,14 +124,21 @@ class BlockScorer:
                         .cpu()
                     )
             for pass_index in range(self.setup.passes):
-                sums, counts = self._masked_losses(input_ids, attention, shard, lines[rows], pass_index)
-                loss_sums[rows] += sums
-                loss_counts[rows] += counts
+                row_of, token_ids, losses = self._masked_losses(input_ids, attention, shard, lines[rows], pass_index)
+                occurrences.append((rows[row_of], token_ids, losses))
+        occurrences.append((np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, np.float32)))
+        texts_of, token_ids, losses = (np.concatenate(parts) for parts in zip(*occurrences, strict=True))
+        order = np.argsort(texts_of, kind="stable")  # a text's occurrences pass by pass, by position
+        counts = np.bincount(texts_of, minlength=len(ids))
+        sums = np.bincount(texts_of, weights=losses.astype(np.float64), minlength=len(ids))
+        splits = np.cumsum(counts)[:-1]
         columns: dict[str, np.ndarray] = {
             "shard": np.full(len(ids), shard, dtype=np.int32),
             "line": lines,
             "length": lengths.astype(np.int32),
-            "mlm_loss": np.where(loss_counts > 0, loss_sums / np.maximum(loss_counts, 1), 0.0).astype(np.float32),
+            "mlm_loss": np.where(counts > 0, sums / np.maximum(counts, 1), 0.0).astype(np.float32),
+            "token_ids": _ragged(np.split(token_ids[order], splits) if len(ids) else []),
+            "token_losses": _ragged(np.split(losses[order], splits) if len(ids) else []),
             "cls": cls,
         }
         if baseline_cls is not None:
@@ -133,9 +148,10 @@ class BlockScorer:
 
     def _masked_losses(
         self, input_ids: torch.Tensor, attention: torch.Tensor, shard: int, lines: np.ndarray, pass_index: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Per row: the summed loss of its masked pieces in this pass, and how many there were; every
-        row with a piece to predict masks at least one (the one with the smallest uniform)."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """This pass's masked occurrences, row by row and by position: (row, token id, loss in
+        nats); every row with a piece to predict masks at least one (the one with the smallest
+        uniform)."""
         draws = torch.from_numpy(mask_uniforms(self.setup.seed, shard, lines, pass_index, input_ids.shape[1]))
         candidates = attention.bool() & ~self.special[input_ids]
         masked = candidates & (draws < self.setup.mask_fraction)
@@ -143,16 +159,23 @@ class BlockScorer:
         first = torch.where(candidates, draws, torch.inf).argmin(dim=1)
         masked[empty.nonzero().flatten(), first[empty]] = True
         if not masked.any():
-            return np.zeros(len(lines)), np.zeros(len(lines), dtype=np.int64)
+            return np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, np.float32)
         corrupted = input_ids.masked_fill(masked, self.setup.mask_id)
         with autocast(self.device):
             logits = masked_logits(
                 self.model, corrupted.to(self.device), attention.to(self.device), masked.to(self.device)
             )
-        losses = F.cross_entropy(logits.float(), input_ids[masked].to(self.device), reduction="none").cpu().numpy()
-        row_of = torch.nonzero(masked)[:, 0].numpy()
-        sums = np.bincount(row_of, weights=losses.astype(np.float64), minlength=len(lines))
-        return sums, np.bincount(row_of, minlength=len(lines))
+        targets = input_ids[masked]
+        losses = F.cross_entropy(logits.float(), targets.to(self.device), reduction="none").cpu().numpy()
+        return torch.nonzero(masked)[:, 0].numpy(), targets.numpy().astype(np.int32), losses.astype(np.float32)
+
+
+def _ragged(rows: list[np.ndarray]) -> np.ndarray:
+    """A 1-D object array of arrays (np.array would stack rows of equal length into 2-D)."""
+    out = np.empty(len(rows), dtype=object)
+    for index, row in enumerate(rows):
+        out[index] = row
+    return out
 
 
 def _eval_model(directory: str, device: torch.device) -> PreTrainedModel:
@@ -178,12 +201,18 @@ def _cosine_distance(before: np.ndarray, after: np.ndarray) -> np.ndarray:
 
 
 def table_columns(columns: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The block's columns as Arrow arrays (embeddings as fixed-size lists of float32)."""
+    """The block's columns as Arrow arrays (embeddings as fixed-size lists of float32, the
+    per-occurrence columns as lists)."""
     import pyarrow as pa
 
     arrays: dict[str, Any] = {}
     for name, values in columns.items():
-        if values.ndim == 2:
+        if name in RAGGED_COLUMNS:  # object rows, or 2-D where Ray stacked rows of equal length
+            rows = [np.asarray(row, dtype=RAGGED_COLUMNS[name]) for row in values]
+            offsets = np.concatenate([[0], np.cumsum([len(row) for row in rows])]).astype(np.int32)
+            flat = np.concatenate(rows) if rows else np.empty(0, RAGGED_COLUMNS[name])
+            arrays[name] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))
+        elif values.ndim == 2:
             arrays[name] = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
         else:
             arrays[name] = pa.array(values)

@@ -87,14 +87,17 @@ class TrainerClient(ServiceClient):
         seed: int = 0,
         max_length: int = 0,
         false_fire_rate: float = 0.0,
+        scores: common_pb2.ArtifactRef | None = None,
     ) -> trainer_pb2.ScoreSliceResponse:
-        """The trigger's view of a slice (false_fire_rate 0: the service's default, 0.01)."""
+        """The trigger's view of a slice (false_fire_rate 0: the service's default, 0.01); with
+        `scores` (a ScoreCandidates file of these texts), its losses are read from the file."""
         request = trainer_pb2.ScoreSliceRequest(
             checkpoint_id=checkpoint_id,
             corpus=common_pb2.CorpusSource(texts=common_pb2.TextBatch(texts=list(texts))),
             seed=seed,
             max_length=max_length,
             false_fire_rate=false_fire_rate,
+            scores=scores,
         )
         response: trainer_pb2.ScoreSliceResponse = self._stub.ScoreSlice(request, timeout=self._timeout())
         return response
@@ -115,6 +118,7 @@ class TrainerClient(ServiceClient):
         baseline_checkpoint_id: str = "",
         destination: str = "",
         max_length: int = 0,
+        mask_fraction: float = 0.0,
         seed: int = 0,
         engine: common_pb2.CorpusEngine.ValueType = common_pb2.CORPUS_ENGINE_LOCAL,
         workers: int = 0,
@@ -131,6 +135,7 @@ class TrainerClient(ServiceClient):
             ),
             destination=common_pb2.ArtifactRef(uri=destination),
             max_length=max_length,
+            mask_fraction=mask_fraction,
             seed=seed,
             engine=common_pb2.EngineOptions(engine=engine, workers=workers),
         )
@@ -143,6 +148,32 @@ class TrainerClient(ServiceClient):
         """Pseudo-log-likelihood of the texts."""
         request = trainer_pb2.ScorePseudoLikelihoodRequest(
             checkpoint_id=checkpoint_id, texts=list(texts), max_length=max_length
+        )
+        response: trainer_pb2.ScorePseudoLikelihoodResponse = self._stub.ScorePseudoLikelihood(
+            request, timeout=self._timeout()
+        )
+        return response
+
+    def corpus_pseudo_likelihood(
+        self,
+        checkpoint_id: str,
+        files: Sequence[str | Path],
+        *,
+        destination: str = "",
+        max_length: int = 0,
+        engine: common_pb2.CorpusEngine.ValueType = common_pb2.CORPUS_ENGINE_LOCAL,
+        workers: int = 0,
+    ) -> trainer_pb2.ScorePseudoLikelihoodResponse:
+        """PLL of a held-out corpus of any size (shards, in order): the corpus figures in the
+        response, each text's in the Parquet file it names."""
+        request = trainer_pb2.ScorePseudoLikelihoodRequest(
+            checkpoint_id=checkpoint_id,
+            corpus=common_pb2.CorpusSource(
+                shards=common_pb2.CorpusShards(files=[common_pb2.ArtifactRef(uri=str(f)) for f in files])
+            ),
+            destination=common_pb2.ArtifactRef(uri=destination),
+            max_length=max_length,
+            engine=common_pb2.EngineOptions(engine=engine, workers=workers),
         )
         response: trainer_pb2.ScorePseudoLikelihoodResponse = self._stub.ScorePseudoLikelihood(
             request, timeout=self._timeout()

@@ -1,13 +1,15 @@
-"""The trainer's records as its wire messages: runs, checkpoints, selections, slice scores."""
+"""The trainer's records as its wire messages: runs, checkpoints, selections, slice scores, PLL."""
 
 from __future__ import annotations
 
+from driftlm.services.core.pseudo_likelihood import CorpusScore
 from driftlm.v1 import common_pb2, trainer_pb2
 
-from .app import CheckpointInfo, ScoredSlice
+from .app import CheckpointInfo
+from .corpus_passes import ScoresWritten
 from .runs import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, RunRecord
 from .selection import IterationSelection
-from .trigger import Signal
+from .trigger import ScoredSlice, Signal
 from .validation import KINDS
 
 _STATES = {
@@ -133,4 +135,25 @@ def slice_score_message(scored: ScoredSlice) -> trainer_pb2.ScoreSliceResponse:
         word_p_threshold=score.words.p_threshold,
         spike_count=score.tokens.spike_count,
         knows_words=score.knows_words,
+    )
+
+
+def pseudo_likelihood_message(
+    scored: CorpusScore, written: ScoresWritten | None = None
+) -> trainer_pb2.ScorePseudoLikelihoodResponse:
+    """The corpus figures, and per text the lists (texts sent) or the file (a corpus scored)."""
+    texts = scored.texts if written is None else []
+    return trainer_pb2.ScorePseudoLikelihoodResponse(
+        log_likelihoods=[s.log_likelihood for s in texts],
+        pieces=[s.pieces for s in texts],
+        words=[s.words for s in texts],
+        characters=[s.characters for s in texts],
+        log_likelihood_per_word=scored.log_likelihood_per_word,
+        log_likelihood_per_character=scored.log_likelihood_per_character,
+        pseudo_perplexity=scored.pseudo_perplexity,
+        word_l2r_log_likelihoods=[s.word_l2r_log_likelihood for s in texts],
+        word_l2r_log_likelihood_per_word=scored.word_l2r_log_likelihood_per_word,
+        word_l2r_log_likelihood_per_character=scored.word_l2r_log_likelihood_per_character,
+        scores=None if written is None else common_pb2.ArtifactRef(uri=written.uri, sha256=written.sha256),
+        scored_count=len(scored.texts) if written is None else written.rows,
     )

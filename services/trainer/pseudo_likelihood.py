@@ -7,6 +7,7 @@ Each masked copy needs the vocabulary head at one position only, which masked_lo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,9 +16,11 @@ from tokenizers import Tokenizer
 from transformers import PreTrainedModel
 
 from driftlm.services.core.pseudo_likelihood import TextScore, masked_copy, plan_copies, text_scores
+from driftlm.services.core.ray_corpus import DIGEST_BLOCK_TEXTS
 from driftlm.services.runtime.calls import stop_if_abandoned
 
-from .models import autocast, masked_logits
+from .candidate_scoring import ScoringSetup
+from .models import autocast, load_model, masked_logits, on_device
 
 _ROWS_PER_BATCH = 256
 
@@ -65,3 +68,39 @@ def pseudo_log_likelihoods(
         )
         np.add.at(sums, ([copy.text for copy in chunk], [int(copy.l2r) for copy in chunk]), log_probabilities)
     return text_scores(texts, encodings, special_np, sums)
+
+
+class BlockPseudoLikelihood:
+    """PLL of blocks of a corpus's texts with one checkpoint on one device (the corpus pass behind
+    ScorePseudoLikelihood with a corpus, alike in the trainer's process and on Ray actors). No
+    randomness: the engines agree up to floating-point order."""
+
+    def __init__(self, setup: ScoringSetup, device: torch.device) -> None:
+        self.setup = setup
+        self.device = device
+        self.model = on_device(load_model(Path(setup.model_dir)), device).eval()
+        self.special = torch.from_numpy(np.asarray(setup.special, dtype=bool))
+
+    def score_block(self, shard: int, block: int, texts: list[str]) -> dict[str, np.ndarray]:
+        """Columns for the block's non-blank texts, in order: shard, line, log_likelihood,
+        word_l2r_log_likelihood, pieces, words, characters."""
+        kept = [i for i, text in enumerate(texts) if text.strip()]
+        scores = pseudo_log_likelihoods(
+            self.model,
+            self.setup.tokenizer_json,
+            [texts[i] for i in kept],
+            mask_id=self.setup.mask_id,
+            special=self.special,
+            max_length=self.setup.max_length,
+            device=self.device,
+        )
+        return {
+            "shard": np.full(len(kept), shard, dtype=np.int32),
+            "line": np.asarray(kept, dtype=np.int64) + block * DIGEST_BLOCK_TEXTS,
+            "log_likelihood": np.array([s.log_likelihood for s in scores], dtype=np.float64),
+            "word_l2r_log_likelihood": np.array([s.word_l2r_log_likelihood for s in scores], dtype=np.float64),
+            **{
+                name: np.array([getattr(s, name) for s in scores], dtype=np.int32)
+                for name in ("pieces", "words", "characters")
+            },
+        }

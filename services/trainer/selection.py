@@ -17,9 +17,11 @@ from driftlm.services.core import store
 from driftlm.services.core.candidates import CandidatePool
 from driftlm.services.core.strategy import Strategy
 
+from .candidate_files import ScoresFile
 from .data import TokenizedPool
 from .models import autocast, cls_embeddings, embedding_matrix
 from .run_context import RunContext, Vocabulary, derive_seed, vocab_hops
+from .scored_inputs import first_candidate_pool
 from .scoring import token_losses
 from .shift_targets import shift_targets
 from .spec import RunSpec
@@ -219,8 +221,21 @@ class Selector:
     def first(
         self, model: PreTrainedModel, pool: TokenizedPool, fresh: int, vocabulary: Vocabulary, added: list[int]
     ) -> IterationSelection:
-        """The first iteration's sentences: nothing has trained yet."""
+        """The first iteration's sentences: nothing has trained yet. A scores file, when the run
+        has one, weighs the candidates instead of a scoring pass here."""
         candidates = self.candidates(pool, fresh, 0)
+        if self.spec.candidate_scores:
+            scores = ScoresFile(Path(self.spec.candidate_scores), "candidate_scores")
+            base = self.context.checkpoints.record(self.spec.base_checkpoint_id)
+            weighed = first_candidate_pool(
+                scores,
+                self.spec.strategy,
+                pool.lengths,
+                candidates,
+                max_length=self.spec.max_length,
+                same_vocabulary=base.vocab_version_id == self.spec.vocab_version_id,
+            )
+            return self._select(candidates, fresh, 0, self.spec.strategy, weighed)
         return self._choose(_Moment(model, pool, candidates, vocabulary, 0, added=added), fresh)
 
     def next(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import grpc
 
+from driftlm.services.core.artifacts import FileRef
 from driftlm.services.core.corpus import corpus_from_message
 from driftlm.services.core.engine import engine_from_message
 from driftlm.services.runtime.paging import page_of
@@ -14,8 +15,14 @@ from driftlm.services.runtime.tensors import array_to_tensor
 from driftlm.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 
 from .app import ModelSource, TrainerApp
-from .candidates import CandidateRequest
-from .messages import checkpoint_message, run_message, selection_message, slice_score_message
+from .corpus_passes import CorpusPassRequest
+from .messages import (
+    checkpoint_message,
+    pseudo_likelihood_message,
+    run_message,
+    selection_message,
+    slice_score_message,
+)
 from .trigger import trigger_options
 from .validation import run_spec
 
@@ -101,24 +108,27 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             min_word_texts=request.min_word_texts,
             min_novelty_effect=request.min_novelty_effect,
         )
-        scored = self._app.score_slice(request.checkpoint_id, corpus_from_message(request.corpus), options)
+        scores = FileRef(request.scores.uri, request.scores.sha256) if request.HasField("scores") else None
+        scored = self._app.score_slice(request.checkpoint_id, corpus_from_message(request.corpus), options, scores)
         return slice_score_message(scored)
 
     def ScorePseudoLikelihood(
         self, request: trainer_pb2.ScorePseudoLikelihoodRequest, context: grpc.ServicerContext
     ) -> trainer_pb2.ScorePseudoLikelihoodResponse:
-        scored = self._app.pseudo_likelihood(request.checkpoint_id, request.texts, max_length=request.max_length)
-        return trainer_pb2.ScorePseudoLikelihoodResponse(
-            log_likelihoods=[s.log_likelihood for s in scored.texts],
-            pieces=[s.pieces for s in scored.texts],
-            words=[s.words for s in scored.texts],
-            characters=[s.characters for s in scored.texts],
-            log_likelihood_per_word=scored.log_likelihood_per_word,
-            log_likelihood_per_character=scored.log_likelihood_per_character,
-            pseudo_perplexity=scored.pseudo_perplexity,
-            word_l2r_log_likelihoods=[s.word_l2r_log_likelihood for s in scored.texts],
-            word_l2r_log_likelihood_per_word=scored.word_l2r_log_likelihood_per_word,
-            word_l2r_log_likelihood_per_character=scored.word_l2r_log_likelihood_per_character,
+        if request.HasField("corpus"):
+            written, scored = self._app.corpus_passes.pseudo_likelihoods(
+                request.checkpoint_id,
+                corpus_from_message(request.corpus),
+                CorpusPassRequest(
+                    destination=request.destination.uri,
+                    max_length=request.max_length,
+                    engine=engine_from_message(request.engine),
+                ),
+                texts_too=bool(request.texts),
+            )
+            return pseudo_likelihood_message(scored, written)
+        return pseudo_likelihood_message(
+            self._app.pseudo_likelihood(request.checkpoint_id, request.texts, max_length=request.max_length)
         )
 
     def ComputeEmbeddings(
@@ -130,10 +140,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def ScoreCandidates(
         self, request: trainer_pb2.ScoreCandidatesRequest, context: grpc.ServicerContext
     ) -> trainer_pb2.ScoreCandidatesResponse:
-        scores = self._app.score_candidates(
+        scores = self._app.corpus_passes.score(
             request.checkpoint_id,
             corpus_from_message(request.corpus),
-            CandidateRequest(
+            CorpusPassRequest(
                 baseline_checkpoint_id=request.baseline_checkpoint_id,
                 destination=request.destination.uri,
                 max_length=request.max_length,

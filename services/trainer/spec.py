@@ -58,6 +58,8 @@ class RunSpec:
     head_only: bool = False
     # The caller's idempotency key (StartRunRequest.request_id); empty: none.
     request_id: str = ""
+    # A ScoreCandidates file that weighs the first iteration's candidates; empty: none.
+    candidate_scores: str = ""
 
     @property
     def total_steps(self) -> int:

@@ -29,6 +29,7 @@ import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import stats
@@ -39,7 +40,10 @@ from .loss_memory import PRIOR_OCCURRENCES, Calibration, LossMemory
 from .novelty import WordTest, new_word_test, unseen_share
 from .scoring import Occurrences
 from .significance import WelchTest, benjamini_hochberg, sample_welch_test, welch_test
-from .words import TextWords
+from .words import TextWords, WordSplitter
+
+if TYPE_CHECKING:
+    from .run_context import Vocabulary
 
 # Genomic control: the median of a chi-square with one degree of freedom.
 _CHI2_MEDIAN = 0.454936
@@ -335,6 +339,24 @@ def _token_test(memory: LossMemory, occurrences: Occurrences, options: TriggerOp
     ]
     fraction = float(tokens.counts[spiking].sum()) / max(int(tokens.counts.sum()), 1)
     return TokenTest(spikes, int(spiking.sum()), fraction, tokens_tested, z_threshold)
+
+
+@dataclass(frozen=True)
+class ScoredSlice:
+    """The trigger's decision, with each spiking token's piece."""
+
+    score: SliceScore
+    pieces: dict[int, str]
+
+
+def judge_slice(
+    texts: Sequence[str], occurrences: Occurrences, vocabulary: Vocabulary, memory: LossMemory, options: TriggerOptions
+) -> ScoredSlice:
+    """The trigger over scored texts: their words as the vocabulary's tokenizer splits them, the
+    tests, and the spiking tokens named."""
+    score = score_slice(occurrences, WordSplitter(vocabulary.tokenizer_json).text_words(texts), memory, options)
+    names = {index: piece for piece, index in vocabulary.pieces.items()}
+    return ScoredSlice(score, {s.token_id: names.get(s.token_id, "") for s in score.tokens.spikes})
 
 
 def score_slice(occurrences: Occurrences, words: TextWords, memory: LossMemory, options: TriggerOptions) -> SliceScore:

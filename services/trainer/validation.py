@@ -15,6 +15,8 @@ from driftlm.services.core.paths import FileRoots
 from driftlm.services.core.strategy import Strategy
 from driftlm.v1 import common_pb2, trainer_pb2
 
+from .candidate_files import ScoresFile
+from .scored_inputs import check_scored, check_weighs
 from .spec import RunKind, RunSpec
 from .vocab_move import EmbeddingInit
 
@@ -88,6 +90,7 @@ def run_spec(request: trainer_pb2.StartRunRequest, *, roots: FileRoots) -> RunSp
         str(roots.readable(ref.uri, f"replay_slices[{i}].uri", sha256=ref.sha256))
         for i, ref in enumerate(request.replay_slices)
     )
+    candidate_scores = _candidate_scores(request, kind, strategy, len(slices), roots)
     if not (math.isfinite(request.learning_rate) and 0 < request.learning_rate <= 1):
         raise InvalidArgumentError("learning_rate", f"must be in (0, 1], got {request.learning_rate}")
     if request.max_length:
@@ -133,7 +136,23 @@ def run_spec(request: trainer_pb2.StartRunRequest, *, roots: FileRoots) -> RunSp
         memory_texts=_count(request.memory_texts or 20_000, "memory_texts", high=MAX_MEMORY_TEXTS),
         head_only=request.head_only,
         request_id=_request_id(request.request_id),
+        candidate_scores=candidate_scores,
     )
+
+
+def _candidate_scores(
+    request: trainer_pb2.StartRunRequest, kind: RunKind, strategy: Strategy, slices: int, roots: FileRoots
+) -> str:
+    """The path of the run's scores file, checked against its base, slices and strategy; "" for none."""
+    if not request.HasField("candidate_scores"):
+        return ""
+    if kind is not RunKind.MLM:
+        raise InvalidArgumentError("candidate_scores", "weighs an MLM run's first candidates; this run draws uniformly")
+    path = roots.readable(request.candidate_scores.uri, "candidate_scores.uri", sha256=request.candidate_scores.sha256)
+    scores = ScoresFile(path, "candidate_scores")
+    check_weighs(scores, strategy)
+    check_scored(scores, request.base_checkpoint_id, slices, "slices")
+    return str(path)
 
 
 def _request_id(value: str) -> str:

@@ -178,11 +178,14 @@ def test_the_serial_and_parallel_compilations_draw_the_same(size: int) -> None:
     weights = np.random.default_rng(size).random(size)
     weights[::7] = 0.0
     bounds = np.linspace(0, size, min(64, size) + 1).astype(np.int64)
-    keys = {}
-    for name in ("parallel", "serial"):
-        keys[name] = np.empty(size)
-        getattr(draw._EXPONENTIAL_KEYS, name)(weights, np.uint64(12345), keys[name])
-    np.testing.assert_array_equal(keys["parallel"], keys["serial"])
+    for log_domain in (False, True):
+        keys, extremes = {}, {}
+        for name in ("parallel", "serial"):
+            keys[name] = np.empty(size)
+            extremes[name] = getattr(draw._EXPONENTIAL_KEYS, name)(weights, np.uint64(12345), keys[name], log_domain)
+        np.testing.assert_array_equal(keys["parallel"], keys["serial"])
+        assert extremes["parallel"] == extremes["serial"]
+        assert extremes["serial"][2:] == (weights[weights > 0].min(), weights.max())
     sums = {name: np.empty(bounds.size - 1) for name in ("parallel", "serial")}
     for name, out in sums.items():
         getattr(draw._CHUNK_SUMS, name)(weights, bounds, float(weights.max()), out)
@@ -201,3 +204,37 @@ def test_the_lean_path_for_large_inputs_draws_the_same(monkeypatch: pytest.Monke
     ordinary = draw_without_replacement(weights, k, seed=seed)
     monkeypatch.setattr(draw, "LEAN_FROM", 0)
     np.testing.assert_array_equal(draw_without_replacement(weights, k, seed=seed), ordinary)
+
+
+@pytest.mark.parametrize(("k", "seed"), [(1, 3), (500, 4), (6_000, 5)])
+def test_the_log_domain_and_the_threshold_fallback_draw_the_same(
+    monkeypatch: pytest.MonkeyPatch, k: int, seed: int
+) -> None:
+    """Plain keys E / w and log keys order the items alike; the k smallest found below the
+    sampled threshold are those the full partition finds when there is no estimate."""
+    from driftlm.kernels import draw
+
+    weights = np.random.default_rng(seed).random(200_000)
+    weights[::9] = 0.0
+    # 200,000 keys are enough for the sampled threshold: the plain call below takes that path.
+    assert draw._estimated_threshold(np.random.default_rng(seed).random(200_000), k) is not None
+    plain = draw_without_replacement(weights, k, seed=seed)
+    with monkeypatch.context() as patched:
+        patched.setattr(draw, "_PLAIN_LOW", 2.0)  # every weight below it: the log domain
+        np.testing.assert_array_equal(draw_without_replacement(weights, k, seed=seed), plain)
+    with monkeypatch.context() as patched:
+        patched.setattr(draw, "_estimated_threshold", lambda keys, k: None)  # the full partition
+        np.testing.assert_array_equal(draw_without_replacement(weights, k, seed=seed), plain)
+
+
+def test_the_radix_argsort_is_a_stable_argsort() -> None:
+    from driftlm.kernels import draw
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate(
+        [rng.normal(size=5_000) * 1e-300, rng.exponential(size=5_000), -rng.exponential(size=500), [np.inf, 0.0]]
+    )
+    values = np.concatenate([values, values[:2_000]])  # ties
+    rng.shuffle(values)
+    np.testing.assert_array_equal(draw._radix_argsort(values), np.argsort(values, kind="stable"))
+    assert draw._radix_argsort(np.empty(0)).shape == (0,)

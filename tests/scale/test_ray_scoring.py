@@ -65,11 +65,18 @@ def trainer(
         vocab_server.stop(grace=None)
 
 
-def _table(response: trainer_pb2.ScoreCandidatesResponse) -> dict[str, np.ndarray]:
-    path = Path(response.scores.uri.removeprefix("file://"))
-    assert file_sha256(path) == response.scores.sha256
+def _table(response: trainer_pb2.ScoreCandidatesResponse) -> dict[str, Any]:
+    return _table_of(Path(response.scores.uri.removeprefix("file://")), response.scores.sha256)
+
+
+def _table_of(path: Path, sha256: str) -> dict[str, Any]:
+    assert file_sha256(path) == sha256
     table = pq.read_table(path)
-    return {name: np.asarray(table.column(name).to_pylist()) for name in table.column_names}
+    return {
+        name: np.asarray(values) if name not in ("token_ids", "token_losses") else [np.asarray(v) for v in values]
+        for name in table.column_names
+        for values in [table.column(name).to_pylist()]
+    }
 
 
 def test_ray_scores_equal_local(trainer: Trainer, shards: list[Path], tmp_path: Path) -> None:
@@ -80,6 +87,7 @@ def test_ray_scores_equal_local(trainer: Trainer, shards: list[Path], tmp_path: 
             baseline_checkpoint_id=trainer.baseline,
             destination=destination,
             max_length=32,
+            mask_fraction=0.5,  # two masked passes a text: the engines compared at half the cost of seven
             seed=3,
             engine=engine,
             workers=workers,
@@ -92,6 +100,16 @@ def test_ray_scores_equal_local(trainer: Trainer, shards: list[Path], tmp_path: 
         assert np.array_equal(on_ray[column], local[column]), column
     for column in ("mlm_loss", "cls", "baseline_cls", "cls_shift"):
         np.testing.assert_allclose(on_ray[column], local[column], rtol=0, atol=1e-5, err_msg=column)
+    # The trigger's per-token statistics: the same occurrences, losses to 1e-5, the text's mean
+    # (a text of nothing but [UNK] has no piece to predict: no occurrence, and a loss of 0).
+    for ray_ids, local_ids, ray_losses, local_losses, mean in zip(
+        on_ray["token_ids"], local["token_ids"], on_ray["token_losses"], local["token_losses"], local["mlm_loss"],
+        strict=True,
+    ):  # fmt: skip
+        assert np.array_equal(ray_ids, local_ids)
+        np.testing.assert_allclose(ray_losses, local_losses, rtol=0, atol=1e-5)
+        assert abs((np.mean(local_losses) if len(local_losses) else 0.0) - mean) < 1e-5
+    assert sum(len(ids) > 0 for ids in local["token_ids"]) > 0.95 * len(local["line"])
     # What the scores must show: losses of a fresh model near ln(V), two differently seeded models
     # apart, and every line of the first shard in order.
     assert np.all(np.isfinite(local["mlm_loss"])) and local["mlm_loss"].mean() > 1.0
@@ -139,3 +157,25 @@ def test_scoring_refuses_bad_requests(trainer: Trainer, shards: list[Path], tmp_
     with pytest.raises(grpc.RpcError) as raised:
         trainer.client.score_candidates(trainer.checkpoint, [blank])
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no text to score" in str(raised.value.details())
+
+
+def test_ray_pseudo_likelihood_equals_local(trainer: Trainer, shards: list[Path]) -> None:
+    """PLL-word-l2r of a held-out corpus (two shards, two formats) on two Ray workers and in the
+    trainer's process: the same rows, the figures to 1e-5 (no randomness: only float order)."""
+
+    def score(engine: int, workers: int = 0) -> tuple[trainer_pb2.ScorePseudoLikelihoodResponse, dict[str, Any]]:
+        response = trainer.client.corpus_pseudo_likelihood(
+            trainer.checkpoint, shards[1:], max_length=8, engine=engine, workers=workers
+        )
+        return response, _table_of(Path(response.scores.uri.removeprefix("file://")), response.scores.sha256)
+
+    local, local_rows = score(common_pb2.CORPUS_ENGINE_LOCAL)
+    on_ray, ray_rows = score(common_pb2.CORPUS_ENGINE_RAY, workers=2)
+    assert local.scored_count == on_ray.scored_count == len(local_rows["line"]) > 6_000
+    for column in ("shard", "line", "pieces", "words", "characters"):
+        assert np.array_equal(ray_rows[column], local_rows[column]), column
+    for column in ("log_likelihood", "word_l2r_log_likelihood"):
+        np.testing.assert_allclose(ray_rows[column], local_rows[column], rtol=0, atol=1e-5, err_msg=column)
+    for name in ("log_likelihood_per_word", "word_l2r_log_likelihood_per_word", "pseudo_perplexity"):
+        assert getattr(on_ray, name) == pytest.approx(getattr(local, name), rel=1e-6), name
+    assert local.word_l2r_log_likelihood_per_word < 0 and np.all(local_rows["log_likelihood"] <= 0)

@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import onnxruntime
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -297,6 +298,36 @@ def test_pseudo_likelihood_is_per_word_comparable_and_prefers_the_trained_model(
         trainer_pb2.ScorePseudoLikelihoodRequest(checkpoint_id=trained.checkpoint_id, texts=["the"])
     )
     assert one.pieces == [1] and one.pseudo_perplexity == pytest.approx(np.exp(-one.log_likelihoods[0]))
+
+
+def test_pseudo_likelihood_of_a_corpus_equals_that_of_its_texts_sent(stack: Stack) -> None:
+    """A held-out corpus in shards: the per-text figures in a file, in corpus order (blank lines
+    left out), equal to those of the same texts sent in the request; the corpus figures equal."""
+    checkpoint = stack.base_checkpoint.checkpoint_id
+    first, second = [*old_slice(31, texts=30), "", "   "], new_slice(32, texts=25)
+    shards = [stack.slice_file("held-1", first), stack.slice_file("held-2", second)]
+    sent = stack.trainer.ScorePseudoLikelihood(
+        trainer_pb2.ScorePseudoLikelihoodRequest(checkpoint_id=checkpoint, texts=[*first[:30], *second])
+    )
+    request = trainer_pb2.ScorePseudoLikelihoodRequest(
+        checkpoint_id=checkpoint, corpus=common_pb2.CorpusSource(shards=common_pb2.CorpusShards(files=shards))
+    )
+    corpus = stack.trainer.ScorePseudoLikelihood(request)
+    assert corpus.scored_count == 55 and not corpus.log_likelihoods  # per text: in the file
+    table = pq.read_table(corpus.scores.uri.removeprefix("file://"))
+    assert table.column("shard").to_pylist() == [0] * 30 + [1] * 25
+    assert table.column("line").to_pylist() == [*range(30), *range(25)]
+    np.testing.assert_allclose(table.column("log_likelihood").to_numpy(), sent.log_likelihoods, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(
+        table.column("word_l2r_log_likelihood").to_numpy(), sent.word_l2r_log_likelihoods, atol=1e-5, rtol=0
+    )
+    assert table.column("pieces").to_pylist() == list(sent.pieces)
+    for name in ("log_likelihood_per_word", "word_l2r_log_likelihood_per_word", "pseudo_perplexity"):
+        assert getattr(corpus, name) == pytest.approx(getattr(sent, name), rel=1e-6), name
+    request.texts.append("both")
+    with pytest.raises(grpc.RpcError) as raised:
+        stack.trainer.ScorePseudoLikelihood(request)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not both" in str(raised.value.details())
 
 
 def test_word_l2r_pll_equals_the_original_on_whole_words_and_sums_per_word(stack: Stack) -> None:

@@ -7,6 +7,7 @@ vocab benchmark reads), shuffled so that every slice is drawn from the same popu
 
 from __future__ import annotations
 
+import grpc
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
@@ -147,6 +148,13 @@ def test_on_real_text_the_trigger_is_silent_without_drift_and_fires_on_planted_w
     assert drifted.fire and trainer_pb2.TRIGGER_SIGNAL_NEW_WORDS in drifted.signals, drifted.reason
     assert {w.word for w in drifted.new_words} <= set(EMERGING) and drifted.new_words
     assert drifted.unseen_z > max(s.unseen_z for s in silent)
+    # The same decisions on real text when the losses come from a ScoreCandidates file.
+    for name, texts, fires in (("real-silent", slices[0], False), ("real-planted", planted, True)):
+        corpus, scores = _scored_file(stack, trained.checkpoint_id, name, texts)
+        from_file = stack.trainer.ScoreSlice(
+            trainer_pb2.ScoreSliceRequest(checkpoint_id=trained.checkpoint_id, corpus=corpus, seed=3, scores=scores)
+        )
+        assert from_file.fire is fires, from_file.reason
 
 
 def test_a_memory_written_before_words_were_remembered_decides_on_losses_alone(stack: Stack, phrase_model: str) -> None:
@@ -161,3 +169,80 @@ def test_a_memory_written_before_words_were_remembered_decides_on_losses_alone(s
     score = _score(stack, phrase_model, planted_slice(np.random.default_rng(5), EMERGING, texts=400))
     assert score.calibrated and not score.knows_words and not score.new_words
     assert set(score.signals) <= {trainer_pb2.TRIGGER_SIGNAL_SLICE_LOSS, trainer_pb2.TRIGGER_SIGNAL_TOKEN_LOSS}
+
+
+def _scored_file(
+    stack: Stack, checkpoint_id: str, name: str, texts: list[str], **fields: object
+) -> tuple[common_pb2.CorpusSource, common_pb2.ArtifactRef]:
+    """The texts as a corpus file, and a ScoreCandidates file of them (what a Ray cluster writes)."""
+    corpus = common_pb2.CorpusSource(uri=stack.slice_file(name, texts))
+    scored = stack.trainer.ScoreCandidates(
+        trainer_pb2.ScoreCandidatesRequest(checkpoint_id=checkpoint_id, corpus=corpus, seed=5, **fields)  # type: ignore[arg-type]
+    )
+    return corpus, scored.scores
+
+
+def test_losses_scored_elsewhere_decide_as_the_trigger_own(stack: Stack, phrase_model: str) -> None:
+    """ScoreSlice reading a ScoreCandidates file: silent on the period, firing on words used
+    differently (a loss signal, so read from the file's per-token losses) and on new words, as
+    the trigger decides when it scores the same texts itself."""
+    slices = {
+        "same": _phrase_slice(2, 400),
+        "moved": _moved_usage_slice(7, 400),
+        "new": planted_slice(np.random.default_rng(5), EMERGING, texts=400),
+    }
+    for name, texts in slices.items():
+        corpus, scores = _scored_file(stack, phrase_model, name, texts)
+        request = trainer_pb2.ScoreSliceRequest(checkpoint_id=phrase_model, corpus=corpus, seed=3, scores=scores)
+        from_file = stack.trainer.ScoreSlice(request)
+        own = _score(stack, phrase_model, texts)
+        assert from_file.fire == own.fire and set(from_file.signals) == set(own.signals), (from_file.reason, own.reason)
+        assert from_file.texts_scored == own.texts_scored == 400 and from_file.calibrated
+        # Every piece about once (ceil(1 / 0.15) masks) against one 15% mask: more occurrences.
+        assert from_file.scored_tokens > 4 * own.scored_tokens
+        if name == "moved":
+            assert {trainer_pb2.TRIGGER_SIGNAL_SLICE_LOSS, trainer_pb2.TRIGGER_SIGNAL_TOKEN_LOSS} & set(
+                from_file.signals
+            ), from_file.reason
+            assert not from_file.new_words
+        assert abs(from_file.score - own.score) < 0.25, (from_file.score, own.score)
+
+
+def test_a_scores_file_that_does_not_fit_is_refused(stack: Stack) -> None:
+    checkpoint = stack.base_checkpoint.checkpoint_id
+    other = stack.trainer.CreateCheckpoint(
+        trainer_pb2.CreateCheckpointRequest(
+            model_config_json=TINY_BERT, vocab_version_id=stack.base_version.version_id, seed=2
+        )
+    ).checkpoint.checkpoint_id
+    corpus, scores = _scored_file(stack, checkpoint, "fits", _phrase_slice(11, 60))
+    other_corpus = common_pb2.CorpusSource(uri=stack.slice_file("other", _phrase_slice(12, 60)))
+    _, sparse = _scored_file(stack, checkpoint, "sparse", _phrase_slice(11, 60), mask_fraction=0.3)
+    cases = {
+        "another checkpoint": (dict(checkpoint_id=other), grpc.StatusCode.INVALID_ARGUMENT),
+        "another mask fraction": (dict(scores=sparse), grpc.StatusCode.INVALID_ARGUMENT),
+        "another corpus": (dict(corpus=other_corpus), grpc.StatusCode.FAILED_PRECONDITION),
+        "not a scores file": (dict(scores=corpus.uri), grpc.StatusCode.INVALID_ARGUMENT),
+        "two files scored as one": (
+            dict(corpus=common_pb2.CorpusSource(shards=common_pb2.CorpusShards(files=[corpus.uri, corpus.uri]))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        "no such file": (
+            dict(scores=common_pb2.ArtifactRef(uri=str(stack.store / "none.parquet"))),
+            grpc.StatusCode.NOT_FOUND,
+        ),
+    }
+    for name, (fields, code) in cases.items():
+        request = trainer_pb2.ScoreSliceRequest(checkpoint_id=checkpoint, corpus=corpus, seed=3, scores=scores)
+        for key, value in fields.items():
+            getattr(request, key).CopyFrom(value) if not isinstance(value, str) else setattr(request, key, value)
+        with pytest.raises(grpc.RpcError) as raised:
+            stack.trainer.ScoreSlice(request)
+        assert raised.value.code() == code, (name, raised.value.details())
+        assert "zorblax" not in str(raised.value.details())  # no file content in errors
+    assert (
+        stack.trainer.ScoreSlice(
+            trainer_pb2.ScoreSliceRequest(checkpoint_id=checkpoint, corpus=corpus, seed=3, scores=scores)
+        ).texts_scored
+        == 60
+    )

@@ -367,6 +367,7 @@ class StartRunRequest(_message.Message):
     MEMORY_DECAY_FIELD_NUMBER: _builtins.int
     MEMORY_TEXTS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CANDIDATE_SCORES_FIELD_NUMBER: _builtins.int
     kind: Global___RunKind.ValueType
     """Training or distillation."""
     base_checkpoint_id: _builtins.str
@@ -459,6 +460,15 @@ class StartRunRequest(_message.Message):
     def teacher_checkpoint_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Distillation: the teachers (an ensemble averages their probabilities); same vocab version."""
 
+    @_builtins.property
+    def candidate_scores(self) -> _common_pb2.ArtifactRef:
+        """Optional: a ScoreCandidates file of the base checkpoint over exactly these slices, in order
+        (scored on the Ray cluster, say). The first iteration of the MLM-loss strategy then weighs
+        candidates by the file's losses, and that of the sentence-embedding-shift strategy by the
+        shift from the file's baseline to its checkpoint (it needs a file scored with a baseline), so
+        the trainer runs no scoring pass before it trains. Later iterations score as ever.
+        """
+
     def __init__(
         self,
         *,
@@ -491,10 +501,11 @@ class StartRunRequest(_message.Message):
         memory_decay: _builtins.float | None = ...,
         memory_texts: _builtins.int = ...,
         request_id: _builtins.str = ...,
+        candidate_scores: _common_pb2.ArtifactRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_memory_decay", b"_memory_decay", "_sampling_alpha", b"_sampling_alpha", "memory_decay", b"memory_decay", "sampling_alpha", b"sampling_alpha"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_memory_decay", b"_memory_decay", "_sampling_alpha", b"_sampling_alpha", "candidate_scores", b"candidate_scores", "memory_decay", b"memory_decay", "sampling_alpha", b"sampling_alpha"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_memory_decay", b"_memory_decay", "_sampling_alpha", b"_sampling_alpha", "base_checkpoint_id", b"base_checkpoint_id", "batch_size", b"batch_size", "candidate_pool_size", b"candidate_pool_size", "display_name", b"display_name", "distill_alpha", b"distill_alpha", "embedding_init", b"embedding_init", "head_only", b"head_only", "iterations", b"iterations", "kind", b"kind", "learning_rate", b"learning_rate", "mask_fraction", b"mask_fraction", "max_length", b"max_length", "memory_decay", b"memory_decay", "memory_texts", b"memory_texts", "random_batches", b"random_batches", "reference_texts", b"reference_texts", "replay_fraction", b"replay_fraction", "replay_slices", b"replay_slices", "request_id", b"request_id", "sampling_alpha", b"sampling_alpha", "seed", b"seed", "slices", b"slices", "steps_per_iteration", b"steps_per_iteration", "strategy", b"strategy", "teacher_checkpoint_ids", b"teacher_checkpoint_ids", "temperature", b"temperature", "text_field", b"text_field", "top_x", b"top_x", "vocab_version_id", b"vocab_version_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_memory_decay", b"_memory_decay", "_sampling_alpha", b"_sampling_alpha", "base_checkpoint_id", b"base_checkpoint_id", "batch_size", b"batch_size", "candidate_pool_size", b"candidate_pool_size", "candidate_scores", b"candidate_scores", "display_name", b"display_name", "distill_alpha", b"distill_alpha", "embedding_init", b"embedding_init", "head_only", b"head_only", "iterations", b"iterations", "kind", b"kind", "learning_rate", b"learning_rate", "mask_fraction", b"mask_fraction", "max_length", b"max_length", "memory_decay", b"memory_decay", "memory_texts", b"memory_texts", "random_batches", b"random_batches", "reference_texts", b"reference_texts", "replay_fraction", b"replay_fraction", "replay_slices", b"replay_slices", "request_id", b"request_id", "sampling_alpha", b"sampling_alpha", "seed", b"seed", "slices", b"slices", "steps_per_iteration", b"steps_per_iteration", "strategy", b"strategy", "teacher_checkpoint_ids", b"teacher_checkpoint_ids", "temperature", b"temperature", "text_field", b"text_field", "top_x", b"top_x", "vocab_version_id", b"vocab_version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__memory_decay: _TypeAlias = _typing.Literal["memory_decay"]  # noqa: Y015
     _WhichOneofArgType__memory_decay: _TypeAlias = _typing.Literal["_memory_decay", b"_memory_decay"]  # noqa: Y015
@@ -891,8 +902,8 @@ class Selection(_message.Message):
     """The iteration it trains, from 0."""
     strategy: _common_pb2.SamplingStrategy.ValueType
     """The strategy that weighed the candidates: the run's, or UNIFORM where the run's has no signal
-    yet (sentence embedding shift in the first iteration; token embedding shift in the first
-    iteration of a run that adds no pieces).
+    yet (sentence embedding shift in the first iteration of a run without candidate_scores; token
+    embedding shift in the first iteration of a run that adds no pieces).
     """
     eligible_count: _builtins.int
     """Candidates with a positive weight."""
@@ -960,6 +971,7 @@ class ScoreSliceRequest(_message.Message):
     MIN_TOKEN_EFFECT_FIELD_NUMBER: _builtins.int
     MIN_WORD_TEXTS_FIELD_NUMBER: _builtins.int
     MIN_NOVELTY_EFFECT_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
     checkpoint_id: _builtins.str
     """The checkpoint whose memory is consulted."""
     max_texts: _builtins.int
@@ -1002,6 +1014,15 @@ class ScoreSliceRequest(_message.Message):
     def corpus(self) -> _common_pb2.CorpusSource:
         """The slice: texts or a corpus file."""
 
+    @_builtins.property
+    def scores(self) -> _common_pb2.ArtifactRef:
+        """Optional: a ScoreCandidates file of this checkpoint over this corpus (scored on the Ray
+        cluster, say). The per-token losses of the texts drawn are then read from it instead of being
+        scored here; the file's pieces per text apply, its mask fraction must be this request's (both
+        default to 0.15), and its checkpoint this one. The corpus is still read for the texts' words,
+        and every text drawn must tokenize to the length the file recorded.
+        """
+
     def __init__(
         self,
         *,
@@ -1019,10 +1040,11 @@ class ScoreSliceRequest(_message.Message):
         min_token_effect: _builtins.float = ...,
         min_word_texts: _builtins.int = ...,
         min_novelty_effect: _builtins.float = ...,
+        scores: _common_pb2.ArtifactRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["corpus", b"corpus"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["corpus", b"corpus", "scores", b"scores"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "corpus", b"corpus", "false_fire_rate", b"false_fire_rate", "mask_fraction", b"mask_fraction", "max_length", b"max_length", "max_texts", b"max_texts", "min_effect", b"min_effect", "min_novelty_effect", b"min_novelty_effect", "min_token_count", b"min_token_count", "min_token_effect", b"min_token_effect", "min_word_texts", b"min_word_texts", "seed", b"seed", "spike_z", b"spike_z", "top_spikes", b"top_spikes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "corpus", b"corpus", "false_fire_rate", b"false_fire_rate", "mask_fraction", b"mask_fraction", "max_length", b"max_length", "max_texts", b"max_texts", "min_effect", b"min_effect", "min_novelty_effect", b"min_novelty_effect", "min_token_count", b"min_token_count", "min_token_effect", b"min_token_effect", "min_word_texts", b"min_word_texts", "scores", b"scores", "seed", b"seed", "spike_z", b"spike_z", "top_spikes", b"top_spikes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1458,6 +1480,9 @@ class ScorePseudoLikelihoodRequest(_message.Message):
     CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
     TEXTS_FIELD_NUMBER: _builtins.int
     MAX_LENGTH_FIELD_NUMBER: _builtins.int
+    CORPUS_FIELD_NUMBER: _builtins.int
+    ENGINE_FIELD_NUMBER: _builtins.int
+    DESTINATION_FIELD_NUMBER: _builtins.int
     checkpoint_id: _builtins.str
     """The checkpoint."""
     max_length: _builtins.int
@@ -1466,7 +1491,25 @@ class ScorePseudoLikelihoodRequest(_message.Message):
     """
     @_builtins.property
     def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The texts (at most 10,000); each costs one forward pass per piece."""
+        """The texts (at most 10,000); each costs one forward pass per piece. Or a corpus (below)."""
+
+    @_builtins.property
+    def corpus(self) -> _common_pb2.CorpusSource:
+        """Instead of texts: a corpus file or shards (a held-out set of any size). The per-text figures
+        then go to a Parquet file (one row per non-blank text, in corpus order: shard, line,
+        log_likelihood, word_l2r_log_likelihood, pieces, words, characters) and the response carries
+        the corpus figures and the file, not the per-text lists.
+        """
+
+    @_builtins.property
+    def engine(self) -> _common_pb2.EngineOptions:
+        """With a corpus: where it is scored (the Ray engine reads files)."""
+
+    @_builtins.property
+    def destination(self) -> _common_pb2.ArtifactRef:
+        """With a corpus: the Parquet file to write, under a write root or an allowed object-store
+        prefix; empty means `scores/pll-<checkpoint>-<digest>.parquet` under the store.
+        """
 
     def __init__(
         self,
@@ -1474,10 +1517,13 @@ class ScorePseudoLikelihoodRequest(_message.Message):
         checkpoint_id: _builtins.str = ...,
         texts: _abc.Iterable[_builtins.str] | None = ...,
         max_length: _builtins.int = ...,
+        corpus: _common_pb2.CorpusSource | None = ...,
+        engine: _common_pb2.EngineOptions | None = ...,
+        destination: _common_pb2.ArtifactRef | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["corpus", b"corpus", "destination", b"destination", "engine", b"engine"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "max_length", b"max_length", "texts", b"texts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "corpus", b"corpus", "destination", b"destination", "engine", b"engine", "max_length", b"max_length", "texts", b"texts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1499,6 +1545,8 @@ class ScorePseudoLikelihoodResponse(_message.Message):
     WORD_L2R_LOG_LIKELIHOODS_FIELD_NUMBER: _builtins.int
     WORD_L2R_LOG_LIKELIHOOD_PER_WORD_FIELD_NUMBER: _builtins.int
     WORD_L2R_LOG_LIKELIHOOD_PER_CHARACTER_FIELD_NUMBER: _builtins.int
+    SCORES_FIELD_NUMBER: _builtins.int
+    SCORED_COUNT_FIELD_NUMBER: _builtins.int
     log_likelihood_per_word: _builtins.float
     """Sum of log_likelihoods over sum of words, in nats per word."""
     log_likelihood_per_character: _builtins.float
@@ -1509,6 +1557,8 @@ class ScorePseudoLikelihoodResponse(_message.Message):
     """Sum of word_l2r_log_likelihoods over sum of words, in nats per word."""
     word_l2r_log_likelihood_per_character: _builtins.float
     """Sum of word_l2r_log_likelihoods over sum of characters, in nats per character."""
+    scored_count: _builtins.int
+    """Texts scored: with texts, as many as sent; with a corpus, its non-blank texts."""
     @_builtins.property
     def log_likelihoods(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Per text: the summed log-probability of its pieces, each masked in turn, in nats (<= 0)."""
@@ -1532,6 +1582,10 @@ class ScorePseudoLikelihoodResponse(_message.Message):
         splits words into more pieces: the comparison across vocabularies to make.
         """
 
+    @_builtins.property
+    def scores(self) -> _common_pb2.ArtifactRef:
+        """With a corpus: the file of per-text figures (with its SHA-256)."""
+
     def __init__(
         self,
         *,
@@ -1545,10 +1599,12 @@ class ScorePseudoLikelihoodResponse(_message.Message):
         word_l2r_log_likelihoods: _abc.Iterable[_builtins.float] | None = ...,
         word_l2r_log_likelihood_per_word: _builtins.float = ...,
         word_l2r_log_likelihood_per_character: _builtins.float = ...,
+        scores: _common_pb2.ArtifactRef | None = ...,
+        scored_count: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scores", b"scores"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["characters", b"characters", "log_likelihood_per_character", b"log_likelihood_per_character", "log_likelihood_per_word", b"log_likelihood_per_word", "log_likelihoods", b"log_likelihoods", "pieces", b"pieces", "pseudo_perplexity", b"pseudo_perplexity", "word_l2r_log_likelihood_per_character", b"word_l2r_log_likelihood_per_character", "word_l2r_log_likelihood_per_word", b"word_l2r_log_likelihood_per_word", "word_l2r_log_likelihoods", b"word_l2r_log_likelihoods", "words", b"words"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["characters", b"characters", "log_likelihood_per_character", b"log_likelihood_per_character", "log_likelihood_per_word", b"log_likelihood_per_word", "log_likelihoods", b"log_likelihoods", "pieces", b"pieces", "pseudo_perplexity", b"pseudo_perplexity", "scored_count", b"scored_count", "scores", b"scores", "word_l2r_log_likelihood_per_character", b"word_l2r_log_likelihood_per_character", "word_l2r_log_likelihood_per_word", b"word_l2r_log_likelihood_per_word", "word_l2r_log_likelihoods", b"word_l2r_log_likelihoods", "words", b"words"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1635,7 +1691,10 @@ class ScoreCandidatesResponse(_message.Message):
     def scores(self) -> _common_pb2.ArtifactRef:
         """The Parquet file (with its SHA-256): one row per non-blank text, in corpus order, with
         columns shard, line (the text's position in its shard), length (pieces, specials included),
-        mlm_loss (nats), cls (H floats), and with a baseline baseline_cls and cls_shift (1 - cosine).
+        mlm_loss (nats), token_ids and token_losses (every masked occurrence of the text, pass by
+        pass: the trigger's per-token statistics), cls (H floats), and with a baseline baseline_cls
+        and cls_shift (1 - cosine). The schema's metadata key `driftlm.scores` holds, as JSON, what
+        was scored: checkpoint_id, baseline_checkpoint_id, max_length, mask_fraction, seed, shards.
         """
 
     def __init__(
