@@ -5,20 +5,32 @@ BIN := $(VENV)/bin
 # torch first, pinned to the CPU wheel: an open range with nothing installed pulls a CUDA build.
 TORCH_PIN := torch==2.13.0
 STAMP := $(VENV)/.installed
+# Every package's version, tested together: installs (here, CI, the images) take these, never what
+# PyPI published this morning. `make lock` re-resolves it.
+LOCK := deploy/constraints.txt
 
-.PHONY: help setup test bench load protos lint typecheck run clean deploy-test figures
+.PHONY: help setup test bench load protos lint typecheck run clean deploy-test figures lock
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-setup: $(STAMP) ## create .venv with torch (CPU) and driftlm[all,dev], editable
+setup: $(STAMP) ## create .venv with torch (CPU) and driftlm[all,dev], editable, at the locked versions
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_PIN)
-	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[all,dev]'
 	touch $(STAMP)
+
+# uv resolves the newest versions pyproject.toml admits for Python 3.11 on Linux x86_64; the torch pin
+# stays build-neutral (2.13.0 matches the CPU and the CUDA wheels). Then run make test before committing.
+lock: setup ## re-resolve deploy/constraints.txt to the newest versions pyproject.toml admits
+	printf '%s\n' '$(TORCH_PIN)' > $(VENV)/torch-pin.txt
+	$(BIN)/uv pip compile pyproject.toml --extra all --extra dev --upgrade --quiet \
+		--python-version 3.11 --python-platform x86_64-manylinux_2_28 \
+		$(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS)) --constraint $(VENV)/torch-pin.txt -o $(LOCK)
+	sed -i 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/' $(LOCK)
 
 test: setup ## run the test suite
 	$(BIN)/python -m pytest
