@@ -64,9 +64,10 @@ _THRESHOLD_MARGIN_SD = 4.0
 
 @numba.njit(inline="always")
 def _key(w: float, stream: np.uint64, i: int, log_domain: bool) -> float:
-    # E = -log(u) with u in (0, 1): finite and positive, so no positive weight's key is 0 or inf
-    # (in the log domain, for any finite positive weight).
-    e = -np.log(uniform_at(stream, i))
+    # E = -log(1 - u) with u in (0, 1): finite and positive, so no positive weight's key is 0 or inf
+    # (in the log domain, for any finite positive weight). -log(1 - u) rather than -log(u): the same
+    # exponentials the log-domain keys always used, so a seed draws the indices it drew before.
+    e = -np.log1p(-uniform_at(stream, i))
     return float(np.log(e) - np.log(w)) if log_domain else e / w
 
 
@@ -372,7 +373,7 @@ def draw_without_replacement(weights: np.ndarray, k: int, seed: int) -> np.ndarr
 
     Example:
         >>> draw_without_replacement(np.array([0.0, 1.0, 3.0]), 2, seed=7).tolist()
-        [1, 2]
+        [2, 1]
     """
     weights = _check_weights(weights, k)
     keys = np.empty(weights.shape[0])

@@ -238,3 +238,13 @@ def test_the_radix_argsort_is_a_stable_argsort() -> None:
     rng.shuffle(values)
     np.testing.assert_array_equal(draw._radix_argsort(values), np.argsort(values, kind="stable"))
     assert draw._radix_argsort(np.empty(0)).shape == (0,)
+
+
+def test_a_seed_draws_what_it_drew_before_the_threshold_and_radix_sort() -> None:
+    """The indices driftlm's committed results were drawn with (kernel of 2026-12-03, before the
+    threshold search): a faster kernel must keep them, or every seeded figure changes."""
+    weights = np.random.default_rng(11).random(300_000)
+    weights[::5] = 0.0
+    few = [3858, 77163, 189228, 118382, 292427, 150497, 37857, 282344, 277682, 209723, 154691, 93253]
+    assert draw_without_replacement(weights, 12, seed=2024).tolist() == few
+    assert draw_without_replacement(weights, 100_000, seed=2024)[-5:].tolist() == [25354, 225276, 194862, 49688, 299471]
